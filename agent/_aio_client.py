@@ -1,0 +1,164 @@
+"""asyncio gRPC client interceptors; the sync one's sibling.
+
+grpc.aio files each interceptor under the first call kind it implements, so
+there is one small class per kind, all sharing one ``ChannelPeer``. The call
+object returned to the application is a transparent proxy that merges the
+response stamp before the response (or the end of the stream) is handed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Generator
+from typing import TYPE_CHECKING, Any, Union
+
+import grpc
+import grpc.aio
+import wrapt
+
+from cutwatch.agent._agent import ChannelPeer
+from cutwatch.agent._metadata import method_name, with_stamp
+
+if TYPE_CHECKING:
+    from cutwatch.agent._agent import Agent, Outbound
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _stamped_details(details: grpc.aio.ClientCallDetails, stamp: bytes) -> grpc.aio.ClientCallDetails:
+    return grpc.aio.ClientCallDetails(
+        details.method,
+        details.timeout,
+        grpc.aio.Metadata(*with_stamp(details.metadata, stamp)),
+        details.credentials,
+        details.wait_for_ready,
+    )
+
+
+class _StampedCall(wrapt.ObjectProxy):  # type: ignore[misc]
+    """Proxy of an aio call that finishes the outbound call when it ends."""
+
+    def __init__(self, call: Any, agent: Agent, outbound: Outbound) -> None:
+        super().__init__(call)
+        self._self_agent = agent
+        self._self_outbound = outbound
+        self._self_iterator: AsyncIterator[Any] | None = None
+        call.add_done_callback(self._self_on_done)
+
+    def _self_on_done(self, _call: Any) -> None:
+        if self._self_outbound.finished:
+            return
+        try:
+            task = asyncio.get_running_loop().create_task(self._self_finish())
+        except RuntimeError:  # no running loop (shutting down): finish untracked
+            self._self_agent._end_outbound(self._self_outbound, None)
+            return
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _self_finish(self, error: BaseException | None = None) -> None:
+        if self._self_outbound.finished:
+            return
+        metadata = None
+        if isinstance(error, grpc.aio.AioRpcError):
+            metadata = error.trailing_metadata()
+        elif error is None or isinstance(error, grpc.RpcError):
+            try:
+                metadata = await self.__wrapped__.trailing_metadata()
+            except Exception:
+                metadata = None
+        self._self_agent._end_outbound(self._self_outbound, metadata)
+
+    # Unary responses ---------------------------------------------------------
+    def __await__(self) -> Generator[Any, None, Any]:
+        self._self_outbound.call.blocking = True
+        try:
+            response = yield from self.__wrapped__.__await__()
+        except BaseException as exc:
+            yield from self._self_finish(exc).__await__()
+            raise
+        yield from self._self_finish().__await__()
+        return response
+
+    # Response streams ----------------------------------------------------------
+    def __aiter__(self) -> AsyncIterator[Any]:
+        if self._self_iterator is None:
+            self._self_iterator = self._self_stream()
+        return self._self_iterator
+
+    async def _self_stream(self) -> AsyncIterator[Any]:
+        try:
+            async for response in self.__wrapped__:
+                yield response
+        except BaseException as exc:
+            await self._self_finish(exc)
+            raise
+        await self._self_finish()
+
+    async def read(self) -> Any:
+        try:
+            message = await self.__wrapped__.read()
+        except BaseException as exc:
+            await self._self_finish(exc)
+            raise
+        if message is grpc.aio.EOF:
+            await self._self_finish()
+        return message
+
+
+class _AioClientBase:
+    def __init__(self, agent: Agent, peer: ChannelPeer) -> None:
+        self._agent = agent
+        self._peer = peer
+
+    async def _intercept(self, continuation: Any, details: Any, request: Any) -> Any:
+        started = self._agent._begin_outbound(method_name(details.method), self._peer)
+        if started is None:
+            return await continuation(details, request)
+        outbound, stamp = started
+        outbound.call.blocking = False
+        try:
+            call = await continuation(_stamped_details(details, stamp), request)
+        except BaseException:
+            self._agent._end_outbound(outbound, None)
+            raise
+        return _StampedCall(call, self._agent, outbound)
+
+
+class AioUnaryUnaryInterceptor(_AioClientBase, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return await self._intercept(continuation, client_call_details, request)
+
+
+class AioUnaryStreamInterceptor(_AioClientBase, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return await self._intercept(continuation, client_call_details, request)
+
+
+class AioStreamUnaryInterceptor(_AioClientBase, grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return await self._intercept(continuation, client_call_details, request_iterator)
+
+
+class AioStreamStreamInterceptor(_AioClientBase, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return await self._intercept(continuation, client_call_details, request_iterator)
+
+
+AioClientInterceptor = Union[
+    AioUnaryUnaryInterceptor,
+    AioUnaryStreamInterceptor,
+    AioStreamUnaryInterceptor,
+    AioStreamStreamInterceptor,
+]
+
+
+def aio_client_interceptors(agent: Agent) -> list[AioClientInterceptor]:
+    """One interceptor per call kind, sharing what they learn of the channel."""
+    peer = ChannelPeer()
+    return [
+        AioUnaryUnaryInterceptor(agent, peer),
+        AioUnaryStreamInterceptor(agent, peer),
+        AioStreamUnaryInterceptor(agent, peer),
+        AioStreamStreamInterceptor(agent, peer),
+    ]

@@ -1,0 +1,124 @@
+"""asyncio gRPC server interceptor; the sync one's sibling.
+
+Behaviours may be coroutines, async generators, coroutines that write with
+``context.write()``, or plain functions (grpc.aio runs those too); each is
+wrapped in kind. ``context.abort()`` in grpc.aio sends the status at once,
+so the handler sees a context proxy whose ``abort`` adds the response stamp
+to the trailing metadata first.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import grpc
+import grpc.aio
+import wrapt
+
+from cutwatch.agent._metadata import with_stamp
+from cutwatch.agent._server import HandlerCache, _HandlerWrapper, add_response_stamp, wrap_handler
+
+if TYPE_CHECKING:
+    from cutwatch.agent._agent import Agent, Inbound
+
+
+class _StampingContext(wrapt.ObjectProxy):  # type: ignore[misc]
+    """The servicer context, with aborts that carry the response stamp."""
+
+    def __init__(self, context: Any, agent: Agent, inbound: Inbound | None) -> None:
+        super().__init__(context)
+        self._self_agent = agent
+        self._self_inbound = inbound
+
+    def _self_trailing(self, trailing_metadata: Any) -> Any:
+        base = trailing_metadata or self.__wrapped__.trailing_metadata()
+        if self._self_inbound is None:
+            return base
+        stamp = self._self_agent._end_inbound(self._self_inbound)
+        return with_stamp(base, stamp) if stamp is not None else base
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> NoReturn:
+        await self.__wrapped__.abort(code, details, self._self_trailing(trailing_metadata))
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    async def abort_with_status(self, status: grpc.Status) -> NoReturn:
+        await self.__wrapped__.abort(status.code, status.details, self._self_trailing(status.trailing_metadata))
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+class _AioHandlerWrapper(_HandlerWrapper):
+    def _begin(self, context: Any) -> tuple[Inbound | None, Any]:
+        inbound = self.agent._begin_inbound(self.method, context.invocation_metadata(), self.pool)
+        return inbound, _StampingContext(context, self.agent, inbound)
+
+    def unary_response(self, behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        if not inspect.iscoroutinefunction(behavior):
+            return super().unary_response(behavior)
+        agent = self.agent
+
+        async def handle(request_or_iterator: Any, context: Any) -> Any:
+            inbound, proxied = self._begin(context)
+            try:
+                return await behavior(request_or_iterator, proxied)
+            finally:
+                add_response_stamp(agent, context, inbound)
+
+        return handle
+
+    def stream_response(self, behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        agent = self.agent
+        if inspect.isasyncgenfunction(behavior):
+
+            async def handle_stream(request_or_iterator: Any, context: Any) -> AsyncIterator[Any]:
+                inbound, proxied = self._begin(context)
+                try:
+                    async for response in behavior(request_or_iterator, proxied):
+                        yield response
+                finally:
+                    add_response_stamp(agent, context, inbound)
+
+            return handle_stream
+        if inspect.iscoroutinefunction(behavior):  # writes with context.write()
+
+            async def handle_writes(request_or_iterator: Any, context: Any) -> Any:
+                inbound, proxied = self._begin(context)
+                try:
+                    return await behavior(request_or_iterator, proxied)
+                finally:
+                    add_response_stamp(agent, context, inbound)
+
+            return handle_writes
+        return super().stream_response(behavior)
+
+
+class AioServerInterceptor(grpc.aio.ServerInterceptor):
+    """Created by ``Agent.aio_server_interceptor()``."""
+
+    def __init__(self, agent: Agent, pool: str) -> None:
+        self._agent = agent
+        self._pool = pool
+        self._handlers = HandlerCache()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        try:
+            return self._handlers.get(  # type: ignore[no-any-return]
+                method,
+                handler,
+                lambda: wrap_handler(
+                    self._agent, self._pool, method, handler,
+                    _AioHandlerWrapper(self._agent, self._pool, method),
+                ),
+            )
+        except Exception:
+            self._agent._internal_error("wrapping a method handler")
+            return handler

@@ -1,0 +1,196 @@
+"""Sync gRPC client interceptor: stamp requests, merge response clocks.
+
+The response's clock is merged before the application can see the response:
+blocking calls are finished inside the interceptor; futures and response
+streams are wrapped in transparent proxies that finish the call in
+``result()`` / at the end of iteration, with a done-callback as a backstop
+for calls the application never reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import grpc
+import wrapt
+
+from cutwatch.agent._agent import ChannelPeer
+from cutwatch.agent._metadata import method_name, with_stamp
+
+if TYPE_CHECKING:
+    from cutwatch.agent._agent import Agent, Outbound
+
+
+class _CallDetails(
+    NamedTuple(
+        "_CallDetails",
+        [
+            ("method", str),
+            ("timeout", Any),
+            ("metadata", Any),
+            ("credentials", Any),
+            ("wait_for_ready", Any),
+            ("compression", Any),
+        ],
+    ),
+    grpc.ClientCallDetails,
+):
+    """A copy of the caller's ``ClientCallDetails`` with new metadata."""
+
+
+def stamped_details(details: Any, stamp: bytes) -> _CallDetails:
+    return _CallDetails(
+        details.method,
+        details.timeout,
+        with_stamp(details.metadata, stamp),
+        details.credentials,
+        getattr(details, "wait_for_ready", None),
+        getattr(details, "compression", None),
+    )
+
+
+def trailing_metadata_of(call: Any) -> Any:
+    """Trailing metadata of a finished call or of the error it raised."""
+    try:
+        metadata = call.trailing_metadata()
+    except Exception:
+        metadata = None
+    if metadata is None:
+        try:
+            error = call.exception(timeout=0)
+        except Exception:
+            error = None
+        if error is not None and hasattr(error, "trailing_metadata"):
+            try:
+                metadata = error.trailing_metadata()
+            except Exception:
+                metadata = None
+    return metadata
+
+
+class _UnaryFuture(wrapt.ObjectProxy):  # type: ignore[misc]
+    """The call future, finishing the outbound call before handing out results."""
+
+    def __init__(self, call: Any, agent: Agent, outbound: Outbound) -> None:
+        super().__init__(call)
+        self._self_agent = agent
+        self._self_outbound = outbound
+        outbound.call.blocking = False
+        call.add_done_callback(self._self_finish)
+
+    def _self_finish(self, _call: Any = None) -> None:
+        if not self._self_outbound.finished:
+            self._self_agent._end_outbound(self._self_outbound, trailing_metadata_of(self.__wrapped__))
+
+    def _self_wait(self, timeout: float | None) -> None:
+        self._self_outbound.call.blocking = True
+        try:
+            self.__wrapped__.exception(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            self._self_outbound.call.blocking = False
+            raise
+        except Exception:
+            pass
+        self._self_finish()
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._self_wait(timeout)
+        return self.__wrapped__.result(timeout=timeout)
+
+    def exception(self, timeout: float | None = None) -> Any:
+        self._self_wait(timeout)
+        return self.__wrapped__.exception(timeout=timeout)
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        self._self_wait(timeout)
+        return self.__wrapped__.traceback(timeout=timeout)
+
+
+class _ResponseStream(wrapt.ObjectProxy):  # type: ignore[misc]
+    """The response iterator, finishing the outbound call when it ends."""
+
+    def __init__(self, call: Any, agent: Agent, outbound: Outbound) -> None:
+        super().__init__(call)
+        self._self_agent = agent
+        self._self_outbound = outbound
+        outbound.call.blocking = False
+        call.add_done_callback(self._self_finish)
+
+    def _self_finish(self, _call: Any = None) -> None:
+        if not self._self_outbound.finished:
+            self._self_agent._end_outbound(self._self_outbound, trailing_metadata_of(self.__wrapped__))
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        self._self_outbound.call.blocking = True
+        try:
+            return next(self.__wrapped__)
+        except StopIteration:
+            self._self_finish()
+            raise
+        except grpc.RpcError:
+            self._self_finish()
+            raise
+        finally:
+            self._self_outbound.call.blocking = False
+
+    def next(self) -> Any:
+        return self.__next__()
+
+
+class ClientInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Created by ``Agent.client_interceptor()``; one per channel."""
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+        self._peer = ChannelPeer()
+
+    def _unary_response(self, continuation: Callable[[Any, Any], Any], details: Any, request: Any) -> Any:
+        started = self._agent._begin_outbound(method_name(details.method), self._peer)
+        if started is None:
+            return continuation(details, request)
+        outbound, stamp = started
+        try:
+            call = continuation(stamped_details(details, stamp), request)
+        except BaseException:
+            self._agent._end_outbound(outbound, None)
+            raise
+        if call.done():  # the blocking path: the call is over already
+            self._agent._end_outbound(outbound, trailing_metadata_of(call))
+            return call
+        return _UnaryFuture(call, self._agent, outbound)
+
+    def _stream_response(self, continuation: Callable[[Any, Any], Any], details: Any, request: Any) -> Any:
+        started = self._agent._begin_outbound(method_name(details.method), self._peer)
+        if started is None:
+            return continuation(details, request)
+        outbound, stamp = started
+        try:
+            call = continuation(stamped_details(details, stamp), request)
+        except BaseException:
+            self._agent._end_outbound(outbound, None)
+            raise
+        if not hasattr(call, "add_done_callback"):
+            self._agent._end_outbound(outbound, None)
+            return call
+        return _ResponseStream(call, self._agent, outbound)
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return self._unary_response(continuation, client_call_details, request)
+
+    def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return self._unary_response(continuation, client_call_details, request_iterator)
+
+    def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return self._stream_response(continuation, client_call_details, request)
+
+    def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return self._stream_response(continuation, client_call_details, request_iterator)

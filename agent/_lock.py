@@ -1,0 +1,174 @@
+"""``agent.lock(name)``: a mutex whose holder and waiters feed wait-for edges.
+
+Usable from threads (``with lock:``) and from asyncio (``async with lock:``),
+even both at once. Ownership is handed straight to the next waiter in FIFO
+order on release, so the recorded holder is always the task that will run
+next, never a thread that has not woken up yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from types import TracebackType
+
+from cutwatch.agent._tasks import Task, TaskRegistry
+
+
+class _ThreadWaiter:
+    __slots__ = ("event", "task")
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.event = threading.Event()
+
+
+class _AsyncWaiter:
+    __slots__ = ("future", "loop", "task")
+
+    def __init__(self, task: Task, loop: asyncio.AbstractEventLoop) -> None:
+        self.task = task
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+
+
+class CutwatchLock:
+    """A non-reentrant named lock known to cutwatch."""
+
+    def __init__(self, name: str, registry: TaskRegistry) -> None:
+        self.name = name
+        self._registry = registry
+        self._mutex = threading.Lock()
+        self._holder: Task | None = None
+        self._waiters: deque[_ThreadWaiter | _AsyncWaiter] = deque()
+
+    @property
+    def holder(self) -> Task | None:
+        return self._holder
+
+    def locked(self) -> bool:
+        return self._holder is not None
+
+    # Bookkeeping ------------------------------------------------------------
+    def _grant(self, task: Task) -> None:
+        """Make ``task`` the holder; caller holds ``_mutex``."""
+        self._holder = task
+        with self._registry.mutate():
+            if task.waiting_lock == self.name:
+                task.waiting_lock = None
+            task.held_locks.append(self.name)
+
+    def _enqueue(self, waiter: _ThreadWaiter | _AsyncWaiter) -> None:
+        self._waiters.append(waiter)
+        with self._registry.mutate():
+            waiter.task.waiting_lock = self.name
+
+    def _abandon(self, waiter: _ThreadWaiter | _AsyncWaiter) -> bool:
+        """Withdraw a waiter that gave up; False if it was granted meanwhile."""
+        with self._mutex:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+                with self._registry.mutate():
+                    waiter.task.waiting_lock = None
+                return True
+            return False
+
+    # Threads ------------------------------------------------------------------
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        task = self._registry.current_or_app_task()
+        with self._mutex:
+            if self._holder is None and not self._waiters:
+                self._grant(task)
+                return True
+            if not blocking:
+                self._registry.release_if_idle(task)
+                return False
+            waiter = _ThreadWaiter(task)
+            self._enqueue(waiter)
+        if waiter.event.wait(None if timeout < 0 else timeout):
+            return True
+        if self._abandon(waiter):
+            self._registry.release_if_idle(task)
+            return False
+        return True  # granted just as the wait timed out
+
+    def release(self) -> None:
+        with self._mutex:
+            task = self._holder
+            if task is None:
+                raise RuntimeError(f"cutwatch lock {self.name!r} released while not held")
+            with self._registry.mutate():
+                if self.name in task.held_locks:
+                    task.held_locks.remove(self.name)
+            self._holder = None
+            self._hand_over()
+        self._registry.release_if_idle(task)
+
+    def _hand_over(self) -> None:
+        """Give the lock to the first waiter still interested; holds ``_mutex``."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if isinstance(waiter, _AsyncWaiter):
+                if waiter.future.done():
+                    continue
+                self._grant(waiter.task)
+                waiter.loop.call_soon_threadsafe(self._deliver, waiter)
+                return
+            self._grant(waiter.task)
+            waiter.event.set()
+            return
+
+    def _deliver(self, waiter: _AsyncWaiter) -> None:
+        if waiter.future.done():  # cancelled after the grant: pass it on
+            self.release()
+        else:
+            waiter.future.set_result(None)
+
+    def __enter__(self) -> CutwatchLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    # asyncio ------------------------------------------------------------------
+    async def acquire_async(self) -> None:
+        task = self._registry.current_or_app_task()
+        with self._mutex:
+            if self._holder is None and not self._waiters:
+                self._grant(task)
+                return
+            waiter = _AsyncWaiter(task, asyncio.get_running_loop())
+            self._enqueue(waiter)
+        try:
+            await waiter.future
+        except asyncio.CancelledError:
+            granted = not self._abandon(waiter)
+            if granted and waiter.future.done() and not waiter.future.cancelled():
+                # Delivered just before the cancellation landed: give it back.
+                # (Granted but not yet delivered: _deliver sees the cancelled
+                # future and releases.)
+                self.release()
+            raise
+
+    async def __aenter__(self) -> CutwatchLock:
+        await self.acquire_async()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        holder = self._holder.task_id if self._holder else None
+        return f"<CutwatchLock {self.name!r} holder={holder} waiters={len(self._waiters)}>"

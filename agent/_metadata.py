@@ -1,0 +1,41 @@
+"""Reading and writing the stamp in gRPC metadata without touching the rest.
+
+Metadata arrives as tuples of (key, value), ``grpc.aio.Metadata`` or
+``_Metadatum`` objects; every helper copies, none mutates what it was given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from cutwatch.agent._stamp import STAMP_METADATA_KEY
+
+MetadataPairs = tuple[tuple[str, str | bytes], ...]
+
+
+def find_stamp(metadata: Iterable[Any] | None) -> bytes | str | None:
+    """The stamp value in ``metadata``, or None when it carries none."""
+    if not metadata:
+        return None
+    for item in metadata:
+        key, value = item[0], item[1]
+        if key == STAMP_METADATA_KEY:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+def without_stamp(metadata: Iterable[Any] | None) -> MetadataPairs:
+    """A copy of ``metadata`` as pairs, minus any stamp."""
+    if not metadata:
+        return ()
+    return tuple((item[0], item[1]) for item in metadata if item[0] != STAMP_METADATA_KEY)
+
+
+def with_stamp(metadata: Iterable[Any] | None, stamp: bytes) -> MetadataPairs:
+    """A copy of ``metadata`` with our stamp added (replacing a stale one)."""
+    return (*without_stamp(metadata), (STAMP_METADATA_KEY, stamp))
+
+
+def method_name(method: str | bytes) -> str:
+    return method.decode("utf-8", "replace") if isinstance(method, bytes) else method

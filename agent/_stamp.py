@@ -1,0 +1,251 @@
+"""The stamp codec: vector clocks on the wire, a few bytes per entry.
+
+Each agent numbers the process ids it knows in the order it learns them (its
+dictionary, index 0 being itself) and sends clock values in that order as
+packed varints, so an entry costs only its value once the receiver knows the
+dictionary. The names themselves travel only until the peer acknowledges
+them: each stamp carries, for the process it is addressed to, how much of
+that process's dictionary the sender already holds. Acknowledgements may
+arrive late or out of order; a stale one only causes names to be resent.
+
+The codec is pure (no gRPC, no locking): the agent serialises access.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from cutwatch.agent.exceptions import StampError
+from cutwatch.proto import stamp_pb2
+
+STAMP_METADATA_KEY = "cutwatch-stamp-bin"
+STAMP_VERSION = 1
+
+DEFAULT_MAX_STAMP_BYTES = 4096
+"""gRPC base64-encodes binary metadata (4/3) and by default refuses header
+lists over 8 KiB, so a 4 KiB stamp leaves room for the application's own."""
+
+DEFAULT_MAX_CLOCK_ENTRIES = 4096
+MAX_PROCESS_ID_LENGTH = 256
+_MAX_COUNTER = (1 << 63) - 1
+
+
+def fingerprint(process_id: str) -> int:
+    """A 32-bit fingerprint naming a process in acknowledgements."""
+    return zlib.crc32(process_id.encode("utf-8"))
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedStamp:
+    """What a receiver learns from one stamp."""
+
+    sender: str
+    entries: tuple[tuple[str, int], ...]
+    """Clock entries whose process ids the receiver could resolve."""
+    epoch: int
+    call_id: int
+    trace_id: bytes
+    span_id: bytes
+    unresolved: int
+    """Entries dropped because their names were not known yet."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedStamp:
+    data: bytes
+    entries_sent: int
+    degraded: bool
+    """True when the clock was cut to fit the size limit."""
+
+
+class StampCodec:
+    """Encodes and decodes stamps for one process; keeps the dictionary state.
+
+    ``max_peers`` bounds both tables (what peers know of our names, and the
+    names we know of each peer); the least recently used peer is forgotten,
+    which costs at most a resend of its names.
+    """
+
+    def __init__(
+        self,
+        owner: str,
+        *,
+        max_stamp_bytes: int = DEFAULT_MAX_STAMP_BYTES,
+        max_clock_entries: int = DEFAULT_MAX_CLOCK_ENTRIES,
+        max_peers: int = 1024,
+    ) -> None:
+        if not owner or len(owner) > MAX_PROCESS_ID_LENGTH:
+            raise ValueError(f"process id must be 1..{MAX_PROCESS_ID_LENGTH} characters")
+        self.owner = owner
+        self.owner_fp = fingerprint(owner)
+        self.max_stamp_bytes = max_stamp_bytes
+        self.max_clock_entries = max_clock_entries
+        self._max_peers = max_peers
+        self._known_by: OrderedDict[str, int] = OrderedDict()
+        self._peer_names: OrderedDict[str, list[str | None]] = OrderedDict()
+
+    # Encoding ---------------------------------------------------------------
+    def encode(
+        self,
+        names: Sequence[str],
+        values: Sequence[int],
+        *,
+        peer: str | None,
+        epoch: int = 0,
+        call_id: int = 0,
+        trace_id: bytes = b"",
+        span_id: bytes = b"",
+    ) -> EncodedStamp:
+        """Encode our clock (``names``/``values`` in dictionary order) for ``peer``.
+
+        ``peer`` is the process the message goes to, when known (responses
+        always; requests once the channel has seen a response).
+        """
+        count = len(values)
+        start = self._known_by.get(peer, 1) if peer is not None else 1
+        start = max(1, min(start, count))
+        message = stamp_pb2.Stamp(
+            version=STAMP_VERSION,
+            sender=self.owner,
+            clock=values,
+            names_start=start,
+            names=names[start:count],
+            epoch=epoch,
+            call_id=call_id,
+            trace_id=trace_id,
+            span_id=span_id,
+        )
+        if peer is not None:
+            message.peer_fp = fingerprint(peer)
+            message.peer_known = self._contiguous_known(peer)
+        data = message.SerializeToString()
+        if len(data) <= self.max_stamp_bytes:
+            return EncodedStamp(data, count, False)
+        return self._degrade(message, names, values)
+
+    def _degrade(
+        self, message: stamp_pb2.Stamp, names: Sequence[str], values: Sequence[int]
+    ) -> EncodedStamp:
+        """Send the longest prefix of the clock that fits.
+
+        Dropping entries only makes the receiver learn less: its clock stays
+        a valid lower bound, and no cut check can fail because of it.
+        """
+        low, high = 1, len(values)
+        best = b""
+        best_count = 1
+        while low <= high:
+            mid = (low + high) // 2
+            del message.clock[:]
+            message.clock.extend(values[:mid])
+            start = min(message.names_start, mid)
+            message.names_start = start
+            del message.names[:]
+            message.names.extend(names[start:mid])
+            data = message.SerializeToString()
+            if len(data) <= self.max_stamp_bytes:
+                best, best_count = data, mid
+                low = mid + 1
+            else:
+                high = mid - 1
+        if not best:
+            raise StampError("stamp does not fit its size limit even with one clock entry")
+        return EncodedStamp(best, best_count, True)
+
+    # Decoding ---------------------------------------------------------------
+    def decode(self, data: bytes) -> DecodedStamp:
+        """Decode a peer's stamp; raise ``StampError`` and nothing else."""
+        if len(data) > self.max_stamp_bytes:
+            raise StampError(f"stamp of {len(data)} bytes exceeds the {self.max_stamp_bytes}-byte limit")
+        message = stamp_pb2.Stamp()
+        try:
+            message.ParseFromString(data)
+        except (DecodeError, RuntimeError, ValueError) as exc:
+            raise StampError(f"stamp does not parse: {exc}") from None
+        if message.version != STAMP_VERSION:
+            raise StampError(f"unsupported stamp version {message.version}")
+        sender = message.sender
+        if not sender or len(sender) > MAX_PROCESS_ID_LENGTH:
+            raise StampError("stamp has no valid sender")
+        clock = message.clock
+        if len(clock) > self.max_clock_entries:
+            raise StampError(f"stamp clock has {len(clock)} entries, over {self.max_clock_entries}")
+        start = message.names_start
+        names = message.names
+        if names and (start < 1 or start + len(names) > len(clock)):
+            raise StampError("stamp names do not match its clock")
+        for name in names:
+            if not name or len(name) > MAX_PROCESS_ID_LENGTH:
+                raise StampError("stamp carries an invalid process id")
+        if any(value > _MAX_COUNTER for value in clock):
+            raise StampError("stamp clock value out of range")
+        if len(message.trace_id) not in (0, 16) or len(message.span_id) not in (0, 8):
+            raise StampError("stamp trace or span id has the wrong length")
+
+        table = self._table_for(sender)
+        if names:
+            if len(table) < start:
+                table.extend([None] * (start - len(table)))
+            for offset, name in enumerate(names):
+                index = start + offset
+                if index < len(table):
+                    table[index] = name
+                else:
+                    table.append(name)
+        if message.peer_fp == self.owner_fp and message.peer_fp:
+            self._remember_known_by(sender, message.peer_known)
+
+        entries: list[tuple[str, int]] = []
+        unresolved = 0
+        for index, value in enumerate(clock):
+            if index == 0:
+                entries.append((sender, value))
+                continue
+            name = table[index] if index < len(table) else None
+            if name is None:
+                unresolved += 1
+            elif value:
+                entries.append((name, value))
+        return DecodedStamp(
+            sender=sender,
+            entries=tuple(entries),
+            epoch=message.epoch,
+            call_id=message.call_id,
+            trace_id=message.trace_id,
+            span_id=message.span_id,
+            unresolved=unresolved,
+        )
+
+    # Dictionary bookkeeping ---------------------------------------------------
+    def _table_for(self, sender: str) -> list[str | None]:
+        table = self._peer_names.get(sender)
+        if table is None:
+            table = [sender]
+            self._peer_names[sender] = table
+            if len(self._peer_names) > self._max_peers:
+                self._peer_names.popitem(last=False)
+        else:
+            self._peer_names.move_to_end(sender)
+        return table
+
+    def _contiguous_known(self, peer: str) -> int:
+        table = self._peer_names.get(peer)
+        if table is None:
+            return 0
+        for index, name in enumerate(table):
+            if name is None:
+                return index
+        return len(table)
+
+    def _remember_known_by(self, peer: str, known: int) -> None:
+        # The latest acknowledgement wins, even when lower: a peer that
+        # forgot our names (restart, eviction) must get them again.
+        self._known_by[peer] = known
+        self._known_by.move_to_end(peer)
+        if len(self._known_by) > self._max_peers:
+            self._known_by.popitem(last=False)

@@ -1,0 +1,149 @@
+"""Tasks: what each server handler or application thread is doing.
+
+A task is one inbound call's handler execution, or an application thread or
+coroutine that made an outbound call or took a cutwatch lock outside any
+handler. Each task records the outbound calls it waits on and the locks it
+holds or waits for; these are the wait-for edges that deadlock detection
+reads from a cut. The current task travels in a context variable, so it
+follows threads (set by the handler wrapper) and asyncio tasks alike.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+_current_task: contextvars.ContextVar[Task | None] = contextvars.ContextVar(
+    "cutwatch_current_task", default=None
+)
+
+
+@dataclass(slots=True)
+class OutboundCall:
+    """An outbound call in flight from a task."""
+
+    call_id: int
+    method: str
+    target: str
+    """Process id of the callee when known (a response came back before)."""
+    blocking: bool = True
+    """False while the caller holds a future it is not waiting on."""
+
+
+@dataclass(slots=True)
+class Task:
+    task_id: int
+    kind: str
+    """"server" for a handler execution, "app" for an application thread."""
+    method: str = ""
+    caller: str = ""
+    call_id: int = 0
+    trace_id: bytes = b""
+    span_id: bytes = b""
+    held_locks: list[str] = field(default_factory=list)
+    waiting_lock: str | None = None
+    outbound: dict[int, OutboundCall] = field(default_factory=dict)
+
+    def is_idle(self) -> bool:
+        return not self.outbound and not self.held_locks and self.waiting_lock is None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskView:
+    """A read-only copy of a task, as a snapshot or ``agent.tasks()`` sees it."""
+
+    task_id: int
+    kind: str
+    method: str
+    caller: str
+    call_id: int
+    trace_id: str
+    span_id: str
+    held_locks: tuple[str, ...]
+    waiting_lock: str | None
+    outbound: tuple[OutboundCall, ...]
+
+
+class TaskRegistry:
+    """The live tasks of one agent; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tasks: dict[int, Task] = {}
+        self._ids = itertools.count(1)
+
+    def start(self, kind: str, *, method: str = "", caller: str = "", call_id: int = 0) -> Task:
+        task = Task(task_id=next(self._ids), kind=kind, method=method, caller=caller, call_id=call_id)
+        with self._lock:
+            self._tasks[task.task_id] = task
+        return task
+
+    def end(self, task: Task) -> None:
+        with self._lock:
+            self._tasks.pop(task.task_id, None)
+
+    @contextmanager
+    def mutate(self) -> Iterator[None]:
+        """Hold the registry lock while changing a task's fields."""
+        with self._lock:
+            yield
+
+    def current_or_app_task(self) -> Task:
+        """The running task, or a new application task bound to this context."""
+        task = _current_task.get()
+        if task is None:
+            task = self.start("app")
+            _current_task.set(task)
+        return task
+
+    def release_if_idle(self, task: Task) -> None:
+        """Forget an application task once it waits on and holds nothing."""
+        if task.kind != "app":
+            return
+        with self._lock:
+            if not task.is_idle():
+                return
+            self._tasks.pop(task.task_id, None)
+        if _current_task.get() is task:
+            _current_task.set(None)
+
+    def views(self) -> list[TaskView]:
+        with self._lock:
+            return [
+                TaskView(
+                    task_id=t.task_id,
+                    kind=t.kind,
+                    method=t.method,
+                    caller=t.caller,
+                    call_id=t.call_id,
+                    trace_id=t.trace_id.hex(),
+                    span_id=t.span_id.hex(),
+                    held_locks=tuple(t.held_locks),
+                    waiting_lock=t.waiting_lock,
+                    outbound=tuple(
+                        OutboundCall(c.call_id, c.method, c.target, c.blocking)
+                        for c in t.outbound.values()
+                    ),
+                )
+                for t in self._tasks.values()
+            ]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._tasks)
+
+
+def current_task() -> Task | None:
+    return _current_task.get()
+
+
+def bind_task(task: Task | None) -> contextvars.Token[Task | None]:
+    return _current_task.set(task)
+
+
+def unbind_task(token: contextvars.Token[Task | None]) -> None:
+    _current_task.reset(token)

@@ -1,0 +1,19 @@
+"""OpenTelemetry glue: the ids of the active span, for tasks and stamps.
+
+cutwatch depends only on ``opentelemetry-api``; with no SDK configured every
+span is invalid and the ids are empty.
+"""
+
+from __future__ import annotations
+
+from opentelemetry import trace
+
+_EMPTY = (b"", b"")
+
+
+def current_span_ids() -> tuple[bytes, bytes]:
+    """(trace id, span id) of the active span as 16 and 8 bytes, or empty."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return _EMPTY
+    return context.trace_id.to_bytes(16, "big"), context.span_id.to_bytes(8, "big")
