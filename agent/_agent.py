@@ -48,9 +48,6 @@ from cutwatch.integrations.opentelemetry import current_span_ids
 if TYPE_CHECKING:
     import contextvars
 
-    import grpc
-    import grpc.aio
-
     from cutwatch.agent._aio_client import AioClientInterceptor
     from cutwatch.agent._aio_server import AioServerInterceptor
     from cutwatch.agent._client import ClientInterceptor
@@ -88,6 +85,16 @@ class AgentStats:
 
 class _Counters:
     """Mutable twin of ``AgentStats``; updated under the agent lock."""
+
+    requests_sent: int
+    requests_received: int
+    responses_sent: int
+    responses_received: int
+    untracked_missing: int
+    untracked_malformed: int
+    unresolved_entries: int
+    stamps_degraded: int
+    internal_errors: int
 
     def __init__(self) -> None:
         for f in fields(AgentStats):
@@ -314,9 +321,9 @@ class Agent:
                     self._counters.stamps_degraded += 1
                 self._log_event(f"send request {method} call={call_id}")
             call = OutboundCall(call_id=call_id, method=method, target=channel.server or "")
-            with self._tasks.mutate():
+            with self._tasks.mutate(task):
                 task.outbound[call_id] = call
-                if trace_id and not task.trace_id:
+                if trace_id:  # the span the task now waits in, e.g. the handler's own server span
                     task.trace_id, task.span_id = trace_id, span_id
             return Outbound(call, task, channel), encoded.data
         except Exception:

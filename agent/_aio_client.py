@@ -87,20 +87,34 @@ class _StampedCall(wrapt.ObjectProxy):  # type: ignore[misc]
         return self._self_iterator
 
     async def _self_stream(self) -> AsyncIterator[Any]:
-        try:
-            async for response in self.__wrapped__:
-                yield response
-        except BaseException as exc:
-            await self._self_finish(exc)
-            raise
+        # Blocking while the caller awaits the next response, not while it
+        # holds one; an abandoned iteration (GeneratorExit) leaves the call
+        # to the done-callback, which sees its real trailing metadata.
+        call = self._self_outbound.call
+        responses = self.__wrapped__.__aiter__()
+        while True:
+            call.blocking = True
+            try:
+                response = await responses.__anext__()
+            except StopAsyncIteration:
+                break
+            except BaseException as exc:
+                await self._self_finish(exc)
+                raise
+            finally:
+                call.blocking = False
+            yield response
         await self._self_finish()
 
     async def read(self) -> Any:
+        self._self_outbound.call.blocking = True
         try:
             message = await self.__wrapped__.read()
         except BaseException as exc:
             await self._self_finish(exc)
             raise
+        finally:
+            self._self_outbound.call.blocking = False
         if message is grpc.aio.EOF:
             await self._self_finish()
         return message

@@ -54,14 +54,14 @@ class CutwatchLock:
     def _grant(self, task: Task) -> None:
         """Make ``task`` the holder; caller holds ``_mutex``."""
         self._holder = task
-        with self._registry.mutate():
+        with self._registry.mutate(task):
             if task.waiting_lock == self.name:
                 task.waiting_lock = None
             task.held_locks.append(self.name)
 
     def _enqueue(self, waiter: _ThreadWaiter | _AsyncWaiter) -> None:
         self._waiters.append(waiter)
-        with self._registry.mutate():
+        with self._registry.mutate(waiter.task):
             waiter.task.waiting_lock = self.name
 
     def _abandon(self, waiter: _ThreadWaiter | _AsyncWaiter) -> bool:
@@ -149,8 +149,9 @@ class CutwatchLock:
         try:
             await waiter.future
         except asyncio.CancelledError:
-            granted = not self._abandon(waiter)
-            if granted and waiter.future.done() and not waiter.future.cancelled():
+            if self._abandon(waiter):
+                self._registry.release_if_idle(task)
+            elif waiter.future.done() and not waiter.future.cancelled():
                 # Delivered just before the cancellation landed: give it back.
                 # (Granted but not yet delivered: _deliver sees the cancelled
                 # future and releases.)

@@ -139,11 +139,12 @@ class StampCodec:
         low, high = 1, len(values)
         best = b""
         best_count = 1
+        first_name = message.names_start  # each probe cuts from the original, so size grows with mid
         while low <= high:
             mid = (low + high) // 2
             del message.clock[:]
             message.clock.extend(values[:mid])
-            start = min(message.names_start, mid)
+            start = max(1, min(first_name, mid))
             message.names_start = start
             del message.names[:]
             message.names.extend(names[start:mid])
@@ -206,11 +207,11 @@ class StampCodec:
             if index == 0:
                 entries.append((sender, value))
                 continue
-            name = table[index] if index < len(table) else None
-            if name is None:
+            known = table[index] if index < len(table) else None
+            if known is None:
                 unresolved += 1
             elif value:
-                entries.append((name, value))
+                entries.append((known, value))
         return DecodedStamp(
             sender=sender,
             entries=tuple(entries),

@@ -47,6 +47,8 @@ class Task:
     held_locks: list[str] = field(default_factory=list)
     waiting_lock: str | None = None
     outbound: dict[int, OutboundCall] = field(default_factory=dict)
+    live: bool = True
+    """False once ended or released; a context may still hold it (see ``current_or_app_task``)."""
 
     def is_idle(self) -> bool:
         return not self.outbound and not self.held_locks and self.waiting_lock is None
@@ -84,18 +86,32 @@ class TaskRegistry:
 
     def end(self, task: Task) -> None:
         with self._lock:
+            task.live = False
             self._tasks.pop(task.task_id, None)
 
     @contextmanager
-    def mutate(self) -> Iterator[None]:
-        """Hold the registry lock while changing a task's fields."""
+    def mutate(self, task: Task | None = None) -> Iterator[None]:
+        """Hold the registry lock while changing a task's fields.
+
+        An application task released meanwhile by another thread (a call
+        finished by gRPC's done-callback) is registered again, so what is
+        about to be recorded on it stays visible.
+        """
         with self._lock:
+            if task is not None and not task.live and task.kind == "app":
+                task.live = True
+                self._tasks[task.task_id] = task
             yield
 
     def current_or_app_task(self) -> Task:
-        """The running task, or a new application task bound to this context."""
+        """The running task, or a new application task bound to this context.
+
+        A task that has ended is not reused: a context may still hold an
+        application task that another thread released (its last call was
+        finished by a done-callback), or one of an agent closed since.
+        """
         task = _current_task.get()
-        if task is None:
+        if task is None or not task.live:
             task = self.start("app")
             _current_task.set(task)
         return task
@@ -107,6 +123,7 @@ class TaskRegistry:
         with self._lock:
             if not task.is_idle():
                 return
+            task.live = False
             self._tasks.pop(task.task_id, None)
         if _current_task.get() is task:
             _current_task.set(None)

@@ -2,6 +2,14 @@
 
 cutwatch depends only on ``opentelemetry-api``; with no SDK configured every
 span is invalid and the ids are empty.
+
+With opentelemetry-instrumentation-grpc's interceptors, either order works
+and trace context propagates. Put OpenTelemetry's server interceptor first
+so that a handler's task carries the server span from its start (otherwise
+it carries the caller's ids from the stamp until its first outbound call).
+On sync channels put OpenTelemetry's client interceptor outside cutwatch's:
+it hands unary-stream calls back as bare generators, so an outer cutwatch
+cannot read those responses' stamps (they are counted as untracked).
 """
 
 from __future__ import annotations
