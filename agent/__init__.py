@@ -1,9 +1,9 @@
 """The cutwatch agent: vector clocks, stamps, tasks and locks inside a service.
 
-    import cutwatch, grpc
-    agent = cutwatch.Agent(service="bank").start()
-    server = grpc.server(pool, interceptors=[agent.server_interceptor()])
-    channel = grpc.intercept_channel(grpc.insecure_channel(addr), agent.client_interceptor())
+import cutwatch, grpc
+agent = cutwatch.Agent(service="bank").start()
+server = grpc.server(pool, interceptors=[agent.server_interceptor()])
+channel = grpc.intercept_channel(grpc.insecure_channel(addr), agent.client_interceptor())
 """
 
 from cutwatch.agent._agent import Agent, AgentStats

@@ -38,9 +38,6 @@ from cutwatch.agent._tasks import (
     Task,
     TaskRegistry,
     TaskView,
-    bind_task,
-    current_task,
-    unbind_task,
 )
 from cutwatch.agent.exceptions import AgentStateError, StampError
 from cutwatch.integrations.opentelemetry import current_span_ids
@@ -157,9 +154,7 @@ class Agent:
         max_clock_entries: int = DEFAULT_MAX_CLOCK_ENTRIES,
     ) -> None:
         if not _SERVICE_NAME.match(service):
-            raise ValueError(
-                f"service name {service!r} must be 1-100 letters, digits, '.', '_' or '-'"
-            )
+            raise ValueError(f"service name {service!r} must be 1-100 letters, digits, '.', '_' or '-'")
         instance = instance_id if instance_id is not None else secrets.token_hex(4)
         process_id = f"{service}:{instance}"
         if len(process_id) > MAX_PROCESS_ID_LENGTH or any(c.isspace() for c in process_id):
@@ -184,6 +179,7 @@ class Agent:
         self._event_log_path = Path(event_log) if event_log is not None else None
         self._event_log: EventLog | None = None
         self._worker_pools: dict[str, int] = {}
+        self._pools_probed: set[str] = set()
         self._epoch = 0
         self._started = False
         self._closed = False
@@ -198,8 +194,9 @@ class Agent:
                 return self
             if self._event_log_path is not None:
                 self._event_log = EventLog(self._event_log_path)
-                self._event_log.write(self.process_id, self._clock.snapshot().tick(self.process_id),
-                                      "Initialization Complete")
+                self._event_log.write(
+                    self.process_id, self._clock.snapshot().tick(self.process_id), "Initialization Complete"
+                )
                 self._clock.tick()
             self._started = True
         return self
@@ -319,12 +316,11 @@ class Agent:
                 self._counters.requests_sent += 1
                 if encoded.degraded:
                     self._counters.stamps_degraded += 1
-                self._log_event(f"send request {method} call={call_id}")
+                if self._event_log is not None:
+                    self._log_event(f"send request {method} call={call_id}")
             call = OutboundCall(call_id=call_id, method=method, target=channel.server or "")
-            with self._tasks.mutate(task):
-                task.outbound[call_id] = call
-                if trace_id:  # the span the task now waits in, e.g. the handler's own server span
-                    task.trace_id, task.span_id = trace_id, span_id
+            # The span the task now waits in (e.g. the handler's own server span).
+            self._tasks.add_outbound(task, call, trace_id, span_id)
             return Outbound(call, task, channel), encoded.data
         except Exception:
             self._internal_error("preparing an outbound call")
@@ -341,15 +337,12 @@ class Agent:
                 self._counters.responses_received += 1
                 if decoded is not None:
                     outbound.channel.server = decoded.sender
-                    sender = decoded.sender
-                else:
-                    sender = "untracked peer"
-                self._log_event(
-                    f"receive response {outbound.call.method} call={outbound.call.call_id} from {sender}"
-                )
-            with self._tasks.mutate():
-                outbound.task.outbound.pop(outbound.call.call_id, None)
-            self._tasks.release_if_idle(outbound.task)
+                if self._event_log is not None:
+                    sender = decoded.sender if decoded is not None else "untracked peer"
+                    self._log_event(
+                        f"receive response {outbound.call.method} call={outbound.call.call_id} from {sender}"
+                    )
+            self._tasks.remove_outbound(outbound.task, outbound.call.call_id)
         except Exception:
             self._internal_error("finishing an outbound call")
 
@@ -362,19 +355,23 @@ class Agent:
                 self._counters.requests_received += 1
                 caller = decoded.sender if decoded else None
                 call_id = decoded.call_id if decoded else 0
-                self._log_event(f"receive request {method} call={call_id} from {caller or 'untracked peer'}")
+                if self._event_log is not None:
+                    self._log_event(
+                        f"receive request {method} call={call_id} from {caller or 'untracked peer'}"
+                    )
             task = self._tasks.start("server", method=method, caller=caller or "", call_id=call_id)
             trace_id, span_id = current_span_ids()
             if trace_id:
                 task.trace_id, task.span_id = trace_id, span_id
             elif decoded is not None and decoded.trace_id:
                 task.trace_id, task.span_id = decoded.trace_id, decoded.span_id
-            if not self._worker_pools.get(pool):
+            if pool not in self._pools_probed:
+                self._pools_probed.add(pool)
                 capacity = _executor_capacity()
                 if capacity:
                     self._learn_pool_capacity(pool, capacity)
             inbound = Inbound(task, caller)
-            inbound.token = bind_task(task)
+            inbound.token = self._tasks.bind(task)
             return inbound
         except Exception:
             self._internal_error("starting an inbound call")
@@ -388,7 +385,7 @@ class Agent:
             inbound.finished = True
             self._tasks.end(inbound.task)
             if inbound.token is not None:
-                _safe_unbind(inbound.token)
+                self._tasks.unbind(inbound.token)
                 inbound.token = None
             trace_id, span_id = current_span_ids()
             with self._lock:
@@ -405,7 +402,8 @@ class Agent:
                 self._counters.responses_sent += 1
                 if encoded.degraded:
                     self._counters.stamps_degraded += 1
-                self._log_event(f"send response {inbound.task.method} call={inbound.task.call_id}")
+                if self._event_log is not None:
+                    self._log_event(f"send response {inbound.task.method} call={inbound.task.call_id}")
             return encoded.data
         except Exception:
             self._internal_error("finishing an inbound call")
@@ -426,18 +424,17 @@ class Agent:
                 self._counters.untracked_malformed += 1
                 _LOG.debug("untracked message: %s", exc)
         if decoded is not None:
-            own = self.process_id
-            # A peer cannot know more of us than we do; ignore such claims.
-            self._clock.merge(
-                (pid, value) for pid, value in decoded.entries if pid != own
-            )
+            # A peer cannot know more of us than we do: merge_peer ignores our own entry.
+            self._clock.merge_peer(decoded.entries)
             self._counters.unresolved_entries += decoded.unresolved
         self._clock.tick()
         return decoded
 
     def _log_event(self, description: str) -> None:
         if self._event_log is not None:
-            self._event_log.write(self.process_id, dict(zip(self._clock.names, self._clock.values)), description)
+            self._event_log.write(
+                self.process_id, dict(zip(self._clock.names, self._clock.values, strict=True)), description
+            )
 
     def _internal_error(self, what: str) -> None:
         with self._lock:
@@ -446,13 +443,6 @@ class Agent:
 
     def __repr__(self) -> str:
         return f"<cutwatch.Agent {self.process_id}>"
-
-
-def _safe_unbind(token: contextvars.Token[Task | None]) -> None:
-    try:
-        unbind_task(token)
-    except ValueError:  # closed from another context (e.g. a collected generator)
-        pass
 
 
 def _executor_capacity() -> int:
@@ -483,4 +473,4 @@ def safe_call(agent: Agent, what: str, fn: Callable[[], _F], default: _F) -> _F:
         return default
 
 
-__all__ = ["Agent", "AgentStats", "ChannelPeer", "Inbound", "Outbound", "current_task"]
+__all__ = ["Agent", "AgentStats", "ChannelPeer", "Inbound", "Outbound"]

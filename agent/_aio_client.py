@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Generator
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 import grpc.aio
 import wrapt
 
 from cutwatch.agent._agent import ChannelPeer
+from cutwatch.agent._grpc_bases import (
+    AioStreamStreamClientBase,
+    AioStreamUnaryClientBase,
+    AioUnaryStreamClientBase,
+    AioUnaryUnaryClientBase,
+)
 from cutwatch.agent._metadata import method_name, with_stamp
 
 if TYPE_CHECKING:
@@ -35,7 +41,7 @@ def _stamped_details(details: grpc.aio.ClientCallDetails, stamp: bytes) -> grpc.
     )
 
 
-class _StampedCall(wrapt.ObjectProxy):  # type: ignore[misc]
+class _StampedCall(wrapt.ObjectProxy[Any]):
     """Proxy of an aio call that finishes the outbound call when it ends."""
 
     def __init__(self, call: Any, agent: Agent, outbound: Outbound) -> None:
@@ -46,13 +52,20 @@ class _StampedCall(wrapt.ObjectProxy):  # type: ignore[misc]
         call.add_done_callback(self._self_on_done)
 
     def _self_on_done(self, _call: Any) -> None:
+        # The callback fires before the awaiting caller resumes, and the
+        # caller usually finishes the call itself: look again one loop turn
+        # later and only then pay for a task of our own.
         if self._self_outbound.finished:
             return
         try:
-            task = asyncio.get_running_loop().create_task(self._self_finish())
+            asyncio.get_running_loop().call_soon(self._self_backstop)
         except RuntimeError:  # no running loop (shutting down): finish untracked
             self._self_agent._end_outbound(self._self_outbound, None)
+
+    def _self_backstop(self) -> None:
+        if self._self_outbound.finished:
             return
+        task = asyncio.get_running_loop().create_task(self._self_finish())
         _background.add(task)
         task.add_done_callback(_background.discard)
 
@@ -115,7 +128,7 @@ class _StampedCall(wrapt.ObjectProxy):  # type: ignore[misc]
             raise
         finally:
             self._self_outbound.call.blocking = False
-        if message is grpc.aio.EOF:
+        if message is grpc.aio.EOF:  # type: ignore[attr-defined]
             await self._self_finish()
         return message
 
@@ -139,32 +152,36 @@ class _AioClientBase:
         return _StampedCall(call, self._agent, outbound)
 
 
-class AioUnaryUnaryInterceptor(_AioClientBase, grpc.aio.UnaryUnaryClientInterceptor):
+class AioUnaryUnaryInterceptor(_AioClientBase, AioUnaryUnaryClientBase):
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await self._intercept(continuation, client_call_details, request)
 
 
-class AioUnaryStreamInterceptor(_AioClientBase, grpc.aio.UnaryStreamClientInterceptor):
+class AioUnaryStreamInterceptor(_AioClientBase, AioUnaryStreamClientBase):
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await self._intercept(continuation, client_call_details, request)
 
 
-class AioStreamUnaryInterceptor(_AioClientBase, grpc.aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+class AioStreamUnaryInterceptor(_AioClientBase, AioStreamUnaryClientBase):
+    async def intercept_stream_unary(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
         return await self._intercept(continuation, client_call_details, request_iterator)
 
 
-class AioStreamStreamInterceptor(_AioClientBase, grpc.aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+class AioStreamStreamInterceptor(_AioClientBase, AioStreamStreamClientBase):
+    async def intercept_stream_stream(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
         return await self._intercept(continuation, client_call_details, request_iterator)
 
 
-AioClientInterceptor = Union[
-    AioUnaryUnaryInterceptor,
-    AioUnaryStreamInterceptor,
-    AioStreamUnaryInterceptor,
-    AioStreamStreamInterceptor,
-]
+AioClientInterceptor: TypeAlias = (
+    AioUnaryUnaryInterceptor
+    | AioUnaryStreamInterceptor
+    | AioStreamUnaryInterceptor
+    | AioStreamStreamInterceptor
+)
 
 
 def aio_client_interceptors(agent: Agent) -> list[AioClientInterceptor]:

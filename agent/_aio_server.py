@@ -17,6 +17,7 @@ import grpc
 import grpc.aio
 import wrapt
 
+from cutwatch.agent._grpc_bases import AioServerInterceptorBase
 from cutwatch.agent._metadata import with_stamp
 from cutwatch.agent._server import HandlerCache, _HandlerWrapper, add_response_stamp, wrap_handler
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from cutwatch.agent._agent import Agent, Inbound
 
 
-class _StampingContext(wrapt.ObjectProxy):  # type: ignore[misc]
+class _StampingContext(wrapt.ObjectProxy[Any]):
     """The servicer context, with aborts that carry the response stamp."""
 
     def __init__(self, context: Any, agent: Agent, inbound: Inbound | None) -> None:
@@ -44,7 +45,9 @@ class _StampingContext(wrapt.ObjectProxy):  # type: ignore[misc]
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
     async def abort_with_status(self, status: grpc.Status) -> NoReturn:
-        await self.__wrapped__.abort(status.code, status.details, self._self_trailing(status.trailing_metadata))
+        await self.__wrapped__.abort(
+            status.code, status.details, self._self_trailing(status.trailing_metadata)
+        )
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 
@@ -93,7 +96,7 @@ class _AioHandlerWrapper(_HandlerWrapper):
         return super().stream_response(behavior)
 
 
-class AioServerInterceptor(grpc.aio.ServerInterceptor):
+class AioServerInterceptor(AioServerInterceptorBase):
     """Created by ``Agent.aio_server_interceptor()``."""
 
     def __init__(self, agent: Agent, pool: str) -> None:
@@ -101,11 +104,12 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):
         self._pool = pool
         self._handlers = HandlerCache()
 
-    async def intercept_service(
+    # grpc.aio hands None for unknown methods; the stubs do not say so.
+    async def intercept_service(  # type: ignore[override]
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -115,7 +119,10 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):
                 method,
                 handler,
                 lambda: wrap_handler(
-                    self._agent, self._pool, method, handler,
+                    self._agent,
+                    self._pool,
+                    method,
+                    handler,
                     _AioHandlerWrapper(self._agent, self._pool, method),
                 ),
             )

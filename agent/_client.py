@@ -9,6 +9,7 @@ for calls the application never reads.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -16,6 +17,12 @@ import grpc
 import wrapt
 
 from cutwatch.agent._agent import ChannelPeer
+from cutwatch.agent._grpc_bases import (
+    StreamStreamClientBase,
+    StreamUnaryClientBase,
+    UnaryStreamClientBase,
+    UnaryUnaryClientBase,
+)
 from cutwatch.agent._metadata import method_name, with_stamp
 
 if TYPE_CHECKING:
@@ -69,7 +76,7 @@ def trailing_metadata_of(call: Any) -> Any:
     return metadata
 
 
-class _UnaryFuture(wrapt.ObjectProxy):  # type: ignore[misc]
+class _UnaryFuture(wrapt.ObjectProxy[Any]):
     """The call future, finishing the outbound call before handing out results."""
 
     def __init__(self, call: Any, agent: Agent, outbound: Outbound) -> None:
@@ -86,12 +93,12 @@ class _UnaryFuture(wrapt.ObjectProxy):  # type: ignore[misc]
     def _self_wait(self, timeout: float | None) -> None:
         self._self_outbound.call.blocking = True
         try:
-            self.__wrapped__.exception(timeout=timeout)
+            # The call's own failure reaches the caller from result() below.
+            with contextlib.suppress(grpc.RpcError, grpc.FutureCancelledError):
+                self.__wrapped__.exception(timeout=timeout)
         except grpc.FutureTimeoutError:
             self._self_outbound.call.blocking = False
             raise
-        except Exception:
-            pass
         self._self_finish()
 
     def result(self, timeout: float | None = None) -> Any:
@@ -107,7 +114,7 @@ class _UnaryFuture(wrapt.ObjectProxy):  # type: ignore[misc]
         return self.__wrapped__.traceback(timeout=timeout)
 
 
-class _ResponseStream(wrapt.ObjectProxy):  # type: ignore[misc]
+class _ResponseStream(wrapt.ObjectProxy[Any]):
     """The response iterator, finishing the outbound call when it ends."""
 
     def __init__(self, call: Any, agent: Agent, outbound: Outbound) -> None:
@@ -142,10 +149,10 @@ class _ResponseStream(wrapt.ObjectProxy):  # type: ignore[misc]
 
 
 class ClientInterceptor(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
+    UnaryUnaryClientBase,
+    UnaryStreamClientBase,
+    StreamUnaryClientBase,
+    StreamStreamClientBase,
 ):
     """Created by ``Agent.client_interceptor()``; one per channel."""
 
@@ -179,18 +186,29 @@ class ClientInterceptor(
             self._agent._end_outbound(outbound, None)
             raise
         if not hasattr(call, "add_done_callback"):
-            self._agent._end_outbound(outbound, None)
-            return call
+            # A bare iterator (an inner interceptor hid the call): its stamp
+            # cannot be read, but the wait lasts until the stream ends.
+            return self._untracked_stream(call, outbound)
         return _ResponseStream(call, self._agent, outbound)
+
+    def _untracked_stream(self, responses: Iterator[Any], outbound: Outbound) -> Iterator[Any]:
+        try:
+            yield from responses
+        finally:
+            self._agent._end_outbound(outbound, None)
 
     def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return self._unary_response(continuation, client_call_details, request)
 
-    def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+    def intercept_stream_unary(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
         return self._unary_response(continuation, client_call_details, request_iterator)
 
     def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return self._stream_response(continuation, client_call_details, request)
 
-    def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+    def intercept_stream_stream(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
         return self._stream_response(continuation, client_call_details, request_iterator)

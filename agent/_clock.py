@@ -127,8 +127,24 @@ class _LocalClock:
             if value > values[index]:
                 values[index] = value
 
+    def merge_peer(self, entries: Iterable[tuple[str, int]]) -> None:
+        """Merge a peer's entries, ignoring any claim about our own entry.
+
+        A peer cannot know more of this process than it does itself; such a
+        claim (a bug or a forged stamp) must not move our counter.
+        """
+        index, names, values = self._index, self.names, self.values
+        for pid, value in entries:
+            i = index.get(pid)
+            if i is None:
+                index[pid] = len(names)
+                names.append(pid)
+                values.append(value)
+            elif i and value > values[i]:
+                values[i] = value
+
     def snapshot(self) -> VectorClock:
-        return VectorClock(zip(self.names, self.values))
+        return VectorClock(zip(self.names, self.values, strict=True))
 
     def __len__(self) -> int:
         return len(self.names)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from cutwatch.agent._grpc_bases import ServerInterceptorBase
 from cutwatch.agent._metadata import with_stamp
 
 if TYPE_CHECKING:
@@ -120,7 +121,7 @@ class HandlerCache:
         return wrapped
 
 
-class ServerInterceptor(grpc.ServerInterceptor):
+class ServerInterceptor(ServerInterceptorBase):
     """Created by ``Agent.server_interceptor()``."""
 
     def __init__(self, agent: Agent, pool: str) -> None:
@@ -130,9 +131,9 @@ class ServerInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
         if handler is None:
             return handler

@@ -40,7 +40,7 @@ def fingerprint(process_id: str) -> int:
     return zlib.crc32(process_id.encode("utf-8"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DecodedStamp:
     """What a receiver learns from one stamp."""
 
@@ -128,9 +128,7 @@ class StampCodec:
             return EncodedStamp(data, count, False)
         return self._degrade(message, names, values)
 
-    def _degrade(
-        self, message: stamp_pb2.Stamp, names: Sequence[str], values: Sequence[int]
-    ) -> EncodedStamp:
+    def _degrade(self, message: stamp_pb2.Stamp, names: Sequence[str], values: Sequence[int]) -> EncodedStamp:
         """Send the longest prefix of the clock that fits.
 
         Dropping entries only makes the receiver learn less: its clock stays
@@ -163,9 +161,8 @@ class StampCodec:
         """Decode a peer's stamp; raise ``StampError`` and nothing else."""
         if len(data) > self.max_stamp_bytes:
             raise StampError(f"stamp of {len(data)} bytes exceeds the {self.max_stamp_bytes}-byte limit")
-        message = stamp_pb2.Stamp()
         try:
-            message.ParseFromString(data)
+            message = stamp_pb2.Stamp.FromString(data)
         except (DecodeError, RuntimeError, ValueError) as exc:
             raise StampError(f"stamp does not parse: {exc}") from None
         if message.version != STAMP_VERSION:
@@ -183,9 +180,12 @@ class StampCodec:
         for name in names:
             if not name or len(name) > MAX_PROCESS_ID_LENGTH:
                 raise StampError("stamp carries an invalid process id")
-        if any(value > _MAX_COUNTER for value in clock):
+        count = len(clock)
+        values = list(clock)
+        if values and max(values) > _MAX_COUNTER:
             raise StampError("stamp clock value out of range")
-        if len(message.trace_id) not in (0, 16) or len(message.span_id) not in (0, 8):
+        trace_id, span_id = message.trace_id, message.span_id
+        if len(trace_id) not in (0, 16) or len(span_id) not in (0, 8):
             raise StampError("stamp trace or span id has the wrong length")
 
         table = self._table_for(sender)
@@ -201,24 +201,30 @@ class StampCodec:
         if message.peer_fp == self.owner_fp and message.peer_fp:
             self._remember_known_by(sender, message.peer_known)
 
-        entries: list[tuple[str, int]] = []
+        known = table[:count]
+        entries: tuple[tuple[str, int], ...]
         unresolved = 0
-        for index, value in enumerate(clock):
-            if index == 0:
-                entries.append((sender, value))
-                continue
-            known = table[index] if index < len(table) else None
-            if known is None:
-                unresolved += 1
-            elif value:
-                entries.append((known, value))
+        if len(known) == count and None not in known and (count < 2 or 0 not in values[1:]):
+            # Steady state: every name known, no empty entries.
+            entries = tuple(zip(known, values, strict=True))  # type: ignore[arg-type]
+        else:
+            resolved: list[tuple[str, int]] = []
+            for index, value in enumerate(values):
+                known_name = known[index] if index < len(known) else None
+                if index == 0:
+                    resolved.append((sender, value))
+                elif known_name is None:
+                    unresolved += 1
+                elif value:
+                    resolved.append((known_name, value))
+            entries = tuple(resolved)
         return DecodedStamp(
             sender=sender,
-            entries=tuple(entries),
+            entries=entries,
             epoch=message.epoch,
             call_id=message.call_id,
-            trace_id=message.trace_id,
-            span_id=message.span_id,
+            trace_id=trace_id,
+            span_id=span_id,
             unresolved=unresolved,
         )
 

@@ -4,8 +4,10 @@ A task is one inbound call's handler execution, or an application thread or
 coroutine that made an outbound call or took a cutwatch lock outside any
 handler. Each task records the outbound calls it waits on and the locks it
 holds or waits for; these are the wait-for edges that deadlock detection
-reads from a cut. The current task travels in a context variable, so it
-follows threads (set by the handler wrapper) and asyncio tasks alike.
+reads from a cut. The current task travels in a context variable of the
+registry (one per agent, so several agents in one OS process never see each
+other's tasks), which follows threads (set by the handler wrapper) and
+asyncio tasks alike.
 """
 
 from __future__ import annotations
@@ -16,10 +18,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-
-_current_task: contextvars.ContextVar[Task | None] = contextvars.ContextVar(
-    "cutwatch_current_task", default=None
-)
 
 
 @dataclass(slots=True)
@@ -77,6 +75,46 @@ class TaskRegistry:
         self._lock = threading.Lock()
         self._tasks: dict[int, Task] = {}
         self._ids = itertools.count(1)
+        self._current: contextvars.ContextVar[Task | None] = contextvars.ContextVar(
+            "cutwatch_current_task", default=None
+        )
+
+    def current(self) -> Task | None:
+        return self._current.get()
+
+    def bind(self, task: Task | None) -> contextvars.Token[Task | None]:
+        return self._current.set(task)
+
+    def unbind(self, token: contextvars.Token[Task | None]) -> None:
+        """Undo ``bind``; a token from another context (a generator closed
+        by the garbage collector) just clears the slot."""
+        try:
+            self._current.reset(token)
+        except ValueError:
+            self._current.set(None)
+
+    def _revive(self, task: Task) -> None:
+        """Register again an application task released by another thread; holds ``_lock``."""
+        if not task.live and task.kind == "app":
+            task.live = True
+            self._tasks[task.task_id] = task
+
+    def add_outbound(self, task: Task, call: OutboundCall, trace_id: bytes, span_id: bytes) -> None:
+        with self._lock:
+            self._revive(task)
+            task.outbound[call.call_id] = call
+            if trace_id:
+                task.trace_id, task.span_id = trace_id, span_id
+
+    def remove_outbound(self, task: Task, call_id: int) -> None:
+        with self._lock:
+            task.outbound.pop(call_id, None)
+            if task.kind != "app" or not task.is_idle():
+                return
+            task.live = False
+            self._tasks.pop(task.task_id, None)
+        if self._current.get() is task:
+            self._current.set(None)
 
     def start(self, kind: str, *, method: str = "", caller: str = "", call_id: int = 0) -> Task:
         task = Task(task_id=next(self._ids), kind=kind, method=method, caller=caller, call_id=call_id)
@@ -98,9 +136,8 @@ class TaskRegistry:
         about to be recorded on it stays visible.
         """
         with self._lock:
-            if task is not None and not task.live and task.kind == "app":
-                task.live = True
-                self._tasks[task.task_id] = task
+            if task is not None:
+                self._revive(task)
             yield
 
     def current_or_app_task(self) -> Task:
@@ -110,10 +147,10 @@ class TaskRegistry:
         application task that another thread released (its last call was
         finished by a done-callback), or one of an agent closed since.
         """
-        task = _current_task.get()
+        task = self._current.get()
         if task is None or not task.live:
             task = self.start("app")
-            _current_task.set(task)
+            self._current.set(task)
         return task
 
     def release_if_idle(self, task: Task) -> None:
@@ -125,8 +162,8 @@ class TaskRegistry:
                 return
             task.live = False
             self._tasks.pop(task.task_id, None)
-        if _current_task.get() is task:
-            _current_task.set(None)
+        if self._current.get() is task:
+            self._current.set(None)
 
     def views(self) -> list[TaskView]:
         with self._lock:
@@ -142,8 +179,7 @@ class TaskRegistry:
                     held_locks=tuple(t.held_locks),
                     waiting_lock=t.waiting_lock,
                     outbound=tuple(
-                        OutboundCall(c.call_id, c.method, c.target, c.blocking)
-                        for c in t.outbound.values()
+                        OutboundCall(c.call_id, c.method, c.target, c.blocking) for c in t.outbound.values()
                     ),
                 )
                 for t in self._tasks.values()
@@ -152,15 +188,3 @@ class TaskRegistry:
     def __len__(self) -> int:
         with self._lock:
             return len(self._tasks)
-
-
-def current_task() -> Task | None:
-    return _current_task.get()
-
-
-def bind_task(task: Task | None) -> contextvars.Token[Task | None]:
-    return _current_task.set(task)
-
-
-def unbind_task(token: contextvars.Token[Task | None]) -> None:
-    _current_task.reset(token)

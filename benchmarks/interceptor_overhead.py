@@ -168,9 +168,11 @@ async def _aio_echo(request: bytes, context: grpc.aio.ServicerContext[bytes, byt
 def _handler(behaviour: Any) -> grpc.GenericRpcHandler[Any, Any]:
     return grpc.method_handlers_generic_handler(
         SERVICE,
-        {"Echo": grpc.unary_unary_rpc_method_handler(
-            behaviour, request_deserializer=_identity, response_serializer=_identity
-        )},
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(
+                behaviour, request_deserializer=_identity, response_serializer=_identity
+            )
+        },
     )
 
 
@@ -376,8 +378,10 @@ def summarise(mode: str, samples: Samples, check: dict[str, int]) -> dict[str, A
 
 def _process_ids(count: int, rng: random.Random) -> list[str]:
     """Realistic process ids, ``service:instance`` as ``Agent`` makes them."""
-    return [f"svc-{i % 37:02d}-{['api', 'orders', 'ledger', 'auth'][i % 4]}:{rng.getrandbits(32):08x}"
-            for i in range(count)]
+    return [
+        f"svc-{i % 37:02d}-{['api', 'orders', 'ledger', 'auth'][i % 4]}:{rng.getrandbits(32):08x}"
+        for i in range(count)
+    ]
 
 
 def _b64_length(data: bytes) -> int:
@@ -408,17 +412,19 @@ def stamp_sizes(seed: int = 7) -> list[dict[str, Any]]:
         default = StampCodec(names[0]).encode(names, values, peer=receiver, **call)
         warm_b64 = _b64_length(warm.data)
         header = warm_b64 + len(cutwatch.agent.STAMP_METADATA_KEY) + HEADER_ENTRY_OVERHEAD
-        rows.append({
-            "entries": entries,
-            "cold_bytes": len(cold.data),
-            "cold_b64_bytes": _b64_length(cold.data),
-            "warm_bytes": len(warm.data),
-            "warm_b64_bytes": warm_b64,
-            "warm_bytes_per_entry": round(len(warm.data) / entries, 2),
-            "warm_header_share_of_8kib": round(header / GRPC_METADATA_LIMIT, 3),
-            "cold_default_limit_bytes": len(default.data),
-            "cold_default_limit_entries_sent": default.entries_sent,
-        })
+        rows.append(
+            {
+                "entries": entries,
+                "cold_bytes": len(cold.data),
+                "cold_b64_bytes": _b64_length(cold.data),
+                "warm_bytes": len(warm.data),
+                "warm_b64_bytes": warm_b64,
+                "warm_bytes_per_entry": round(len(warm.data) / entries, 2),
+                "warm_header_share_of_8kib": round(header / GRPC_METADATA_LIMIT, 3),
+                "cold_default_limit_bytes": len(default.data),
+                "cold_default_limit_entries_sent": default.entries_sent,
+            }
+        )
     return rows
 
 
@@ -459,49 +465,67 @@ def machine() -> dict[str, Any]:
 
 def print_report(result: dict[str, Any]) -> None:
     cfg, mach = result["config"], result["machine"]
-    print(f"cutwatch interceptor overhead: {cfg['calls']} calls x {cfg['rounds']} rounds per set-up, "
-          f"{len(PAYLOAD)}-byte unary echo, 127.0.0.1")
-    print(f"machine: {mach['nproc']} CPUs ({mach['cpu_model']}), Python {mach['python']}, "
-          f"grpcio {mach['grpcio']}, opentelemetry-sdk {mach['opentelemetry_sdk']}")
+    print(
+        f"cutwatch interceptor overhead: {cfg['calls']} calls x {cfg['rounds']} rounds per set-up, "
+        f"{len(PAYLOAD)}-byte unary echo, 127.0.0.1"
+    )
+    print(
+        f"machine: {mach['nproc']} CPUs ({mach['cpu_model']}), Python {mach['python']}, "
+        f"grpcio {mach['grpcio']}, opentelemetry-sdk {mach['opentelemetry_sdk']}"
+    )
     print("pinned to CPU " + str(cfg["pinned_cpu"]) if cfg["pinned_cpu"] is not None else "not pinned")
     print(f"cutwatch clocks: {PREWARM}")
     for mode in ("sync", "aio"):
         res = result[mode]
         print(f"\n{mode}  ({res['calls_per_config']} calls per set-up)")
-        print(f"  {'set-up':<10}{'median us':>11}{'p99 us':>10}{'ratio':>8}{'added us':>10}"
-              f"{'(by round)':>12}")
+        print(
+            f"  {'set-up':<10}{'median us':>11}{'p99 us':>10}{'ratio':>8}{'added us':>10}{'(by round)':>12}"
+        )
         for config in CONFIGS:
             row = res[config]
             if config == "bare":
                 extra = f"{'1.000':>8}{'':>10}{'':>12}"
             else:
-                extra = (f"{res[f'ratio_{config}']:>8.3f}{res[f'added_{config}_us']:>10.1f}"
-                         f"{res[f'added_{config}_us_round_median']:>12.1f}")
+                extra = (
+                    f"{res[f'ratio_{config}']:>8.3f}{res[f'added_{config}_us']:>10.1f}"
+                    f"{res[f'added_{config}_us_round_median']:>12.1f}"
+                )
             print(f"  {config:<10}{row['median_us']:>11.1f}{row['p99_us']:>10.1f}{extra}")
         goals, check = res["goals"], res["check"]
-        print(f"  goal b/a <= {goals['ratio_limit']}: {'met' if goals['ratio_met'] else 'MISSED'} "
-              f"({res['ratio_cutwatch']:.3f})")
-        print(f"  goal cutwatch added <= {goals['share_of_otel_limit']} x otel added: "
-              f"{'met' if goals['share_of_otel_met'] else 'MISSED'} "
-              f"({res['cutwatch_share_of_otel_added']:.3f})")
-        print(f"  check: client clock {check['client_clock_entries']} entries, server clock "
-              f"{check['server_clock_entries']}, untracked {check['untracked']}, degraded "
-              f"{check['stamps_degraded']}, internal errors {check['internal_errors']}, otel spans "
-              f"{check['otel_spans_exported']}, unpinned threads {check['unpinned_threads']}")
-    print("\nstamp bytes (cold: names included, first contact; warm: names acknowledged; "
-          "b64: on the wire)")
-    print(f"  {'entries':>7}{'cold':>8}{'cold b64':>10}{'warm':>7}{'warm b64':>10}{'B/entry':>9}"
-          f"{'of 8KiB':>9}{'cold, default limit':>22}")
+        print(
+            f"  goal b/a <= {goals['ratio_limit']}: {'met' if goals['ratio_met'] else 'MISSED'} "
+            f"({res['ratio_cutwatch']:.3f})"
+        )
+        print(
+            f"  goal cutwatch added <= {goals['share_of_otel_limit']} x otel added: "
+            f"{'met' if goals['share_of_otel_met'] else 'MISSED'} "
+            f"({res['cutwatch_share_of_otel_added']:.3f})"
+        )
+        print(
+            f"  check: client clock {check['client_clock_entries']} entries, server clock "
+            f"{check['server_clock_entries']}, untracked {check['untracked']}, degraded "
+            f"{check['stamps_degraded']}, internal errors {check['internal_errors']}, otel spans "
+            f"{check['otel_spans_exported']}, unpinned threads {check['unpinned_threads']}"
+        )
+    print("\nstamp bytes (cold: names included, first contact; warm: names acknowledged; b64: on the wire)")
+    print(
+        f"  {'entries':>7}{'cold':>8}{'cold b64':>10}{'warm':>7}{'warm b64':>10}{'B/entry':>9}"
+        f"{'of 8KiB':>9}{'cold, default limit':>22}"
+    )
     for row in result["stamp"]:
         limited = f"{row['cold_default_limit_bytes']} ({row['cold_default_limit_entries_sent']} entries)"
-        print(f"  {row['entries']:>7}{row['cold_bytes']:>8}{row['cold_b64_bytes']:>10}{row['warm_bytes']:>7}"
-              f"{row['warm_b64_bytes']:>10}{row['warm_bytes_per_entry']:>9.2f}"
-              f"{row['warm_header_share_of_8kib']:>9.1%}{limited:>22}")
+        print(
+            f"  {row['entries']:>7}{row['cold_bytes']:>8}{row['cold_b64_bytes']:>10}{row['warm_bytes']:>7}"
+            f"{row['warm_b64_bytes']:>10}{row['warm_bytes_per_entry']:>9.2f}"
+            f"{row['warm_header_share_of_8kib']:>9.1%}{limited:>22}"
+        )
     goal = result["stamp_goal"]
-    print(f"  goal warm stamp at 100 entries <= {goal['limit_at_100']} bytes: "
-          f"{'met' if goal['met_at_100'] else 'MISSED'} ({goal['warm_bytes_at_100']}); "
-          "largest warm stamp uses "
-          f"{goal['largest_warm_share_of_8kib']:.1%} of the 8 KiB metadata limit")
+    print(
+        f"  goal warm stamp at 100 entries <= {goal['limit_at_100']} bytes: "
+        f"{'met' if goal['met_at_100'] else 'MISSED'} ({goal['warm_bytes_at_100']}); "
+        "largest warm stamp uses "
+        f"{goal['largest_warm_share_of_8kib']:.1%} of the 8 KiB metadata limit"
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

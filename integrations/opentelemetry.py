@@ -21,7 +21,7 @@ _EMPTY = (b"", b"")
 
 def current_span_ids() -> tuple[bytes, bytes]:
     """(trace id, span id) of the active span as 16 and 8 bytes, or empty."""
-    context = trace.get_current_span().get_span_context()
-    if not context.is_valid:
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
         return _EMPTY
-    return context.trace_id.to_bytes(16, "big"), context.span_id.to_bytes(8, "big")
+    return span_context.trace_id.to_bytes(16, "big"), span_context.span_id.to_bytes(8, "big")

@@ -58,8 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         fresh = generate(Path(tmp))
-        stale = [p.name for p in fresh if not (PROTO_DIR / p.name).exists()
-                 or not filecmp.cmp(p, PROTO_DIR / p.name, shallow=False)]
+        stale = [
+            p.name
+            for p in fresh
+            if not (PROTO_DIR / p.name).exists() or not filecmp.cmp(p, PROTO_DIR / p.name, shallow=False)
+        ]
     if stale:
         print("stale generated code: " + ", ".join(stale) + "; run scripts/generate_proto.py")
         return 1

@@ -77,7 +77,9 @@ def generic_handler(servicer: Any) -> grpc.GenericRpcHandler:
     )
 
 
-def start_server(servicer: Any, interceptors: list[Any] | None = None, workers: int = 8) -> tuple[grpc.Server, str]:
+def start_server(
+    servicer: Any, interceptors: list[Any] | None = None, workers: int = 8
+) -> tuple[grpc.Server, str]:
     """A started sync server on 127.0.0.1 and a free port; returns (server, address)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), interceptors=interceptors or [])
     server.add_generic_rpc_handlers((generic_handler(servicer),))

@@ -1,0 +1,35 @@
+"""gRPC base classes, parameterised for the type checker only.
+
+grpc-stubs declares the interceptor bases generic while the runtime classes
+are not subscriptable, so the subclasses name them through these aliases.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import grpc.aio
+
+if TYPE_CHECKING:
+    ServerInterceptorBase = grpc.ServerInterceptor[Any, Any]
+    UnaryUnaryClientBase = grpc.UnaryUnaryClientInterceptor[Any, Any]
+    UnaryStreamClientBase = grpc.UnaryStreamClientInterceptor[Any, Any]
+    StreamUnaryClientBase = grpc.StreamUnaryClientInterceptor[Any, Any]
+    StreamStreamClientBase = grpc.StreamStreamClientInterceptor[Any, Any]
+    AioServerInterceptorBase = grpc.aio.ServerInterceptor[Any, Any]
+    AioUnaryUnaryClientBase = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+    AioUnaryStreamClientBase = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
+    AioStreamUnaryClientBase = grpc.aio.StreamUnaryClientInterceptor[Any, Any]
+    AioStreamStreamClientBase = grpc.aio.StreamStreamClientInterceptor[Any, Any]
+else:
+    ServerInterceptorBase = grpc.ServerInterceptor
+    UnaryUnaryClientBase = grpc.UnaryUnaryClientInterceptor
+    UnaryStreamClientBase = grpc.UnaryStreamClientInterceptor
+    StreamUnaryClientBase = grpc.StreamUnaryClientInterceptor
+    StreamStreamClientBase = grpc.StreamStreamClientInterceptor
+    AioServerInterceptorBase = grpc.aio.ServerInterceptor
+    AioUnaryUnaryClientBase = grpc.aio.UnaryUnaryClientInterceptor
+    AioUnaryStreamClientBase = grpc.aio.UnaryStreamClientInterceptor
+    AioStreamUnaryClientBase = grpc.aio.StreamUnaryClientInterceptor
+    AioStreamStreamClientBase = grpc.aio.StreamStreamClientInterceptor
