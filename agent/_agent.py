@@ -140,7 +140,9 @@ class Agent:
     """The cutwatch agent of one service process.
 
     ``collector`` is the collector's address; ``None`` runs with clocks only
-    (stamps, tasks and the event log, no snapshots).
+    (stamps, tasks and the event log, no snapshots). ``instance_id`` (a pod
+    or host name, say) is kept in the process id, followed by a few random
+    characters that make every start a new process of the model.
     """
 
     def __init__(
@@ -155,7 +157,10 @@ class Agent:
     ) -> None:
         if not _SERVICE_NAME.match(service):
             raise ValueError(f"service name {service!r} must be 1-100 letters, digits, '.', '_' or '-'")
-        instance = instance_id if instance_id is not None else secrets.token_hex(4)
+        # Every start gets fresh random bits: peers cache each process's name
+        # table by process id, so a restarted process must never reuse one.
+        nonce = secrets.token_hex(4)
+        instance = nonce if instance_id is None else f"{instance_id}.{nonce[:4]}"
         process_id = f"{service}:{instance}"
         if len(process_id) > MAX_PROCESS_ID_LENGTH or any(c.isspace() for c in process_id):
             raise ValueError(f"process id {process_id!r} is too long or contains spaces")

@@ -578,3 +578,12 @@ def test_lock_inside_handler_belongs_to_server_task(make_agent: Any, serve: Any,
     ((task,),) = seen
     assert (task.kind, task.caller, task.held_locks) == ("server", client.process_id, ("ledger",))
     assert server.tasks() == []
+
+
+def test_restarted_instance_gets_a_new_process_id() -> None:
+    """Peers cache name tables by process id; a restart must not reuse one."""
+    first = cutwatch.Agent("bank", instance_id="pod-7")
+    again = cutwatch.Agent("bank", instance_id="pod-7")
+    assert first.process_id.startswith("bank:pod-7.")
+    assert again.process_id.startswith("bank:pod-7.")
+    assert first.process_id != again.process_id
