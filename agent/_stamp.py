@@ -8,20 +8,20 @@ them: each stamp carries, for the process it is addressed to, how much of
 that process's dictionary the sender already holds. Acknowledgements may
 arrive late or out of order; a stale one only causes names to be resent.
 
-The codec is pure (no gRPC, no locking): the agent serialises access.
+The codec is pure (no gRPC, no locking): the agent serialises access. The
+bytes are the protobuf encoding of ``cutwatch.v1.Stamp`` (proto/stamp.proto),
+written and parsed by ``_wire`` without building message objects.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError
-
+from cutwatch.agent._wire import WireError, encode_stamp, parse_stamp
 from cutwatch.agent.exceptions import StampError
-from cutwatch.proto import stamp_pb2
 
 STAMP_METADATA_KEY = "cutwatch-stamp-bin"
 STAMP_VERSION = 1
@@ -109,44 +109,43 @@ class StampCodec:
         count = len(values)
         start = self._known_by.get(peer, 1) if peer is not None else 1
         start = max(1, min(start, count))
-        message = stamp_pb2.Stamp(
-            version=STAMP_VERSION,
-            sender=self.owner,
-            clock=values,
-            names_start=start,
-            names=names[start:count],
-            epoch=epoch,
-            call_id=call_id,
-            trace_id=trace_id,
-            span_id=span_id,
-        )
-        if peer is not None:
-            message.peer_fp = fingerprint(peer)
-            message.peer_known = self._contiguous_known(peer)
-        data = message.SerializeToString()
+        peer_fp = fingerprint(peer) if peer is not None else None
+        peer_known = self._contiguous_known(peer) if peer is not None else 0
+
+        def build(upto: int, first_name: int) -> bytes:
+            return encode_stamp(
+                version=STAMP_VERSION,
+                sender=self.owner,
+                clock=values[:upto] if upto < count else values,
+                names_start=first_name,
+                names=names[first_name:upto],
+                epoch=epoch,
+                call_id=call_id,
+                peer_fp=peer_fp,
+                peer_known=peer_known,
+                trace_id=trace_id,
+                span_id=span_id,
+            )
+
+        data = build(count, start)
         if len(data) <= self.max_stamp_bytes:
             return EncodedStamp(data, count, False)
-        return self._degrade(message, names, values)
+        return self._degrade(build, count, start)
 
-    def _degrade(self, message: stamp_pb2.Stamp, names: Sequence[str], values: Sequence[int]) -> EncodedStamp:
+    def _degrade(self, build: Callable[[int, int], bytes], count: int, start: int) -> EncodedStamp:
         """Send the longest prefix of the clock that fits.
 
         Dropping entries only makes the receiver learn less: its clock stays
-        a valid lower bound, and no cut check can fail because of it.
+        a valid lower bound, and no cut check can fail because of it. Each
+        probe cuts from the original names start, so size grows with the
+        prefix and a binary search finds the longest one.
         """
-        low, high = 1, len(values)
+        low, high = 1, count
         best = b""
         best_count = 1
-        first_name = message.names_start  # each probe cuts from the original, so size grows with mid
         while low <= high:
             mid = (low + high) // 2
-            del message.clock[:]
-            message.clock.extend(values[:mid])
-            start = max(1, min(first_name, mid))
-            message.names_start = start
-            del message.names[:]
-            message.names.extend(names[start:mid])
-            data = message.SerializeToString()
+            data = build(mid, max(1, min(start, mid)))
             if len(data) <= self.max_stamp_bytes:
                 best, best_count = data, mid
                 low = mid + 1
@@ -162,26 +161,25 @@ class StampCodec:
         if len(data) > self.max_stamp_bytes:
             raise StampError(f"stamp of {len(data)} bytes exceeds the {self.max_stamp_bytes}-byte limit")
         try:
-            message = stamp_pb2.Stamp.FromString(data)
-        except (DecodeError, RuntimeError, ValueError) as exc:
+            message = parse_stamp(data)
+        except WireError as exc:
             raise StampError(f"stamp does not parse: {exc}") from None
         if message.version != STAMP_VERSION:
             raise StampError(f"unsupported stamp version {message.version}")
         sender = message.sender
         if not sender or len(sender) > MAX_PROCESS_ID_LENGTH:
             raise StampError("stamp has no valid sender")
-        clock = message.clock
-        if len(clock) > self.max_clock_entries:
-            raise StampError(f"stamp clock has {len(clock)} entries, over {self.max_clock_entries}")
+        values = message.clock
+        count = len(values)
+        if count > self.max_clock_entries:
+            raise StampError(f"stamp clock has {count} entries, over {self.max_clock_entries}")
         start = message.names_start
         names = message.names
-        if names and (start < 1 or start + len(names) > len(clock)):
+        if names and (start < 1 or start + len(names) > count):
             raise StampError("stamp names do not match its clock")
         for name in names:
             if not name or len(name) > MAX_PROCESS_ID_LENGTH:
                 raise StampError("stamp carries an invalid process id")
-        count = len(clock)
-        values = list(clock)
         if values and max(values) > _MAX_COUNTER:
             raise StampError("stamp clock value out of range")
         trace_id, span_id = message.trace_id, message.span_id
