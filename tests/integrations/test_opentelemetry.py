@@ -301,6 +301,26 @@ class BlockingHandler:
         self.go_finish.set()
 
 
+def _assert_task_trace_ids(
+    otel: Any, handler: Any, client: str, server_order: str, before: Any, after: Any
+) -> None:
+    """The handler's task carried the right ids before and after its own outbound call."""
+    spans = otel.wait_spans(2 if client != "untraced" else 1)
+    (server_span,) = [s for s in spans if s.kind == SpanKind.SERVER]
+    assert server_span.context is not None and handler.span == server_span.context
+    server_ids = (_hex(server_span.context.trace_id, 16), _hex(server_span.context.span_id, 8))
+    if server_order == "otel-outer":
+        expected_before = server_ids
+    elif client == "untraced":
+        expected_before = ("", "")
+    else:
+        (client_span,) = [s for s in spans if s.kind == SpanKind.CLIENT]
+        assert client_span.context is not None
+        expected_before = (server_ids[0], _hex(client_span.context.span_id, 8))
+    assert (before.trace_id, before.span_id) == expected_before
+    assert (after.trace_id, after.span_id) == server_ids
+
+
 @pytest.mark.parametrize("client", ["otel-outer", "untraced"])
 @pytest.mark.parametrize("server_order", ORDERS)
 def test_sync_task_carries_server_span_ids(
@@ -342,20 +362,7 @@ def test_sync_task_carries_server_span_ids(
         handler.release()
     assert call.result(timeout=TIMEOUT) == b"ping"
 
-    spans = otel.wait_spans(2 if client != "untraced" else 1)
-    (server_span,) = [s for s in spans if s.kind == SpanKind.SERVER]
-    assert server_span.context is not None and handler.span == server_span.context
-    server_ids = (_hex(server_span.context.trace_id, 16), _hex(server_span.context.span_id, 8))
-    if server_order == "otel-outer":
-        expected_before = server_ids
-    elif client == "untraced":
-        expected_before = ("", "")
-    else:
-        (client_span,) = [s for s in spans if s.kind == SpanKind.CLIENT]
-        assert client_span.context is not None
-        expected_before = (server_ids[0], _hex(client_span.context.span_id, 8))
-    assert (before.trace_id, before.span_id) == expected_before
-    assert (after.trace_id, after.span_id) == server_ids
+    _assert_task_trace_ids(otel, handler, client, server_order, before, after)
     assert [t for t in server_agent.tasks() if t.kind == "server"] == []
 
 
@@ -610,20 +617,7 @@ def test_aio_task_carries_server_span_ids(
         )
     )
 
-    spans = otel.wait_spans(2 if client != "untraced" else 1)
-    (server_span,) = [s for s in spans if s.kind == SpanKind.SERVER]
-    assert server_span.context is not None and handler.span == server_span.context
-    server_ids = (_hex(server_span.context.trace_id, 16), _hex(server_span.context.span_id, 8))
-    if server_order == "otel-outer":
-        expected_before = server_ids
-    elif client == "untraced":
-        expected_before = ("", "")
-    else:
-        (client_span,) = [s for s in spans if s.kind == SpanKind.CLIENT]
-        assert client_span.context is not None
-        expected_before = (server_ids[0], _hex(client_span.context.span_id, 8))
-    assert (before.trace_id, before.span_id) == expected_before
-    assert (after.trace_id, after.span_id) == server_ids
+    _assert_task_trace_ids(otel, handler, client, server_order, before, after)
 
 
 @pytest.mark.parametrize("kind", ["unary", "unary-stream", "stream-stream"])
