@@ -9,6 +9,7 @@ response stamp before the response (or the end of the stream) is handed out.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Generator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -138,42 +139,83 @@ class _AioClientBase:
         self._agent = agent
         self._peer = peer
 
-    async def _intercept(self, continuation: Any, details: Any, request: Any) -> Any:
+    async def _intercept(self, continuation: Any, details: Any, request: Any, *, stream: bool) -> Any:
         started = self._agent._begin_outbound(method_name(details.method), self._peer)
         if started is None:
             return await continuation(details, request)
         outbound, stamp = started
-        outbound.call.blocking = False
         try:
             call = await continuation(_stamped_details(details, stamp), request)
         except BaseException:
             self._agent._end_outbound(outbound, None)
             raise
-        return _StampedCall(call, self._agent, outbound)
+        if stream:
+            outbound.call.blocking = False
+            return _StampedCall(call, self._agent, outbound)
+        # grpc.aio runs done-callbacks when the status arrives, before it
+        # wakes the coroutine awaiting the call, so finishing there merges the
+        # clock before the application sees the response.
+        outbound.call.blocking = False
+        call.add_done_callback(functools.partial(_finish_done_call, self._agent, outbound))
+        return _AwaitedCall(call, outbound)
+
+
+class _AwaitedCall(wrapt.ObjectProxy[Any]):
+    """A unary aio call that marks its caller blocking while it awaits it."""
+
+    def __init__(self, call: Any, outbound: Outbound) -> None:
+        super().__init__(call)
+        self._self_outbound = outbound
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        self._self_outbound.call.blocking = True
+        return (yield from self.__wrapped__.__await__())
+
+
+def _finish_done_call(agent: Agent, outbound: Outbound, call: Any) -> None:
+    if not outbound.finished:
+        agent._end_outbound(outbound, _trailing_metadata_now(call))
+
+
+def _trailing_metadata_now(call: Any) -> Any:
+    """The trailing metadata of a finished aio call, without a loop turn.
+
+    ``trailing_metadata()`` is a coroutine that returns at once when the
+    status is there (it is, in a done-callback); it is driven by hand.
+    """
+    coroutine = call.trailing_metadata()
+    try:
+        coroutine.send(None)
+    except StopIteration as finished:
+        return finished.value
+    except Exception:
+        return None
+    coroutine.close()  # it wanted to wait: not finished after all
+    return None
 
 
 class AioUnaryUnaryInterceptor(_AioClientBase, AioUnaryUnaryClientBase):
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await self._intercept(continuation, client_call_details, request)
+        return await self._intercept(continuation, client_call_details, request, stream=False)
 
 
 class AioUnaryStreamInterceptor(_AioClientBase, AioUnaryStreamClientBase):
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await self._intercept(continuation, client_call_details, request)
+        return await self._intercept(continuation, client_call_details, request, stream=True)
 
 
 class AioStreamUnaryInterceptor(_AioClientBase, AioStreamUnaryClientBase):
     async def intercept_stream_unary(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
-        return await self._intercept(continuation, client_call_details, request_iterator)
+        return await self._intercept(continuation, client_call_details, request_iterator, stream=False)
 
 
 class AioStreamStreamInterceptor(_AioClientBase, AioStreamStreamClientBase):
     async def intercept_stream_stream(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
-        return await self._intercept(continuation, client_call_details, request_iterator)
+        return await self._intercept(continuation, client_call_details, request_iterator, stream=True)
 
 
 AioClientInterceptor: TypeAlias = (
