@@ -1,1 +1,6 @@
-"""x"""
+"""Protocol buffers of cutwatch and their generated code.
+
+``stamp.proto`` is the wire stamp (written and parsed by hand on the RPC
+path, see ``cutwatch.agent._wire``); ``collector.proto`` is a first draft of
+the collector service. Regenerate with ``python scripts/generate_proto.py``.
+"""
