@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from cutwatch.agent._wire import WireError, encode_stamp, parse_stamp
+from cutwatch.agent._wire import WireError, encode_with_prefix, parse_stamp, peer_tail, stamp_prefix
 from cutwatch.agent.exceptions import StampError
 
 STAMP_METADATA_KEY = "cutwatch-stamp-bin"
@@ -88,6 +88,9 @@ class StampCodec:
         self._max_peers = max_peers
         self._known_by: OrderedDict[str, int] = OrderedDict()
         self._peer_names: OrderedDict[str, list[str | None]] = OrderedDict()
+        self._contiguous: dict[str, int] = {}
+        self._fingerprints: dict[str, int] = {}
+        self._prefix = stamp_prefix(STAMP_VERSION, owner)
 
     # Encoding ---------------------------------------------------------------
     def encode(
@@ -107,29 +110,31 @@ class StampCodec:
         always; requests once the channel has seen a response).
         """
         count = len(values)
-        start = self._known_by.get(peer, 1) if peer is not None else 1
-        start = max(1, min(start, count))
-        peer_fp = fingerprint(peer) if peer is not None else None
-        peer_known = self._contiguous_known(peer) if peer is not None else 0
-
-        def build(upto: int, first_name: int) -> bytes:
-            return encode_stamp(
-                version=STAMP_VERSION,
-                sender=self.owner,
-                clock=values[:upto] if upto < count else values,
-                names_start=first_name,
-                names=names[first_name:upto],
-                epoch=epoch,
-                call_id=call_id,
-                peer_fp=peer_fp,
-                peer_known=peer_known,
-                trace_id=trace_id,
-                span_id=span_id,
-            )
-
-        data = build(count, start)
+        if peer is None:
+            start, tail = 1, b""
+        else:
+            start = max(1, min(self._known_by.get(peer, 1), count))
+            tail = peer_tail(self._fingerprint_of(peer), self._contiguous.get(peer, 0))
+        prefix = self._prefix
+        data = encode_with_prefix(
+            prefix, values, start, names[start:count], epoch, call_id, tail, trace_id, span_id
+        )
         if len(data) <= self.max_stamp_bytes:
             return EncodedStamp(data, count, False)
+
+        def build(upto: int, first_name: int) -> bytes:
+            return encode_with_prefix(
+                prefix,
+                values[:upto],
+                first_name,
+                names[first_name:upto],
+                epoch,
+                call_id,
+                tail,
+                trace_id,
+                span_id,
+            )
+
         return self._degrade(build, count, start)
 
     def _degrade(self, build: Callable[[int, int], bytes], count: int, start: int) -> EncodedStamp:
@@ -196,6 +201,7 @@ class StampCodec:
                     table[index] = name
                 else:
                     table.append(name)
+            self._contiguous[sender] = _contiguous(table)
         if message.peer_fp == self.owner_fp and message.peer_fp:
             self._remember_known_by(sender, message.peer_known)
 
@@ -232,20 +238,25 @@ class StampCodec:
         if table is None:
             table = [sender]
             self._peer_names[sender] = table
+            self._contiguous[sender] = 1
             if len(self._peer_names) > self._max_peers:
-                self._peer_names.popitem(last=False)
+                evicted, _ = self._peer_names.popitem(last=False)
+                self._contiguous.pop(evicted, None)
         else:
             self._peer_names.move_to_end(sender)
         return table
 
     def _contiguous_known(self, peer: str) -> int:
-        table = self._peer_names.get(peer)
-        if table is None:
-            return 0
-        for index, name in enumerate(table):
-            if name is None:
-                return index
-        return len(table)
+        """How many of ``peer``'s names, from index 0 on, we hold."""
+        return self._contiguous.get(peer, 0)
+
+    def _fingerprint_of(self, peer: str) -> int:
+        fp = self._fingerprints.get(peer)
+        if fp is None:
+            if len(self._fingerprints) >= self._max_peers:
+                self._fingerprints.clear()
+            fp = self._fingerprints[peer] = fingerprint(peer)
+        return fp
 
     def _remember_known_by(self, peer: str, known: int) -> None:
         # The latest acknowledgement wins, even when lower: a peer that
@@ -254,3 +265,10 @@ class StampCodec:
         self._known_by.move_to_end(peer)
         if len(self._known_by) > self._max_peers:
             self._known_by.popitem(last=False)
+
+
+def _contiguous(table: list[str | None]) -> int:
+    for index, name in enumerate(table):
+        if name is None:
+            return index
+    return len(table)

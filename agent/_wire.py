@@ -54,6 +54,71 @@ def _length_delimited(tag: int, data: bytes, out: bytearray) -> None:
     out += data
 
 
+def stamp_prefix(version: int, sender: str) -> bytes:
+    """Fields 1 and 2, the same in every stamp of one sender: computed once."""
+    out = bytearray()
+    if version:
+        out.append(0x08)
+        _varint(version, out)
+    if sender:
+        _length_delimited(0x12, sender.encode("utf-8"), out)
+    return bytes(out)
+
+
+def peer_tail(peer_fp: int | None, peer_known: int) -> bytes:
+    """Fields 8 and 9, the acknowledgement for the addressee."""
+    out = bytearray()
+    if peer_fp:
+        out.append(0x45)
+        out += peer_fp.to_bytes(4, "little")
+    if peer_known:
+        out.append(0x48)
+        _varint(peer_known, out)
+    return bytes(out)
+
+
+def encode_with_prefix(
+    prefix: bytes,
+    clock: Sequence[int],
+    names_start: int,
+    names: Sequence[str],
+    epoch: int,
+    call_id: int,
+    tail: bytes,
+    trace_id: bytes,
+    span_id: bytes,
+) -> bytes:
+    """The per-message part, positional and branch-light: the RPC path's encoder."""
+    out = bytearray(prefix)
+    if clock:
+        packed = bytearray()
+        for value in clock:
+            while value > 0x7F:
+                packed.append((value & 0x7F) | 0x80)
+                value >>= 7
+            packed.append(value)
+        out.append(0x1A)
+        _varint(len(packed), out)
+        out += packed
+    if names_start:
+        out.append(0x20)
+        _varint(names_start, out)
+    for name in names:
+        _length_delimited(0x2A, name.encode("utf-8"), out)
+    if epoch:
+        out.append(0x30)
+        _varint(epoch, out)
+    if call_id:
+        out.append(0x38)
+        _varint(call_id, out)
+    out += tail
+    if trace_id:
+        _length_delimited(0x52, trace_id, out)
+    if span_id:
+        _length_delimited(0x5A, span_id, out)
+    return bytes(out)
+
+
 def encode_stamp(
     *,
     version: int,
@@ -69,39 +134,17 @@ def encode_stamp(
     span_id: bytes,
 ) -> bytes:
     """Serialise like protobuf: field-number order, proto3 defaults omitted."""
-    out = bytearray()
-    if version:
-        out.append(0x08)
-        _varint(version, out)
-    if sender:
-        _length_delimited(0x12, sender.encode("utf-8"), out)
-    if clock:
-        packed = bytearray()
-        for value in clock:
-            _varint(value, packed)
-        _length_delimited(0x1A, bytes(packed), out)
-    if names_start:
-        out.append(0x20)
-        _varint(names_start, out)
-    for name in names:
-        _length_delimited(0x2A, name.encode("utf-8"), out)
-    if epoch:
-        out.append(0x30)
-        _varint(epoch, out)
-    if call_id:
-        out.append(0x38)
-        _varint(call_id, out)
-    if peer_fp:
-        out.append(0x45)
-        out += peer_fp.to_bytes(4, "little")
-    if peer_known:
-        out.append(0x48)
-        _varint(peer_known, out)
-    if trace_id:
-        _length_delimited(0x52, trace_id, out)
-    if span_id:
-        _length_delimited(0x5A, span_id, out)
-    return bytes(out)
+    return encode_with_prefix(
+        stamp_prefix(version, sender),
+        clock,
+        names_start,
+        names,
+        epoch,
+        call_id,
+        peer_tail(peer_fp, peer_known),
+        trace_id,
+        span_id,
+    )
 
 
 def _read_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
