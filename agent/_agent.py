@@ -16,11 +16,11 @@ import logging
 import re
 import secrets
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from cutwatch.agent._clock import VectorClock, _LocalClock
 from cutwatch.agent._eventlog import EventLog
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 
 _LOG = logging.getLogger("cutwatch.agent")
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
-_F = TypeVar("_F")
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,15 +466,6 @@ def _executor_capacity() -> int:
         if isinstance(capacity, int):
             return capacity
     return 0
-
-
-def safe_call(agent: Agent, what: str, fn: Callable[[], _F], default: _F) -> _F:
-    """Run cutwatch's own ``fn``; on failure count it and return ``default``."""
-    try:
-        return fn()
-    except Exception:
-        agent._internal_error(what)
-        return default
 
 
 __all__ = ["Agent", "AgentStats", "ChannelPeer", "Inbound", "Outbound"]
