@@ -346,7 +346,9 @@ class Agent:
                     self._log_event(
                         f"receive response {outbound.call.method} call={outbound.call.call_id} from {sender}"
                     )
-            self._tasks.remove_outbound(outbound.task, outbound.call.call_id)
+                # Under the lock: a caller finishing the same call waits here
+                # until the call has left its task.
+                self._tasks.remove_outbound(outbound.task, outbound.call.call_id)
         except Exception:
             self._internal_error("finishing an outbound call")
 
@@ -389,7 +391,7 @@ class Agent:
             inbound.finished = True
             self._tasks.end(inbound.task)
             if inbound.token is not None:
-                self._tasks.unbind(inbound.token)
+                self._tasks.unbind(inbound.token, inbound.task)
                 inbound.token = None
             trace_id, span_id = current_span_ids()
             with self._lock:

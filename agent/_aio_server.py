@@ -51,6 +51,26 @@ class _StampingContext(wrapt.ObjectProxy[Any]):
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 
+class _TrailerRecordingContext(wrapt.ObjectProxy[Any]):
+    """The context grpc.aio gives plain-function handlers has no
+    ``trailing_metadata()``: remember what the handler sets, for the stamp."""
+
+    def __init__(self, context: Any) -> None:
+        super().__init__(context)
+        self._self_trailing: Any = ()
+
+    def set_trailing_metadata(self, trailing_metadata: Any) -> None:
+        self.__wrapped__.set_trailing_metadata(trailing_metadata)
+        self._self_trailing = trailing_metadata
+
+    def trailing_metadata(self) -> Any:
+        return self._self_trailing
+
+
+def _with_trailing_metadata(context: Any) -> Any:
+    return context if hasattr(context, "trailing_metadata") else _TrailerRecordingContext(context)
+
+
 class _AioHandlerWrapper(_HandlerWrapper):
     def _begin(self, context: Any) -> tuple[Inbound | None, Any]:
         inbound = self.agent._begin_inbound(self.method, context.invocation_metadata(), self.pool)
@@ -58,7 +78,8 @@ class _AioHandlerWrapper(_HandlerWrapper):
 
     def unary_response(self, behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
         if not inspect.iscoroutinefunction(behavior):
-            return super().unary_response(behavior)
+            handle_sync = super().unary_response(behavior)
+            return lambda request, context: handle_sync(request, _with_trailing_metadata(context))
         agent = self.agent
 
         async def handle(request_or_iterator: Any, context: Any) -> Any:
@@ -93,7 +114,8 @@ class _AioHandlerWrapper(_HandlerWrapper):
                     add_response_stamp(agent, context, inbound)
 
             return handle_writes
-        return super().stream_response(behavior)
+        stream_sync = super().stream_response(behavior)
+        return lambda request, context: stream_sync(request, _with_trailing_metadata(context))
 
 
 class AioServerInterceptor(AioServerInterceptorBase):

@@ -84,11 +84,16 @@ class _UnaryFuture(wrapt.ObjectProxy[Any]):
         self._self_agent = agent
         self._self_outbound = outbound
         outbound.call.blocking = False
-        call.add_done_callback(self._self_finish)
+        call.add_done_callback(self._self_on_done)
 
-    def _self_finish(self, _call: Any = None) -> None:
+    def _self_on_done(self, _call: Any) -> None:
         if not self._self_outbound.finished:
-            self._self_agent._end_outbound(self._self_outbound, trailing_metadata_of(self.__wrapped__))
+            self._self_finish()
+
+    def _self_finish(self) -> None:
+        # Always through the agent lock, never on ``finished`` alone: the
+        # done-callback may be finishing the call in a gRPC thread right now.
+        self._self_agent._end_outbound(self._self_outbound, trailing_metadata_of(self.__wrapped__))
 
     def _self_wait(self, timeout: float | None) -> None:
         self._self_outbound.call.blocking = True
@@ -122,11 +127,16 @@ class _ResponseStream(wrapt.ObjectProxy[Any]):
         self._self_agent = agent
         self._self_outbound = outbound
         outbound.call.blocking = False
-        call.add_done_callback(self._self_finish)
+        call.add_done_callback(self._self_on_done)
 
-    def _self_finish(self, _call: Any = None) -> None:
+    def _self_on_done(self, _call: Any) -> None:
         if not self._self_outbound.finished:
-            self._self_agent._end_outbound(self._self_outbound, trailing_metadata_of(self.__wrapped__))
+            self._self_finish()
+
+    def _self_finish(self) -> None:
+        # Always through the agent lock, never on ``finished`` alone: the
+        # done-callback may be finishing the call in a gRPC thread right now.
+        self._self_agent._end_outbound(self._self_outbound, trailing_metadata_of(self.__wrapped__))
 
     def __iter__(self) -> Iterator[Any]:
         return self

@@ -85,13 +85,15 @@ class TaskRegistry:
     def bind(self, task: Task | None) -> contextvars.Token[Task | None]:
         return self._current.set(task)
 
-    def unbind(self, token: contextvars.Token[Task | None]) -> None:
+    def unbind(self, token: contextvars.Token[Task | None], task: Task | None = None) -> None:
         """Undo ``bind``; a token from another context (a generator closed
-        by the garbage collector) just clears the slot."""
+        by the garbage collector) clears the slot only if it holds ``task``:
+        that context may be running a handler of its own."""
         try:
             self._current.reset(token)
         except ValueError:
-            self._current.set(None)
+            if self._current.get() is task:
+                self._current.set(None)
 
     def _revive(self, task: Task) -> None:
         """Register again an application task released by another thread; holds ``_lock``."""

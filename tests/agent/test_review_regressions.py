@@ -1,0 +1,125 @@
+"""Regressions for races and gaps in the agent core, each over real gRPC where gRPC is involved."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import grpc.aio
+from echo_service import APP_TRAILER, SERVICE, UNARY_UNARY, EchoServicer, EchoStub
+
+from cutwatch.agent import STAMP_METADATA_KEY, StampCodec
+
+TIMEOUT = 30.0
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def test_future_result_never_shows_its_call_still_in_flight(
+    make_agent: Any, serve: Any, open_channel: Any
+) -> None:
+    """gRPC runs a future's done-callbacks after it wakes ``result()``; when the callback
+    thread finishes the call first, ``result()`` must still wait until it is fully
+    finished, or ``agent.tasks()`` lists a call whose response the caller holds."""
+    a, b = make_agent("a"), make_agent("b")
+    stub = EchoStub(open_channel(serve(EchoServicer(), b), a))
+    main = threading.main_thread()
+    remove_outbound = a._tasks.remove_outbound
+
+    def slow_in_grpc_threads(task: Any, call_id: int) -> None:
+        # Widen the window between the callback thread marking the call
+        # finished and the task registry forgetting it.
+        if threading.current_thread() is not main:
+            time.sleep(0.05)
+        remove_outbound(task, call_id)
+
+    a._tasks.remove_outbound = slow_in_grpc_threads  # type: ignore[method-assign]
+    stale = []
+    for _ in range(10):
+        future = stub.unary_unary.future(b"x", timeout=TIMEOUT)
+        assert future.result(timeout=TIMEOUT) == b"x"
+        stale.extend(call for task in a.tasks() for call in task.outbound)
+    assert stale == []
+    assert a.stats().responses_received == 10
+
+
+def test_ending_an_inbound_call_from_another_context_keeps_that_context_binding(make_agent: Any) -> None:
+    """A handler generator closed by the garbage collector ends its call in whatever
+    context is running; that context's own task binding must survive."""
+    agent = make_agent("a")
+    inbound = contextvars.Context().run(agent._begin_inbound, UNARY_UNARY, (), "server-1")
+    assert inbound is not None
+
+    def other_handler() -> tuple[bool, bool]:
+        own = agent._begin_inbound(UNARY_UNARY, (), "server-1")
+        assert own is not None
+        agent._end_inbound(inbound)  # the foreign generator's finally runs here
+        still_bound = agent._tasks.current() is own.task
+        agent._end_inbound(own)
+        return still_bound, agent._tasks.current() is None
+
+    still_bound, cleared_after = contextvars.Context().run(other_handler)
+    assert still_bound
+    assert cleared_after
+    assert agent.tasks() == []
+
+
+def test_sync_handler_on_aio_server_returns_a_stamp(make_agent: Any) -> None:
+    """grpc.aio runs plain-function handlers with a context that has no
+    ``trailing_metadata()``; the response stamp must still go out."""
+    b = make_agent("b")
+    servicer = EchoServicer()
+
+    def unary_stream(request: bytes, context: Any) -> Iterator[bytes]:
+        yield request
+        yield request
+
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "UnaryUnary": grpc.unary_unary_rpc_method_handler(
+                servicer.unary_unary, request_deserializer=_identity, response_serializer=_identity
+            ),
+            "UnaryStream": grpc.unary_stream_rpc_method_handler(
+                unary_stream, request_deserializer=_identity, response_serializer=_identity
+            ),
+        },
+    )
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        pool = futures.ThreadPoolExecutor(max_workers=4)
+        server = grpc.aio.server(pool, interceptors=[b.aio_server_interceptor()])
+        try:
+            server.add_generic_rpc_handlers((handler,))
+            port = server.add_insecure_port("127.0.0.1:0")
+            await server.start()
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+            try:
+                stub = EchoStub(channel)
+                unary = stub.unary_unary(b"x", timeout=TIMEOUT)
+                assert await unary == b"x"
+                stream = stub.unary_stream(b"y", timeout=TIMEOUT)
+                assert [r async for r in stream] == [b"y", b"y"]
+                return list(await unary.trailing_metadata()), list(await stream.trailing_metadata())
+            finally:
+                await channel.close()
+        finally:
+            await server.stop(None)
+            pool.shutdown(wait=True)
+
+    unary_trailing, stream_trailing = asyncio.run(asyncio.wait_for(scenario(), 3 * TIMEOUT))
+    for trailing in (unary_trailing, stream_trailing):
+        stamps = [value for key, value in trailing if key == STAMP_METADATA_KEY]
+        assert len(stamps) == 1
+        assert StampCodec("probe:0").decode(stamps[0]).sender == b.process_id
+    assert (APP_TRAILER, "kept") in unary_trailing
+    assert b.stats().internal_errors == 0
+    assert b.stats().responses_sent == 2
