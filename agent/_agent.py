@@ -70,6 +70,8 @@ class AgentStats:
     """Clock entries skipped because their process id was not known yet."""
     stamps_degraded: int = 0
     """Stamps cut short to fit the size limit."""
+    clock_entries_refused: int = 0
+    """New process ids not added because the clock is at ``max_clock_entries``."""
     internal_errors: int = 0
     """Failures inside cutwatch itself, caught before the application saw them."""
     event_log_dropped: int = 0
@@ -90,6 +92,7 @@ class _Counters:
     untracked_malformed: int
     unresolved_entries: int
     stamps_degraded: int
+    clock_entries_refused: int
     internal_errors: int
 
     def __init__(self) -> None:
@@ -182,6 +185,7 @@ class Agent:
         self._counters = _Counters()
         self._event_log_path = Path(event_log) if event_log is not None else None
         self._event_log: EventLog | None = None
+        self._closed_log_dropped = 0
         self._worker_pools: dict[str, int] = {}
         self._pools_probed: set[str] = set()
         self._epoch = 0
@@ -214,6 +218,8 @@ class Agent:
             log, self._event_log = self._event_log, None
         if log is not None:
             log.close(timeout)
+            with self._lock:
+                self._closed_log_dropped = log.dropped
 
     def __enter__(self) -> Agent:
         return self.start()
@@ -235,7 +241,7 @@ class Agent:
 
     def stats(self) -> AgentStats:
         with self._lock:
-            dropped = self._event_log.dropped if self._event_log else 0
+            dropped = self._event_log.dropped if self._event_log else self._closed_log_dropped
             return self._counters.freeze(event_log_dropped=dropped)
 
     def tasks(self) -> list[TaskView]:
@@ -431,7 +437,9 @@ class Agent:
                 _LOG.debug("untracked message: %s", exc)
         if decoded is not None:
             # A peer cannot know more of us than we do: merge_peer ignores our own entry.
-            self._clock.merge_peer(decoded.entries)
+            self._counters.clock_entries_refused += self._clock.merge_peer(
+                decoded.entries, self._codec.max_clock_entries
+            )
             self._counters.unresolved_entries += decoded.unresolved
         self._clock.tick()
         return decoded

@@ -180,6 +180,9 @@ class ClientInterceptor(
         except BaseException:
             self._agent._end_outbound(outbound, None)
             raise
+        if not hasattr(call, "add_done_callback"):  # an inner interceptor returned a plain value
+            self._agent._end_outbound(outbound, None)
+            return call
         if call.done():  # the blocking path: the call is over already
             self._agent._end_outbound(outbound, trailing_metadata_of(call))
             return call

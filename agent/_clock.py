@@ -127,21 +127,29 @@ class _LocalClock:
             if value > values[index]:
                 values[index] = value
 
-    def merge_peer(self, entries: Iterable[tuple[str, int]]) -> None:
+    def merge_peer(self, entries: Iterable[tuple[str, int]], max_entries: int) -> int:
         """Merge a peer's entries, ignoring any claim about our own entry.
 
         A peer cannot know more of this process than it does itself; such a
-        claim (a bug or a forged stamp) must not move our counter.
+        claim (a bug or a forged stamp) must not move our counter. New
+        process ids past ``max_entries`` are refused, so no peer can grow
+        this clock (and every stamp we send) without bound; returns how many
+        were refused.
         """
         index, names, values = self._index, self.names, self.values
+        refused = 0
         for pid, value in entries:
             i = index.get(pid)
             if i is None:
+                if len(names) >= max_entries:
+                    refused += 1
+                    continue
                 index[pid] = len(names)
                 names.append(pid)
                 values.append(value)
             elif i and value > values[i]:
                 values[i] = value
+        return refused
 
     def snapshot(self) -> VectorClock:
         return VectorClock(zip(self.names, self.values, strict=True))

@@ -59,6 +59,13 @@ class CutwatchLock:
                 task.waiting_lock = None
             task.held_locks.append(self.name)
 
+    def _ungrant(self, task: Task) -> None:
+        """Take back a grant that cannot be delivered; caller holds ``_mutex``."""
+        self._holder = None
+        with self._registry.mutate():
+            if self.name in task.held_locks:
+                task.held_locks.remove(self.name)
+
     def _enqueue(self, waiter: _ThreadWaiter | _AsyncWaiter) -> None:
         self._waiters.append(waiter)
         with self._registry.mutate(waiter.task):
@@ -113,7 +120,11 @@ class CutwatchLock:
                 if waiter.future.done():
                     continue
                 self._grant(waiter.task)
-                waiter.loop.call_soon_threadsafe(self._deliver, waiter)
+                try:
+                    waiter.loop.call_soon_threadsafe(self._deliver, waiter)
+                except RuntimeError:  # its event loop is closed: it will never run
+                    self._ungrant(waiter.task)
+                    continue
                 return
             self._grant(waiter.task)
             waiter.event.set()

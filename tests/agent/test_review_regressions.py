@@ -14,6 +14,7 @@ import grpc
 import grpc.aio
 from echo_service import APP_TRAILER, SERVICE, UNARY_UNARY, EchoServicer, EchoStub
 
+import cutwatch
 from cutwatch.agent import STAMP_METADATA_KEY, StampCodec
 
 TIMEOUT = 30.0
@@ -123,3 +124,34 @@ def test_sync_handler_on_aio_server_returns_a_stamp(make_agent: Any) -> None:
     assert (APP_TRAILER, "kept") in unary_trailing
     assert b.stats().internal_errors == 0
     assert b.stats().responses_sent == 2
+
+
+def test_a_peer_cannot_grow_our_clock_past_its_limit() -> None:
+    """Forged stamps naming ever new processes stop at max_clock_entries, counted."""
+    agent = cutwatch.Agent("victim", max_clock_entries=5)
+    for round_ in range(4):
+        names = [f"forger:{round_}"] + [f"ghost:{round_}-{i}" for i in range(3)]
+        stamp = StampCodec(names[0]).encode(names, [1, 2, 3, 4], peer=None).data
+        inbound = agent._begin_inbound("/x.Y/Z", ((STAMP_METADATA_KEY, stamp),), "server-1")
+        assert inbound is not None
+        agent._end_inbound(inbound)
+    assert len(agent.clock) <= 5
+    stats = agent.stats()
+    assert stats.clock_entries_refused == 4 * 4 - 4  # own entry + 4 admitted, the rest refused
+    assert stats.internal_errors == 0
+
+
+def test_lock_hand_over_skips_a_waiter_whose_loop_is_closed() -> None:
+    """Releasing to an asyncio waiter of a dead loop must not strand the lock."""
+    agent = cutwatch.Agent("locks")
+    lock = agent.lock("row")
+    lock.acquire()
+    loop = asyncio.new_event_loop()
+    waiting = loop.create_task(lock.acquire_async())
+    loop.run_until_complete(asyncio.sleep(0))  # the waiter is queued
+    assert not waiting.done()
+    loop.close()
+    lock.release()  # must not raise, must not grant to the dead waiter
+    assert lock.acquire(timeout=5)
+    lock.release()
+    assert agent.tasks() == [] or all(not t.held_locks for t in agent.tasks())
