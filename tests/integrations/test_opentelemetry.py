@@ -366,6 +366,19 @@ def test_sync_task_carries_server_span_ids(
     assert [t for t in server_agent.tasks() if t.kind == "server"] == []
 
 
+def _assert_stamp_carries_caller_span(otel: Any, servicer: Any, client: str, caller_ids: Any) -> None:
+    """The request stamp carries the span active at the call: OTel's client span when it wraps us."""
+    stamp = decoded_stamp(servicer.seen_metadata[0])
+    assert stamp.trace_id == caller_ids.trace_id.to_bytes(16, "big")
+    if client == "otel-outer":
+        (client_span,) = [s for s in otel.wait_spans(2) if s.kind == SpanKind.CLIENT]
+        assert client_span.parent is not None and client_span.parent.span_id == caller_ids.span_id
+        assert client_span.context is not None
+        assert stamp.span_id == client_span.context.span_id.to_bytes(8, "big")
+    else:
+        assert stamp.span_id == caller_ids.span_id.to_bytes(8, "big")
+
+
 @pytest.mark.parametrize("kind", ["unary", "unary-future", "unary-stream", "stream-stream"])
 @pytest.mark.parametrize("client", ["cutwatch-only", *ORDERS])
 def test_sync_request_stamp_carries_active_span_ids(
@@ -380,16 +393,7 @@ def test_sync_request_stamp_carries_active_span_ids(
     with otel.tracer.start_as_current_span("caller") as caller:
         assert sync_call(stub, kind) == EXPECTED[kind]
 
-    stamp = decoded_stamp(servicer.seen_metadata[0])
-    caller_ids = caller.get_span_context()
-    assert stamp.trace_id == caller_ids.trace_id.to_bytes(16, "big")
-    if client == "otel-outer":
-        (client_span,) = [s for s in otel.wait_spans(2) if s.kind == SpanKind.CLIENT]
-        assert client_span.parent is not None and client_span.parent.span_id == caller_ids.span_id
-        assert client_span.context is not None
-        assert stamp.span_id == client_span.context.span_id.to_bytes(8, "big")
-    else:
-        assert stamp.span_id == caller_ids.span_id.to_bytes(8, "big")
+    _assert_stamp_carries_caller_span(otel, servicer, client, caller.get_span_context())
 
 
 def test_sync_without_sdk_everything_works_and_ids_are_empty(
@@ -640,15 +644,7 @@ def test_aio_request_stamp_carries_active_span_ids(
             await server.stop(None)
 
     caller_ids = asyncio.run(scenario())
-    stamp = decoded_stamp(servicer.seen_metadata[0])
-    assert stamp.trace_id == caller_ids.trace_id.to_bytes(16, "big")
-    if client == "otel-outer":
-        (client_span,) = [s for s in otel.wait_spans(2) if s.kind == SpanKind.CLIENT]
-        assert client_span.parent is not None and client_span.parent.span_id == caller_ids.span_id
-        assert client_span.context is not None
-        assert stamp.span_id == client_span.context.span_id.to_bytes(8, "big")
-    else:
-        assert stamp.span_id == caller_ids.span_id.to_bytes(8, "big")
+    _assert_stamp_carries_caller_span(otel, servicer, client, caller_ids)
 
 
 def test_aio_without_sdk_everything_works_and_ids_are_empty(
