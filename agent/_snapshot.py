@@ -12,19 +12,27 @@ The rules, for snapshot (epoch) ``k`` at process ``p``:
   arrives, or just before delivering a message stamped with epoch >= k,
   whichever is first. Several epochs may be taken at the same instant; they
   then have identical content.
-- ``sent[q]`` counts messages stamped for ``q``; ``consumed[q]`` counts
+- Requests are counted per sender, responses per channel: a gRPC client
+  does not know which process a request reaches (a channel may balance
+  over several servers, and its server is known only from a response),
+  while a server always knows its caller. So ``requests_sent`` is one
+  count, ``responses_sent[p]`` counts responses to ``p``, and the receiver
+  counts ``requests_consumed[q]`` and ``responses_consumed[q]`` for
   messages from ``q`` whose effect is applied (the handler left its first
-  ``atomic()`` block or returned). A local snapshot copies both.
-- In transit for k on ``q -> p``: messages with epoch < k that were not
-  consumed before p's cut. They are recorded when that is known for certain:
-  at the cut for messages already delivered but not yet consumed, and at
-  delivery for messages delivered after the cut. Recording at delivery rather
-  than at consumption means a handler that never reaches ``atomic()`` (a
-  deadlocked one, typically) cannot hold a snapshot up: the message's payload
-  is known, and it is logically still in the channel.
-- The collector expects ``sent_before_q[p] - consumed_before_p[q]`` records on
-  ``q -> p``; a message stamped >= k forces p's cut before its delivery, so
-  everything consumed before the cut was sent before q's cut.
+  ``atomic()`` block or returned). A local snapshot copies all four.
+- In transit for k from ``q``: messages with epoch < k that were not
+  consumed before their receiver's cut. They are recorded when that is
+  known for certain: at the cut for messages already delivered but not yet
+  consumed, and at delivery for messages delivered after the cut. Recording
+  at delivery rather than at consumption means a handler that never reaches
+  ``atomic()`` (a deadlocked one, typically) cannot hold a snapshot up: the
+  message's payload is known, and it is logically still in the channel.
+- The collector expects ``requests_sent_q - sum_p requests_consumed_p[q]``
+  request records from ``q`` at any receiver, and
+  ``responses_sent_q[p] - responses_consumed_p[q]`` response records on
+  ``q -> p``; a message stamped >= k forces its receiver's cut before its
+  delivery, so everything consumed before a cut was sent before the
+  sender's cut.
 
 Duplicates: a message is identified by ``MsgKey(sender, call_id, attempt,
 kind)``. The sender counts one send per key it stamps. When the transport
@@ -33,6 +41,9 @@ the metadata of the call), the first delivery counts and the others are
 reported as duplicates, never counted as consumed and never recorded. A
 response written by the handler of a duplicate request shares its key with
 the first handler's response; the agent counts a send only for the first.
+Duplicates are recognised per receiver: a retry that a load balancer sends
+to another server is counted there again (an open question, see
+docs/snapshot-design.md).
 """
 
 from __future__ import annotations
@@ -40,11 +51,13 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from cutwatch.agent._clock import VectorClock
 
 __all__ = [
+    "REQUEST",
+    "RESPONSE",
     "Capture",
     "ChannelRecord",
     "Delivery",
@@ -56,6 +69,9 @@ __all__ = [
     "SnapshotStats",
 ]
 
+REQUEST: Final = "request"
+RESPONSE: Final = "response"
+_KINDS = frozenset((REQUEST, RESPONSE))
 REASON_TRUNCATED = "recording truncated"
 REASON_TOO_MANY_OPEN = "too many open epochs"
 
@@ -78,14 +94,20 @@ class Capture(NamedTuple):
 
 @dataclass(frozen=True)
 class LocalSnapshot:
-    """Process ``process``'s local snapshot for ``epoch``; counters are cumulative, per peer."""
+    """Process ``process``'s local snapshot for ``epoch``; counters are cumulative.
+
+    Requests sent are one count (their receiver is not known to the sender);
+    responses sent are per receiver; consumed messages are per sender.
+    """
 
     epoch: int
     process: str
     clock: VectorClock
     state: object
-    sent_before: Mapping[str, int]
-    consumed_before: Mapping[str, int]
+    requests_sent: int = 0
+    responses_sent: Mapping[str, int] = field(default_factory=dict)
+    requests_consumed: Mapping[str, int] = field(default_factory=dict)
+    responses_consumed: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -98,6 +120,11 @@ class ChannelRecord:
     payload_json: str
     msg_key: MsgKey
     method: str = ""
+
+    @property
+    def kind(self) -> str:
+        """``request`` or ``response``: requests are accounted per sender, responses per channel."""
+        return self.msg_key.kind
 
 
 @dataclass(frozen=True)
@@ -165,8 +192,10 @@ class SnapshotParticipant:
             raise ValueError("max_records >= 0, max_open_epochs >= 1 and max_seen_keys >= 1 are required")
         self.process = process
         self.epoch = 0
-        self.sent: dict[str, int] = {}
-        self.consumed: dict[str, int] = {}
+        self.requests_sent = 0
+        self.responses_sent: dict[str, int] = {}
+        self.requests_consumed: dict[str, int] = {}
+        self.responses_consumed: dict[str, int] = {}
         self._max_records = max_records
         self._max_open = max_open_epochs
         self._max_seen = max_seen_keys
@@ -179,9 +208,20 @@ class SnapshotParticipant:
         self._stats = SnapshotStats()
 
     # Messages ---------------------------------------------------------------------
-    def on_send(self, receiver: str) -> int:
-        """Count one message stamped for ``receiver``; returns the epoch for its stamp."""
-        self.sent[receiver] = self.sent.get(receiver, 0) + 1
+    def on_send(self, kind: str, receiver: str = "") -> int:
+        """Count one stamped message; returns the epoch for its stamp.
+
+        A request is counted without a receiver (the client cannot know which
+        server gets it); a response is counted for ``receiver``, the caller.
+        """
+        if kind == REQUEST:
+            self.requests_sent += 1
+        elif kind == RESPONSE:
+            if not receiver:
+                raise ValueError("a response is counted for its receiver; none given")
+            self.responses_sent[receiver] = self.responses_sent.get(receiver, 0) + 1
+        else:
+            raise ValueError(f"unknown message kind {kind!r}")
         return self.epoch
 
     def on_deliver(
@@ -199,6 +239,8 @@ class SnapshotParticipant:
         ``capture`` is called (at most once) when the message forces local
         snapshots first, i.e. when its epoch is ahead of ours.
         """
+        if msg_key.kind not in _KINDS:
+            raise ValueError(f"unknown message kind {msg_key.kind!r}")
         if msg_epoch > self.epoch:
             self.take_snapshot(msg_epoch, capture())
         delivery = Delivery(sender, msg_epoch, payload_json, msg_key, method)
@@ -221,7 +263,8 @@ class SnapshotParticipant:
         if delivery.duplicate:
             return
         self._pending.pop(id(delivery), None)
-        self.consumed[delivery.sender] = self.consumed.get(delivery.sender, 0) + 1
+        counts = self.requests_consumed if delivery.msg_key.kind == REQUEST else self.responses_consumed
+        counts[delivery.sender] = counts.get(delivery.sender, 0) + 1
 
     # Snapshots --------------------------------------------------------------------
     def take_snapshot(self, k: int, capture: Capture) -> list[LocalSnapshot]:
@@ -230,13 +273,23 @@ class SnapshotParticipant:
         if k <= self.epoch:
             return taken
         clock = VectorClock(capture.clock)
-        sent, consumed = dict(self.sent), dict(self.consumed)
+        requests_consumed, responses_consumed = dict(self.requests_consumed), dict(self.responses_consumed)
+        responses_sent = dict(self.responses_sent)
         for epoch in range(self.epoch + 1, k + 1):
             self.epoch = epoch
             if epoch in self._closed_ahead:
                 self._closed_ahead.discard(epoch)
                 continue
-            snap = LocalSnapshot(epoch, self.process, clock, capture.state, sent, consumed)
+            snap = LocalSnapshot(
+                epoch,
+                self.process,
+                clock,
+                capture.state,
+                requests_sent=self.requests_sent,
+                responses_sent=responses_sent,
+                requests_consumed=requests_consumed,
+                responses_consumed=responses_consumed,
+            )
             taken.append(snap)
             self._outbox.append(snap)
             self._open_epoch(epoch)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from cutwatch.agent._snapshot import REASON_TRUNCATED, LocalSnapshot
 from cutwatch.agent.exceptions import CutwatchError
-from cutwatch.collector._assembly import AssembledCut, OwedChannel
+from cutwatch.collector._assembly import ANY_RECEIVER, AssembledCut, OwedChannel
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -150,8 +150,11 @@ def stored_from_assembled(
     ..., "tasks": ...}``) is split into those parts; any other value is the
     state itself, with no service and no tasks. ``AssembledCut`` carries no
     message counters, so they come from ``snapshots`` (the cut's local
-    snapshots) when given, else are empty. A process is marked truncated
-    when the cut's reasons say its recording was truncated.
+    snapshots) when given, else are empty: ``sent`` holds responses per
+    receiver and requests under ``ANY_RECEIVER``, ``consumed`` the messages
+    of both kinds per sender. Requests still owed are stored as owed channels
+    to ``ANY_RECEIVER``. A process is marked truncated when the cut's reasons
+    say its recording was truncated.
     """
     counters = {snap.process: snap for snap in snapshots if snap.epoch == cut.epoch}
     truncated = {reason for reason in cut.reasons if reason.startswith(REASON_TRUNCATED + " at ")}
@@ -169,8 +172,8 @@ def stored_from_assembled(
                 clock=dict(cut.clocks.get(process, {})),
                 state_json=_dumps(state),
                 tasks_json=_dumps(tasks),
-                sent=dict(snap.sent_before) if snap else {},
-                consumed=dict(snap.consumed_before) if snap else {},
+                sent=_sent_counters(snap) if snap else {},
+                consumed=_consumed_counters(snap) if snap else {},
                 truncated=f"{REASON_TRUNCATED} at {process}" in truncated,
             )
         )
@@ -193,10 +196,24 @@ def stored_from_assembled(
         finished=finished,
         reasons=cut.reasons,
         missing=cut.missing,
-        owed=cut.owed,
+        owed=tuple(o.as_channel() for o in cut.owed_requests) + cut.owed,
         states=tuple(states),
         in_transit=in_transit,
     )
+
+
+def _sent_counters(snap: LocalSnapshot) -> dict[str, int]:
+    sent = dict(snap.responses_sent)
+    if snap.requests_sent:
+        sent[ANY_RECEIVER] = snap.requests_sent
+    return sent
+
+
+def _consumed_counters(snap: LocalSnapshot) -> dict[str, int]:
+    consumed = dict(snap.requests_consumed)
+    for sender, count in snap.responses_consumed.items():
+        consumed[sender] = consumed.get(sender, 0) + count
+    return consumed
 
 
 # The interface ---------------------------------------------------------------------------

@@ -5,8 +5,15 @@ or hypothesis' ``st.randoms(use_true_random=False)`` so that hypothesis
 explores schedules and shrinks failures. The network is a multiset: any
 message (application, control or report to the collector) may be delivered
 next. Delivery and consumption are separate steps, like a handler that has
-not reached ``atomic()`` yet. The workload passes tokens: a transfer debits
-and sends in one atomic step; consuming the message credits the amount.
+not reached ``atomic()`` yet. The workload passes tokens over calls: a
+transfer debits and sends a request in one atomic step; consuming the
+request credits the amount; the server later answers with a response that
+refunds part of it (debit and send in one step), credited when consumed.
+
+With ``balanced`` on, a request is addressed to a channel that reaches
+several servers, and the network picks the server when it delivers the
+request, as a load balancer would: the caller never learns it (responses
+go back to the caller, who only counts them).
 """
 
 from __future__ import annotations
@@ -16,13 +23,28 @@ import random
 from dataclasses import dataclass, field
 
 from cutwatch.agent._clock import VectorClock
-from cutwatch.agent._snapshot import Capture, Delivery, MsgKey, SnapshotEvent, SnapshotParticipant
+from cutwatch.agent._snapshot import (
+    REQUEST,
+    RESPONSE,
+    Capture,
+    ChannelRecord,
+    Delivery,
+    MsgKey,
+    SnapshotEvent,
+    SnapshotParticipant,
+)
 from cutwatch.collector._assembly import AssembledCut, CutAssembler
+
+CallMsg = tuple[str, str, int]
+"""A message's identity in the ground truth: (kind, calling process, call id)."""
 
 
 @dataclass(frozen=True)
 class SimConfig:
     """One simulated world. ``stalled`` channels never deliver; ``lazy`` processes never consume.
+
+    ``balanced`` addresses each request to a random group of servers, one of
+    which the network picks at delivery.
 
     ``consumption_rule=False`` models the bug the rule prevents: a message
     counts as consumed at delivery while its credit is applied later.
@@ -42,16 +64,25 @@ class SimConfig:
     lazy: frozenset[int] = frozenset()
     max_records: int = 10_000
     max_open_epochs: int = 8
+    balanced: bool = False
 
 
 @dataclass(eq=False)
 class AppMsg:
+    """A request (``receiver`` empty until the network picks one of ``targets``) or a response."""
+
     sender: str
-    receiver: str
+    targets: tuple[str, ...]
     amount: int
     epoch: int
     clock: VectorClock
     key: MsgKey
+    receiver: str = ""
+
+    @property
+    def truth(self) -> CallMsg:
+        caller = self.sender if self.key.kind == REQUEST else self.receiver
+        return (self.key.kind, caller, self.key.call_id)
 
 
 @dataclass(eq=False)
@@ -75,7 +106,8 @@ class Proc:
     part: SnapshotParticipant
     balance: int
     clock: VectorClock = field(default_factory=VectorClock)
-    waiting: list[tuple[Delivery, int]] = field(default_factory=list)
+    waiting: list[tuple[Delivery, AppMsg]] = field(default_factory=list)
+    replies: list[tuple[str, int]] = field(default_factory=list)
     calls: int = 0
 
     def capture(self) -> Capture:
@@ -92,8 +124,15 @@ class SimResult:
     started: int
     duplicates_injected: int
     duplicates_reported: int
-    expected_in_transit: dict[int, set[MsgKey]]
+    expected_in_transit: dict[int, set[CallMsg]]
     stuck: list[AppMsg]
+    balanced_deliveries: int
+
+
+def record_truth(record: ChannelRecord) -> CallMsg:
+    """The ground-truth identity of a recorded message."""
+    caller = record.sender if record.kind == REQUEST else record.receiver
+    return (record.kind, caller, record.msg_key.call_id)
 
 
 def token_sum(cut: AssembledCut) -> int:
@@ -133,9 +172,10 @@ class Simulation:
         self.cuts: dict[int, AssembledCut] = {}
         self.next_epoch = 1
         self.duplicates_injected = 0
+        self.balanced_deliveries = 0
         # Ground truth: every message's stamp epoch and the receiver's epoch when it was counted consumed.
-        self.sent_epoch: dict[MsgKey, int] = {}
-        self.consumed_epoch: dict[MsgKey, int] = {}
+        self.sent_epoch: dict[CallMsg, int] = {}
+        self.consumed_epoch: dict[CallMsg, int] = {}
         self.stalled = {(f"p{a}", f"p{b}") for a, b in config.stalled}
         self.lazy = {f"p{i}" for i in config.lazy}
 
@@ -157,6 +197,7 @@ class Simulation:
             duplicates_reported=sum(proc.part.stats().duplicates for proc in self.procs),
             expected_in_transit={k: self._expected(k) for k in self.cuts},
             stuck=self.stuck,
+            balanced_deliveries=self.balanced_deliveries,
         )
 
     def _step(self, *, workload: bool) -> bool:
@@ -166,11 +207,14 @@ class Simulation:
             self._start_snapshot()
             return True
         consumers = [p for p in self.procs if p.waiting and p.pid not in self.lazy]
+        responders = [p for p in self.procs if p.replies]
         options: list[str] = []
         if self.network:
             options += ["deliver"] * 4
         if consumers:
             options += ["consume"] * 2
+        if responders:
+            options += ["respond"] * 2
         if workload:
             options += ["transfer"] * 3
         if not options:
@@ -181,6 +225,9 @@ class Simulation:
         elif action == "consume":
             proc = self.rng.choice(consumers)
             self._consume(proc, proc.waiting.pop(self.rng.randrange(len(proc.waiting))))
+        elif action == "respond":
+            proc = self.rng.choice(responders)
+            self._respond(proc, *proc.replies.pop(self.rng.randrange(len(proc.replies))))
         else:
             self._transfer()
         return True
@@ -190,23 +237,42 @@ class Simulation:
         proc = self.rng.choice(self.procs)
         if proc.balance <= 0 or self.cfg.n < 2:
             return
-        target = self.rng.choice([p for p in self.procs if p is not proc])
+        others = [p.pid for p in self.procs if p is not proc]
+        if self.cfg.balanced:
+            targets = tuple(self.rng.sample(others, self.rng.randint(1, len(others))))
+        else:
+            targets = (self.rng.choice(others),)
         amount = self.rng.randint(1, proc.balance)
-        # Debit and send form one atomic step (agent.atomic()).
+        # Debit and send form one atomic step (agent.atomic()); the server is not known.
         proc.balance -= amount
         proc.clock = proc.clock.tick(proc.pid)
         proc.calls += 1
-        key = MsgKey(proc.pid, proc.calls, 1, "request")
-        epoch = proc.part.on_send(target.pid)
-        self.sent_epoch[key] = epoch
-        msg = AppMsg(proc.pid, target.pid, amount, epoch, proc.clock, key)
-        if (proc.pid, target.pid) in self.stalled:
-            self.stuck.append(msg)
-        else:
-            self.network.append(msg)
+        key = MsgKey(proc.pid, proc.calls, 1, REQUEST)
+        epoch = proc.part.on_send(REQUEST)
+        msg = AppMsg(proc.pid, targets, amount, epoch, proc.clock, key)
+        self.sent_epoch[msg.truth] = epoch
+        self.network.append(msg)
+        self._flush(proc)
+
+    def _respond(self, proc: Proc, caller: str, call_id: int) -> None:
+        """The handler's answer: refund part of the balance to the caller, debit and send at once."""
+        refund = self.rng.randint(0, proc.balance)
+        proc.balance -= refund
+        proc.clock = proc.clock.tick(proc.pid)
+        epoch = proc.part.on_send(RESPONSE, caller)
+        key = MsgKey(proc.pid, call_id, 1, RESPONSE)
+        msg = AppMsg(proc.pid, (caller,), refund, epoch, proc.clock, key, receiver=caller)
+        self.sent_epoch[msg.truth] = epoch
+        self.network.append(msg)
         self._flush(proc)
 
     def _deliver_app(self, msg: AppMsg) -> None:
+        if not msg.receiver:
+            msg.receiver = self.rng.choice(msg.targets)  # the load balancer's pick
+            self.balanced_deliveries += len(msg.targets) > 1
+        if (msg.sender, msg.receiver) in self.stalled:
+            self.stuck.append(msg)
+            return
         proc = self.by_pid[msg.receiver]
         stamp_epoch = msg.epoch if self.cfg.honour_stamp_epoch else 0
         payload = json.dumps(msg.amount)
@@ -214,25 +280,30 @@ class Simulation:
         proc.clock = proc.clock.merge(msg.clock).tick(proc.pid)
         if not self.cfg.consumption_rule:
             self._count_consumed(proc, delivery)
-        proc.waiting.append((delivery, msg.amount))
+        proc.waiting.append((delivery, msg))
         if self.rng.randrange(100) < self.cfg.duplicate_percent:
+            # The transport repeats the message to the same process (a retry elsewhere is not modelled).
             self.duplicates_injected += 1
             self.network.append(msg)
         self._flush(proc)
 
-    def _consume(self, proc: Proc, waiting: tuple[Delivery, int]) -> None:
-        delivery, amount = waiting
+    def _consume(self, proc: Proc, waiting: tuple[Delivery, AppMsg]) -> None:
+        delivery, msg = waiting
         if self.cfg.consumption_rule:
             self._count_consumed(proc, delivery)
         if not delivery.duplicate:  # the handler is idempotent per call id
-            proc.balance += amount
+            proc.balance += msg.amount
+            if msg.key.kind == REQUEST:
+                proc.replies.append((msg.sender, msg.key.call_id))
         proc.clock = proc.clock.tick(proc.pid)
         self._flush(proc)
 
     def _count_consumed(self, proc: Proc, delivery: Delivery) -> None:
         proc.part.on_consume(delivery)
         if not delivery.duplicate:
-            self.consumed_epoch[delivery.msg_key] = proc.part.epoch
+            kind = delivery.msg_key.kind
+            caller = delivery.sender if kind == REQUEST else proc.pid
+            self.consumed_epoch[(kind, caller, delivery.msg_key.call_id)] = proc.part.epoch
 
     # Snapshot protocol ------------------------------------------------------------------------
     def _start_snapshot(self) -> None:
@@ -266,7 +337,7 @@ class Simulation:
             self.cuts[event.epoch] = assembler.finish()
             self.network.extend(Control(proc.pid, event.epoch, close=True) for proc in self.procs)
 
-    def _expected(self, k: int) -> set[MsgKey]:
+    def _expected(self, k: int) -> set[CallMsg]:
         """Messages sent before the sender's cut k and not consumed before the receiver's cut k."""
         return {
             key
