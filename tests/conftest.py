@@ -13,6 +13,14 @@ from typing import Any
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests check behaviour, never speed: on a loaded 2-core machine an
+# example may take longer than hypothesis's default deadline.
+settings.register_profile(
+    "cutwatch", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("cutwatch")
 
 _TESTS = str(Path(__file__).resolve().parent)
 if _TESTS not in sys.path:

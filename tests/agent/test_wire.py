@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from google.protobuf.message import DecodeError
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cutwatch.agent._wire import WireError, encode_stamp, parse_stamp
@@ -47,7 +47,7 @@ def _as_dict(message: stamp_pb2.Stamp) -> dict[str, object]:
     }
 
 
-@settings(max_examples=1000)
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fields)
 def test_encoding_is_byte_for_byte_protobufs(values: dict[str, object]) -> None:
     ours = encode_stamp(**values)  # type: ignore[arg-type]
@@ -56,7 +56,7 @@ def test_encoding_is_byte_for_byte_protobufs(values: dict[str, object]) -> None:
     assert parse_stamp(ours)._asdict() == values
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fields)
 def test_unpacked_clock_and_unknown_fields_parse_like_protobuf(values: dict[str, object]) -> None:
     message = stamp_pb2.Stamp(**values)  # type: ignore[arg-type]
@@ -71,7 +71,7 @@ def test_unpacked_clock_and_unknown_fields_parse_like_protobuf(values: dict[str,
     assert parse_stamp(mutated)._asdict() == _as_dict(expected)
 
 
-@settings(max_examples=3000)
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=200))
 def test_parser_raises_only_wire_error_and_never_accepts_what_protobuf_rejects(data: bytes) -> None:
     try:
