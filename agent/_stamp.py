@@ -246,10 +246,6 @@ class StampCodec:
             self._peer_names.move_to_end(sender)
         return table
 
-    def _contiguous_known(self, peer: str) -> int:
-        """How many of ``peer``'s names, from index 0 on, we hold."""
-        return self._contiguous.get(peer, 0)
-
     def _fingerprint_of(self, peer: str) -> int:
         fp = self._fingerprints.get(peer)
         if fp is None:

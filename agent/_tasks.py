@@ -111,12 +111,7 @@ class TaskRegistry:
     def remove_outbound(self, task: Task, call_id: int) -> None:
         with self._lock:
             task.outbound.pop(call_id, None)
-            if task.kind != "app" or not task.is_idle():
-                return
-            task.live = False
-            self._tasks.pop(task.task_id, None)
-        if self._current.get() is task:
-            self._current.set(None)
+        self.release_if_idle(task)
 
     def start(self, kind: str, *, method: str = "", caller: str = "", call_id: int = 0) -> Task:
         task = Task(task_id=next(self._ids), kind=kind, method=method, caller=caller, call_id=call_id)

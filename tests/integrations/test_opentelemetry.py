@@ -128,6 +128,22 @@ def the_task(agent: cutwatch.Agent) -> cutwatch.TaskView:
     return task
 
 
+def server_task_around_outbound_call(
+    handler: Any, server_agent: cutwatch.Agent, call: Any
+) -> tuple[cutwatch.TaskView, cutwatch.TaskView]:
+    """The handler's task just before and just after its own outbound call; the call then completes."""
+    try:
+        assert handler.before_call.wait(TIMEOUT)
+        before = the_task(server_agent)
+        handler.go_call.set()
+        assert handler.after_call.wait(TIMEOUT)
+        after = the_task(server_agent)
+    finally:
+        handler.release()
+    assert call.result(timeout=TIMEOUT) == b"ping"
+    return before, after
+
+
 # Sync stacks -----------------------------------------------------------------------------------
 class SyncStacks:
     """Builds servers and channels with both interceptors in a chosen order; closes them all."""
@@ -352,15 +368,7 @@ def test_sync_task_carries_server_span_ids(
     stub = echo_service.EchoStub(stacks.channel(address, client_agent, client_otel, "otel-outer"))
 
     call = stub.unary_unary.future(b"ping", timeout=TIMEOUT)
-    try:
-        assert handler.before_call.wait(TIMEOUT)
-        before = the_task(server_agent)
-        handler.go_call.set()
-        assert handler.after_call.wait(TIMEOUT)
-        after = the_task(server_agent)
-    finally:
-        handler.release()
-    assert call.result(timeout=TIMEOUT) == b"ping"
+    before, after = server_task_around_outbound_call(handler, server_agent, call)
 
     _assert_task_trace_ids(otel, handler, client, server_order, before, after)
     assert [t for t in server_agent.tasks() if t.kind == "server"] == []
@@ -414,15 +422,7 @@ def test_sync_without_sdk_everything_works_and_ids_are_empty(
 
     with trace.get_tracer("probe").start_as_current_span("caller"):
         call = stub.unary_unary.future(b"ping", timeout=TIMEOUT)
-    try:
-        assert handler.before_call.wait(TIMEOUT)
-        before = the_task(server_agent)
-        handler.go_call.set()
-        assert handler.after_call.wait(TIMEOUT)
-        after = the_task(server_agent)
-    finally:
-        handler.release()
-    assert call.result(timeout=TIMEOUT) == b"ping"
+    before, after = server_task_around_outbound_call(handler, server_agent, call)
 
     assert (before.trace_id, before.span_id, after.trace_id, after.span_id) == ("", "", "", "")
     stamp = decoded_stamp(servicer.seen_metadata[0])
