@@ -12,20 +12,36 @@ untracked.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import re
 import secrets
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from cutwatch.agent._clock import VectorClock, _LocalClock
+from cutwatch.agent._control import PROTOCOL_VERSION, ControlClient, ControlOptions
 from cutwatch.agent._eventlog import EventLog
 from cutwatch.agent._lock import CutwatchLock
-from cutwatch.agent._metadata import find_stamp
+from cutwatch.agent._metadata import find_attempt, find_stamp
+from cutwatch.agent._payload import DEFAULT_MAX_PAYLOAD_BYTES, lazy_message_json, message_json
+from cutwatch.agent._snapshot import (
+    OUTCOME_FAILED,
+    OUTCOME_UNSTAMPED,
+    REQUEST,
+    RESPONSE,
+    Capture,
+    Delivery,
+    MsgKey,
+    RecordingStopped,
+    SnapshotParticipant,
+)
 from cutwatch.agent._stamp import (
     DEFAULT_MAX_CLOCK_ENTRIES,
     DEFAULT_MAX_STAMP_BYTES,
@@ -41,6 +57,7 @@ from cutwatch.agent._tasks import (
 )
 from cutwatch.agent.exceptions import AgentStateError, StampError
 from cutwatch.integrations.opentelemetry import current_span_ids
+from cutwatch.proto import collector_pb2 as pb
 
 if TYPE_CHECKING:
     import contextvars
@@ -52,6 +69,10 @@ if TYPE_CHECKING:
 
 _LOG = logging.getLogger("cutwatch.agent")
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+_STATE_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,100}$")
+DEFAULT_MAX_STATE_BYTES = 1024 * 1024
+REASON_ATOMIC_WAIT = "a snapshot was due while an atomic() block waited for a response"
+REASON_ATOMIC_TIMEOUT = "an atomic() block held the snapshot lock too long"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +96,15 @@ class AgentStats:
     internal_errors: int = 0
     """Failures inside cutwatch itself, caught before the application saw them."""
     event_log_dropped: int = 0
+    snapshots_taken: int = 0
+    snapshots_skipped: int = 0
+    """Snapshots given up because an ``atomic()`` block held the snapshot lock."""
+    state_errors: int = 0
+    """State providers that raised, returned non-JSON or too much; their value is an error marker."""
+    collector_events_sent: int = 0
+    collector_events_dropped: int = 0
+    """Snapshot events dropped because the queue to the collector was full."""
+    collector_connected: bool = False
 
     @property
     def untracked(self) -> int:
@@ -94,6 +124,9 @@ class _Counters:
     stamps_degraded: int
     clock_entries_refused: int
     internal_errors: int
+    snapshots_taken: int
+    snapshots_skipped: int
+    state_errors: int
 
     def __init__(self) -> None:
         for f in fields(AgentStats):
@@ -117,13 +150,16 @@ class ChannelPeer:
 class Outbound:
     """One outbound call in flight, from stamp to response."""
 
-    __slots__ = ("call", "channel", "finished", "task")
+    __slots__ = ("call", "channel", "finished", "finishing", "task")
 
     def __init__(self, call: OutboundCall, task: Task, channel: ChannelPeer) -> None:
         self.call = call
         self.task = task
         self.channel = channel
         self.finished = False
+        # Held while the response is delivered: a second finisher (the
+        # done-callback racing the caller) waits until the clock is merged.
+        self.finishing = threading.Lock()
 
 
 class Inbound:
@@ -145,6 +181,14 @@ class Agent:
     (stamps, tasks and the event log, no snapshots). ``instance_id`` (a pod
     or host name, say) is kept in the process id, followed by a few random
     characters that make every start a new process of the model.
+
+    Snapshot limits: ``max_records`` channel records per snapshot,
+    ``max_payload_bytes`` per recorded message, ``max_state_bytes`` per state
+    provider, ``event_queue`` events waiting for the collector;
+    ``atomic_timeout`` is how long a snapshot waits for an ``atomic()`` block
+    before it gives up on that snapshot (which then ends INCOMPLETE);
+    ``abandoned_grace`` how long a call that failed without an answer keeps
+    snapshots from completing unless its request is accounted for.
     """
 
     def __init__(
@@ -156,6 +200,13 @@ class Agent:
         event_log: str | Path | None = None,
         max_stamp_bytes: int = DEFAULT_MAX_STAMP_BYTES,
         max_clock_entries: int = DEFAULT_MAX_CLOCK_ENTRIES,
+        max_records: int = 10_000,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
+        event_queue: int = 10_000,
+        atomic_timeout: float = 5.0,
+        abandoned_grace: float = 2.0,
+        control_options: ControlOptions | None = None,
     ) -> None:
         if not _SERVICE_NAME.match(service):
             raise ValueError(f"service name {service!r} must be 1-100 letters, digits, '.', '_' or '-'")
@@ -166,11 +217,8 @@ class Agent:
         process_id = f"{service}:{instance}"
         if len(process_id) > MAX_PROCESS_ID_LENGTH or any(c.isspace() for c in process_id):
             raise ValueError(f"process id {process_id!r} is too long or contains spaces")
-        if collector is not None:
-            raise AgentStateError(
-                "connecting to a collector is not available in this version of cutwatch; "
-                "use collector=None for clocks only"
-            )
+        if atomic_timeout <= 0 or max_payload_bytes < 64 or max_state_bytes < 64:
+            raise ValueError("atomic_timeout must be positive, max_payload_bytes and max_state_bytes >= 64")
         self.service = service
         self.process_id = process_id
         self.collector = collector
@@ -188,7 +236,19 @@ class Agent:
         self._closed_log_dropped = 0
         self._worker_pools: dict[str, int] = {}
         self._pools_probed: set[str] = set()
-        self._epoch = 0
+        self._part = SnapshotParticipant(process_id, max_records=max_records, abandoned_grace=abandoned_grace)
+        # atomic() blocks and local snapshots exclude each other through this
+        # lock; the event lock ``_lock`` is always taken after it, never before.
+        self._snapshot_lock = threading.RLock()
+        self._atomic_depth = threading.local()
+        self._atomic_timeout = atomic_timeout
+        self._max_payload = max_payload_bytes
+        self._max_state = max_state_bytes
+        self._states: dict[str, Callable[[], object]] = {}
+        self._control: ControlClient | None = None
+        if collector is not None:
+            options = control_options or ControlOptions(queue_size=event_queue)
+            self._control = ControlClient(collector, self._registration, self._on_order, options)
         self._started = False
         self._closed = False
 
@@ -207,7 +267,13 @@ class Agent:
                 )
                 self._clock.tick()
             self._started = True
+        if self._control is not None:
+            self._control.start()
         return self
+
+    def wait_registered(self, timeout: float = 10.0) -> bool:
+        """Wait until the collector has acknowledged this agent; False on timeout (or no collector)."""
+        return self._control is not None and self._control.wait_connected(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush and stop background work, waiting at most ``timeout`` seconds."""
@@ -216,6 +282,8 @@ class Agent:
                 return
             self._closed = True
             log, self._event_log = self._event_log, None
+        if self._control is not None:
+            self._control.close(timeout)
         if log is not None:
             log.close(timeout)
             with self._lock:
@@ -242,7 +310,67 @@ class Agent:
     def stats(self) -> AgentStats:
         with self._lock:
             dropped = self._event_log.dropped if self._event_log else self._closed_log_dropped
-            return self._counters.freeze(event_log_dropped=dropped)
+            control = self._control.stats() if self._control is not None else None
+            return self._counters.freeze(
+                event_log_dropped=dropped,
+                collector_events_sent=control.events_sent if control else 0,
+                collector_events_dropped=control.events_dropped if control else 0,
+                collector_connected=control.connected if control else False,
+            )
+
+    @property
+    def epoch(self) -> int:
+        """The newest snapshot epoch this process has taken part in (or joined at)."""
+        with self._lock:
+            return self._part.epoch
+
+    # Application state and atomic blocks -----------------------------------------
+    def register_state(self, name: str, provider: Callable[[], object]) -> None:
+        """Include ``provider()`` (JSON-serialisable) under ``name`` in every local snapshot.
+
+        It is called under the snapshot lock, so it sees no ``atomic()`` block
+        half done; keep it quick and never make an RPC from it.
+        """
+        if not _STATE_NAME.match(name):
+            raise ValueError(f"state name {name!r} must be 1-100 letters, digits, '.', ':', '_' or '-'")
+        if not callable(provider):
+            raise TypeError("provider must be callable")
+        with self._snapshot_lock:
+            self._states[name] = provider
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """A state change that no snapshot splits, and that consumes the current request.
+
+        Everything inside (state changes, calls started, e.g. with
+        ``.future()``) is wholly before or wholly after every cut. When a
+        handler leaves its first ``atomic()`` block, its request is consumed:
+        its effect is in the state, not in the channel. Keep blocks short and
+        synchronous: never wait for a response inside one (a snapshot due
+        meanwhile is given up), never ``await`` inside one.
+        """
+        self._snapshot_lock.acquire()
+        depth = getattr(self._atomic_depth, "value", 0)
+        self._atomic_depth.value = depth + 1
+        try:
+            yield
+        finally:
+            self._atomic_depth.value = depth
+            try:
+                if depth == 0:
+                    self._consume_current()
+            finally:
+                self._snapshot_lock.release()
+
+    def _consume_current(self) -> None:
+        task = self._tasks.current()
+        delivery = task.delivery if task is not None else None
+        if isinstance(delivery, Delivery) and not delivery.consumed:
+            try:
+                with self._lock:
+                    self._part.on_consume(delivery)
+            except Exception:
+                self._internal_error("consuming a request")
 
     def tasks(self) -> list[TaskView]:
         """The live tasks: handler executions and application tasks that wait or hold."""
@@ -314,11 +442,12 @@ class Agent:
             with self._lock:
                 call_id = next(self._call_ids)
                 self._clock.tick()
+                epoch = self._part.on_call(call_id, method, channel.server or "")
                 encoded = self._codec.encode(
                     self._clock.names,
                     self._clock.values,
                     peer=channel.server,
-                    epoch=self._epoch,
+                    epoch=epoch,
                     call_id=call_id,
                     trace_id=trace_id,
                     span_id=span_id,
@@ -336,42 +465,104 @@ class Agent:
             self._internal_error("preparing an outbound call")
             return None
 
-    def _end_outbound(self, outbound: Outbound, metadata: Iterable[Any] | None) -> None:
-        """Receive event of a response (idempotent; metadata may be None)."""
+    def _end_outbound(
+        self,
+        outbound: Outbound,
+        metadata: Iterable[Any] | None,
+        failure: str | None = None,
+        response: Callable[[], object] | None = None,
+    ) -> None:
+        """Receive event of a response (idempotent; metadata may be None).
+
+        ``failure`` names the status of a call that did not succeed;
+        ``response`` returns the response message, for the record of a
+        response that is in transit at a cut.
+        """
         try:
-            with self._lock:
+            with outbound.finishing:
                 if outbound.finished:
                     return
-                outbound.finished = True
-                decoded = self._receive(find_stamp(metadata))
-                self._counters.responses_received += 1
-                if decoded is not None:
-                    outbound.channel.server = decoded.sender
-                if self._event_log is not None:
-                    sender = decoded.sender if decoded is not None else "untracked peer"
-                    self._log_event(
-                        f"receive response {outbound.call.method} call={outbound.call.call_id} from {sender}"
-                    )
-                # Under the lock: a caller finishing the same call waits here
-                # until the call has left its task.
-                self._tasks.remove_outbound(outbound.task, outbound.call.call_id)
+                with self._lock:
+                    decoded = self._decode(find_stamp(metadata))
+                    if decoded is not None and decoded.call_id != outbound.call.call_id:
+                        decoded = None  # not the answer to this call (a proxy replayed trailers)
+                        self._counters.untracked_malformed += 1
+                if decoded is not None and decoded.epoch > self._part.epoch:
+                    self._ensure_snapshot(decoded.epoch)
+                with self._lock:
+                    outbound.finished = True
+                    call_id = outbound.call.call_id
+                    if decoded is not None:
+                        payload = self._render_response(response)
+                        key = MsgKey(decoded.sender, call_id, 0, RESPONSE)
+                        delivery = self._part.on_deliver(
+                            decoded.sender,
+                            decoded.epoch,
+                            payload,
+                            key,
+                            self._capture,
+                            method=outbound.call.method,
+                            now=time.monotonic(),
+                        )
+                        self._part.on_consume(delivery)
+                        outbound.channel.server = decoded.sender
+                    else:
+                        outcome = OUTCOME_FAILED if failure else OUTCOME_UNSTAMPED
+                        self._part.on_call_ended(call_id, outcome, failure or "", now=time.monotonic())
+                    self._merge(decoded)
+                    self._counters.responses_received += 1
+                    if self._event_log is not None:
+                        sender = decoded.sender if decoded is not None else "untracked peer"
+                        self._log_event(
+                            f"receive response {outbound.call.method} call={call_id} from {sender}"
+                        )
+                    self._emit()
+                    # Under the lock: a caller finishing the same call waits here
+                    # until the call has left its task.
+                    self._tasks.remove_outbound(outbound.task, call_id)
         except Exception:
             self._internal_error("finishing an outbound call")
 
+    def _render_response(self, response: Callable[[], object] | None) -> Callable[[], str] | str:
+        if response is None:
+            return "null"
+        limit = self._max_payload
+        return lambda: message_json(response(), limit)
+
     # Event core: server side ---------------------------------------------------
-    def _begin_inbound(self, method: str, metadata: Iterable[Any] | None, pool: str) -> Inbound | None:
+    def _begin_inbound(
+        self, method: str, metadata: Iterable[Any] | None, pool: str, request: object = None
+    ) -> Inbound | None:
         """Receive event of a request: merge its clock, start and bind its task."""
         try:
             with self._lock:
-                decoded = self._receive(find_stamp(metadata))
+                decoded = self._decode(find_stamp(metadata))
+            if decoded is not None and decoded.epoch > self._part.epoch:
+                self._ensure_snapshot(decoded.epoch)
+            caller = decoded.sender if decoded else None
+            call_id = decoded.call_id if decoded else 0
+            delivery: Delivery | None = None
+            with self._lock:
+                if decoded is not None:
+                    key = MsgKey(decoded.sender, call_id, find_attempt(metadata), REQUEST)
+                    delivery = self._part.on_deliver(
+                        decoded.sender,
+                        decoded.epoch,
+                        lazy_message_json(request, self._max_payload),
+                        key,
+                        self._capture,
+                        method=method,
+                        now=time.monotonic(),
+                    )
+                self._merge(decoded)
                 self._counters.requests_received += 1
-                caller = decoded.sender if decoded else None
-                call_id = decoded.call_id if decoded else 0
                 if self._event_log is not None:
                     self._log_event(
                         f"receive request {method} call={call_id} from {caller or 'untracked peer'}"
                     )
-            task = self._tasks.start("server", method=method, caller=caller or "", call_id=call_id)
+                self._emit()
+            task = self._tasks.start("server", method=method, caller=caller or "", call_id=call_id, pool=pool)
+            task.delivery = delivery
             trace_id, span_id = current_span_ids()
             if trace_id:
                 task.trace_id, task.span_id = trace_id, span_id
@@ -400,13 +591,15 @@ class Agent:
                 self._tasks.unbind(inbound.token, inbound.task)
                 inbound.token = None
             trace_id, span_id = current_span_ids()
+            delivery = inbound.task.delivery
             with self._lock:
                 self._clock.tick()
+                epoch = self._part.on_reply(delivery) if isinstance(delivery, Delivery) else self._part.epoch
                 encoded = self._codec.encode(
                     self._clock.names,
                     self._clock.values,
                     peer=inbound.caller,
-                    epoch=self._epoch,
+                    epoch=epoch,
                     call_id=inbound.task.call_id,
                     trace_id=trace_id or inbound.task.trace_id,
                     span_id=span_id or inbound.task.span_id,
@@ -421,20 +614,112 @@ class Agent:
             self._internal_error("finishing an inbound call")
             return None
 
+    # Snapshots -------------------------------------------------------------------
+    def _ensure_snapshot(self, epoch: int) -> None:
+        """Take local snapshots up to ``epoch`` now, or give them up; never waits past the timeout.
+
+        Called without the event lock. Inside an ``atomic()`` block of this
+        very thread (a response awaited in the block) the block is half done,
+        so the snapshots are given up rather than taken mid-change.
+        """
+        if getattr(self._atomic_depth, "value", 0):
+            self._skip_snapshots(epoch, REASON_ATOMIC_WAIT)
+            return
+        if not self._snapshot_lock.acquire(timeout=self._atomic_timeout):
+            self._skip_snapshots(epoch, REASON_ATOMIC_TIMEOUT)
+            return
+        try:
+            with self._lock:
+                if epoch > self._part.epoch:
+                    taken = self._part.take_snapshot(epoch, self._capture(), now=time.monotonic())
+                    self._counters.snapshots_taken += len(taken)
+                    self._emit()
+        finally:
+            self._snapshot_lock.release()
+
+    def _skip_snapshots(self, epoch: int, reason: str) -> None:
+        with self._lock:
+            first = self._part.epoch + 1
+            if epoch < first:
+                return
+            self._part.join(epoch)
+            self._counters.snapshots_skipped += epoch - first + 1
+            if self._control is not None:
+                self._control.submit(
+                    [RecordingStopped(k, self.process_id, reason, 0) for k in range(first, epoch + 1)]
+                )
+        _LOG.warning("cutwatch: snapshots %d..%d given up: %s", first, epoch, reason)
+
+    def _capture(self) -> Capture:
+        """The local snapshot's contents; caller holds both locks. The snapshot is an event: it ticks."""
+        self._clock.tick()
+        state: dict[str, object] = {}
+        for name, provider in self._states.items():
+            state[name] = self._state_value(name, provider)
+        tasks = [view.to_json() for view in self._tasks.views()]
+        clock = dict(zip(self._clock.names, self._clock.values, strict=True))
+        return Capture(clock, state, tasks)
+
+    def _state_value(self, name: str, provider: Callable[[], object]) -> object:
+        """``provider()`` frozen as JSON; a failure becomes a marker in the state, never an exception."""
+        try:
+            text = json.dumps(provider(), sort_keys=True, allow_nan=False)
+        except Exception as exc:
+            self._counters.state_errors += 1
+            _LOG.warning("cutwatch: state provider %r failed: %s", name, exc)
+            return {"cutwatch_error": f"{type(exc).__name__}: {exc}"[:500]}
+        if len(text) > self._max_state:
+            self._counters.state_errors += 1
+            return {"cutwatch_error": f"state larger than {self._max_state} bytes ({len(text)})"}
+        return json.loads(text)
+
+    def _emit(self) -> None:
+        """Hand what the participant emitted to the collector's queue; caller holds the lock."""
+        if self._part.has_events:
+            events = self._part.drain()
+            if self._control is not None:
+                self._control.submit(events)
+
+    def _registration(self) -> pb.Registration:
+        with self._lock:
+            return pb.Registration(
+                process_id=self.process_id,
+                service=self.service,
+                protocol_version=PROTOCOL_VERSION,
+                worker_pools=dict(self._worker_pools),
+                epoch=self._part.epoch,
+            )
+
+    def _on_order(self, order: pb.ControlMessage) -> None:
+        """Carry out what the collector says (on the control thread)."""
+        body = order.WhichOneof("body")
+        if body == "take_snapshot":
+            self._ensure_snapshot(order.take_snapshot.epoch)
+        elif body == "close_epoch":
+            with self._lock:
+                self._part.close_epoch(order.close_epoch.epoch)
+        elif body == "registered":
+            with self._lock:
+                self._part.join(order.registered.epoch)
+
     # Shared pieces -------------------------------------------------------------
-    def _receive(self, raw: bytes | str | None) -> DecodedStamp | None:
-        """Decode and merge a stamp, tick; caller holds the lock."""
-        decoded: DecodedStamp | None = None
+    def _decode(self, raw: bytes | str | None) -> DecodedStamp | None:
+        """Decode a stamp, counting what cannot be tracked; caller holds the lock."""
         if raw is None:
             self._counters.untracked_missing += 1
-        elif not isinstance(raw, bytes):
+            return None
+        if not isinstance(raw, bytes):
             self._counters.untracked_malformed += 1
-        else:
-            try:
-                decoded = self._codec.decode(raw)
-            except StampError as exc:
-                self._counters.untracked_malformed += 1
-                _LOG.debug("untracked message: %s", exc)
+            return None
+        try:
+            return self._codec.decode(raw)
+        except StampError as exc:
+            self._counters.untracked_malformed += 1
+            _LOG.debug("untracked message: %s", exc)
+            return None
+
+    def _merge(self, decoded: DecodedStamp | None) -> None:
+        """The receive event: merge the sender's clock (if any) and tick; caller holds the lock."""
         if decoded is not None:
             # A peer cannot know more of us than we do: merge_peer ignores our own entry.
             self._counters.clock_entries_refused += self._clock.merge_peer(
@@ -442,7 +727,6 @@ class Agent:
             )
             self._counters.unresolved_entries += decoded.unresolved
         self._clock.tick()
-        return decoded
 
     def _log_event(self, description: str) -> None:
         if self._event_log is not None:

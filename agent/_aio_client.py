@@ -18,6 +18,7 @@ import grpc.aio
 import wrapt
 
 from cutwatch.agent._agent import ChannelPeer
+from cutwatch.agent._client import NOT_VISIBLE, STREAM_RESPONSE
 from cutwatch.agent._grpc_bases import (
     AioStreamStreamClientBase,
     AioStreamUnaryClientBase,
@@ -61,7 +62,7 @@ class _StampedCall(wrapt.ObjectProxy[Any]):
         try:
             asyncio.get_running_loop().call_soon(self._self_backstop)
         except RuntimeError:  # no running loop (shutting down): finish untracked
-            self._self_agent._end_outbound(self._self_outbound, None)
+            self._self_agent._end_outbound(self._self_outbound, None, NOT_VISIBLE)
 
     def _self_backstop(self) -> None:
         if self._self_outbound.finished:
@@ -70,7 +71,7 @@ class _StampedCall(wrapt.ObjectProxy[Any]):
         _background.add(task)
         task.add_done_callback(_background.discard)
 
-    async def _self_finish(self, error: BaseException | None = None) -> None:
+    async def _self_finish(self, error: BaseException | None = None, response: Any = STREAM_RESPONSE) -> None:
         if self._self_outbound.finished:
             return
         metadata = None
@@ -81,7 +82,8 @@ class _StampedCall(wrapt.ObjectProxy[Any]):
                 metadata = await self.__wrapped__.trailing_metadata()
             except Exception:
                 metadata = None
-        self._self_agent._end_outbound(self._self_outbound, metadata)
+        failure = None if error is None else _error_name(error)
+        self._self_agent._end_outbound(self._self_outbound, metadata, failure, lambda: response)
 
     # Unary responses ---------------------------------------------------------
     def __await__(self) -> Generator[Any, None, Any]:
@@ -91,7 +93,7 @@ class _StampedCall(wrapt.ObjectProxy[Any]):
         except BaseException as exc:
             yield from self._self_finish(exc).__await__()
             raise
-        yield from self._self_finish().__await__()
+        yield from self._self_finish(response=response).__await__()
         return response
 
     # Response streams ----------------------------------------------------------
@@ -146,8 +148,8 @@ class _AioClientBase:
         outbound, stamp = started
         try:
             call = await continuation(_stamped_details(details, stamp), request)
-        except BaseException:
-            self._agent._end_outbound(outbound, None)
+        except BaseException as exc:
+            self._agent._end_outbound(outbound, None, _error_name(exc))
             raise
         if stream:
             outbound.call.blocking = False
@@ -173,25 +175,38 @@ class _AwaitedCall(wrapt.ObjectProxy[Any]):
 
 
 def _finish_done_call(agent: Agent, outbound: Outbound, call: Any) -> None:
-    if not outbound.finished:
-        agent._end_outbound(outbound, _trailing_metadata_now(call))
+    if outbound.finished:
+        return
+    code = _now(call.code())
+    failure = (
+        None
+        if code == grpc.StatusCode.OK
+        else (code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN")
+    )
+    agent._end_outbound(outbound, _now(call.trailing_metadata()), failure, lambda: _now(call.__await__()))
 
 
-def _trailing_metadata_now(call: Any) -> Any:
-    """The trailing metadata of a finished aio call, without a loop turn.
+def _now(awaitable: Any) -> Any:
+    """The value of an awaitable of a finished aio call, without a loop turn (None if it would wait).
 
-    ``trailing_metadata()`` is a coroutine that returns at once when the
-    status is there (it is, in a done-callback); it is driven by hand.
+    ``trailing_metadata()``, ``code()`` and the call itself return at once
+    when the status is there (it is, in a done-callback); they are driven by
+    hand.
     """
-    coroutine = call.trailing_metadata()
     try:
-        coroutine.send(None)
+        awaitable.send(None)
     except StopIteration as finished:
         return finished.value
     except Exception:
         return None
-    coroutine.close()  # it wanted to wait: not finished after all
+    awaitable.close()  # it wanted to wait: not finished after all
     return None
+
+
+def _error_name(error: BaseException) -> str:
+    if isinstance(error, grpc.aio.AioRpcError):
+        return error.code().name
+    return type(error).__name__
 
 
 class AioUnaryUnaryInterceptor(_AioClientBase, AioUnaryUnaryClientBase):

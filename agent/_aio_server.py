@@ -72,8 +72,8 @@ def _with_trailing_metadata(context: Any) -> Any:
 
 
 class _AioHandlerWrapper(_HandlerWrapper):
-    def _begin(self, context: Any) -> tuple[Inbound | None, Any]:
-        inbound = self.agent._begin_inbound(self.method, context.invocation_metadata(), self.pool)
+    def _begin(self, context: Any, request: Any) -> tuple[Inbound | None, Any]:
+        inbound = self.agent._begin_inbound(self.method, context.invocation_metadata(), self.pool, request)
         return inbound, _StampingContext(context, self.agent, inbound)
 
     def unary_response(self, behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
@@ -83,7 +83,7 @@ class _AioHandlerWrapper(_HandlerWrapper):
         agent = self.agent
 
         async def handle(request_or_iterator: Any, context: Any) -> Any:
-            inbound, proxied = self._begin(context)
+            inbound, proxied = self._begin(context, request_or_iterator)
             try:
                 return await behavior(request_or_iterator, proxied)
             finally:
@@ -96,7 +96,7 @@ class _AioHandlerWrapper(_HandlerWrapper):
         if inspect.isasyncgenfunction(behavior):
 
             async def handle_stream(request_or_iterator: Any, context: Any) -> AsyncIterator[Any]:
-                inbound, proxied = self._begin(context)
+                inbound, proxied = self._begin(context, request_or_iterator)
                 try:
                     async for response in behavior(request_or_iterator, proxied):
                         yield response
@@ -107,7 +107,7 @@ class _AioHandlerWrapper(_HandlerWrapper):
         if inspect.iscoroutinefunction(behavior):  # writes with context.write()
 
             async def handle_writes(request_or_iterator: Any, context: Any) -> Any:
-                inbound, proxied = self._begin(context)
+                inbound, proxied = self._begin(context, request_or_iterator)
                 try:
                     return await behavior(request_or_iterator, proxied)
                 finally:

@@ -76,6 +76,27 @@ def trailing_metadata_of(call: Any) -> Any:
     return metadata
 
 
+NOT_VISIBLE = "response not visible to cutwatch"
+STREAM_RESPONSE: dict[str, str] = {"cutwatch": "stream"}
+
+
+def call_failure(call: Any) -> str | None:
+    """None for a finished call that succeeded, else the name of its status."""
+    try:
+        code = call.code()
+    except Exception:
+        return "UNKNOWN"
+    if code == grpc.StatusCode.OK:
+        return None
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+
+
+def finish_call(agent: Agent, outbound: Outbound, call: Any, response: Callable[[], object] | None) -> None:
+    """The receive event of a finished sync call, from its trailers and status."""
+    failure = call_failure(call)
+    agent._end_outbound(outbound, trailing_metadata_of(call), failure, None if failure else response)
+
+
 class _UnaryFuture(wrapt.ObjectProxy[Any]):
     """The call future, finishing the outbound call before handing out results."""
 
@@ -91,9 +112,10 @@ class _UnaryFuture(wrapt.ObjectProxy[Any]):
             self._self_finish()
 
     def _self_finish(self) -> None:
-        # Always through the agent lock, never on ``finished`` alone: the
+        # Always through the agent, never on ``finished`` alone: the
         # done-callback may be finishing the call in a gRPC thread right now.
-        self._self_agent._end_outbound(self._self_outbound, trailing_metadata_of(self.__wrapped__))
+        call = self.__wrapped__
+        finish_call(self._self_agent, self._self_outbound, call, lambda: call.result(timeout=0))
 
     def _self_wait(self, timeout: float | None) -> None:
         self._self_outbound.call.blocking = True
@@ -134,9 +156,9 @@ class _ResponseStream(wrapt.ObjectProxy[Any]):
             self._self_finish()
 
     def _self_finish(self) -> None:
-        # Always through the agent lock, never on ``finished`` alone: the
+        # Always through the agent, never on ``finished`` alone: the
         # done-callback may be finishing the call in a gRPC thread right now.
-        self._self_agent._end_outbound(self._self_outbound, trailing_metadata_of(self.__wrapped__))
+        finish_call(self._self_agent, self._self_outbound, self.__wrapped__, lambda: STREAM_RESPONSE)
 
     def __iter__(self) -> Iterator[Any]:
         return self
@@ -177,14 +199,14 @@ class ClientInterceptor(
         outbound, stamp = started
         try:
             call = continuation(stamped_details(details, stamp), request)
-        except BaseException:
-            self._agent._end_outbound(outbound, None)
+        except BaseException as exc:
+            self._agent._end_outbound(outbound, None, type(exc).__name__)
             raise
         if not hasattr(call, "add_done_callback"):  # an inner interceptor returned a plain value
-            self._agent._end_outbound(outbound, None)
+            self._agent._end_outbound(outbound, None, NOT_VISIBLE)
             return call
         if call.done():  # the blocking path: the call is over already
-            self._agent._end_outbound(outbound, trailing_metadata_of(call))
+            finish_call(self._agent, outbound, call, lambda: call.result(timeout=0))
             return call
         return _UnaryFuture(call, self._agent, outbound)
 
@@ -195,8 +217,8 @@ class ClientInterceptor(
         outbound, stamp = started
         try:
             call = continuation(stamped_details(details, stamp), request)
-        except BaseException:
-            self._agent._end_outbound(outbound, None)
+        except BaseException as exc:
+            self._agent._end_outbound(outbound, None, type(exc).__name__)
             raise
         if not hasattr(call, "add_done_callback"):
             # A bare iterator (an inner interceptor hid the call): its stamp
@@ -208,7 +230,7 @@ class ClientInterceptor(
         try:
             yield from responses
         finally:
-            self._agent._end_outbound(outbound, None)
+            self._agent._end_outbound(outbound, None, NOT_VISIBLE)
 
     def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return self._unary_response(continuation, client_call_details, request)

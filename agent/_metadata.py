@@ -39,3 +39,20 @@ def with_stamp(metadata: Iterable[Any] | None, stamp: bytes) -> MetadataPairs:
 
 def method_name(method: str | bytes) -> str:
     return method.decode("utf-8", "replace") if isinstance(method, bytes) else method
+
+
+ATTEMPT_METADATA_KEY = "grpc-previous-rpc-attempts"
+
+
+def find_attempt(metadata: Iterable[Any] | None) -> int:
+    """Which attempt of a retried or hedged call this is (0 for the first), from gRPC's own header."""
+    if not metadata:
+        return 0
+    for item in metadata:
+        if item[0] == ATTEMPT_METADATA_KEY:
+            value = item[1]
+            try:
+                return max(0, min(int(value), 1 << 16))
+            except (TypeError, ValueError):
+                return 0
+    return 0

@@ -48,7 +48,7 @@ class _HandlerWrapper:
         agent, pool, method = self.agent, self.pool, self.method
 
         def handle(request_or_iterator: Any, context: Any) -> Any:
-            inbound = agent._begin_inbound(method, context.invocation_metadata(), pool)
+            inbound = agent._begin_inbound(method, context.invocation_metadata(), pool, request_or_iterator)
             try:
                 return behavior(request_or_iterator, context)
             finally:
@@ -62,7 +62,7 @@ class _HandlerWrapper:
         agent, pool, method = self.agent, self.pool, self.method
 
         def handle(request_or_iterator: Any, context: Any) -> Iterator[Any]:
-            inbound = agent._begin_inbound(method, context.invocation_metadata(), pool)
+            inbound = agent._begin_inbound(method, context.invocation_metadata(), pool, request_or_iterator)
             try:
                 yield from behavior(request_or_iterator, context)
             finally:

@@ -1,8 +1,9 @@
-"""One process's part in non-FIFO snapshots: Mattern/Lai-Yang colouring with message counting.
+"""One process's part in non-FIFO snapshots: Mattern/Lai-Yang colouring, settled call by call.
 
 Pure state machine, no I/O and no locking: the agent calls it under the lock
 that also guards ``atomic()`` blocks and hands out what it emits (local
-snapshots, channel records, recording-stopped notices) from :meth:`drain`.
+snapshots, channel records, call outcomes, recording-stopped notices) from
+:meth:`drain`.
 
 The rules, for snapshot (epoch) ``k`` at process ``p``:
 
@@ -12,38 +13,45 @@ The rules, for snapshot (epoch) ``k`` at process ``p``:
   arrives, or just before delivering a message stamped with epoch >= k,
   whichever is first. Several epochs may be taken at the same instant; they
   then have identical content.
-- Requests are counted per sender, responses per channel: a gRPC client
-  does not know which process a request reaches (a channel may balance
-  over several servers, and its server is known only from a response),
-  while a server always knows its caller. So ``requests_sent`` is one
-  count, ``responses_sent[p]`` counts responses to ``p``, and the receiver
-  counts ``requests_consumed[q]`` and ``responses_consumed[q]`` for
-  messages from ``q`` whose effect is applied (the handler left its first
-  ``atomic()`` block or returned). A local snapshot copies all four.
-- In transit for k from ``q``: messages with epoch < k that were not
-  consumed before their receiver's cut. They are recorded when that is
-  known for certain: at the cut for messages already delivered but not yet
-  consumed, and at delivery for messages delivered after the cut. Recording
-  at delivery rather than at consumption means a handler that never reaches
-  ``atomic()`` (a deadlocked one, typically) cannot hold a snapshot up: the
-  message's payload is known, and it is logically still in the channel.
-- The collector expects ``requests_sent_q - sum_p requests_consumed_p[q]``
-  request records from ``q`` at any receiver, and
-  ``responses_sent_q[p] - responses_consumed_p[q]`` response records on
-  ``q -> p``; a message stamped >= k forces its receiver's cut before its
-  delivery, so everything consumed before a cut was sent before the
-  sender's cut.
+- A request is *consumed* when its handler leaves its first ``atomic()``
+  block or returns; a response when the caller receives it.
+- In transit for k: messages with epoch < k not consumed before their
+  receiver's cut. The receiver records them when that is certain: at the cut
+  for messages delivered but not consumed, at delivery for messages
+  delivered after the cut. Recording at delivery rather than at consumption
+  means a handler that never reaches ``atomic()`` (a deadlocked one,
+  typically) cannot hold a snapshot up.
+
+Completion is settled call by call rather than by counting messages, because
+gRPC loses messages in ordinary operation (a deadline, a cancelled call, a
+server that goes away) and cumulative counts never recover from one loss.
+At its cut the caller lists its *open calls*: sent before the cut, no
+response received before it. A call whose response arrived before the
+caller's cut has nothing in transit (that response was sent before the
+server's cut, so the request was consumed before it too). Every open call
+must be *settled* by one of:
+
+- a record of its request at some receiver (load balancers may pick any);
+- a record of its response at the caller;
+- the server's local snapshot, which lists the calls it consumed but has not
+  answered yet (``answering``);
+- the caller learning that the server is not instrumented (an answer
+  without a stamp): nothing of the call can be recorded.
+
+A call that fails without a stamped answer (deadline, cancellation, lost
+connection) is *not* settled by the failure: its request may still be in a
+server's queue. It stays in the caller's open calls, marked failed, for
+``abandoned_grace`` seconds after the failure, and a cut it spans is
+COMPLETE only if a receiver settles it; otherwise the cut is INCOMPLETE with
+the failure named. The per-peer message counters of the SPEC are kept and
+reported in every local snapshot, for reading; completion never depends on
+them.
 
 Duplicates: a message is identified by ``MsgKey(sender, call_id, attempt,
-kind)``. The sender counts one send per key it stamps. When the transport
-delivers one stamped message more than once (gRPC retries and hedging reuse
-the metadata of the call), the first delivery counts and the others are
-reported as duplicates, never counted as consumed and never recorded. A
-response written by the handler of a duplicate request shares its key with
-the first handler's response; the agent counts a send only for the first.
-Duplicates are recognised per receiver: a retry that a load balancer sends
-to another server is counted there again (an open question, see
-docs/snapshot-design.md).
+kind)``. When the transport delivers one stamped message more than once
+(gRPC retries and hedging reuse the metadata of the call), the first
+delivery counts and the others are reported as duplicates, never consumed
+and never recorded.
 """
 
 from __future__ import annotations
@@ -56,13 +64,21 @@ from typing import Final, NamedTuple
 from cutwatch.agent._clock import VectorClock
 
 __all__ = [
+    "OUTCOME_FAILED",
+    "OUTCOME_UNSTAMPED",
+    "REASON_TOO_MANY_CALLS",
+    "REASON_TOO_MANY_OPEN",
+    "REASON_TRUNCATED",
     "REQUEST",
     "RESPONSE",
+    "Answering",
+    "CallOutcome",
     "Capture",
     "ChannelRecord",
     "Delivery",
     "LocalSnapshot",
     "MsgKey",
+    "OpenCall",
     "RecordingStopped",
     "SnapshotEvent",
     "SnapshotParticipant",
@@ -72,12 +88,23 @@ __all__ = [
 REQUEST: Final = "request"
 RESPONSE: Final = "response"
 _KINDS = frozenset((REQUEST, RESPONSE))
-REASON_TRUNCATED = "recording truncated"
-REASON_TOO_MANY_OPEN = "too many open epochs"
+REASON_TRUNCATED: Final = "recording truncated"
+REASON_TOO_MANY_OPEN: Final = "too many open epochs"
+REASON_TOO_MANY_CALLS: Final = "too many calls in flight at the cut"
+OUTCOME_UNSTAMPED: Final = "unstamped"
+"""The call was answered without a stamp: the server is not instrumented, nothing can be recorded."""
+OUTCOME_FAILED: Final = "failed"
+"""The call failed without a stamped answer: whether its request reached a handler is unknown."""
+
+Payload = str | Callable[[], str]
+"""A message's payload as JSON, or a function that renders it (only called when it is recorded)."""
 
 
 class MsgKey(NamedTuple):
-    """Identity of one stamped message; equal keys are the same message delivered again."""
+    """Identity of one stamped message; equal keys are the same message delivered again.
+
+    ``call_id`` is the caller's: a request and its response share it.
+    """
 
     sender: str
     call_id: int
@@ -86,24 +113,44 @@ class MsgKey(NamedTuple):
 
 
 class Capture(NamedTuple):
-    """What the caller captured for a local snapshot, under its lock: the clock and the state."""
+    """What the caller captured for a local snapshot, under its lock."""
 
     clock: Mapping[str, int]
     state: object
+    tasks: object = ()
+
+
+class OpenCall(NamedTuple):
+    """A call in flight at the caller's cut; ``failed`` says why it ended without an answer."""
+
+    call_id: int
+    method: str = ""
+    target: str = ""
+    failed: str = ""
+
+
+class Answering(NamedTuple):
+    """A request ``caller``/``call_id`` consumed before the server's cut and not yet answered."""
+
+    caller: str
+    call_id: int
 
 
 @dataclass(frozen=True)
 class LocalSnapshot:
-    """Process ``process``'s local snapshot for ``epoch``; counters are cumulative.
+    """Process ``process``'s local snapshot for ``epoch``.
 
-    Requests sent are one count (their receiver is not known to the sender);
-    responses sent are per receiver; consumed messages are per sender.
+    ``open_calls`` and ``answering`` settle calls; the counters (cumulative,
+    per peer where the peer is known) are for reading.
     """
 
     epoch: int
     process: str
     clock: VectorClock
     state: object
+    tasks: object = ()
+    open_calls: tuple[OpenCall, ...] = ()
+    answering: tuple[Answering, ...] = ()
     requests_sent: int = 0
     responses_sent: Mapping[str, int] = field(default_factory=dict)
     requests_consumed: Mapping[str, int] = field(default_factory=dict)
@@ -123,8 +170,23 @@ class ChannelRecord:
 
     @property
     def kind(self) -> str:
-        """``request`` or ``response``: requests are accounted per sender, responses per channel."""
         return self.msg_key.kind
+
+    @property
+    def caller(self) -> str:
+        """The process that made the call this message belongs to."""
+        return self.sender if self.msg_key.kind == REQUEST else self.receiver
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    """How ``process``'s call ``call_id``, open at its cut for ``epoch``, ended without a stamped answer."""
+
+    epoch: int
+    process: str
+    call_id: int
+    outcome: str
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -137,20 +199,28 @@ class RecordingStopped:
     dropped: int
 
 
-SnapshotEvent = LocalSnapshot | ChannelRecord | RecordingStopped
+SnapshotEvent = LocalSnapshot | ChannelRecord | CallOutcome | RecordingStopped
 
 
 @dataclass(eq=False)
 class Delivery:
-    """A delivered message, kept by the caller until the message is consumed."""
+    """A delivered message, kept by the caller until the message is consumed (and answered)."""
 
     sender: str
     msg_epoch: int
-    payload_json: str
+    payload: Payload
     msg_key: MsgKey
     method: str = ""
     duplicate: bool = False
     consumed: bool = False
+    answered: bool = False
+
+    @property
+    def payload_json(self) -> str:
+        """The payload as JSON, rendered once (at the first record that needs it)."""
+        if not isinstance(self.payload, str):
+            self.payload = self.payload()
+        return self.payload
 
 
 @dataclass
@@ -162,6 +232,7 @@ class SnapshotStats:
     records_dropped: int = 0
     epochs_evicted: int = 0
     seen_keys_evicted: int = 0
+    calls_failed: int = 0
 
 
 @dataclass
@@ -170,13 +241,23 @@ class _OpenEpoch:
     dropped: int = 0
 
 
+@dataclass
+class _Call:
+    call_id: int
+    method: str
+    target: str
+    sent_epoch: int
+
+
 class SnapshotParticipant:
     """The snapshot state machine of one process; not thread-safe, the caller locks.
 
-    ``max_records`` bounds the channel records per epoch (payloads past it are
-    dropped and the epoch reported truncated), ``max_open_epochs`` the epochs
-    recorded at once (the oldest is stopped), ``max_seen_keys`` the window in
-    which duplicate deliveries are recognised.
+    ``max_records`` bounds the channel records per epoch and the calls listed
+    in one local snapshot (past it the epoch is reported truncated),
+    ``max_open_epochs`` the epochs recorded at once (the oldest is stopped),
+    ``max_seen_keys`` the window in which duplicate deliveries are
+    recognised, ``abandoned_grace`` how long a failed call stays open (in the
+    units of the ``now`` passed in, seconds for the agent).
     """
 
     def __init__(
@@ -187,9 +268,14 @@ class SnapshotParticipant:
         max_open_epochs: int = 8,
         max_seen_keys: int = 100_000,
         max_recent_duplicates: int = 100,
+        abandoned_grace: float = 2.0,
+        max_abandoned: int = 10_000,
     ) -> None:
-        if max_records < 0 or max_open_epochs < 1 or max_seen_keys < 1:
-            raise ValueError("max_records >= 0, max_open_epochs >= 1 and max_seen_keys >= 1 are required")
+        if max_records < 0 or max_open_epochs < 1 or max_seen_keys < 1 or abandoned_grace < 0:
+            raise ValueError(
+                "max_records >= 0, max_open_epochs >= 1, max_seen_keys >= 1 and abandoned_grace >= 0 "
+                "are required"
+            )
         self.process = process
         self.epoch = 0
         self.requests_sent = 0
@@ -199,40 +285,57 @@ class SnapshotParticipant:
         self._max_records = max_records
         self._max_open = max_open_epochs
         self._max_seen = max_seen_keys
+        self._grace = abandoned_grace
+        self._calls: dict[int, _Call] = {}
+        # Failed calls still open, oldest first: call id -> (call, why, when it failed).
+        self._abandoned: OrderedDict[int, tuple[_Call, str, float]] = OrderedDict()
+        self._max_abandoned = max_abandoned
         self._open: OrderedDict[int, _OpenEpoch] = OrderedDict()
         self._closed_ahead: set[int] = set()
         self._pending: dict[int, Delivery] = {}
+        self._answering: dict[tuple[str, int], Delivery] = {}
         self._seen: OrderedDict[MsgKey, None] = OrderedDict()
         self._outbox: list[SnapshotEvent] = []
         self._recent_dups: deque[MsgKey] = deque(maxlen=max_recent_duplicates)
         self._stats = SnapshotStats()
 
-    # Messages ---------------------------------------------------------------------
-    def on_send(self, kind: str, receiver: str = "") -> int:
-        """Count one stamped message; returns the epoch for its stamp.
-
-        A request is counted without a receiver (the client cannot know which
-        server gets it); a response is counted for ``receiver``, the caller.
-        """
-        if kind == REQUEST:
-            self.requests_sent += 1
-        elif kind == RESPONSE:
-            if not receiver:
-                raise ValueError("a response is counted for its receiver; none given")
-            self.responses_sent[receiver] = self.responses_sent.get(receiver, 0) + 1
-        else:
-            raise ValueError(f"unknown message kind {kind!r}")
+    # Calls made by this process ------------------------------------------------------------
+    def on_call(self, call_id: int, method: str = "", target: str = "") -> int:
+        """A request goes out; returns the epoch for its stamp. ``target`` is a hint for reports."""
+        self.requests_sent += 1
+        self._calls[call_id] = _Call(call_id, method, target, self.epoch)
         return self.epoch
 
+    def on_call_ended(self, call_id: int, outcome: str, detail: str = "", *, now: float = 0.0) -> None:
+        """The call ended without a stamped answer (``OUTCOME_UNSTAMPED`` or ``OUTCOME_FAILED``).
+
+        A call answered with a stamp ends when its response is consumed
+        instead. The collector learns the outcome for every open epoch whose
+        cut the call spans; a failed call also stays open for the grace period.
+        """
+        call = self._calls.pop(call_id, None)
+        if call is None:
+            return
+        for epoch in self._open:
+            if call.sent_epoch < epoch:
+                self._outbox.append(CallOutcome(epoch, self.process, call_id, outcome, detail))
+        if outcome == OUTCOME_FAILED and self._grace > 0:
+            self._stats.calls_failed += 1
+            self._abandoned[call_id] = (call, detail or "failed", now)
+            while len(self._abandoned) > self._max_abandoned:
+                self._abandoned.popitem(last=False)
+
+    # Messages received ---------------------------------------------------------------------
     def on_deliver(
         self,
         sender: str,
         msg_epoch: int,
-        payload_json: str,
+        payload: Payload,
         msg_key: MsgKey,
         capture: Callable[[], Capture],
         *,
         method: str = "",
+        now: float = 0.0,
     ) -> Delivery:
         """A message is about to reach the application; keep the handle until it is consumed.
 
@@ -242,8 +345,8 @@ class SnapshotParticipant:
         if msg_key.kind not in _KINDS:
             raise ValueError(f"unknown message kind {msg_key.kind!r}")
         if msg_epoch > self.epoch:
-            self.take_snapshot(msg_epoch, capture())
-        delivery = Delivery(sender, msg_epoch, payload_json, msg_key, method)
+            self.take_snapshot(msg_epoch, capture(), now=now)
+        delivery = Delivery(sender, msg_epoch, payload, msg_key, method)
         if msg_key in self._seen:
             delivery.duplicate = True
             self._stats.duplicates += 1
@@ -263,16 +366,44 @@ class SnapshotParticipant:
         if delivery.duplicate:
             return
         self._pending.pop(id(delivery), None)
-        counts = self.requests_consumed if delivery.msg_key.kind == REQUEST else self.responses_consumed
-        counts[delivery.sender] = counts.get(delivery.sender, 0) + 1
+        sender = delivery.sender
+        if delivery.msg_key.kind == REQUEST:
+            self.requests_consumed[sender] = self.requests_consumed.get(sender, 0) + 1
+            if not delivery.answered:
+                self._answering[(sender, delivery.msg_key.call_id)] = delivery
+        else:
+            self.responses_consumed[sender] = self.responses_consumed.get(sender, 0) + 1
+            call_id = delivery.msg_key.call_id
+            self._calls.pop(call_id, None)
+            self._abandoned.pop(call_id, None)
 
-    # Snapshots --------------------------------------------------------------------
-    def take_snapshot(self, k: int, capture: Capture) -> list[LocalSnapshot]:
+    def on_reply(self, delivery: Delivery) -> int:
+        """The handler of a delivered request answers (consuming it if it had not); returns the epoch."""
+        self.on_consume(delivery)
+        if not delivery.answered:
+            delivery.answered = True
+            if not delivery.duplicate:
+                self._answering.pop((delivery.sender, delivery.msg_key.call_id), None)
+                self.responses_sent[delivery.sender] = self.responses_sent.get(delivery.sender, 0) + 1
+        return self.epoch
+
+    # Snapshots -----------------------------------------------------------------------------
+    def join(self, epoch: int) -> None:
+        """Start numbering at ``epoch`` without taking part in it (a process that joins late)."""
+        if epoch > self.epoch:
+            self.epoch = epoch
+
+    def take_snapshot(self, k: int, capture: Capture, *, now: float = 0.0) -> list[LocalSnapshot]:
         """Take local snapshots epoch+1..k now (control message for k); no-op when k <= epoch."""
         taken: list[LocalSnapshot] = []
         if k <= self.epoch:
             return taken
         clock = VectorClock(capture.clock)
+        self._expire_abandoned(now)
+        calls = [OpenCall(c.call_id, c.method, c.target) for c in self._calls.values()]
+        calls += [OpenCall(c.call_id, c.method, c.target, why) for c, why, _ in self._abandoned.values()]
+        answering = [Answering(*key) for key in self._answering]
+        overflow = len(calls) + len(answering) > self._max_records
         requests_consumed, responses_consumed = dict(self.requests_consumed), dict(self.responses_consumed)
         responses_sent = dict(self.responses_sent)
         for epoch in range(self.epoch + 1, k + 1):
@@ -285,6 +416,9 @@ class SnapshotParticipant:
                 self.process,
                 clock,
                 capture.state,
+                capture.tasks,
+                open_calls=tuple(calls[: self._max_records]),
+                answering=tuple(answering[: max(0, self._max_records - len(calls))]),
                 requests_sent=self.requests_sent,
                 responses_sent=responses_sent,
                 requests_consumed=requests_consumed,
@@ -293,6 +427,8 @@ class SnapshotParticipant:
             taken.append(snap)
             self._outbox.append(snap)
             self._open_epoch(epoch)
+            if overflow:
+                self._stop(epoch, REASON_TOO_MANY_CALLS, len(calls) + len(answering) - self._max_records)
             for delivery in self._pending.values():
                 self._record(epoch, delivery)
         return taken
@@ -311,6 +447,14 @@ class SnapshotParticipant:
     def open_epochs(self) -> tuple[int, ...]:
         return tuple(self._open)
 
+    @property
+    def has_events(self) -> bool:
+        return bool(self._outbox)
+
+    @property
+    def calls_in_flight(self) -> int:
+        return len(self._calls)
+
     def drain(self) -> list[SnapshotEvent]:
         """Everything emitted since the last drain, in order, for the collector."""
         out, self._outbox = self._outbox, []
@@ -328,9 +472,17 @@ class SnapshotParticipant:
             records_dropped=stats.records_dropped,
             epochs_evicted=stats.epochs_evicted,
             seen_keys_evicted=stats.seen_keys_evicted,
+            calls_failed=stats.calls_failed,
         )
 
-    # Internals ----------------------------------------------------------------------
+    # Internals -----------------------------------------------------------------------------
+    def _expire_abandoned(self, now: float) -> None:
+        while self._abandoned:
+            _, (_, _, failed_at) = next(iter(self._abandoned.items()))
+            if now - failed_at < self._grace:
+                break
+            self._abandoned.popitem(last=False)
+
     def _remember(self, key: MsgKey) -> None:
         self._seen[key] = None
         if len(self._seen) > self._max_seen:
@@ -344,13 +496,16 @@ class SnapshotParticipant:
             self._stats.epochs_evicted += 1
             self._outbox.append(RecordingStopped(oldest, self.process, REASON_TOO_MANY_OPEN, state.dropped))
 
+    def _stop(self, epoch: int, reason: str, dropped: int) -> None:
+        self._outbox.append(RecordingStopped(epoch, self.process, reason, dropped))
+
     def _record(self, epoch: int, delivery: Delivery) -> None:
         state = self._open.get(epoch)
         if state is None:
             return
         if state.records >= self._max_records:
             if not state.dropped:
-                self._outbox.append(RecordingStopped(epoch, self.process, REASON_TRUNCATED, 1))
+                self._stop(epoch, REASON_TRUNCATED, 1)
             state.dropped += 1
             self._stats.records_dropped += 1
             return

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -47,6 +48,10 @@ class Task:
     outbound: dict[int, OutboundCall] = field(default_factory=dict)
     live: bool = True
     """False once ended or released; a context may still hold it (see ``current_or_app_task``)."""
+    pool: str = ""
+    """The worker pool (server interceptor) a server task runs in."""
+    delivery: Any = None
+    """The snapshot participant's handle of the request a server task handles (None: untracked)."""
 
     def is_idle(self) -> bool:
         return not self.outbound and not self.held_locks and self.waiting_lock is None
@@ -66,6 +71,26 @@ class TaskView:
     held_locks: tuple[str, ...]
     waiting_lock: str | None
     outbound: tuple[OutboundCall, ...]
+    pool: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The task as a JSON object, as it travels in a local snapshot."""
+        return {
+            "task_id": self.task_id,
+            "kind": self.kind,
+            "method": self.method,
+            "caller": self.caller,
+            "call_id": self.call_id,
+            "pool": self.pool,
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "held_locks": list(self.held_locks),
+            "waiting_lock": self.waiting_lock,
+            "outbound": [
+                {"call_id": c.call_id, "method": c.method, "target": c.target, "blocking": c.blocking}
+                for c in self.outbound
+            ],
+        }
 
 
 class TaskRegistry:
@@ -113,8 +138,12 @@ class TaskRegistry:
             task.outbound.pop(call_id, None)
         self.release_if_idle(task)
 
-    def start(self, kind: str, *, method: str = "", caller: str = "", call_id: int = 0) -> Task:
-        task = Task(task_id=next(self._ids), kind=kind, method=method, caller=caller, call_id=call_id)
+    def start(
+        self, kind: str, *, method: str = "", caller: str = "", call_id: int = 0, pool: str = ""
+    ) -> Task:
+        task = Task(
+            task_id=next(self._ids), kind=kind, method=method, caller=caller, call_id=call_id, pool=pool
+        )
         with self._lock:
             self._tasks[task.task_id] = task
         return task
@@ -178,6 +207,7 @@ class TaskRegistry:
                     outbound=tuple(
                         OutboundCall(c.call_id, c.method, c.target, c.blocking) for c in t.outbound.values()
                     ),
+                    pool=t.pool,
                 )
                 for t in self._tasks.values()
             ]

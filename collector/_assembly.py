@@ -1,15 +1,11 @@
 """Assembling one snapshot epoch from the pieces the agents send, and deciding if it is complete.
 
 Pure code. A cut is COMPLETE only when every participant reported its local
-snapshot, nobody stopped recording, the counts balance and the vector clocks
-agree that the cut is consistent (``VC_p[q] <= VC_q[q]`` for all p, q).
-Requests are counted per sender (a client does not know which server a
-request reaches): each participant ``q`` must have exactly
-``requests_sent_q - sum_p requests_consumed_p[q]`` request records at any
-receiver. Responses are counted per channel: each ``q -> p`` must have
-exactly ``responses_sent_q[p] - responses_consumed_p[q]`` response records.
-Anything that can only come from a protocol bug (more records than owed, a
-negative count, one message recorded twice, clocks that contradict the cut)
+snapshot, nobody stopped recording, every call open at a caller's cut is
+settled (see :mod:`cutwatch.agent._snapshot`: a request or response record,
+the server still answering it, or an answer without a stamp) and the vector
+clocks agree that the cut is consistent (``VC_p[q] <= VC_q[q]`` for all p,
+q). The clock check is what catches a protocol bug; a cut that fails it
 raises instead of producing a cut.
 """
 
@@ -20,23 +16,28 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cutwatch.agent._clock import VectorClock
-from cutwatch.agent._snapshot import REQUEST, ChannelRecord, LocalSnapshot, MsgKey, RecordingStopped
+from cutwatch.agent._snapshot import (
+    OUTCOME_FAILED,
+    OUTCOME_UNSTAMPED,
+    CallOutcome,
+    ChannelRecord,
+    LocalSnapshot,
+    MsgKey,
+    RecordingStopped,
+    SnapshotEvent,
+)
 from cutwatch.agent.exceptions import CutwatchError
 
 __all__ = [
-    "ANY_RECEIVER",
     "AssembledCut",
     "AssemblyError",
     "AssemblyStatus",
     "CutAssembler",
+    "DuplicateDelivery",
     "InconsistentCutError",
-    "OwedChannel",
-    "OwedRequests",
     "ProtocolViolationError",
+    "UnsettledCall",
 ]
-
-ANY_RECEIVER = "*"
-"""The receiver named for requests owed by a sender, which may be at any participant."""
 
 AssemblyStatus = Literal["COMPLETE", "PENDING", "INCOMPLETE"]
 
@@ -50,39 +51,41 @@ class InconsistentCutError(AssemblyError):
 
 
 class ProtocolViolationError(AssemblyError):
-    """Message counts or records that a correct participant cannot produce."""
+    """Pieces that a correct participant cannot produce."""
 
 
 @dataclass(frozen=True)
-class OwedChannel:
-    """Channel ``sender -> receiver`` still owes response records: ``got`` of ``owed`` arrived."""
+class UnsettledCall:
+    """A call open at ``caller``'s cut whose messages nobody accounted for (yet).
 
-    sender: str
-    receiver: str
-    owed: int
-    got: int
+    ``failed`` is set when the caller saw the call fail without a stamped
+    answer: its request may or may not have reached a handler.
+    """
+
+    caller: str
+    call_id: int
+    method: str = ""
+    target: str = ""
+    failed: str = ""
+
+    def describe(self) -> str:
+        where = f" to {self.target}" if self.target else ""
+        what = f"{self.method or 'call'} #{self.call_id} from {self.caller}{where}"
+        return f"{what} (failed: {self.failed})" if self.failed else what
 
 
 @dataclass(frozen=True)
-class OwedRequests:
-    """Requests from ``sender`` still owe records (at any receiver): ``got`` of ``owed`` arrived."""
+class DuplicateDelivery:
+    """One call's request was accounted for more than once (retries, hedging): ``where`` lists how."""
 
-    sender: str
-    owed: int
-    got: int
-
-    def as_channel(self) -> OwedChannel:
-        """The same debt as an :class:`OwedChannel` to :data:`ANY_RECEIVER`, for flat listings."""
-        return OwedChannel(self.sender, ANY_RECEIVER, self.owed, self.got)
+    caller: str
+    call_id: int
+    where: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class AssembledCut:
-    """The result for one epoch. ``states``/``clocks`` hold only processes that reported.
-
-    ``owed`` lists response channels still owed records, ``owed_requests``
-    the senders whose requests are.
-    """
+    """The result for one epoch. ``states``/``clocks``/``tasks`` hold only processes that reported."""
 
     epoch: int
     status: Literal["COMPLETE", "INCOMPLETE"]
@@ -90,18 +93,17 @@ class AssembledCut:
     clocks: Mapping[str, VectorClock]
     in_transit: tuple[ChannelRecord, ...]
     missing: tuple[str, ...]
-    owed: tuple[OwedChannel, ...]
+    unsettled: tuple[UnsettledCall, ...]
     reasons: tuple[str, ...]
-    owed_requests: tuple[OwedRequests, ...] = ()
+    duplicates: tuple[DuplicateDelivery, ...] = ()
+    locals: Mapping[str, LocalSnapshot] | None = None
 
 
 class CutAssembler:
-    """Collects the local snapshots and channel records of epoch ``epoch`` for fixed participants.
+    """Collects the pieces of epoch ``epoch`` for fixed participants, in any order.
 
-    Pieces may arrive in any order. Records on channels with a non-participant
-    end cannot be accounted for and are counted in ``foreign_records`` only.
-    A participant's requests to a process outside the snapshot are owed
-    forever: only participants may be reachable through its channels.
+    Records on channels with a non-participant end are counted in
+    ``foreign_records`` and left out: only participants' calls are settled.
     """
 
     def __init__(self, epoch: int, participants: Iterable[str]) -> None:
@@ -111,14 +113,15 @@ class CutAssembler:
             raise ValueError("a snapshot needs at least one participant")
         self._members = frozenset(self.participants)
         self._locals: dict[str, LocalSnapshot] = {}
-        self._records: dict[tuple[str, str], list[ChannelRecord]] = {}
-        self._request_records: dict[str, int] = {}
-        self._response_records: dict[tuple[str, str], int] = {}
-        self._keys: set[tuple[str, MsgKey]] = set()
+        self._records: list[ChannelRecord] = []
+        self._record_keys: set[tuple[str, MsgKey]] = set()
+        # (caller, call id) -> how it was settled, for calls settled by records or outcomes.
+        self._settled: dict[tuple[str, int], list[str]] = {}
+        self._failures: dict[tuple[str, int], str] = {}
         self._stopped: list[RecordingStopped] = []
         self.foreign_records = 0
 
-    # Input ------------------------------------------------------------------------------
+    # Input ---------------------------------------------------------------------------------
     def add_local(self, snap: LocalSnapshot) -> None:
         self._check_epoch(snap.epoch)
         if snap.process not in self._members:
@@ -128,73 +131,81 @@ class CutAssembler:
         if snap.process in self._locals:
             raise ProtocolViolationError(f"epoch {self.epoch}: two local snapshots from {snap.process}")
         self._locals[snap.process] = snap
+        for caller, call_id in snap.answering:
+            self._settle(caller, call_id, f"handler at {snap.process}")
 
     def add_record(self, record: ChannelRecord) -> None:
         self._check_epoch(record.epoch)
         if record.sender not in self._members or record.receiver not in self._members:
             self.foreign_records += 1
             return
-        request = record.kind == REQUEST
-        # A request's key is unique per sender, wherever it went; a response's only per receiver.
-        key = ("", record.msg_key) if request else (record.receiver, record.msg_key)
-        if key in self._keys:
+        key = (record.receiver, record.msg_key)
+        if key in self._record_keys:
             raise ProtocolViolationError(
-                f"epoch {self.epoch}: message {record.msg_key} recorded twice, at {record.receiver}"
+                f"epoch {self.epoch}: message {tuple(record.msg_key)} recorded twice at {record.receiver}"
             )
-        self._keys.add(key)
-        self._records.setdefault((record.sender, record.receiver), []).append(record)
-        if request:
-            self._request_records[record.sender] = self._request_records.get(record.sender, 0) + 1
-        else:
-            channel = (record.sender, record.receiver)
-            self._response_records[channel] = self._response_records.get(channel, 0) + 1
+        self._record_keys.add(key)
+        self._records.append(record)
+        where = f"{record.kind} in transit to {record.receiver}"
+        self._settle(record.caller, record.msg_key.call_id, where)
+
+    def add_outcome(self, outcome: CallOutcome) -> None:
+        self._check_epoch(outcome.epoch)
+        if outcome.outcome == OUTCOME_UNSTAMPED:
+            self._settle(outcome.process, outcome.call_id, "answered by an uninstrumented server")
+        elif outcome.outcome == OUTCOME_FAILED:
+            self._failures[(outcome.process, outcome.call_id)] = outcome.detail or "failed"
 
     def add_stopped(self, notice: RecordingStopped) -> None:
         self._check_epoch(notice.epoch)
         self._stopped.append(notice)
 
-    def add(self, event: LocalSnapshot | ChannelRecord | RecordingStopped) -> None:
+    def add(self, event: SnapshotEvent) -> None:
         """Dispatch any event a participant emits."""
         if isinstance(event, LocalSnapshot):
             self.add_local(event)
         elif isinstance(event, ChannelRecord):
             self.add_record(event)
+        elif isinstance(event, CallOutcome):
+            self.add_outcome(event)
         else:
             self.add_stopped(event)
 
-    # Output -----------------------------------------------------------------------------
+    @property
+    def reported(self) -> tuple[str, ...]:
+        """Participants whose local snapshot has arrived."""
+        return tuple(sorted(self._locals))
+
+    # Output --------------------------------------------------------------------------------
     def status(self) -> AssemblyStatus:
         """COMPLETE, PENDING (may still complete) or INCOMPLETE (never can: recording stopped).
 
         Raises :class:`AssemblyError` when what has arrived is contradictory.
         """
-        owed_requests, owed = self._verify()
+        self._check_clocks()
         if self._stopped:
             return "INCOMPLETE"
-        if len(self._locals) < len(self.participants) or owed_requests or owed:
+        if len(self._locals) < len(self.participants) or self._unsettled():
             return "PENDING"
         return "COMPLETE"
 
     def finish(self) -> AssembledCut:
         """The cut as it stands: COMPLETE if it is, else INCOMPLETE with what is missing and why."""
-        owed_requests, owed = self._verify()
+        self._check_clocks()
+        unsettled = self._unsettled()
         missing = tuple(p for p in self.participants if p not in self._locals)
         reasons: list[str] = []
         if missing:
             reasons.append("no local snapshot from " + ", ".join(missing))
-        if owed_requests:
-            reasons.append(
-                "requests still owe messages: "
-                + ", ".join(f"requests from {o.sender} ({o.got}/{o.owed})" for o in owed_requests)
-            )
-        if owed:
-            reasons.append(
-                "channels still owe messages: "
-                + ", ".join(f"{o.sender} -> {o.receiver} ({o.got}/{o.owed})" for o in owed)
-            )
+        if unsettled:
+            shown = ", ".join(call.describe() for call in unsettled[:10])
+            more = f" and {len(unsettled) - 10} more" if len(unsettled) > 10 else ""
+            reasons.append(f"calls in flight at the cut not accounted for: {shown}{more}")
         for notice in self._stopped:
             reasons.append(f"{notice.reason} at {notice.process}")
-        in_transit = tuple(record for channel in sorted(self._records) for record in self._records[channel])
+        in_transit = tuple(
+            sorted(self._records, key=lambda r: (r.sender, r.receiver, r.msg_key.call_id, r.msg_key.kind))
+        )
         return AssembledCut(
             epoch=self.epoch,
             status="INCOMPLETE" if reasons else "COMPLETE",
@@ -202,18 +213,21 @@ class CutAssembler:
             clocks={p: snap.clock for p, snap in sorted(self._locals.items())},
             in_transit=in_transit,
             missing=missing,
-            owed=tuple(owed),
+            unsettled=tuple(unsettled),
             reasons=tuple(reasons),
-            owed_requests=tuple(owed_requests),
+            duplicates=self._duplicates(),
+            locals=dict(sorted(self._locals.items())),
         )
 
-    # Checks -----------------------------------------------------------------------------
+    # Checks --------------------------------------------------------------------------------
     def _check_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             raise ProtocolViolationError(f"piece of epoch {epoch} given to the assembler of {self.epoch}")
 
-    def _verify(self) -> tuple[list[OwedRequests], list[OwedChannel]]:
-        """Vector-clock consistency and counting; returns the request and response debts left."""
+    def _settle(self, caller: str, call_id: int, how: str) -> None:
+        self._settled.setdefault((caller, call_id), []).append(how)
+
+    def _check_clocks(self) -> None:
         locals_ = self._locals
         for p, snap in locals_.items():
             for q, other in locals_.items():
@@ -222,63 +236,20 @@ class CutAssembler:
                         f"epoch {self.epoch}: {p} knows {q}'s event {snap.clock.get(q)} but {q}'s cut "
                         f"is at {other.clock.get(q)}"
                     )
-        return self._verify_requests(), self._verify_responses()
 
-    def _verify_requests(self) -> list[OwedRequests]:
-        """Requests from q: sent once, consumed or recorded at any participant.
+    def _unsettled(self) -> list[UnsettledCall]:
+        out: list[UnsettledCall] = []
+        for caller, snap in sorted(self._locals.items()):
+            for call in snap.open_calls:
+                key = (caller, call.call_id)
+                if key not in self._settled:
+                    failed = call.failed or self._failures.get(key, "")
+                    out.append(UnsettledCall(caller, call.call_id, call.method, call.target, failed))
+        return out
 
-        With receivers missing, ``sent - consumed so far`` is an upper bound of
-        what is owed, so too many records are caught early; a debt is reported
-        only when every participant's count is in.
-        """
-        locals_ = self._locals
-        owed_requests: list[OwedRequests] = []
-        for q in self.participants:
-            sender = locals_.get(q)
-            if sender is None:
-                continue
-            consumed = sum(snap.requests_consumed.get(q, 0) for snap in locals_.values())
-            owed = sender.requests_sent - consumed
-            got = self._request_records.get(q, 0)
-            if owed < 0:
-                raise ProtocolViolationError(
-                    f"epoch {self.epoch}: participants consumed {consumed} requests from {q} before "
-                    f"their cuts, {q} sent only {sender.requests_sent}"
-                )
-            if got > owed:
-                raise ProtocolViolationError(
-                    f"epoch {self.epoch}: {got} records of requests from {q}, only {owed} in transit"
-                )
-            if got < owed and len(locals_) == len(self.participants):
-                owed_requests.append(OwedRequests(q, owed, got))
-        return owed_requests
-
-    def _verify_responses(self) -> list[OwedChannel]:
-        """Responses on q -> p: both ends know the channel."""
-        locals_ = self._locals
-        owed_channels: list[OwedChannel] = []
-        for q in self.participants:
-            for p in self.participants:
-                got = self._response_records.get((q, p), 0)
-                receiver = locals_.get(p)
-                if receiver is None:
-                    continue
-                sender = locals_.get(q)
-                if sender is None:
-                    # p's records can be checked only against a bound p knows: nothing yet.
-                    continue
-                sent = sender.responses_sent.get(p, 0)
-                consumed = receiver.responses_consumed.get(q, 0)
-                owed = sent - consumed
-                if owed < 0:
-                    raise ProtocolViolationError(
-                        f"epoch {self.epoch}: {p} consumed {consumed} responses from {q} before its cut, "
-                        f"{q} sent only {sent}"
-                    )
-                if got > owed:
-                    raise ProtocolViolationError(
-                        f"epoch {self.epoch}: {got} response records on {q} -> {p}, only {owed} in transit"
-                    )
-                if got < owed:
-                    owed_channels.append(OwedChannel(q, p, owed, got))
-        return owed_channels
+    def _duplicates(self) -> tuple[DuplicateDelivery, ...]:
+        return tuple(
+            DuplicateDelivery(caller, call_id, tuple(how))
+            for (caller, call_id), how in sorted(self._settled.items())
+            if len(how) > 1
+        )

@@ -18,14 +18,14 @@ import math
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from cutwatch.agent._snapshot import REASON_TRUNCATED, LocalSnapshot
 from cutwatch.agent.exceptions import CutwatchError
-from cutwatch.collector._assembly import ANY_RECEIVER, AssembledCut, OwedChannel
+from cutwatch.collector._assembly import AssembledCut, DuplicateDelivery, UnsettledCall
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -111,14 +111,15 @@ class StoredCut:
     finished: float
     reasons: tuple[str, ...]
     missing: tuple[str, ...]
-    owed: tuple[OwedChannel, ...]
+    unsettled: tuple[UnsettledCall, ...]
     states: tuple[StoredLocalState, ...]
     in_transit: tuple[StoredChannelState, ...]
+    duplicates: tuple[DuplicateDelivery, ...] = ()
 
     def __post_init__(self) -> None:
         # The order a store reads back in, so that what is saved compares equal to what is read.
         object.__setattr__(self, "states", tuple(sorted(self.states, key=lambda state: state.process)))
-        for name in ("reasons", "missing", "owed", "in_transit"):
+        for name in ("reasons", "missing", "unsettled", "in_transit", "duplicates"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
 
@@ -142,36 +143,30 @@ def _dumps(value: object) -> str:
 
 
 def stored_from_assembled(
-    cut: AssembledCut, started: float, finished: float, *, snapshots: Iterable[LocalSnapshot] = ()
+    cut: AssembledCut, started: float, finished: float, *, services: Mapping[str, str] | None = None
 ) -> StoredCut:
     """The storable form of an assembled cut.
 
-    A local state shaped like the public cut (``{"service": str, "state":
-    ..., "tasks": ...}``) is split into those parts; any other value is the
-    state itself, with no service and no tasks. ``AssembledCut`` carries no
-    message counters, so they come from ``snapshots`` (the cut's local
-    snapshots) when given, else are empty: ``sent`` holds responses per
-    receiver and requests under ``ANY_RECEIVER``, ``consumed`` the messages
-    of both kinds per sender. Requests still owed are stored as owed channels
-    to ``ANY_RECEIVER``. A process is marked truncated when the cut's reasons
-    say its recording was truncated.
+    States, tasks and counters come from the cut's local snapshots; a state
+    that is not JSON-serialisable is refused here, before anything is
+    written. ``sent`` holds responses per receiver and requests under
+    ``"*"`` (a caller does not know which server a request reaches);
+    ``consumed`` the messages of both kinds per sender. A process is marked
+    truncated when the cut's reasons say its recording was truncated.
     """
-    counters = {snap.process: snap for snap in snapshots if snap.epoch == cut.epoch}
+    services = services or {}
+    snapshots = cut.locals or {}
     truncated = {reason for reason in cut.reasons if reason.startswith(REASON_TRUNCATED + " at ")}
     states: list[StoredLocalState] = []
     for process in sorted(cut.states):
-        value = cut.states[process]
-        service, state, tasks = "", value, []
-        if isinstance(value, Mapping) and isinstance(value.get("service"), str):
-            service, state, tasks = value["service"], value.get("state", {}), value.get("tasks", [])
-        snap = counters.get(process)
+        snap = snapshots.get(process)
         states.append(
             StoredLocalState(
                 process=process,
-                service=service,
+                service=services.get(process, process.partition(":")[0]),
                 clock=dict(cut.clocks.get(process, {})),
-                state_json=_dumps(state),
-                tasks_json=_dumps(tasks),
+                state_json=_dumps(cut.states[process]),
+                tasks_json=_dumps(snap.tasks if snap is not None else []),
                 sent=_sent_counters(snap) if snap else {},
                 consumed=_consumed_counters(snap) if snap else {},
                 truncated=f"{REASON_TRUNCATED} at {process}" in truncated,
@@ -196,10 +191,14 @@ def stored_from_assembled(
         finished=finished,
         reasons=cut.reasons,
         missing=cut.missing,
-        owed=tuple(o.as_channel() for o in cut.owed_requests) + cut.owed,
+        unsettled=cut.unsettled,
         states=tuple(states),
         in_transit=in_transit,
+        duplicates=cut.duplicates,
     )
+
+
+ANY_RECEIVER = "*"
 
 
 def _sent_counters(snap: LocalSnapshot) -> dict[str, int]:
@@ -262,7 +261,8 @@ _MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
                 finished REAL NOT NULL,
                 reasons_json TEXT NOT NULL,
                 missing_json TEXT NOT NULL,
-                owed_json TEXT NOT NULL
+                unsettled_json TEXT NOT NULL,
+                duplicates_json TEXT NOT NULL
             )""",
             "CREATE INDEX cuts_by_finished ON cuts (finished)",
             "CREATE INDEX cuts_by_status ON cuts (status, epoch)",
@@ -296,7 +296,10 @@ _MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
 )
 assert _MIGRATIONS[-1][0] == SCHEMA_VERSION
 
-_SELECT_CUT = "SELECT epoch, status, started, finished, reasons_json, missing_json, owed_json FROM cuts "
+_SELECT_CUT = (
+    "SELECT epoch, status, started, finished, reasons_json, missing_json, unsettled_json, duplicates_json "
+    "FROM cuts "
+)
 
 
 class SqliteCutStore:
@@ -382,7 +385,7 @@ class SqliteCutStore:
                 raise DuplicateEpochError(f"a cut with epoch {cut.epoch} is already stored")
             conn.execute(
                 "INSERT INTO cuts (epoch, status, started, finished, reasons_json, missing_json, "
-                "owed_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "unsettled_json, duplicates_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     cut.epoch,
                     cut.status,
@@ -390,7 +393,8 @@ class SqliteCutStore:
                     cut.finished,
                     _dumps(list(cut.reasons)),
                     _dumps(list(cut.missing)),
-                    _dumps([[o.sender, o.receiver, o.owed, o.got] for o in cut.owed]),
+                    _dumps([[u.caller, u.call_id, u.method, u.target, u.failed] for u in cut.unsettled]),
+                    _dumps([[d.caller, d.call_id, list(d.where)] for d in cut.duplicates]),
                 ),
             )
             for state in cut.states:
@@ -490,7 +494,7 @@ class SqliteCutStore:
         self.close()
 
     def _read_cut(self, conn: sqlite3.Connection, row: Sequence[Any]) -> StoredCut:
-        epoch, status, started, finished, reasons, missing, owed = row
+        epoch, status, started, finished, reasons, missing, unsettled, duplicates = row
         states = tuple(
             StoredLocalState(
                 process=str(process),
@@ -531,7 +535,8 @@ class SqliteCutStore:
             finished=float(finished),
             reasons=_strings(reasons),
             missing=_strings(missing),
-            owed=_owed(owed),
+            unsettled=_unsettled(unsettled),
+            duplicates=_duplicates(duplicates),
             states=states,
             in_transit=in_transit,
         )
@@ -635,19 +640,41 @@ def _counters(text: object) -> dict[str, int]:
         raise StorageError(f"corrupt store: {exc}") from None
 
 
-def _owed(text: object) -> tuple[OwedChannel, ...]:
+def _unsettled(text: object) -> tuple[UnsettledCall, ...]:
     value = _loads(text)
-    if not isinstance(value, list) or not all(_is_owed(item) for item in value):
-        raise StorageError("corrupt store: expected owed channels as [sender, receiver, owed, got]")
-    return tuple(OwedChannel(*item) for item in value)
+    if not isinstance(value, list) or not all(_is_unsettled(item) for item in value):
+        raise StorageError(
+            "corrupt store: expected unsettled calls as [caller, call_id, method, target, failed]"
+        )
+    return tuple(UnsettledCall(*item) for item in value)
 
 
-def _is_owed(item: object) -> bool:
+def _is_unsettled(item: object) -> bool:
     return (
         isinstance(item, list)
-        and len(item) == 4
-        and all(isinstance(part, str) for part in item[:2])
-        and all(isinstance(part, int) and not isinstance(part, bool) for part in item[2:])
+        and len(item) == 5
+        and isinstance(item[1], int)
+        and not isinstance(item[1], bool)
+        and all(isinstance(part, str) for part in (item[0], *item[2:]))
+    )
+
+
+def _duplicates(text: object) -> tuple[DuplicateDelivery, ...]:
+    value = _loads(text)
+    if not isinstance(value, list) or not all(_is_duplicate(item) for item in value):
+        raise StorageError("corrupt store: expected duplicates as [caller, call_id, [where, ...]]")
+    return tuple(DuplicateDelivery(item[0], item[1], tuple(item[2])) for item in value)
+
+
+def _is_duplicate(item: object) -> bool:
+    return (
+        isinstance(item, list)
+        and len(item) == 3
+        and isinstance(item[0], str)
+        and isinstance(item[1], int)
+        and not isinstance(item[1], bool)
+        and isinstance(item[2], list)
+        and all(isinstance(part, str) for part in item[2])
     )
 
 

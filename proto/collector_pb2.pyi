@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Registration(_message.Message):
-    __slots__ = ("process_id", "service", "protocol_version", "worker_pools")
+    __slots__ = ("process_id", "service", "protocol_version", "worker_pools", "epoch")
     class WorkerPoolsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -19,33 +19,41 @@ class Registration(_message.Message):
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     WORKER_POOLS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     process_id: str
     service: str
     protocol_version: int
     worker_pools: _containers.ScalarMap[str, int]
-    def __init__(self, process_id: _Optional[str] = ..., service: _Optional[str] = ..., protocol_version: _Optional[int] = ..., worker_pools: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    epoch: int
+    def __init__(self, process_id: _Optional[str] = ..., service: _Optional[str] = ..., protocol_version: _Optional[int] = ..., worker_pools: _Optional[_Mapping[str, int]] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("register", "heartbeat", "local_snapshot", "channel_record", "seq")
+    __slots__ = ("register", "heartbeat", "local_snapshot", "channel_record", "call_outcome", "recording_stopped", "seq")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     LOCAL_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_RECORD_FIELD_NUMBER: _ClassVar[int]
+    CALL_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    RECORDING_STOPPED_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     register: Registration
     heartbeat: Heartbeat
     local_snapshot: LocalSnapshot
     channel_record: ChannelRecord
+    call_outcome: CallOutcome
+    recording_stopped: RecordingStopped
     seq: int
-    def __init__(self, register: _Optional[_Union[Registration, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., local_snapshot: _Optional[_Union[LocalSnapshot, _Mapping]] = ..., channel_record: _Optional[_Union[ChannelRecord, _Mapping]] = ..., seq: _Optional[int] = ...) -> None: ...
+    def __init__(self, register: _Optional[_Union[Registration, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., local_snapshot: _Optional[_Union[LocalSnapshot, _Mapping]] = ..., channel_record: _Optional[_Union[ChannelRecord, _Mapping]] = ..., call_outcome: _Optional[_Union[CallOutcome, _Mapping]] = ..., recording_stopped: _Optional[_Union[RecordingStopped, _Mapping]] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
-    __slots__ = ("registered", "take_snapshot")
+    __slots__ = ("registered", "take_snapshot", "close_epoch")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     TAKE_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     registered: Registered
     take_snapshot: TakeSnapshot
-    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., take_snapshot: _Optional[_Union[TakeSnapshot, _Mapping]] = ...) -> None: ...
+    close_epoch: CloseEpoch
+    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., take_snapshot: _Optional[_Union[TakeSnapshot, _Mapping]] = ..., close_epoch: _Optional[_Union[CloseEpoch, _Mapping]] = ...) -> None: ...
 
 class Registered(_message.Message):
     __slots__ = ("epoch",)
@@ -54,10 +62,12 @@ class Registered(_message.Message):
     def __init__(self, epoch: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("unix_nanos",)
+    __slots__ = ("unix_nanos", "dropped")
     UNIX_NANOS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
     unix_nanos: int
-    def __init__(self, unix_nanos: _Optional[int] = ...) -> None: ...
+    dropped: int
+    def __init__(self, unix_nanos: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
 
 class TakeSnapshot(_message.Message):
     __slots__ = ("epoch",)
@@ -65,44 +75,34 @@ class TakeSnapshot(_message.Message):
     epoch: int
     def __init__(self, epoch: _Optional[int] = ...) -> None: ...
 
-class TaskState(_message.Message):
-    __slots__ = ("task_id", "kind", "method", "caller", "call_id", "held_locks", "waiting_lock", "outbound", "trace_id", "span_id")
-    TASK_ID_FIELD_NUMBER: _ClassVar[int]
-    KIND_FIELD_NUMBER: _ClassVar[int]
-    METHOD_FIELD_NUMBER: _ClassVar[int]
-    CALLER_FIELD_NUMBER: _ClassVar[int]
-    CALL_ID_FIELD_NUMBER: _ClassVar[int]
-    HELD_LOCKS_FIELD_NUMBER: _ClassVar[int]
-    WAITING_LOCK_FIELD_NUMBER: _ClassVar[int]
-    OUTBOUND_FIELD_NUMBER: _ClassVar[int]
-    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
-    SPAN_ID_FIELD_NUMBER: _ClassVar[int]
-    task_id: int
-    kind: str
-    method: str
-    caller: str
-    call_id: int
-    held_locks: _containers.RepeatedScalarFieldContainer[str]
-    waiting_lock: str
-    outbound: _containers.RepeatedCompositeFieldContainer[OutboundCall]
-    trace_id: bytes
-    span_id: bytes
-    def __init__(self, task_id: _Optional[int] = ..., kind: _Optional[str] = ..., method: _Optional[str] = ..., caller: _Optional[str] = ..., call_id: _Optional[int] = ..., held_locks: _Optional[_Iterable[str]] = ..., waiting_lock: _Optional[str] = ..., outbound: _Optional[_Iterable[_Union[OutboundCall, _Mapping]]] = ..., trace_id: _Optional[bytes] = ..., span_id: _Optional[bytes] = ...) -> None: ...
+class CloseEpoch(_message.Message):
+    __slots__ = ("epoch",)
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    def __init__(self, epoch: _Optional[int] = ...) -> None: ...
 
-class OutboundCall(_message.Message):
-    __slots__ = ("call_id", "method", "target", "blocking")
+class OpenCall(_message.Message):
+    __slots__ = ("call_id", "method", "target", "failed")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
-    BLOCKING_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     method: str
     target: str
-    blocking: bool
-    def __init__(self, call_id: _Optional[int] = ..., method: _Optional[str] = ..., target: _Optional[str] = ..., blocking: _Optional[bool] = ...) -> None: ...
+    failed: str
+    def __init__(self, call_id: _Optional[int] = ..., method: _Optional[str] = ..., target: _Optional[str] = ..., failed: _Optional[str] = ...) -> None: ...
+
+class Answering(_message.Message):
+    __slots__ = ("caller", "call_id")
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    caller: str
+    call_id: int
+    def __init__(self, caller: _Optional[str] = ..., call_id: _Optional[int] = ...) -> None: ...
 
 class LocalSnapshot(_message.Message):
-    __slots__ = ("epoch", "process_id", "clock", "state_json", "tasks", "sent", "consumed", "truncated")
+    __slots__ = ("epoch", "process_id", "clock", "state_json", "tasks_json", "open_calls", "answering", "requests_sent", "responses_sent", "requests_consumed", "responses_consumed")
     class ClockEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -110,14 +110,21 @@ class LocalSnapshot(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
-    class SentEntry(_message.Message):
+    class ResponsesSentEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
-    class ConsumedEntry(_message.Message):
+    class RequestsConsumedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class ResponsesConsumedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -128,22 +135,28 @@ class LocalSnapshot(_message.Message):
     PROCESS_ID_FIELD_NUMBER: _ClassVar[int]
     CLOCK_FIELD_NUMBER: _ClassVar[int]
     STATE_JSON_FIELD_NUMBER: _ClassVar[int]
-    TASKS_FIELD_NUMBER: _ClassVar[int]
-    SENT_FIELD_NUMBER: _ClassVar[int]
-    CONSUMED_FIELD_NUMBER: _ClassVar[int]
-    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    TASKS_JSON_FIELD_NUMBER: _ClassVar[int]
+    OPEN_CALLS_FIELD_NUMBER: _ClassVar[int]
+    ANSWERING_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_SENT_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_SENT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_CONSUMED_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_CONSUMED_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     process_id: str
     clock: _containers.ScalarMap[str, int]
     state_json: str
-    tasks: _containers.RepeatedCompositeFieldContainer[TaskState]
-    sent: _containers.ScalarMap[str, int]
-    consumed: _containers.ScalarMap[str, int]
-    truncated: bool
-    def __init__(self, epoch: _Optional[int] = ..., process_id: _Optional[str] = ..., clock: _Optional[_Mapping[str, int]] = ..., state_json: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskState, _Mapping]]] = ..., sent: _Optional[_Mapping[str, int]] = ..., consumed: _Optional[_Mapping[str, int]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+    tasks_json: str
+    open_calls: _containers.RepeatedCompositeFieldContainer[OpenCall]
+    answering: _containers.RepeatedCompositeFieldContainer[Answering]
+    requests_sent: int
+    responses_sent: _containers.ScalarMap[str, int]
+    requests_consumed: _containers.ScalarMap[str, int]
+    responses_consumed: _containers.ScalarMap[str, int]
+    def __init__(self, epoch: _Optional[int] = ..., process_id: _Optional[str] = ..., clock: _Optional[_Mapping[str, int]] = ..., state_json: _Optional[str] = ..., tasks_json: _Optional[str] = ..., open_calls: _Optional[_Iterable[_Union[OpenCall, _Mapping]]] = ..., answering: _Optional[_Iterable[_Union[Answering, _Mapping]]] = ..., requests_sent: _Optional[int] = ..., responses_sent: _Optional[_Mapping[str, int]] = ..., requests_consumed: _Optional[_Mapping[str, int]] = ..., responses_consumed: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class ChannelRecord(_message.Message):
-    __slots__ = ("epoch", "sender", "receiver", "method", "kind", "payload_json", "call_id")
+    __slots__ = ("epoch", "sender", "receiver", "method", "kind", "payload_json", "call_id", "attempt")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
     RECEIVER_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +164,7 @@ class ChannelRecord(_message.Message):
     KIND_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     sender: str
     receiver: str
@@ -158,7 +172,30 @@ class ChannelRecord(_message.Message):
     kind: str
     payload_json: str
     call_id: int
-    def __init__(self, epoch: _Optional[int] = ..., sender: _Optional[str] = ..., receiver: _Optional[str] = ..., method: _Optional[str] = ..., kind: _Optional[str] = ..., payload_json: _Optional[str] = ..., call_id: _Optional[int] = ...) -> None: ...
+    attempt: int
+    def __init__(self, epoch: _Optional[int] = ..., sender: _Optional[str] = ..., receiver: _Optional[str] = ..., method: _Optional[str] = ..., kind: _Optional[str] = ..., payload_json: _Optional[str] = ..., call_id: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class CallOutcome(_message.Message):
+    __slots__ = ("epoch", "call_id", "outcome", "detail")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    call_id: int
+    outcome: str
+    detail: str
+    def __init__(self, epoch: _Optional[int] = ..., call_id: _Optional[int] = ..., outcome: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class RecordingStopped(_message.Message):
+    __slots__ = ("epoch", "reason", "dropped")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    reason: str
+    dropped: int
+    def __init__(self, epoch: _Optional[int] = ..., reason: _Optional[str] = ..., dropped: _Optional[int] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
     __slots__ = ("timeout_seconds",)
@@ -166,12 +203,46 @@ class SnapshotRequest(_message.Message):
     timeout_seconds: float
     def __init__(self, timeout_seconds: _Optional[float] = ...) -> None: ...
 
-class CutSummary(_message.Message):
-    __slots__ = ("epoch", "status", "cut_json")
+class CutQuery(_message.Message):
+    __slots__ = ("epoch", "status")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
-    CUT_JSON_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     status: str
+    def __init__(self, epoch: _Optional[int] = ..., status: _Optional[str] = ...) -> None: ...
+
+class CutReply(_message.Message):
+    __slots__ = ("found", "cut_json")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    CUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    found: bool
     cut_json: str
-    def __init__(self, epoch: _Optional[int] = ..., status: _Optional[str] = ..., cut_json: _Optional[str] = ...) -> None: ...
+    def __init__(self, found: _Optional[bool] = ..., cut_json: _Optional[str] = ...) -> None: ...
+
+class ListQuery(_message.Message):
+    __slots__ = ("status", "since", "until", "limit")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    since: float
+    until: float
+    limit: int
+    def __init__(self, status: _Optional[str] = ..., since: _Optional[float] = ..., until: _Optional[float] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class CutList(_message.Message):
+    __slots__ = ("cuts_json",)
+    CUTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    cuts_json: str
+    def __init__(self, cuts_json: _Optional[str] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusReply(_message.Message):
+    __slots__ = ("status_json",)
+    STATUS_JSON_FIELD_NUMBER: _ClassVar[int]
+    status_json: str
+    def __init__(self, status_json: _Optional[str] = ...) -> None: ...

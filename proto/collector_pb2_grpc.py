@@ -42,7 +42,22 @@ class CollectorStub:
         self.Snapshot = channel.unary_unary(
                 '/cutwatch.v1.Collector/Snapshot',
                 request_serializer=cutwatch_dot_proto_dot_collector__pb2.SnapshotRequest.SerializeToString,
-                response_deserializer=cutwatch_dot_proto_dot_collector__pb2.CutSummary.FromString,
+                response_deserializer=cutwatch_dot_proto_dot_collector__pb2.CutReply.FromString,
+                _registered_method=True)
+        self.GetCut = channel.unary_unary(
+                '/cutwatch.v1.Collector/GetCut',
+                request_serializer=cutwatch_dot_proto_dot_collector__pb2.CutQuery.SerializeToString,
+                response_deserializer=cutwatch_dot_proto_dot_collector__pb2.CutReply.FromString,
+                _registered_method=True)
+        self.ListCuts = channel.unary_unary(
+                '/cutwatch.v1.Collector/ListCuts',
+                request_serializer=cutwatch_dot_proto_dot_collector__pb2.ListQuery.SerializeToString,
+                response_deserializer=cutwatch_dot_proto_dot_collector__pb2.CutList.FromString,
+                _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/cutwatch.v1.Collector/Status',
+                request_serializer=cutwatch_dot_proto_dot_collector__pb2.StatusRequest.SerializeToString,
+                response_deserializer=cutwatch_dot_proto_dot_collector__pb2.StatusReply.FromString,
                 _registered_method=True)
 
 
@@ -58,8 +73,26 @@ class CollectorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Snapshot(self, request, context):
-        """Start a snapshot and wait for its cut.
+        """Start a snapshot and wait for its cut (or its timeout).
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCut(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCuts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -75,7 +108,22 @@ def add_CollectorServicer_to_server(servicer, server):
             'Snapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.Snapshot,
                     request_deserializer=cutwatch_dot_proto_dot_collector__pb2.SnapshotRequest.FromString,
-                    response_serializer=cutwatch_dot_proto_dot_collector__pb2.CutSummary.SerializeToString,
+                    response_serializer=cutwatch_dot_proto_dot_collector__pb2.CutReply.SerializeToString,
+            ),
+            'GetCut': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCut,
+                    request_deserializer=cutwatch_dot_proto_dot_collector__pb2.CutQuery.FromString,
+                    response_serializer=cutwatch_dot_proto_dot_collector__pb2.CutReply.SerializeToString,
+            ),
+            'ListCuts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCuts,
+                    request_deserializer=cutwatch_dot_proto_dot_collector__pb2.ListQuery.FromString,
+                    response_serializer=cutwatch_dot_proto_dot_collector__pb2.CutList.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=cutwatch_dot_proto_dot_collector__pb2.StatusRequest.FromString,
+                    response_serializer=cutwatch_dot_proto_dot_collector__pb2.StatusReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,7 +179,88 @@ class Collector:
             target,
             '/cutwatch.v1.Collector/Snapshot',
             cutwatch_dot_proto_dot_collector__pb2.SnapshotRequest.SerializeToString,
-            cutwatch_dot_proto_dot_collector__pb2.CutSummary.FromString,
+            cutwatch_dot_proto_dot_collector__pb2.CutReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCut(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutwatch.v1.Collector/GetCut',
+            cutwatch_dot_proto_dot_collector__pb2.CutQuery.SerializeToString,
+            cutwatch_dot_proto_dot_collector__pb2.CutReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCuts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutwatch.v1.Collector/ListCuts',
+            cutwatch_dot_proto_dot_collector__pb2.ListQuery.SerializeToString,
+            cutwatch_dot_proto_dot_collector__pb2.CutList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutwatch.v1.Collector/Status',
+            cutwatch_dot_proto_dot_collector__pb2.StatusRequest.SerializeToString,
+            cutwatch_dot_proto_dot_collector__pb2.StatusReply.FromString,
             options,
             channel_credentials,
             insecure,
