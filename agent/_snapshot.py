@@ -411,14 +411,19 @@ class SnapshotParticipant:
             if epoch in self._closed_ahead:
                 self._closed_ahead.discard(epoch)
                 continue
+            if overflow:
+                # Lists cut short could let the collector call the cut COMPLETE before this notice
+                # arrives (pieces arrive in any order), so the notice goes alone, without a snapshot.
+                self._stop(epoch, REASON_TOO_MANY_CALLS, len(calls) + len(answering) - self._max_records)
+                continue
             snap = LocalSnapshot(
                 epoch,
                 self.process,
                 clock,
                 capture.state,
                 capture.tasks,
-                open_calls=tuple(calls[: self._max_records]),
-                answering=tuple(answering[: max(0, self._max_records - len(calls))]),
+                open_calls=tuple(calls),
+                answering=tuple(answering),
                 requests_sent=self.requests_sent,
                 responses_sent=responses_sent,
                 requests_consumed=requests_consumed,
@@ -427,8 +432,6 @@ class SnapshotParticipant:
             taken.append(snap)
             self._outbox.append(snap)
             self._open_epoch(epoch)
-            if overflow:
-                self._stop(epoch, REASON_TOO_MANY_CALLS, len(calls) + len(answering) - self._max_records)
             for delivery in self._pending.values():
                 self._record(epoch, delivery)
         return taken

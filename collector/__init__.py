@@ -1,7 +1,20 @@
-"""The collector: snapshot coordination, cut assembly, storage and queries.
+"""The collector: registers agents, runs snapshots, assembles and stores cuts, answers queries.
 
-Not available yet as a service. What exists is the pure core of cut
-assembly (``_assembly``): completion by message counting (requests per
-sender, responses per channel) and the vector-clock consistency check, tested by the seeded simulation in
-tests/sim. The gRPC service, storage and ``CollectorClient`` come next.
+Run one with ``cutwatch collector`` or :class:`CollectorServer`; read it
+with :class:`CollectorClient`.
 """
+
+from cutwatch.collector._client import CollectorClient, CollectorError, CollectorUnavailableError, CutInfo
+from cutwatch.collector._cut import Cut, InTransitMessage
+from cutwatch.collector._service import DEFAULT_LISTEN, CollectorServer
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "CollectorClient",
+    "CollectorError",
+    "CollectorServer",
+    "CollectorUnavailableError",
+    "Cut",
+    "CutInfo",
+    "InTransitMessage",
+]

@@ -18,6 +18,14 @@ from cutwatch.agent import (
     TaskView,
     VectorClock,
 )
+from cutwatch.collector import (
+    CollectorClient,
+    CollectorError,
+    CollectorServer,
+    CollectorUnavailableError,
+    Cut,
+    InTransitMessage,
+)
 
 __version__ = "0.1.0"
 
@@ -25,8 +33,14 @@ __all__ = [
     "Agent",
     "AgentStateError",
     "AgentStats",
+    "CollectorClient",
+    "CollectorError",
+    "CollectorServer",
+    "CollectorUnavailableError",
+    "Cut",
     "CutwatchError",
     "CutwatchLock",
+    "InTransitMessage",
     "StampError",
     "TaskView",
     "VectorClock",

@@ -8,12 +8,19 @@ next. Delivery and consumption are separate steps, like a handler that has
 not reached ``atomic()`` yet. The workload passes tokens over calls: a
 transfer debits and sends a request in one atomic step; consuming the
 request credits the amount; the server later answers with a response that
-refunds part of it (debit and send in one step), credited when consumed.
+refunds part of its balance (debit and send in one step), credited when
+consumed. Time is the step counter.
 
-With ``balanced`` on, a request is addressed to a channel that reaches
-several servers, and the network picks the server when it delivers the
-request, as a load balancer would: the caller never learns it (responses
-go back to the caller, who only counts them).
+The network may also lose a message for good (``lose_percent``): the caller
+notices some steps later and reports the call failed. Servers in
+``uninstrumented`` are not participants: they apply requests without any
+bookkeeping, never call anyone, and answer without a stamp, so the caller
+reports the call unstamped when the answer arrives. Tokens they receive
+leave the system and their refunds enter it when consumed.
+
+Besides running the world, the simulation keeps the ground truth the tests
+compare every cut with: the tokens a cut must hold, the messages in transit
+and the calls no participant can settle (:meth:`Simulation.expected_unsettled`).
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from dataclasses import dataclass, field
 
 from cutwatch.agent._clock import VectorClock
 from cutwatch.agent._snapshot import (
+    OUTCOME_FAILED,
+    OUTCOME_UNSTAMPED,
     REQUEST,
     RESPONSE,
     Capture,
@@ -37,6 +46,13 @@ from cutwatch.collector._assembly import AssembledCut, CutAssembler
 
 CallMsg = tuple[str, str, int]
 """A message's identity in the ground truth: (kind, calling process, call id)."""
+CallRef = tuple[str, int]
+"""A call's identity: (calling process, call id)."""
+
+METHOD = "/bank.Bank/Transfer"
+FAILURE = "DEADLINE_EXCEEDED"
+UNSTAMPED = -1
+"""The epoch of a message without a stamp (an uninstrumented server's answer)."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +60,11 @@ class SimConfig:
     """One simulated world. ``stalled`` channels never deliver; ``lazy`` processes never consume.
 
     ``balanced`` addresses each request to a random group of servers, one of
-    which the network picks at delivery.
+    which the network picks at delivery. ``lose_percent`` of first deliveries
+    are lost instead; the caller notices 1..``notice_delay`` steps later, and
+    its participant keeps the failed call open for ``abandoned_grace`` steps.
+    ``uninstrumented`` processes serve without a participant; ``lazy`` applies
+    to instrumented processes only.
 
     ``consumption_rule=False`` models the bug the rule prevents: a message
     counts as consumed at delivery while its credit is applied later.
@@ -58,10 +78,14 @@ class SimConfig:
     max_epochs: int = 4
     snapshot_percent: int = 5
     duplicate_percent: int = 0
+    lose_percent: int = 0
+    notice_delay: int = 20
+    abandoned_grace: int = 30
     consumption_rule: bool = True
     honour_stamp_epoch: bool = True
     stalled: frozenset[tuple[int, int]] = frozenset()
     lazy: frozenset[int] = frozenset()
+    uninstrumented: frozenset[int] = frozenset()
     max_records: int = 10_000
     max_open_epochs: int = 8
     balanced: bool = False
@@ -78,11 +102,38 @@ class AppMsg:
     clock: VectorClock
     key: MsgKey
     receiver: str = ""
+    delivered: bool = False
+    lost: bool = False
+
+    @property
+    def stamped(self) -> bool:
+        return self.epoch != UNSTAMPED
+
+    @property
+    def caller(self) -> str:
+        return self.sender if self.key.kind == REQUEST else self.receiver
 
     @property
     def truth(self) -> CallMsg:
-        caller = self.sender if self.key.kind == REQUEST else self.receiver
-        return (self.key.kind, caller, self.key.call_id)
+        return (self.key.kind, self.caller, self.key.call_id)
+
+
+@dataclass
+class CallTruth:
+    """What really happened to one call.
+
+    ``ended_epoch`` is the caller's epoch when the call ended for its
+    participant (stamped answer consumed, unstamped answer received, or
+    failure noticed at step ``failed_at``); ``blocked`` lists (kind, epoch) of
+    its messages that were lost or stuck.
+    """
+
+    caller: str
+    call_id: int
+    sent_epoch: int
+    ended_epoch: int | None = None
+    failed_at: int | None = None
+    blocked: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -102,18 +153,29 @@ Item = AppMsg | Control | Report
 
 @dataclass(eq=False)
 class Proc:
+    """An instrumented process. ``waiting`` holds deliveries (None for an unstamped answer)."""
+
     pid: str
     part: SnapshotParticipant
     balance: int
     clock: VectorClock = field(default_factory=VectorClock)
-    waiting: list[tuple[Delivery, AppMsg]] = field(default_factory=list)
-    replies: list[tuple[str, int]] = field(default_factory=list)
+    waiting: list[tuple[Delivery | None, AppMsg]] = field(default_factory=list)
+    replies: list[tuple[Delivery | None, AppMsg]] = field(default_factory=list)
     calls: int = 0
 
     def capture(self) -> Capture:
         """The snapshot event ticks the clock; state is the balance."""
         self.clock = self.clock.tick(self.pid)
         return Capture(self.clock, self.balance)
+
+
+@dataclass(eq=False)
+class External:
+    """An uninstrumented server: applies requests at once, answers later without a stamp."""
+
+    pid: str
+    balance: int
+    replies: list[tuple[Delivery | None, AppMsg]] = field(default_factory=list)
 
 
 @dataclass
@@ -125,14 +187,18 @@ class SimResult:
     duplicates_injected: int
     duplicates_reported: int
     expected_in_transit: dict[int, set[CallMsg]]
+    expected_tokens: dict[int, int]
+    expected_unsettled: dict[int, set[CallRef]]
+    failed_calls: set[CallRef]
     stuck: list[AppMsg]
+    lost: list[AppMsg]
     balanced_deliveries: int
+    unstamped_calls: int
 
 
 def record_truth(record: ChannelRecord) -> CallMsg:
     """The ground-truth identity of a recorded message."""
-    caller = record.sender if record.kind == REQUEST else record.receiver
-    return (record.kind, caller, record.msg_key.call_id)
+    return (record.kind, record.caller, record.msg_key.call_id)
 
 
 def token_sum(cut: AssembledCut) -> int:
@@ -144,40 +210,57 @@ def token_sum(cut: AssembledCut) -> int:
     return total + sum(int(json.loads(record.payload_json)) for record in cut.in_transit)
 
 
-def conserved(cut: AssembledCut, total: int) -> bool:
-    """Sum of balances plus tokens in transit equals the total minted."""
-    return token_sum(cut) == total
+def conserved(cut: AssembledCut, result: SimResult) -> bool:
+    """Balances plus tokens in transit equal what the participants hold by the ground truth."""
+    return token_sum(cut) == result.expected_tokens[cut.epoch]
 
 
 class Simulation:
     """Runs one world to the end; :meth:`run` returns what the collector assembled."""
 
     def __init__(self, config: SimConfig, rng: random.Random) -> None:
+        if len(config.uninstrumented) >= config.n:
+            raise ValueError("at least one process must be instrumented")
         self.cfg = config
         self.rng = rng
         self.procs = [
             Proc(
                 f"p{i}",
                 SnapshotParticipant(
-                    f"p{i}", max_records=config.max_records, max_open_epochs=config.max_open_epochs
+                    f"p{i}",
+                    max_records=config.max_records,
+                    max_open_epochs=config.max_open_epochs,
+                    abandoned_grace=config.abandoned_grace,
                 ),
                 config.initial,
             )
             for i in range(config.n)
+            if i not in config.uninstrumented
         ]
+        self.externals = {f"p{i}": External(f"p{i}", config.initial) for i in sorted(config.uninstrumented)}
         self.by_pid = {proc.pid: proc for proc in self.procs}
+        self.all_pids = [f"p{i}" for i in range(config.n)]
         self.network: list[Item] = []
         self.stuck: list[AppMsg] = []
+        self.lost: list[AppMsg] = []
         self.assemblers: dict[int, CutAssembler] = {}
         self.cuts: dict[int, AssembledCut] = {}
         self.next_epoch = 1
+        self.now = 0
+        self.notices: list[tuple[int, str, int]] = []
         self.duplicates_injected = 0
         self.balanced_deliveries = 0
-        # Ground truth: every message's stamp epoch and the receiver's epoch when it was counted consumed.
-        self.sent_epoch: dict[CallMsg, int] = {}
-        self.consumed_epoch: dict[CallMsg, int] = {}
+        self.unstamped_calls = 0
         self.stalled = {(f"p{a}", f"p{b}") for a, b in config.stalled}
         self.lazy = {f"p{i}" for i in config.lazy}
+        # Ground truth: every stamped message, the receiver's epoch when it was counted consumed,
+        # every call, when each process took each cut, and tokens crossing the system's border.
+        self.messages: dict[CallMsg, AppMsg] = {}
+        self.consumed_epoch: dict[CallMsg, int] = {}
+        self.calls: dict[CallRef, CallTruth] = {}
+        self.cut_at: dict[str, dict[int, int]] = {proc.pid: {} for proc in self.procs}
+        self.outflow: list[tuple[int, int]] = []  # (request epoch, amount) of requests applied outside
+        self.inflow: list[tuple[int, int]] = []  # (caller's epoch, amount) of unstamped refunds consumed
 
     # Driving ---------------------------------------------------------------------------
     def run(self) -> SimResult:
@@ -190,24 +273,32 @@ class Simulation:
                 self.cuts[epoch] = assembler.finish()
         return SimResult(
             config=self.cfg,
-            total=self.cfg.initial * self.cfg.n,
+            total=self.cfg.initial * len(self.procs),
             cuts=dict(sorted(self.cuts.items())),
             started=self.next_epoch - 1,
             duplicates_injected=self.duplicates_injected,
             duplicates_reported=sum(proc.part.stats().duplicates for proc in self.procs),
-            expected_in_transit={k: self._expected(k) for k in self.cuts},
+            expected_in_transit={k: self.expected_in_transit(k) for k in self.cuts},
+            expected_tokens={k: self.expected_tokens(k) for k in self.cuts},
+            expected_unsettled={k: self.expected_unsettled(k) for k in self.cuts},
+            failed_calls={ref for ref, call in self.calls.items() if call.failed_at is not None},
             stuck=self.stuck,
+            lost=self.lost,
             balanced_deliveries=self.balanced_deliveries,
+            unstamped_calls=self.unstamped_calls,
         )
 
     def _step(self, *, workload: bool) -> bool:
         """One scheduler step; False when nothing at all can happen (only when draining)."""
+        self.now += 1
+        self._notice_failures()
         starting = workload and self.next_epoch <= self.cfg.max_epochs
         if starting and self.rng.randrange(100) < self.cfg.snapshot_percent:
             self._start_snapshot()
             return True
         consumers = [p for p in self.procs if p.waiting and p.pid not in self.lazy]
-        responders = [p for p in self.procs if p.replies]
+        responders: list[Proc | External] = [p for p in self.procs if p.replies]
+        responders += [e for e in self.externals.values() if e.replies]
         options: list[str] = []
         if self.network:
             options += ["deliver"] * 4
@@ -218,7 +309,11 @@ class Simulation:
         if workload:
             options += ["transfer"] * 3
         if not options:
-            return False
+            if not self.notices:
+                return False
+            self.now = min(due for due, _, _ in self.notices)  # nothing else happens until then
+            self._notice_failures()
+            return True
         action = self.rng.choice(options)
         if action == "deliver":
             self._deliver(self.network.pop(self.rng.randrange(len(self.network))))
@@ -226,8 +321,8 @@ class Simulation:
             proc = self.rng.choice(consumers)
             self._consume(proc, proc.waiting.pop(self.rng.randrange(len(proc.waiting))))
         elif action == "respond":
-            proc = self.rng.choice(responders)
-            self._respond(proc, *proc.replies.pop(self.rng.randrange(len(proc.replies))))
+            server = self.rng.choice(responders)
+            self._respond(server, *server.replies.pop(self.rng.randrange(len(server.replies))))
         else:
             self._transfer()
         return True
@@ -237,7 +332,7 @@ class Simulation:
         proc = self.rng.choice(self.procs)
         if proc.balance <= 0 or self.cfg.n < 2:
             return
-        others = [p.pid for p in self.procs if p is not proc]
+        others = [pid for pid in self.all_pids if pid != proc.pid]
         if self.cfg.balanced:
             targets = tuple(self.rng.sample(others, self.rng.randint(1, len(others))))
         else:
@@ -247,54 +342,109 @@ class Simulation:
         proc.balance -= amount
         proc.clock = proc.clock.tick(proc.pid)
         proc.calls += 1
-        key = MsgKey(proc.pid, proc.calls, 1, REQUEST)
-        epoch = proc.part.on_send(REQUEST)
-        msg = AppMsg(proc.pid, targets, amount, epoch, proc.clock, key)
-        self.sent_epoch[msg.truth] = epoch
+        epoch = proc.part.on_call(proc.calls, METHOD, "|".join(targets))
+        msg = AppMsg(proc.pid, targets, amount, epoch, proc.clock, MsgKey(proc.pid, proc.calls, 1, REQUEST))
+        self.calls[(proc.pid, proc.calls)] = CallTruth(proc.pid, proc.calls, epoch)
+        self.messages[msg.truth] = msg
         self.network.append(msg)
         self._flush(proc)
 
-    def _respond(self, proc: Proc, caller: str, call_id: int) -> None:
+    def _respond(self, server: Proc | External, delivery: Delivery | None, request: AppMsg) -> None:
         """The handler's answer: refund part of the balance to the caller, debit and send at once."""
-        refund = self.rng.randint(0, proc.balance)
-        proc.balance -= refund
-        proc.clock = proc.clock.tick(proc.pid)
-        epoch = proc.part.on_send(RESPONSE, caller)
-        key = MsgKey(proc.pid, call_id, 1, RESPONSE)
-        msg = AppMsg(proc.pid, (caller,), refund, epoch, proc.clock, key, receiver=caller)
-        self.sent_epoch[msg.truth] = epoch
+        refund = self.rng.randint(0, max(server.balance, 0))
+        server.balance -= refund
+        key = MsgKey(server.pid, request.key.call_id, 1, RESPONSE)
+        caller = request.sender
+        if isinstance(server, External):
+            self.network.append(AppMsg(server.pid, (caller,), refund, UNSTAMPED, VectorClock(), key, caller))
+            return
+        assert delivery is not None
+        server.clock = server.clock.tick(server.pid)
+        epoch = server.part.on_reply(delivery)
+        msg = AppMsg(server.pid, (caller,), refund, epoch, server.clock, key, receiver=caller)
+        self.messages[msg.truth] = msg
         self.network.append(msg)
-        self._flush(proc)
+        self._flush(server)
 
     def _deliver_app(self, msg: AppMsg) -> None:
+        if not msg.delivered and self.rng.randrange(100) < self.cfg.lose_percent:
+            self._lose(msg)
+            return
         if not msg.receiver:
             msg.receiver = self.rng.choice(msg.targets)  # the load balancer's pick
             self.balanced_deliveries += len(msg.targets) > 1
         if (msg.sender, msg.receiver) in self.stalled:
             self.stuck.append(msg)
+            self._call(msg).blocked.append((msg.key.kind, msg.epoch))
+            return
+        first = not msg.delivered
+        msg.delivered = True
+        external = self.externals.get(msg.receiver)
+        if external is not None:
+            # Applied at once, no bookkeeping: the tokens leave the participants.
+            external.balance += msg.amount
+            self.outflow.append((msg.epoch, msg.amount))
+            external.replies.append((None, msg))
             return
         proc = self.by_pid[msg.receiver]
+        if not msg.stamped:
+            # The caller's interceptor sees an answer without a stamp: nothing of the call is recordable.
+            self.unstamped_calls += 1
+            proc.part.on_call_ended(msg.key.call_id, OUTCOME_UNSTAMPED, now=self.now)
+            self._call(msg).ended_epoch = proc.part.epoch
+            proc.clock = proc.clock.tick(proc.pid)
+            proc.waiting.append((None, msg))
+            self._flush(proc)
+            return
         stamp_epoch = msg.epoch if self.cfg.honour_stamp_epoch else 0
         payload = json.dumps(msg.amount)
-        delivery = proc.part.on_deliver(msg.sender, stamp_epoch, payload, msg.key, proc.capture)
+        before = proc.part.epoch
+        delivery = proc.part.on_deliver(
+            msg.sender, stamp_epoch, payload, msg.key, proc.capture, method=METHOD, now=self.now
+        )
+        self._note_cuts(proc, before)
         proc.clock = proc.clock.merge(msg.clock).tick(proc.pid)
         if not self.cfg.consumption_rule:
             self._count_consumed(proc, delivery)
         proc.waiting.append((delivery, msg))
-        if self.rng.randrange(100) < self.cfg.duplicate_percent:
+        if first and self.rng.randrange(100) < self.cfg.duplicate_percent:
             # The transport repeats the message to the same process (a retry elsewhere is not modelled).
             self.duplicates_injected += 1
             self.network.append(msg)
         self._flush(proc)
 
-    def _consume(self, proc: Proc, waiting: tuple[Delivery, AppMsg]) -> None:
+    def _lose(self, msg: AppMsg) -> None:
+        """Gone for good; the caller notices later, as a deadline would."""
+        msg.lost = True
+        self.lost.append(msg)
+        self._call(msg).blocked.append((msg.key.kind, msg.epoch))
+        due = self.now + self.rng.randint(1, self.cfg.notice_delay)
+        self.notices.append((due, msg.caller, msg.key.call_id))
+
+    def _notice_failures(self) -> None:
+        due = [notice for notice in self.notices if notice[0] <= self.now]
+        if not due:
+            return
+        self.notices = [notice for notice in self.notices if notice[0] > self.now]
+        for _, caller, call_id in due:
+            proc = self.by_pid[caller]
+            proc.part.on_call_ended(call_id, OUTCOME_FAILED, FAILURE, now=self.now)
+            call = self.calls[(caller, call_id)]
+            call.ended_epoch, call.failed_at = proc.part.epoch, self.now
+            self._flush(proc)
+
+    def _consume(self, proc: Proc, waiting: tuple[Delivery | None, AppMsg]) -> None:
         delivery, msg = waiting
-        if self.cfg.consumption_rule:
-            self._count_consumed(proc, delivery)
-        if not delivery.duplicate:  # the handler is idempotent per call id
+        if delivery is None:  # an unstamped refund: the tokens enter the participants now
             proc.balance += msg.amount
-            if msg.key.kind == REQUEST:
-                proc.replies.append((msg.sender, msg.key.call_id))
+            self.inflow.append((proc.part.epoch, msg.amount))
+        else:
+            if self.cfg.consumption_rule:
+                self._count_consumed(proc, delivery)
+            if not delivery.duplicate:  # the handler is idempotent per call id
+                proc.balance += msg.amount
+                if msg.key.kind == REQUEST:
+                    proc.replies.append((delivery, msg))
         proc.clock = proc.clock.tick(proc.pid)
         self._flush(proc)
 
@@ -304,6 +454,11 @@ class Simulation:
             kind = delivery.msg_key.kind
             caller = delivery.sender if kind == REQUEST else proc.pid
             self.consumed_epoch[(kind, caller, delivery.msg_key.call_id)] = proc.part.epoch
+            if kind == RESPONSE:
+                self.calls[(caller, delivery.msg_key.call_id)].ended_epoch = proc.part.epoch
+
+    def _call(self, msg: AppMsg) -> CallTruth:
+        return self.calls[(msg.caller, msg.key.call_id)]
 
     # Snapshot protocol ------------------------------------------------------------------------
     def _start_snapshot(self) -> None:
@@ -320,10 +475,16 @@ class Simulation:
             if item.close:
                 proc.part.close_epoch(item.epoch)
             elif item.epoch > proc.part.epoch:
-                proc.part.take_snapshot(item.epoch, proc.capture())
+                before = proc.part.epoch
+                proc.part.take_snapshot(item.epoch, proc.capture(), now=self.now)
+                self._note_cuts(proc, before)
             self._flush(proc)
         else:
             self._collect(item.event)
+
+    def _note_cuts(self, proc: Proc, before: int) -> None:
+        for epoch in range(before + 1, proc.part.epoch + 1):
+            self.cut_at[proc.pid][epoch] = self.now
 
     def _flush(self, proc: Proc) -> None:
         self.network.extend(Report(event) for event in proc.part.drain())
@@ -337,12 +498,56 @@ class Simulation:
             self.cuts[event.epoch] = assembler.finish()
             self.network.extend(Control(proc.pid, event.epoch, close=True) for proc in self.procs)
 
-    def _expected(self, k: int) -> set[CallMsg]:
-        """Messages sent before the sender's cut k and not consumed before the receiver's cut k."""
+    # Ground truth -------------------------------------------------------------------------------
+    def expected_in_transit(self, k: int) -> set[CallMsg]:
+        """Stamped messages between participants, sent before the sender's cut k, not lost, and not
+        consumed before the receiver's cut k."""
         return {
             key
-            for key, epoch in self.sent_epoch.items()
-            if epoch < k and self.consumed_epoch.get(key, k) >= k
+            for key, msg in self.messages.items()
+            if msg.epoch < k
+            and not msg.lost
+            and msg.receiver not in self.externals
+            and self.consumed_epoch.get(key, k) >= k
+        }
+
+    def expected_tokens(self, k: int) -> int:
+        """What cut k must hold: the tokens minted, less those lost or paid outside before the
+        senders' cuts, plus the refunds from outside consumed before the callers' cuts."""
+        lost = sum(msg.amount for msg in self.lost if msg.stamped and msg.epoch < k)
+        out = sum(amount for epoch, amount in self.outflow if epoch < k)
+        into = sum(amount for epoch, amount in self.inflow if epoch < k)
+        return self.cfg.initial * len(self.procs) - lost - out + into
+
+    def open_at_cut(self, call: CallTruth, k: int) -> bool:
+        """Whether the call is among its caller's open calls at the caller's cut k.
+
+        Sent before the cut and not ended before it, or failed before it less
+        than the grace earlier.
+        """
+        if call.sent_epoch >= k:
+            return False
+        if call.ended_epoch is None or call.ended_epoch >= k:
+            return True
+        if call.failed_at is None:
+            return False
+        cut_at = self.cut_at[call.caller].get(k)
+        return cut_at is not None and cut_at - call.failed_at < self.cfg.abandoned_grace
+
+    def expected_unsettled(self, k: int) -> set[CallRef]:
+        """Calls open at their caller's cut k that no participant can settle.
+
+        A call is settled by a record of its request, of its response, the
+        server still answering it, or an unstamped answer; none of these
+        exists when its request never arrived, or when its answer, sent before
+        the server's cut k (or unstamped), never arrived.
+        """
+        return {
+            (call.caller, call.call_id)
+            for call in self.calls.values()
+            if call.blocked
+            and self.open_at_cut(call, k)
+            and any(kind == REQUEST or epoch < k for kind, epoch in call.blocked)
         }
 
 

@@ -1,0 +1,126 @@
+"""``cutwatch.CollectorClient``: take snapshots and read cuts from a running collector."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from cutwatch.agent.exceptions import CutwatchError
+from cutwatch.collector._cut import Cut
+from cutwatch.proto import collector_pb2 as pb
+from cutwatch.proto import collector_pb2_grpc as pb_grpc
+
+__all__ = ["CollectorClient", "CollectorError", "CollectorUnavailableError", "CutInfo"]
+
+
+class CollectorError(CutwatchError):
+    """The collector refused or failed a request; the message says what to do."""
+
+
+class CollectorUnavailableError(CollectorError):
+    """The collector cannot be reached at the address given."""
+
+
+@dataclass(frozen=True)
+class CutInfo:
+    """A stored cut without its contents, as :meth:`CollectorClient.list_cuts` returns it."""
+
+    epoch: int
+    status: str
+    started: float
+    finished: float
+    processes: int
+    in_transit: int
+    missing: tuple[str, ...]
+    reasons: tuple[str, ...]
+
+
+class CollectorClient:
+    """A reader of the collector at ``address`` (``host:port``). Usable as a context manager."""
+
+    def __init__(self, address: str = "127.0.0.1:7070", *, timeout: float = 10.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(
+            address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        )
+        self._stub = pb_grpc.CollectorStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def snapshot(self, timeout: float = 10.0) -> Cut:
+        """Start a snapshot now and wait for its cut (COMPLETE, or INCOMPLETE after ``timeout``)."""
+        reply = self._call("Snapshot", pb.SnapshotRequest(timeout_seconds=timeout), timeout + 10.0)
+        cut = self._cut(reply)
+        if cut is None:
+            raise CollectorError(f"snapshot did not finish within {timeout} s (the collector is overloaded?)")
+        return cut
+
+    def latest(self, status: str | None = None) -> Cut | None:
+        """The newest stored cut (of that status: ``COMPLETE`` or ``INCOMPLETE``), None if there is none."""
+        return self._cut(self._call("GetCut", pb.CutQuery(status=status or ""), self.timeout))
+
+    def get(self, epoch: int) -> Cut | None:
+        """The stored cut of ``epoch``, None if there is none."""
+        if epoch < 1:
+            raise ValueError("epochs start at 1")
+        return self._cut(self._call("GetCut", pb.CutQuery(epoch=epoch), self.timeout))
+
+    def list_cuts(
+        self,
+        status: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+    ) -> list[CutInfo]:
+        """Stored cuts finished in ``[since, until)`` (unix seconds), newest first."""
+        query = pb.ListQuery(status=status or "", since=since or 0.0, until=until or 0.0, limit=limit)
+        reply = self._call("ListCuts", query, self.timeout)
+        return [
+            CutInfo(
+                epoch=int(item["epoch"]),
+                status=str(item["status"]),
+                started=float(item["started"]),
+                finished=float(item["finished"]),
+                processes=int(item["processes"]),
+                in_transit=int(item["in_transit"]),
+                missing=tuple(item["missing"]),
+                reasons=tuple(item["reasons"]),
+            )
+            for item in json.loads(reply.cuts_json)
+        ]
+
+    def status(self) -> dict[str, Any]:
+        """Registered agents, running snapshots and the collector's counters."""
+        reply = self._call("Status", pb.StatusRequest(), self.timeout)
+        doc: dict[str, Any] = json.loads(reply.status_json)
+        return doc
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> CollectorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # Internals ------------------------------------------------------------------------------------
+    @staticmethod
+    def _cut(reply: pb.CutReply) -> Cut | None:
+        return Cut.loads(reply.cut_json) if reply.found else None
+
+    def _call(self, method: str, request: Any, timeout: float) -> Any:
+        try:
+            return getattr(self._stub, method)(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            code: Any = getattr(exc, "code", lambda: None)()
+            details: Any = getattr(exc, "details", lambda: "")()
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise CollectorUnavailableError(
+                    f"cannot reach the cutwatch collector at {self.address} ({details or code.name}); "
+                    "is `cutwatch collector` running there?"
+                ) from None
+            name = code.name if isinstance(code, grpc.StatusCode) else "error"
+            raise CollectorError(f"the collector refused {method}: {name}: {details}") from None

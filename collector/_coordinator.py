@@ -1,0 +1,388 @@
+"""The snapshot coordinator: who is registered, which snapshots run, when each one ends.
+
+Pure of gRPC: the service feeds it registrations and agent messages and
+forwards what it queues for each agent. All state is guarded by one lock;
+storing a finished cut happens outside it, so a slow disk never stalls the
+agents' streams.
+
+Life of snapshot ``k``: :meth:`Coordinator.start_snapshot` picks ``k``
+above every epoch any agent has reported, fixes the participants (the
+agents registered at that moment) and orders each to take its local
+snapshot. Pieces arrive in any order; the cut is finished as soon as its
+assembler says COMPLETE or can never complete (a participant stopped
+recording, lost events or disconnected), or at its deadline, INCOMPLETE.
+A cut that contradicts itself (an inconsistent cut) is rejected: it is
+logged as a bug and stored as INCOMPLETE with the reason, never COMPLETE.
+Agents that register while ``k`` runs join at ``k`` without taking part;
+agents that leave make ``k`` INCOMPLETE at once, naming them, and are not
+in the next snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from cutwatch.agent._events import EventFormatError, event_from_message
+from cutwatch.agent._snapshot import RecordingStopped
+from cutwatch.agent.exceptions import CutwatchError
+from cutwatch.collector._assembly import AssembledCut, AssemblyError, CutAssembler
+from cutwatch.collector._storage import CutStore, StorageError, StoredCut, stored_from_assembled
+from cutwatch.proto import collector_pb2 as pb
+
+__all__ = ["AgentSession", "Coordinator", "CoordinatorStats", "NoAgentsError"]
+
+_LOG = logging.getLogger("cutwatch.collector")
+REASON_DISCONNECTED = "disconnected from the collector"
+REASON_EVENTS_LOST = "events lost on the way to the collector"
+REASON_REJECTED = "REJECTED (a cutwatch bug, please report it): "
+
+
+class NoAgentsError(CutwatchError):
+    """A snapshot was asked for while no agent is registered."""
+
+
+@dataclass(eq=False)
+class AgentSession:
+    """One agent's control stream, from registration until it ends."""
+
+    process: str
+    service: str
+    worker_pools: Mapping[str, int]
+    epoch: int
+    outbox: queue.Queue[pb.ControlMessage | None] = field(default_factory=queue.Queue)
+    connected_at: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.monotonic)
+    last_seq: int = 0
+    dropped: int = 0
+    invalid: int = 0
+    closed: bool = False
+
+    def send(self, message: pb.ControlMessage) -> None:
+        if not self.closed:
+            self.outbox.put(message)
+
+    def close(self) -> None:
+        self.closed = True
+        self.outbox.put(None)
+
+
+@dataclass
+class _Run:
+    epoch: int
+    assembler: CutAssembler
+    started: float
+    deadline: float
+    services: dict[str, str]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: StoredCut | None = None
+
+
+@dataclass(frozen=True)
+class CoordinatorStats:
+    agents: int
+    snapshots_started: int
+    complete: int
+    incomplete: int
+    rejected: int
+    events: int
+    events_invalid: int
+    events_late: int
+    store_errors: int
+
+
+class Coordinator:
+    """Starts snapshots, assembles their pieces and stores the cuts in ``store``.
+
+    ``on_finished`` is called (outside the lock) with every stored cut.
+    """
+
+    def __init__(
+        self,
+        store: CutStore,
+        *,
+        snapshot_timeout: float = 10.0,
+        on_finished: Callable[[StoredCut], None] | None = None,
+        max_running: int = 8,
+    ) -> None:
+        self.store = store
+        self.snapshot_timeout = snapshot_timeout
+        self._on_finished = on_finished
+        self._max_running = max_running
+        self._lock = threading.Lock()
+        self._sessions: dict[str, AgentSession] = {}
+        self._runs: dict[int, _Run] = {}
+        self._finished: dict[int, StoredCut] = {}
+        self._last_epoch = max(0, store.next_epoch() - 1)
+        self._stats = {
+            "started": 0,
+            "complete": 0,
+            "incomplete": 0,
+            "rejected": 0,
+            "events": 0,
+            "invalid": 0,
+            "late": 0,
+            "store_errors": 0,
+        }
+
+    # Agents -------------------------------------------------------------------------------------
+    def register(self, registration: pb.Registration) -> AgentSession:
+        """A new control stream; a second stream of the same process replaces the first."""
+        process = registration.process_id
+        if not process or len(process) > 256:
+            raise ValueError("a registration needs a process id of at most 256 characters")
+        session = AgentSession(
+            process=process,
+            service=registration.service[:256],
+            worker_pools={str(k)[:256]: int(v) for k, v in list(registration.worker_pools.items())[:64]},
+            epoch=registration.epoch,
+        )
+        with self._lock:
+            old = self._sessions.get(process)
+            if old is not None:
+                self._leave(old)
+            self._sessions[process] = session
+            self._last_epoch = max(self._last_epoch, registration.epoch)
+            session.send(pb.ControlMessage(registered=pb.Registered(epoch=self._last_epoch)))
+        _LOG.info("agent %s (%s) registered", process, session.service)
+        return session
+
+    def unregister(self, session: AgentSession) -> None:
+        finished: list[_Run] = []
+        with self._lock:
+            if self._sessions.get(session.process) is not session:
+                return
+            del self._sessions[session.process]
+            finished = self._leave(session)
+        self._store_all(finished)
+        _LOG.info("agent %s left", session.process)
+
+    def _leave(self, session: AgentSession) -> list[_Run]:
+        """The session is gone: every snapshot it takes part in loses it; holds the lock."""
+        session.close()
+        ended: list[_Run] = []
+        for run in list(self._runs.values()):
+            if session.process in run.assembler.participants:
+                run.assembler.add_stopped(
+                    RecordingStopped(run.epoch, session.process, REASON_DISCONNECTED, 0)
+                )
+                ended += self._settle(run)
+        return ended
+
+    def on_message(self, session: AgentSession, message: pb.AgentMessage) -> None:
+        """One message from an agent's stream; malformed ones are counted and dropped."""
+        finished: list[_Run] = []
+        with self._lock:
+            session.last_seen = time.monotonic()
+            body = message.WhichOneof("body")
+            if body == "heartbeat":
+                if message.heartbeat.dropped > session.dropped:
+                    session.dropped = message.heartbeat.dropped
+                    finished += self._lost_events(session)
+            elif body is not None and body != "register":
+                self._stats["events"] += 1
+                if session.last_seq and message.seq > session.last_seq + 1:
+                    finished += self._lost_events(session)
+                session.last_seq = max(session.last_seq, message.seq)
+                try:
+                    event = event_from_message(message, session.process)
+                except EventFormatError as exc:
+                    self._stats["invalid"] += 1
+                    session.invalid += 1
+                    _LOG.warning("dropped an invalid message from %s: %s", session.process, exc)
+                    event = None
+                if event is not None:
+                    run = self._runs.get(event.epoch)
+                    if run is None:
+                        self._stats["late"] += 1
+                    else:
+                        try:
+                            run.assembler.add(event)
+                        except AssemblyError as exc:
+                            finished += self._reject(run, exc)
+                        else:
+                            finished += self._settle(run)
+        self._store_all(finished)
+
+    def _lost_events(self, session: AgentSession) -> list[_Run]:
+        ended: list[_Run] = []
+        for run in list(self._runs.values()):
+            if session.process in run.assembler.participants:
+                run.assembler.add_stopped(RecordingStopped(run.epoch, session.process, REASON_EVENTS_LOST, 0))
+                ended += self._settle(run)
+        return ended
+
+    # Snapshots ----------------------------------------------------------------------------------
+    def start_snapshot(self, timeout: float | None = None) -> int:
+        """Start a snapshot of every registered agent; returns its epoch."""
+        timeout = self.snapshot_timeout if timeout is None else timeout
+        evicted: list[_Run] = []
+        try:
+            with self._lock:
+                return self._start(timeout, evicted)
+        finally:
+            self._store_all(evicted)
+
+    def _start(self, timeout: float, evicted: list[_Run]) -> int:
+        """Holds the lock."""
+        sessions = [s for s in self._sessions.values() if not s.closed]
+        if not sessions:
+            raise NoAgentsError("no agent is registered with this collector")
+        if len(self._runs) >= self._max_running:
+            oldest = min(self._runs)
+            evicted += self._finish(self._runs[oldest], "too many snapshots running at once")
+        epoch = max(self._last_epoch, *(s.epoch for s in sessions)) + 1
+        self._last_epoch = epoch
+        participants = [s.process for s in sessions]
+        self._runs[epoch] = _Run(
+            epoch=epoch,
+            assembler=CutAssembler(epoch, participants),
+            started=time.time(),
+            deadline=time.monotonic() + timeout,
+            services={s.process: s.service for s in sessions},
+        )
+        self._stats["started"] += 1
+        for session in sessions:
+            session.send(pb.ControlMessage(take_snapshot=pb.TakeSnapshot(epoch=epoch)))
+        return epoch
+
+    def wait(self, epoch: int, timeout: float | None = None) -> StoredCut | None:
+        """The finished cut of ``epoch`` (None if it is not finished within ``timeout``)."""
+        with self._lock:
+            if epoch in self._finished:
+                return self._finished[epoch]
+            run = self._runs.get(epoch)
+        if run is None:
+            return self.store.get_cut(epoch)
+        run.done.wait(timeout)
+        return run.result
+
+    def expire(self, now: float | None = None) -> None:
+        """Finish every snapshot past its deadline (called periodically)."""
+        now = time.monotonic() if now is None else now
+        finished: list[_Run] = []
+        with self._lock:
+            for run in list(self._runs.values()):
+                if now >= run.deadline:
+                    finished += self._finish(run, "")
+        self._store_all(finished)
+
+    def running(self) -> tuple[int, ...]:
+        with self._lock:
+            return tuple(sorted(self._runs))
+
+    def sessions(self) -> list[AgentSession]:
+        with self._lock:
+            return list(self._sessions.values())
+
+    def stats(self) -> CoordinatorStats:
+        with self._lock:
+            s = self._stats
+            return CoordinatorStats(
+                agents=len(self._sessions),
+                snapshots_started=s["started"],
+                complete=s["complete"],
+                incomplete=s["incomplete"],
+                rejected=s["rejected"],
+                events=s["events"],
+                events_invalid=s["invalid"],
+                events_late=s["late"],
+                store_errors=s["store_errors"],
+            )
+
+    def close(self) -> None:
+        """End every session and give up on running snapshots (they are stored INCOMPLETE)."""
+        finished: list[_Run] = []
+        with self._lock:
+            for run in list(self._runs.values()):
+                finished += self._finish(run, "the collector stopped")
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+        for session in sessions:
+            session.close()
+        self._store_all(finished)
+
+    # Finishing ----------------------------------------------------------------------------------
+    def _settle(self, run: _Run) -> list[_Run]:
+        """Finish ``run`` if it is COMPLETE or can never be; holds the lock."""
+        try:
+            status = run.assembler.status()
+        except AssemblyError as exc:
+            return self._reject(run, exc)
+        if status == "PENDING":
+            return []
+        return self._finish(run, "")
+
+    def _reject(self, run: _Run, exc: AssemblyError) -> list[_Run]:
+        _LOG.error("cutwatch bug: snapshot %d rejected: %s", run.epoch, exc)
+        self._stats["rejected"] += 1
+        cut = AssembledCut(
+            epoch=run.epoch,
+            status="INCOMPLETE",
+            states={},
+            clocks={},
+            in_transit=(),
+            missing=run.assembler.participants,
+            unsettled=(),
+            reasons=(REASON_REJECTED + str(exc),),
+        )
+        return self._complete(run, cut)
+
+    def _finish(self, run: _Run, extra_reason: str) -> list[_Run]:
+        try:
+            cut = run.assembler.finish()
+        except AssemblyError as exc:
+            return self._reject(run, exc)
+        if extra_reason:
+            cut = AssembledCut(
+                epoch=cut.epoch,
+                status="INCOMPLETE",
+                states=cut.states,
+                clocks=cut.clocks,
+                in_transit=cut.in_transit,
+                missing=cut.missing,
+                unsettled=cut.unsettled,
+                reasons=(*cut.reasons, extra_reason),
+                duplicates=cut.duplicates,
+                locals=cut.locals,
+            )
+        return self._complete(run, cut)
+
+    def _complete(self, run: _Run, cut: AssembledCut) -> list[_Run]:
+        """Take ``run`` out of the running set with its result; holds the lock."""
+        self._runs.pop(run.epoch, None)
+        self._stats["complete" if cut.status == "COMPLETE" else "incomplete"] += 1
+        run.result = stored_from_assembled(
+            cut, run.started, max(run.started, time.time()), services=run.services
+        )
+        self._finished[run.epoch] = run.result
+        while len(self._finished) > 64:
+            del self._finished[min(self._finished)]
+        for session in self._sessions.values():
+            session.send(pb.ControlMessage(close_epoch=pb.CloseEpoch(epoch=run.epoch)))
+        return [run]
+
+    def _store_all(self, runs: list[_Run]) -> None:
+        """Write finished cuts (outside the lock), then wake whoever waits for them."""
+        for run in runs:
+            assert run.result is not None
+            try:
+                self.store.save_cut(run.result)
+            except (StorageError, ValueError) as exc:
+                with self._lock:
+                    self._stats["store_errors"] += 1
+                _LOG.error("cut %d could not be stored: %s", run.epoch, exc)
+            if run.result.status == "COMPLETE":
+                _LOG.info("snapshot %d COMPLETE", run.epoch)
+            else:
+                _LOG.warning("snapshot %d INCOMPLETE: %s", run.epoch, "; ".join(run.result.reasons))
+            run.done.set()
+            if self._on_finished is not None:
+                try:
+                    self._on_finished(run.result)
+                except Exception:
+                    _LOG.exception("a cut listener failed")

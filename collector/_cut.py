@@ -1,0 +1,198 @@
+"""The public view of a cut: what ``CollectorClient`` returns and ``--json`` prints.
+
+A :class:`Cut` is built from a stored cut and travels as one JSON document
+(the ``cut_json`` of the collector's replies); its layout is the stable,
+documented ``--json`` format of ``cutwatch snapshot`` (docs/collector.md).
+Fields are only ever added to it, never renamed or removed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cutwatch.collector._storage import CutSummary, StoredCut
+
+__all__ = ["Cut", "InTransitMessage", "cut_from_stored", "summary_to_json"]
+
+CUT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class InTransitMessage:
+    """A message sent before its sender's cut and consumed after its receiver's."""
+
+    sender: str
+    receiver: str
+    method: str
+    kind: str
+    """``request`` or ``response``."""
+    call_id: int
+    attempt: int
+    payload: Any
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sender": self.sender,
+            "receiver": self.receiver,
+            "method": self.method,
+            "kind": self.kind,
+            "call_id": self.call_id,
+            "attempt": self.attempt,
+            "payload": self.payload,
+        }
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A consistent cut of the whole system (when ``status`` is ``COMPLETE``).
+
+    ``states`` maps each process to ``{"service": ..., "state": {provider:
+    value}}``; ``in_transit`` lists the messages in the channels; ``clocks``
+    the vector clock of each process at its cut; ``tasks`` what each process
+    was doing (what each task waits for, which locks it holds). An
+    INCOMPLETE cut says why in ``reasons``, names the processes that did not
+    report in ``missing`` and the calls nobody accounted for in ``unsettled``.
+    """
+
+    epoch: int
+    status: str
+    started: float
+    finished: float
+    states: Mapping[str, Mapping[str, Any]]
+    in_transit: tuple[InTransitMessage, ...]
+    clocks: Mapping[str, Mapping[str, int]]
+    tasks: Mapping[str, tuple[Mapping[str, Any], ...]] = field(default_factory=dict)
+    reasons: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    unsettled: tuple[Mapping[str, Any], ...] = ()
+    duplicates: tuple[Mapping[str, Any], ...] = ()
+    counters: Mapping[str, Mapping[str, Mapping[str, int]]] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "COMPLETE"
+
+    @property
+    def processes(self) -> tuple[str, ...]:
+        return tuple(sorted(self.states))
+
+    def services(self) -> dict[str, list[str]]:
+        """Process ids by service name."""
+        out: dict[str, list[str]] = {}
+        for process, entry in sorted(self.states.items()):
+            out.setdefault(str(entry.get("service", "")), []).append(process)
+        return out
+
+    def state_of(self, process: str) -> Mapping[str, Any]:
+        """The ``{provider: value}`` state of one process."""
+        state = self.states[process].get("state", {})
+        return state if isinstance(state, Mapping) else {}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": CUT_FORMAT,
+            "epoch": self.epoch,
+            "status": self.status,
+            "started": self.started,
+            "finished": self.finished,
+            "reasons": list(self.reasons),
+            "missing": list(self.missing),
+            "unsettled": [dict(u) for u in self.unsettled],
+            "duplicates": [dict(d) for d in self.duplicates],
+            "states": {p: dict(v) for p, v in self.states.items()},
+            "clocks": {p: dict(v) for p, v in self.clocks.items()},
+            "tasks": {p: [dict(t) for t in v] for p, v in self.tasks.items()},
+            "counters": {p: {k: dict(c) for k, c in v.items()} for p, v in self.counters.items()},
+            "in_transit": [m.to_json() for m in self.in_transit],
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Cut:
+        """The cut in a JSON document of this format; raises ``ValueError`` on anything else."""
+        try:
+            return cls(
+                epoch=int(doc["epoch"]),
+                status=str(doc["status"]),
+                started=float(doc["started"]),
+                finished=float(doc["finished"]),
+                reasons=tuple(str(r) for r in doc.get("reasons", ())),
+                missing=tuple(str(m) for m in doc.get("missing", ())),
+                unsettled=tuple(dict(u) for u in doc.get("unsettled", ())),
+                duplicates=tuple(dict(d) for d in doc.get("duplicates", ())),
+                states={str(p): dict(v) for p, v in doc["states"].items()},
+                clocks={str(p): {str(q): int(n) for q, n in v.items()} for p, v in doc["clocks"].items()},
+                tasks={str(p): tuple(dict(t) for t in v) for p, v in doc.get("tasks", {}).items()},
+                counters={
+                    str(p): {str(k): {str(q): int(n) for q, n in c.items()} for k, c in v.items()}
+                    for p, v in doc.get("counters", {}).items()
+                },
+                in_transit=tuple(
+                    InTransitMessage(
+                        sender=str(m["sender"]),
+                        receiver=str(m["receiver"]),
+                        method=str(m.get("method", "")),
+                        kind=str(m["kind"]),
+                        call_id=int(m.get("call_id", 0)),
+                        attempt=int(m.get("attempt", 0)),
+                        payload=m.get("payload"),
+                    )
+                    for m in doc["in_transit"]
+                ),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a cutwatch cut document: {exc!r}") from None
+
+    @classmethod
+    def loads(cls, text: str) -> Cut:
+        return cls.from_json(json.loads(text))
+
+
+def cut_from_stored(stored: StoredCut) -> Cut:
+    return Cut(
+        epoch=stored.epoch,
+        status=stored.status,
+        started=stored.started,
+        finished=stored.finished,
+        reasons=stored.reasons,
+        missing=stored.missing,
+        unsettled=tuple(
+            {
+                "caller": u.caller,
+                "call_id": u.call_id,
+                "method": u.method,
+                "target": u.target,
+                "failed": u.failed,
+            }
+            for u in stored.unsettled
+        ),
+        duplicates=tuple(
+            {"caller": d.caller, "call_id": d.call_id, "where": list(d.where)} for d in stored.duplicates
+        ),
+        states={s.process: {"service": s.service, "state": s.state} for s in stored.states},
+        clocks={s.process: dict(s.clock) for s in stored.states},
+        tasks={s.process: tuple(s.tasks) if isinstance(s.tasks, list) else () for s in stored.states},
+        counters={s.process: {"sent": dict(s.sent), "consumed": dict(s.consumed)} for s in stored.states},
+        in_transit=tuple(
+            InTransitMessage(c.sender, c.receiver, c.method, c.kind, c.call_id, c.attempt, c.payload)
+            for c in stored.in_transit
+        ),
+    )
+
+
+def summary_to_json(summary: CutSummary) -> dict[str, Any]:
+    return {
+        "epoch": summary.epoch,
+        "status": summary.status,
+        "started": summary.started,
+        "finished": summary.finished,
+        "processes": summary.processes,
+        "in_transit": summary.in_transit,
+        "missing": list(summary.missing),
+        "reasons": list(summary.reasons),
+    }

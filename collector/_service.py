@@ -1,0 +1,256 @@
+"""The collector as a gRPC server: agents' control streams, on-demand snapshots and queries.
+
+Each agent's stream takes one server thread (which writes the collector's
+orders) and one reader thread (which feeds the agent's messages to the
+coordinator), so the pool is sized from ``max_agents``; streams past it
+are refused with RESOURCE_EXHAUSTED and the agents retry with backoff. A
+ticker thread ends snapshots at their deadline and starts the periodic ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from cutwatch.collector._coordinator import AgentSession, Coordinator, NoAgentsError
+from cutwatch.collector._cut import cut_from_stored, summary_to_json
+from cutwatch.collector._storage import MAX_LIST_LIMIT, CutStatus, CutStore, SqliteCutStore, StoredCut
+from cutwatch.proto import collector_pb2 as pb
+from cutwatch.proto import collector_pb2_grpc as pb_grpc
+
+__all__ = ["DEFAULT_LISTEN", "CollectorServer"]
+
+_LOG = logging.getLogger("cutwatch.collector")
+DEFAULT_LISTEN = "127.0.0.1:7070"
+_MAX_MESSAGE = 64 * 1024 * 1024
+_REGISTER_TIMEOUT = 10.0
+
+
+def _status(text: str) -> CutStatus | None:
+    if text == "COMPLETE":
+        return "COMPLETE"
+    if text == "INCOMPLETE":
+        return "INCOMPLETE"
+    if text:
+        raise ValueError(f"status must be COMPLETE or INCOMPLETE, not {text!r}")
+    return None
+
+
+def _reply(cut: StoredCut | None) -> pb.CutReply:
+    if cut is None:
+        return pb.CutReply(found=False)
+    return pb.CutReply(found=True, cut_json=cut_from_stored(cut).dumps())
+
+
+class _Servicer(pb_grpc.CollectorServicer):
+    def __init__(self, coordinator: Coordinator, default_timeout: float) -> None:
+        self._coordinator = coordinator
+        self._default_timeout = default_timeout
+
+    # Agents -------------------------------------------------------------------------------------
+    def Control(
+        self, request_iterator: Iterator[pb.AgentMessage], context: grpc.ServicerContext
+    ) -> Iterator[pb.ControlMessage]:
+        first = _first_message(request_iterator)
+        if first is None or first.WhichOneof("body") != "register":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a control stream starts with a registration")
+        try:
+            session = self._coordinator.register(first.register)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        context.add_callback(session.close)
+        reader = threading.Thread(
+            target=self._read,
+            args=(session, request_iterator),
+            name=f"cutwatch-read-{session.process}",
+            daemon=True,
+        )
+        reader.start()
+        try:
+            while context.is_active():
+                try:
+                    message = session.outbox.get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                if message is None:
+                    break
+                yield message
+        finally:
+            self._coordinator.unregister(session)
+
+    def _read(self, session: AgentSession, requests: Iterator[pb.AgentMessage]) -> None:
+        try:
+            for message in requests:
+                self._coordinator.on_message(session, message)
+        except grpc.RpcError:
+            pass  # the stream ended: the agent went away or the server stops
+        except Exception:
+            _LOG.exception("reading the stream of %s failed", session.process)
+        finally:
+            self._coordinator.unregister(session)
+
+    # Readers ------------------------------------------------------------------------------------
+    def Snapshot(self, request: pb.SnapshotRequest, context: grpc.ServicerContext) -> pb.CutReply:
+        timeout = request.timeout_seconds if request.timeout_seconds > 0 else self._default_timeout
+        timeout = min(timeout, 3600.0)
+        try:
+            epoch = self._coordinator.start_snapshot(timeout)
+        except NoAgentsError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        # The coordinator ends the snapshot at its deadline; wait a little past it.
+        return _reply(self._coordinator.wait(epoch, timeout + 5.0))
+
+    def GetCut(self, request: pb.CutQuery, context: grpc.ServicerContext) -> pb.CutReply:
+        try:
+            status = _status(request.status)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        store = self._coordinator.store
+        if request.epoch:
+            cut = store.get_cut(request.epoch)
+            if cut is not None and status is not None and cut.status != status:
+                cut = None
+            return _reply(cut)
+        return _reply(store.latest(status))
+
+    def ListCuts(self, request: pb.ListQuery, context: grpc.ServicerContext) -> pb.CutList:
+        try:
+            status = _status(request.status)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        limit = min(request.limit or 100, MAX_LIST_LIMIT)
+        summaries = self._coordinator.store.list_cuts(
+            status, since=request.since or None, until=request.until or None, limit=limit
+        )
+        return pb.CutList(cuts_json=json.dumps([summary_to_json(s) for s in summaries]))
+
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
+        stats = self._coordinator.stats()
+        doc: dict[str, Any] = {
+            "agents": [
+                {
+                    "process": s.process,
+                    "service": s.service,
+                    "connected_at": s.connected_at,
+                    "epoch": s.epoch,
+                    "worker_pools": dict(s.worker_pools),
+                    "events_dropped": s.dropped,
+                    "events_invalid": s.invalid,
+                }
+                for s in sorted(self._coordinator.sessions(), key=lambda s: s.process)
+            ],
+            "running": list(self._coordinator.running()),
+            "stats": stats.__dict__,
+        }
+        return pb.StatusReply(status_json=json.dumps(doc, sort_keys=True))
+
+
+def _first_message(requests: Iterator[pb.AgentMessage]) -> pb.AgentMessage | None:
+    try:
+        return next(requests)
+    except (StopIteration, grpc.RpcError):
+        return None
+
+
+class CollectorServer:
+    """A collector: gRPC service, coordinator, store and the periodic snapshot ticker.
+
+    ``db`` is a SQLite file path (or a ready :class:`CutStore`); ``listen``
+    binds to loopback by default; ``every`` starts a snapshot that often
+    (seconds, None: only on demand).
+    """
+
+    def __init__(
+        self,
+        db: str | os.PathLike[str] | CutStore,
+        *,
+        listen: str = DEFAULT_LISTEN,
+        every: float | None = None,
+        snapshot_timeout: float = 10.0,
+        max_agents: int = 256,
+    ) -> None:
+        if every is not None and every <= 0:
+            raise ValueError("every must be positive")
+        if snapshot_timeout <= 0 or max_agents < 1:
+            raise ValueError("snapshot_timeout must be positive and max_agents at least 1")
+        self.store: CutStore = db if not isinstance(db, (str, os.PathLike)) else SqliteCutStore(db)
+        self.every = every
+        self.coordinator = Coordinator(self.store, snapshot_timeout=snapshot_timeout)
+        self._listen = listen
+        self._max_agents = max_agents
+        self._server: grpc.Server | None = None
+        self._stopping = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="cutwatch-collector-ticker", daemon=True)
+        self.port = 0
+
+    @property
+    def address(self) -> str:
+        host = self._listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    def start(self) -> CollectorServer:
+        server = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=self._max_agents + 16, thread_name_prefix="cutwatch-collector"
+            ),
+            maximum_concurrent_rpcs=self._max_agents + 16,
+            options=[
+                ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                ("grpc.max_send_message_length", _MAX_MESSAGE),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        pb_grpc.add_CollectorServicer_to_server(  # type: ignore[no-untyped-call]
+            _Servicer(self.coordinator, self.coordinator.snapshot_timeout), server
+        )
+        try:
+            self.port = server.add_insecure_port(self._listen)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {self._listen}: {exc}") from None
+        server.start()
+        self._server = server
+        self._ticker.start()
+        _LOG.info("collector listening on %s", self.address)
+        return self
+
+    def _tick(self) -> None:
+        next_periodic = time.monotonic() + (self.every or 0)
+        while not self._stopping.wait(0.05):
+            try:
+                self.coordinator.expire()
+                if self.every is not None and time.monotonic() >= next_periodic:
+                    next_periodic = time.monotonic() + self.every
+                    with contextlib.suppress(NoAgentsError):
+                        self.coordinator.start_snapshot()
+            except Exception:
+                _LOG.exception("the collector's ticker failed; it keeps going")
+
+    def stop(self, grace: float = 1.0) -> None:
+        self._stopping.set()
+        self.coordinator.close()
+        if self._server is not None:
+            self._server.stop(grace).wait(grace + 5.0)
+        if self._ticker.is_alive():
+            self._ticker.join(5.0)
+        self.store.close()
+
+    def wait(self) -> None:
+        """Block until the server stops."""
+        if self._server is not None:
+            self._server.wait_for_termination()
+
+    def __enter__(self) -> CollectorServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
