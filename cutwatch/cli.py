@@ -1,9 +1,14 @@
 """The ``cutwatch`` command line.
 
-Only what works today is here: ``cutwatch version`` and ``cutwatch
-decode-stamp``, which turns a ``cutwatch-stamp-bin`` value copied from a log
-or a packet capture back into something a person can read. The collector
-commands of the specification come with the collector.
+``cutwatch collector`` runs a collector; ``cutwatch snapshot``, ``cuts`` and
+``status`` talk to one; ``cutwatch decode-stamp`` turns a
+``cutwatch-stamp-bin`` value copied from a log or a packet capture back into
+something a person can read.
+
+Exit codes (stable, see docs/collector.md): 0 success (for ``snapshot``: the
+cut is COMPLETE), 1 the answer is negative (an INCOMPLETE cut), 2 bad
+usage, 3 the collector cannot be reached, 4 the collector refused the
+request.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import click
 
 import cutwatch
 from cutwatch.agent import StampCodec, StampError
+from cutwatch.cli_collector import register_collector_commands
 from cutwatch.proto import stamp_pb2
 
 _HEX_DIGITS = frozenset(string.hexdigits)
@@ -139,5 +145,7 @@ def decode_stamp(stamp: str, encoding: str, as_json: bool) -> None:
     else:
         click.echo(format_stamp(info))
 
+
+register_collector_commands(main)
 
 __all__ = ["describe_stamp", "format_stamp", "main", "parse_stamp_text"]
