@@ -361,6 +361,19 @@ class Agent:
                     self._consume_current()
             finally:
                 self._snapshot_lock.release()
+            if depth == 0:
+                self._run_deferred()
+
+    def _in_atomic(self) -> bool:
+        """Whether this thread is inside an ``atomic()`` block of this agent."""
+        depth: int = getattr(self._atomic_depth, "value", 0)
+        return depth > 0
+
+    def _run_deferred(self) -> None:
+        """Finish the calls whose responses came while this thread's atomic() block ran."""
+        deferred: list[Callable[[], None]] = self._atomic_depth.__dict__.get("deferred", [])
+        while deferred:
+            deferred.pop(0)()
 
     def _consume_current(self) -> None:
         task = self._tasks.current()
@@ -471,13 +484,23 @@ class Agent:
         metadata: Iterable[Any] | None,
         failure: str | None = None,
         response: Callable[[], object] | None = None,
+        *,
+        deferrable: bool = False,
     ) -> None:
         """Receive event of a response (idempotent; metadata may be None).
 
         ``failure`` names the status of a call that did not succeed;
         ``response`` returns the response message, for the record of a
-        response that is in transit at a cut.
+        response that is in transit at a cut. ``deferrable`` marks a finish
+        that cutwatch starts on its own (a done-callback), not one the
+        application asked for by reading the result: inside an ``atomic()``
+        block it waits until the block ends, so that a call started with
+        ``.future()`` in the block never forces a snapshot in its middle.
         """
+        if deferrable and self._in_atomic():
+            deferred: list[Callable[[], None]] = self._atomic_depth.__dict__.setdefault("deferred", [])
+            deferred.append(lambda: self._end_outbound(outbound, metadata, failure, response))
+            return
         try:
             with outbound.finishing:
                 if outbound.finished:
@@ -622,7 +645,7 @@ class Agent:
         very thread (a response awaited in the block) the block is half done,
         so the snapshots are given up rather than taken mid-change.
         """
-        if getattr(self._atomic_depth, "value", 0):
+        if self._in_atomic():
             self._skip_snapshots(epoch, REASON_ATOMIC_WAIT)
             return
         if not self._snapshot_lock.acquire(timeout=self._atomic_timeout):

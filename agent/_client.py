@@ -65,7 +65,7 @@ def trailing_metadata_of(call: Any) -> Any:
         metadata = None
     if metadata is None:
         try:
-            error = call.exception(timeout=0)
+            error = call.exception(0)
         except Exception:
             error = None
         if error is not None and hasattr(error, "trailing_metadata"):
@@ -91,10 +91,19 @@ def call_failure(call: Any) -> str | None:
     return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
-def finish_call(agent: Agent, outbound: Outbound, call: Any, response: Callable[[], object] | None) -> None:
+def finish_call(
+    agent: Agent,
+    outbound: Outbound,
+    call: Any,
+    response: Callable[[], object] | None,
+    *,
+    deferrable: bool = False,
+) -> None:
     """The receive event of a finished sync call, from its trailers and status."""
     failure = call_failure(call)
-    agent._end_outbound(outbound, trailing_metadata_of(call), failure, None if failure else response)
+    agent._end_outbound(
+        outbound, trailing_metadata_of(call), failure, None if failure else response, deferrable=deferrable
+    )
 
 
 class _UnaryFuture(wrapt.ObjectProxy[Any]):
@@ -109,20 +118,22 @@ class _UnaryFuture(wrapt.ObjectProxy[Any]):
 
     def _self_on_done(self, _call: Any) -> None:
         if not self._self_outbound.finished:
-            self._self_finish()
+            self._self_finish(deferrable=True)
 
-    def _self_finish(self) -> None:
+    def _self_finish(self, *, deferrable: bool = False) -> None:
         # Always through the agent, never on ``finished`` alone: the
         # done-callback may be finishing the call in a gRPC thread right now.
         call = self.__wrapped__
-        finish_call(self._self_agent, self._self_outbound, call, lambda: call.result(timeout=0))
+        finish_call(
+            self._self_agent, self._self_outbound, call, lambda: call.result(0), deferrable=deferrable
+        )
 
     def _self_wait(self, timeout: float | None) -> None:
         self._self_outbound.call.blocking = True
         try:
             # The call's own failure reaches the caller from result() below.
             with contextlib.suppress(grpc.RpcError, grpc.FutureCancelledError):
-                self.__wrapped__.exception(timeout=timeout)
+                self.__wrapped__.exception(timeout)
         except grpc.FutureTimeoutError:
             self._self_outbound.call.blocking = False
             raise
@@ -130,15 +141,15 @@ class _UnaryFuture(wrapt.ObjectProxy[Any]):
 
     def result(self, timeout: float | None = None) -> Any:
         self._self_wait(timeout)
-        return self.__wrapped__.result(timeout=timeout)
+        return self.__wrapped__.result(timeout)
 
     def exception(self, timeout: float | None = None) -> Any:
         self._self_wait(timeout)
-        return self.__wrapped__.exception(timeout=timeout)
+        return self.__wrapped__.exception(timeout)
 
     def traceback(self, timeout: float | None = None) -> Any:
         self._self_wait(timeout)
-        return self.__wrapped__.traceback(timeout=timeout)
+        return self.__wrapped__.traceback(timeout)
 
 
 class _ResponseStream(wrapt.ObjectProxy[Any]):
@@ -153,12 +164,18 @@ class _ResponseStream(wrapt.ObjectProxy[Any]):
 
     def _self_on_done(self, _call: Any) -> None:
         if not self._self_outbound.finished:
-            self._self_finish()
+            self._self_finish(deferrable=True)
 
-    def _self_finish(self) -> None:
+    def _self_finish(self, *, deferrable: bool = False) -> None:
         # Always through the agent, never on ``finished`` alone: the
         # done-callback may be finishing the call in a gRPC thread right now.
-        finish_call(self._self_agent, self._self_outbound, self.__wrapped__, lambda: STREAM_RESPONSE)
+        finish_call(
+            self._self_agent,
+            self._self_outbound,
+            self.__wrapped__,
+            lambda: STREAM_RESPONSE,
+            deferrable=deferrable,
+        )
 
     def __iter__(self) -> Iterator[Any]:
         return self
@@ -205,9 +222,9 @@ class ClientInterceptor(
         if not hasattr(call, "add_done_callback"):  # an inner interceptor returned a plain value
             self._agent._end_outbound(outbound, None, NOT_VISIBLE)
             return call
-        if call.done():  # the blocking path: the call is over already
-            finish_call(self._agent, outbound, call, lambda: call.result(timeout=0))
-            return call
+        # Also when the call is over already (the blocking path, or a quick
+        # answer): gRPC's blocking path reads the result through the proxy,
+        # which is when the application sees it.
         return _UnaryFuture(call, self._agent, outbound)
 
     def _stream_response(self, continuation: Callable[[Any, Any], Any], details: Any, request: Any) -> Any:

@@ -15,10 +15,9 @@ needs no listening port of its own.
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import itertools
 import logging
-import queue
 import random
 import threading
 import time
@@ -37,7 +36,6 @@ __all__ = ["PROTOCOL_VERSION", "ControlClient", "ControlOptions", "ControlStats"
 
 _LOG = logging.getLogger("cutwatch.agent.control")
 PROTOCOL_VERSION = 1
-_STOP = object()
 
 
 @dataclass(frozen=True)
@@ -66,6 +64,43 @@ class ControlStats:
     orders_received: int
 
 
+class _EventQueue:
+    """A bounded FIFO that a stream's reader can hand an item back to when its stream is over.
+
+    gRPC consumes a request iterator from a thread of its own, which may be
+    waiting for the next event when its call dies; the event it then takes
+    belongs to the next stream, so it is put back at the front.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: collections.deque[tuple[int, SnapshotEvent]] = collections.deque()
+        self._ready = threading.Condition()
+
+    def put(self, item: tuple[int, SnapshotEvent]) -> bool:
+        with self._ready:
+            if len(self._items) >= self.size:
+                return False
+            self._items.append(item)
+            self._ready.notify()
+            return True
+
+    def get(self, timeout: float, over: Callable[[], bool]) -> tuple[int, SnapshotEvent] | None:
+        """The next item, or None after ``timeout`` or once ``over()`` is true."""
+        with self._ready:
+            if not self._ready.wait_for(lambda: self._items or over(), timeout) or over():
+                return None
+            return self._items.popleft()
+
+    def put_back(self, item: tuple[int, SnapshotEvent]) -> None:
+        with self._ready:
+            self._items.appendleft(item)
+
+    def wake(self) -> None:
+        with self._ready:
+            self._ready.notify_all()
+
+
 class ControlClient:
     """Keeps the agent registered with the collector at ``address``.
 
@@ -89,7 +124,7 @@ class ControlClient:
         self._on_order = on_order
         self._credentials = credentials
         self._metadata = tuple(metadata)
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.options.queue_size)
+        self._queue = _EventQueue(self.options.queue_size)
         self._seq = itertools.count(1)
         self._seq_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -110,10 +145,7 @@ class ControlClient:
         """Queue events for the collector; never blocks, drops (and counts) when full."""
         for event in events:
             with self._seq_lock:
-                seq = next(self._seq)
-                try:
-                    self._queue.put_nowait((seq, event))
-                except queue.Full:
+                if not self._queue.put((next(self._seq), event)):
                     self._dropped += 1
 
     def wait_connected(self, timeout: float) -> bool:
@@ -135,8 +167,7 @@ class ControlClient:
             call = self._call
         if call is not None:
             call.cancel()
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(_STOP)
+        self._queue.wake()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -170,38 +201,48 @@ class ControlClient:
             )
         else:
             channel = grpc.insecure_channel(self.address, options=self.options.channel_options)
+        over = threading.Event()
         with channel:
             stub = pb_grpc.CollectorStub(channel)  # type: ignore[no-untyped-call]
-            call = stub.Control(self._outgoing(), metadata=self._metadata or None)
+            call = stub.Control(self._outgoing(over), metadata=self._metadata or None)
             with self._call_lock:
                 self._call = call
             if self._stopping.is_set():
                 call.cancel()
                 return
-            for order in call:
-                if order.WhichOneof("body") == "registered":
-                    self._connects += 1
-                    self._connected.set()
-                self._orders += 1
-                try:
-                    self._on_order(order)
-                except Exception:
-                    _LOG.exception("cutwatch: failed to carry out a collector order")
+            try:
+                for order in call:
+                    if order.WhichOneof("body") == "registered":
+                        self._connects += 1
+                        self._connected.set()
+                    self._orders += 1
+                    try:
+                        self._on_order(order)
+                    except Exception:
+                        _LOG.exception("cutwatch: failed to carry out a collector order")
+            finally:
+                over.set()
+                self._queue.wake()
 
-    def _outgoing(self) -> Iterator[pb.AgentMessage]:
+    def _outgoing(self, over: threading.Event) -> Iterator[pb.AgentMessage]:
         """The request stream: registration, then events and heartbeats until the call ends."""
         yield pb.AgentMessage(register=self._registration())
         heartbeat = self.options.heartbeat_seconds
-        while not self._stopping.is_set():
-            try:
-                item = self._queue.get(timeout=heartbeat)
-            except queue.Empty:
+
+        def done() -> bool:
+            return over.is_set() or self._stopping.is_set()
+
+        while not done():
+            item = self._queue.get(heartbeat, done)
+            if done():
+                if item is not None:
+                    self._queue.put_back(item)  # the next stream sends it
+                return
+            if item is None:
                 yield pb.AgentMessage(
                     heartbeat=pb.Heartbeat(unix_nanos=time.time_ns(), dropped=self._dropped)
                 )
                 continue
-            if item is _STOP:
-                return
             seq, event = item
             try:
                 message = event_to_message(event, seq)

@@ -252,8 +252,10 @@ class _Call:
 class SnapshotParticipant:
     """The snapshot state machine of one process; not thread-safe, the caller locks.
 
-    ``max_records`` bounds the channel records per epoch and the calls listed
-    in one local snapshot (past it the epoch is reported truncated),
+    ``max_records`` bounds the channel records per epoch (past it the epoch
+    is reported truncated) and the calls listed in one local snapshot (past
+    it the epoch is reported stopped and no local snapshot is sent: lists
+    cut short must never let a cut complete),
     ``max_open_epochs`` the epochs recorded at once (the oldest is stopped),
     ``max_seen_keys`` the window in which duplicate deliveries are
     recognised, ``abandoned_grace`` how long a failed call stays open (in the
