@@ -14,9 +14,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cutwatch.agent._clock import VectorClock
-from cutwatch.agent._snapshot import ChannelRecord, LocalSnapshot, MsgKey, RecordingStopped
+from cutwatch.agent._snapshot import (
+    OUTCOME_FAILED,
+    Answering,
+    CallOutcome,
+    ChannelRecord,
+    LocalSnapshot,
+    MsgKey,
+    OpenCall,
+    RecordingStopped,
+)
 from cutwatch.collector import _storage
-from cutwatch.collector._assembly import CutAssembler, OwedChannel
+from cutwatch.collector._assembly import CutAssembler, DuplicateDelivery, UnsettledCall
 from cutwatch.collector._storage import (
     DuplicateEpochError,
     SqliteCutStore,
@@ -70,7 +79,7 @@ def table_names(path: Path) -> set[str]:
 
 
 def make_cut(epoch: int, *, finished: float = 1_700_000_010.5, status: str = "INCOMPLETE") -> StoredCut:
-    """A cut using every field: three states, two channel messages, an owed channel."""
+    """A cut using every field: two states, two channel messages, an unsettled call, a duplicate."""
     return StoredCut(
         epoch=epoch,
         status="COMPLETE" if status == "COMPLETE" else "INCOMPLETE",
@@ -78,7 +87,7 @@ def make_cut(epoch: int, *, finished: float = 1_700_000_010.5, status: str = "IN
         finished=finished,
         reasons=("no local snapshot from c", "recording truncated at b"),
         missing=("c",),
-        owed=(OwedChannel("a", "b", 3, 1),),
+        unsettled=(UnsettledCall("a", 2**64 - 1, "/bank.Bank/Credit", "b", "DEADLINE_EXCEEDED"),),
         states=(
             StoredLocalState(
                 process="a",
@@ -104,6 +113,7 @@ def make_cut(epoch: int, *, finished: float = 1_700_000_010.5, status: str = "IN
             StoredChannelState("a", "b", "/bank.Bank/Credit", "request", 2**64 - 1, 0, '{"amount": 5}'),
             StoredChannelState("a", "b", "/bank.Bank/Credit", "request", 12, 3, '"second"'),
         ),
+        duplicates=(DuplicateDelivery("a", 12, ("handler at b", "request in transit to b")),),
     )
 
 
@@ -134,35 +144,92 @@ def test_full_cut_and_metadata_survive_a_restart(tmp_path: Path, open_store: Ope
     assert row_counts(path) == {"cuts": 1, "local_states": 2, "channel_states": 2}
 
 
-def test_assembled_cut_is_stored_with_counters_services_and_truncation(
+def test_assembled_cut_is_stored_with_counters_services_calls_and_truncation(
     tmp_path: Path, open_store: OpenStore
 ) -> None:
-    clock_a, clock_b = VectorClock({"a": 3}), VectorClock({"a": 1, "b": 2})
+    a, b = "bank:a1", "ledger:b1"
+    clock_a, clock_b = VectorClock({a: 3}), VectorClock({a: 1, b: 2})
     snap_a = LocalSnapshot(
-        4, "a", clock_a, {"service": "bank", "state": {"x": 1}, "tasks": ["t"]}, requests_sent=2
+        4,
+        a,
+        clock_a,
+        {"x": 1},
+        ["t"],
+        open_calls=(OpenCall(1, "/m/Credit", b), OpenCall(2, "/m/Credit", b)),
+        requests_sent=2,
+        responses_consumed={b: 1},
     )
-    snap_b = LocalSnapshot(4, "b", clock_b, [1, 2], requests_consumed={"a": 1})
-    record = ChannelRecord(4, "a", "b", '{"z": 1, "a": [1, 2]}', MsgKey("a", 99, 1, "request"), "/m/Credit")
-    assembler = CutAssembler(4, ["a", "b"])
-    for event in (snap_a, snap_b, record, RecordingStopped(4, "b", "recording truncated", 3)):
+    snap_b = LocalSnapshot(
+        4, b, clock_b, [1, 2], answering=(Answering(a, 1),), requests_consumed={a: 1}, responses_sent={a: 1}
+    )
+    # Call 1's first attempt is being answered at b while its retry is in transit to b: a duplicate.
+    record = ChannelRecord(4, a, b, '{"z": 1, "a": [1, 2]}', MsgKey(a, 1, 2, "request"), "/m/Credit")
+    assembler = CutAssembler(4, [a, b])
+    for event in (
+        snap_a,
+        snap_b,
+        record,
+        CallOutcome(4, a, 2, OUTCOME_FAILED, "UNAVAILABLE"),
+        RecordingStopped(4, b, "recording truncated", 3),
+    ):
         assembler.add(event)
     assembled = assembler.finish()
-    stored = stored_from_assembled(assembled, 10.0, 12.5, snapshots=[snap_a, snap_b])
+    stored = stored_from_assembled(assembled, 10.0, 12.5, services={b: "ledger-eu"})
 
-    a, b = stored.states
-    assert (a.process, a.service, a.state, a.tasks, a.sent, a.consumed, a.truncated) == (
-        "a", "bank", {"x": 1}, ["t"], {"*": 2}, {}, False,
+    first, second = stored.states
+    assert (first.process, first.service, first.state, first.tasks, first.sent, first.consumed) == (
+        a, "bank", {"x": 1}, ["t"], {"*": 2}, {b: 1},
     )  # fmt: skip
-    assert (b.service, b.state, b.tasks, b.clock, b.consumed, b.truncated) == (
-        "", [1, 2], [], {"a": 1, "b": 2}, {"a": 1}, True,
+    assert first.truncated is False
+    assert (second.service, second.state, second.tasks, second.clock, second.sent, second.consumed) == (
+        "ledger-eu", [1, 2], [], {a: 1, b: 2}, {a: 1}, {a: 1},
     )  # fmt: skip
+    assert second.truncated is True
     (channel,) = stored.in_transit
-    assert channel == StoredChannelState("a", "b", "/m/Credit", "request", 99, 1, '{"a": [1, 2], "z": 1}')
-    assert (stored.status, stored.reasons) == ("INCOMPLETE", ("recording truncated at b",))
+    assert channel == StoredChannelState(a, b, "/m/Credit", "request", 1, 2, '{"a": [1, 2], "z": 1}')
+    assert stored.unsettled == (UnsettledCall(a, 2, "/m/Credit", b, "UNAVAILABLE"),)
+    assert stored.duplicates == (DuplicateDelivery(a, 1, (f"handler at {b}", f"request in transit to {b}")),)
+    assert stored.status == "INCOMPLETE"
+    assert stored.reasons == (
+        f"calls in flight at the cut not accounted for: /m/Credit #2 from {a} to {b} (failed: UNAVAILABLE)",
+        f"recording truncated at {b}",
+    )
 
     path = tmp_path / "cuts.db"
     open_store(path).save_cut(stored)
     assert open_store(path).get_cut(4) == stored
+
+    # A state that JSON cannot hold is refused before anything is written.
+    odd = CutAssembler(5, [a])
+    odd.add_local(LocalSnapshot(5, a, clock_a, {"odd": {1, 2}}))
+    with pytest.raises(TypeError):
+        stored_from_assembled(odd.finish(), 10.0, 12.5)
+
+
+@pytest.mark.parametrize(
+    ("column", "text"),
+    [
+        ("unsettled_json", '[["a", "1", "", "", ""]]'),
+        ("unsettled_json", '[["a", 1, "", ""]]'),
+        ("unsettled_json", '[["a", true, "", "", ""]]'),
+        ("unsettled_json", "{}"),
+        ("duplicates_json", '[["a", 1, "where"]]'),
+        ("duplicates_json", '[["a", 1, [2]]]'),
+        ("duplicates_json", "not json"),
+    ],
+)
+def test_corrupt_call_lists_are_reported_not_misread(
+    tmp_path: Path, open_store: OpenStore, column: str, text: str
+) -> None:
+    path = tmp_path / "cuts.db"
+    store = open_store(path)
+    store.save_cut(make_cut(1))
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute(f"UPDATE cuts SET {column} = ? WHERE epoch = 1", (text,))
+    conn.close()
+    with pytest.raises(StorageError, match="corrupt"):
+        store.get_cut(1)
 
 
 def test_wal_foreign_keys_and_schema_version(tmp_path: Path, open_store: OpenStore) -> None:
@@ -278,7 +345,9 @@ def test_an_exception_between_inserts_rolls_the_cut_back(
 def test_a_stored_epoch_is_never_overwritten(tmp_path: Path, open_store: OpenStore) -> None:
     path = tmp_path / "cuts.db"
     first = make_cut(5)
-    other = dataclasses.replace(make_cut(5, status="COMPLETE"), reasons=(), missing=(), owed=())
+    other = dataclasses.replace(
+        make_cut(5, status="COMPLETE"), reasons=(), missing=(), unsettled=(), duplicates=()
+    )
     store = open_store(path)
     store.save_cut(first)
     with pytest.raises(DuplicateEpochError, match="epoch 5"):
@@ -388,7 +457,8 @@ def test_hostile_strings_are_stored_exactly(tmp_path: Path, open_store: OpenStor
         finished=1.0,
         reasons=tuple(names),
         missing=tuple(names),
-        owed=tuple(OwedChannel(n, n, 2, 1) for n in names),
+        unsettled=tuple(UnsettledCall(n, 2**64 - 1, n, n, n) for n in names),
+        duplicates=tuple(DuplicateDelivery(n, 7, (n, n)) for n in names),
         states=tuple(
             StoredLocalState(
                 process=n,
@@ -471,10 +541,25 @@ def cuts_st(draw: st.DrawFn) -> StoredCut:
         finished=started + draw(st.floats(0, 1e6)),
         reasons=tuple(draw(st.lists(names_st, max_size=3))),
         missing=tuple(draw(st.lists(names_st, max_size=3))),
-        owed=tuple(
+        unsettled=tuple(
             draw(
                 st.lists(
-                    st.builds(OwedChannel, names_st, names_st, st.integers(0, 2**40), st.integers(0, 2**40)),
+                    st.builds(
+                        UnsettledCall, names_st, st.integers(0, 2**64 - 1), names_st, names_st, names_st
+                    ),
+                    max_size=3,
+                )
+            )
+        ),
+        duplicates=tuple(
+            draw(
+                st.lists(
+                    st.builds(
+                        DuplicateDelivery,
+                        names_st,
+                        st.integers(0, 2**64 - 1),
+                        st.lists(names_st, max_size=3).map(tuple),
+                    ),
                     max_size=3,
                 )
             )

@@ -64,7 +64,10 @@ class SimConfig:
     are lost instead; the caller notices 1..``notice_delay`` steps later, and
     its participant keeps the failed call open for ``abandoned_grace`` steps.
     ``uninstrumented`` processes serve without a participant; ``lazy`` applies
-    to instrumented processes only.
+    to instrumented processes only. ``report_deadline`` bounds how many steps
+    a report takes to reach the collector (unbounded when None): the grace
+    for failed calls is sound only when records arrive within about the grace
+    (see ``test_a_cut_that_forgets_a_failed_call_waits_for_no_record``).
 
     ``consumption_rule=False`` models the bug the rule prevents: a message
     counts as consumed at delivery while its credit is applied later.
@@ -89,6 +92,7 @@ class SimConfig:
     max_records: int = 10_000
     max_open_epochs: int = 8
     balanced: bool = False
+    report_deadline: int | None = None
 
 
 @dataclass(eq=False)
@@ -146,6 +150,7 @@ class Control:
 @dataclass(eq=False)
 class Report:
     event: SnapshotEvent
+    sent_at: int
 
 
 Item = AppMsg | Control | Report
@@ -181,6 +186,7 @@ class External:
 @dataclass
 class SimResult:
     config: SimConfig
+    participants: tuple[str, ...]
     total: int
     cuts: dict[int, AssembledCut]
     started: int
@@ -273,6 +279,7 @@ class Simulation:
                 self.cuts[epoch] = assembler.finish()
         return SimResult(
             config=self.cfg,
+            participants=tuple(self.by_pid),
             total=self.cfg.initial * len(self.procs),
             cuts=dict(sorted(self.cuts.items())),
             started=self.next_epoch - 1,
@@ -291,6 +298,7 @@ class Simulation:
     def _step(self, *, workload: bool) -> bool:
         """One scheduler step; False when nothing at all can happen (only when draining)."""
         self.now += 1
+        self._deliver_overdue_reports()
         self._notice_failures()
         starting = workload and self.next_epoch <= self.cfg.max_epochs
         if starting and self.rng.randrange(100) < self.cfg.snapshot_percent:
@@ -487,7 +495,21 @@ class Simulation:
             self.cut_at[proc.pid][epoch] = self.now
 
     def _flush(self, proc: Proc) -> None:
-        self.network.extend(Report(event) for event in proc.part.drain())
+        self.network.extend(Report(event, self.now) for event in proc.part.drain())
+
+    def _deliver_overdue_reports(self) -> None:
+        """With ``report_deadline``, every report reaches the collector that many steps after it was sent."""
+        deadline = self.cfg.report_deadline
+        if deadline is None:
+            return
+        overdue = [
+            item for item in self.network if isinstance(item, Report) and self.now - item.sent_at >= deadline
+        ]
+        if overdue:
+            ids = {id(report) for report in overdue}
+            self.network = [item for item in self.network if id(item) not in ids]
+            for report in overdue:
+                self._collect(report.event)
 
     def _collect(self, event: SnapshotEvent) -> None:
         if event.epoch in self.cuts:

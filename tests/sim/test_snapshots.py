@@ -1,38 +1,69 @@
-"""Snapshots under arbitrary reordering, delayed consumption, duplicates and stuck channels.
+"""Snapshots under reordering, delayed consumption, duplicates, lost messages and stuck channels.
 
 Hypothesis drives the simulation's scheduler (``st.randoms``), so every
-interleaving it finds is shrunk to a small one. The properties: a COMPLETE
-cut conserves tokens exactly, records exactly the messages in transit, and
-passes the vector-clock check; cuts finish COMPLETE once the network drains;
-what cannot complete says which process, sender or channel is missing.
-Requests may go through a load balancer (``balanced``): the caller counts
-them without knowing the server, which the network picks at delivery.
+interleaving it finds is shrunk to a small one. The properties, checked
+against the simulation's ground truth: a COMPLETE cut conserves tokens
+exactly (less the tokens lost or paid to uninstrumented servers before the
+senders' cuts), records exactly the messages in transit, and passes the
+vector-clock check; a cut that is not COMPLETE names exactly the calls that
+nobody can settle (their messages were lost or are stuck), or says why
+recording stopped; once the network drains, every snapshot that no lost or
+stuck message spans is COMPLETE. Requests may go through a load balancer
+(``balanced``): the network picks the server at delivery.
+
+The grace period for failed calls is a timing assumption; the simulation
+meets it with ``report_deadline`` (see :func:`configs` and
+:func:`test_a_cut_that_forgets_a_failed_call_waits_for_no_record`).
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
-from sim.harness import SimConfig, SimResult, conserved, record_truth, simulate, token_sum
+from sim.harness import (
+    FAILURE,
+    METHOD,
+    SimConfig,
+    SimResult,
+    conserved,
+    record_truth,
+    simulate,
+    token_sum,
+)
 
 from cutwatch.agent._clock import VectorClock
 from cutwatch.agent._snapshot import (
+    OUTCOME_FAILED,
+    OUTCOME_UNSTAMPED,
+    REASON_TOO_MANY_CALLS,
+    REASON_TOO_MANY_OPEN,
+    REASON_TRUNCATED,
+    Answering,
+    CallOutcome,
     Capture,
     ChannelRecord,
     LocalSnapshot,
     MsgKey,
+    OpenCall,
     RecordingStopped,
+    SnapshotEvent,
     SnapshotParticipant,
 )
 from cutwatch.collector._assembly import (
     AssembledCut,
+    AssemblyError,
     CutAssembler,
+    DuplicateDelivery,
     InconsistentCutError,
     ProtocolViolationError,
+    UnsettledCall,
 )
+
+STOPS = (REASON_TRUNCATED, REASON_TOO_MANY_OPEN, REASON_TOO_MANY_CALLS)
 
 
 def sim(examples: int) -> settings:
@@ -43,139 +74,78 @@ def sim(examples: int) -> settings:
 
 
 RANDOMS = st.randoms(use_true_random=False)
+Flag = bool | None
 
 
 @st.composite
-def configs(draw: st.DrawFn, /, **fixed: object) -> SimConfig:
+def configs(
+    draw: st.DrawFn,
+    /,
+    *,
+    duplicates: Flag = False,
+    stalled: Flag = False,
+    lazy: Flag = False,
+    lossy: Flag = False,
+    uninstrumented: Flag = False,
+    bounded: Flag = False,
+    **fixed: object,
+) -> SimConfig:
+    """A random world. Each feature is on (True), off (False) or drawn (None); ``fixed`` sets fields.
+
+    With losses, reports reach the collector within the grace period: the
+    grace is a timing assumption of the core, and a cut may otherwise
+    complete without a record it should have waited for.
+    """
+
+    def on(flag: Flag) -> bool:
+        return draw(st.booleans()) if flag is None else flag
+
+    n = draw(st.integers(2, 6))
+    grace = draw(st.integers(0, 40))
     values: dict[str, object] = {
-        "n": draw(st.integers(2, 6)),
+        "n": n,
         "steps": draw(st.integers(0, 160)),
         "max_epochs": draw(st.integers(1, 5)),
         "snapshot_percent": draw(st.integers(1, 12)),
         "initial": draw(st.integers(1, 50)),
         "balanced": draw(st.booleans()),
+        "abandoned_grace": grace,
+        "report_deadline": draw(st.none() | st.integers(1, 30)),
     }
+    if on(duplicates):
+        values["duplicate_percent"] = draw(st.integers(1, 40))
+    if on(stalled):
+        pairs = [(a, b) for a in range(n) for b in range(n) if a != b]
+        values["stalled"] = draw(st.frozensets(st.sampled_from(pairs), min_size=1, max_size=3))
+    if on(lazy):
+        values["lazy"] = draw(st.frozensets(st.integers(0, n - 1), min_size=1, max_size=2))
+    if on(uninstrumented):
+        values["uninstrumented"] = draw(st.frozensets(st.integers(0, n - 1), min_size=1, max_size=n - 1))
+    if on(lossy):
+        values["lose_percent"] = draw(st.integers(1, 40))
+        values["notice_delay"] = draw(st.integers(1, 30))
+        values["report_deadline"] = draw(st.integers(1, grace + 1))
+    if on(bounded):
+        values["max_records"] = draw(st.integers(0, 3))
+        values["max_open_epochs"] = draw(st.integers(1, 3))
     for name, value in fixed.items():
         values[name] = draw(value) if isinstance(value, st.SearchStrategy) else value
     return SimConfig(**values)  # type: ignore[arg-type]
 
 
-def assert_clocks_consistent(cut: AssembledCut) -> None:
-    for p, clock in cut.clocks.items():
-        for q, other in cut.clocks.items():
-            assert clock.get(q) <= other.get(q), (p, q)
+ANYTHING = configs(duplicates=None, stalled=None, lazy=None, lossy=None, uninstrumented=None, bounded=None)
 
 
-def assert_exact(result: SimResult, epoch: int) -> None:
-    """A COMPLETE cut: conservation, clocks, and in-transit equal to the ground truth."""
-    cut = result.cuts[epoch]
-    assert cut.status == "COMPLETE"
-    assert set(cut.states) == {f"p{i}" for i in range(result.config.n)}
-    assert conserved(cut, result.total)
-    assert_clocks_consistent(cut)
-    keys = [record_truth(record) for record in cut.in_transit]
-    assert len(keys) == len(set(keys))
-    assert set(keys) == result.expected_in_transit[epoch]
-
-
-# Properties --------------------------------------------------------------------------------
-@sim(800)
-@given(configs(), RANDOMS)
-def test_every_snapshot_completes_exactly_once_the_network_drains(cfg: SimConfig, rng: random.Random) -> None:
-    result = simulate(cfg, rng)
-    assert len(result.cuts) == result.started
-    for epoch in result.cuts:
-        assert_exact(result, epoch)
-
-
-@sim(300)
-@given(configs(duplicate_percent=st.integers(5, 50)), RANDOMS)
-def test_duplicate_deliveries_are_reported_and_never_counted(cfg: SimConfig, rng: random.Random) -> None:
-    result = simulate(cfg, rng)
-    assert result.duplicates_reported == result.duplicates_injected
-    for epoch in result.cuts:
-        assert_exact(result, epoch)
-
-
-@st.composite
-def stalled_configs(draw: st.DrawFn) -> SimConfig:
-    cfg = draw(configs())
-    pairs = [(a, b) for a in range(cfg.n) for b in range(cfg.n) if a != b]
-    stalled = draw(st.frozensets(st.sampled_from(pairs), min_size=1, max_size=3))
-    lazy = draw(st.frozensets(st.integers(0, cfg.n - 1), max_size=2))
-    return SimConfig(**{**cfg.__dict__, "stalled": stalled, "lazy": lazy})
-
-
-@sim(600)
-@given(stalled_configs(), RANDOMS)
-def test_stuck_channels_keep_cuts_incomplete_and_are_named(cfg: SimConfig, rng: random.Random) -> None:
-    result = simulate(cfg, rng)
-    for epoch, cut in result.cuts.items():
-        requests: dict[str, int] = {}
-        responses: dict[tuple[str, str], int] = {}
-        for msg in result.stuck:
-            if msg.epoch >= epoch:
-                continue
-            if msg.key.kind == "request":
-                requests[msg.sender] = requests.get(msg.sender, 0) + 1
-            else:
-                channel = (msg.sender, msg.receiver)
-                responses[channel] = responses.get(channel, 0) + 1
-        if not requests and not responses:
-            assert_exact(result, epoch)
-            continue
-        assert cut.status == "INCOMPLETE"
-        assert cut.missing == ()
-        assert {o.sender: o.owed - o.got for o in cut.owed_requests} == requests
-        assert {(o.sender, o.receiver): o.owed - o.got for o in cut.owed} == responses
-        for sender in requests:
-            assert any(f"requests from {sender} (" in reason for reason in cut.reasons)
-        for sender, receiver in responses:
-            assert any(f"{sender} -> {receiver} (" in reason for reason in cut.reasons)
-
-
-@sim(300)
-@given(configs(lazy=st.just(frozenset({0}))), RANDOMS)
-def test_a_handler_that_never_consumes_does_not_hold_cuts_up(cfg: SimConfig, rng: random.Random) -> None:
-    # p0 delivers but never consumes: its messages are in transit, forever, and every cut still completes.
-    result = simulate(cfg, rng)
-    for epoch in result.cuts:
-        assert_exact(result, epoch)
-
-
-@sim(600)
-@given(configs(max_records=st.integers(0, 3), max_open_epochs=st.integers(1, 3)), RANDOMS)
-def test_bounded_recording_never_reports_a_truncated_cut_complete(cfg: SimConfig, rng: random.Random) -> None:
-    result = simulate(cfg, rng)
-    for epoch, cut in result.cuts.items():
-        if cut.status == "COMPLETE":
-            assert_exact(result, epoch)
-        else:
-            assert any(r.startswith(("recording truncated", "too many open epochs")) for r in cut.reasons)
-            assert len(cut.in_transit) < len(result.expected_in_transit[epoch]) or cut.missing or cut.owed
-
-
-# Load balancing: the caller never knows the server ----------------------------------------
-@sim(400)
-@given(configs(balanced=True, duplicate_percent=st.integers(0, 30)), RANDOMS)
-def test_load_balanced_calls_complete_exactly_when_drained(cfg: SimConfig, rng: random.Random) -> None:
-    result = simulate(cfg, rng)
-    assert len(result.cuts) == result.started
-    for epoch in result.cuts:
-        assert_exact(result, epoch)
-
-
-def random_balanced_config(rng: random.Random) -> SimConfig:
-    """A load-balanced world, sometimes with duplicates, stuck channels, lazy handlers or small bounds."""
+def random_config(rng: random.Random) -> SimConfig:
+    """A world for seeded runs, with every feature drawn (the same ranges as :func:`configs`)."""
     n = rng.randint(2, 6)
     pairs = [(a, b) for a in range(n) for b in range(n) if a != b]
-    stalled = (
-        frozenset(rng.sample(pairs, rng.randint(1, min(3, len(pairs)))))
-        if rng.random() < 0.3
-        else frozenset()
-    )
-    lazy = frozenset(rng.sample(range(n), 1)) if rng.random() < 0.2 else frozenset()
-    bounded = rng.random() < 0.2
+    grace = rng.randint(0, 40)
+    lossy = rng.random() < 0.4
+    bounded = rng.random() < 0.15
+    stalled = rng.sample(pairs, rng.randint(1, min(3, len(pairs)))) if rng.random() < 0.2 else []
+    lazy = rng.sample(range(n), 1) if rng.random() < 0.2 else []
+    uninstrumented = rng.sample(range(n), rng.randint(1, n - 1)) if rng.random() < 0.3 else []
     return SimConfig(
         n=n,
         steps=rng.randint(0, 160),
@@ -183,47 +153,231 @@ def random_balanced_config(rng: random.Random) -> SimConfig:
         max_epochs=rng.randint(1, 5),
         snapshot_percent=rng.randint(1, 12),
         duplicate_percent=rng.choice([0, 0, rng.randint(1, 40)]),
-        stalled=stalled,
-        lazy=lazy,
+        lose_percent=rng.randint(1, 40) if lossy else 0,
+        notice_delay=rng.randint(1, 30),
+        abandoned_grace=grace,
+        report_deadline=rng.randint(1, grace + 1) if lossy else None,
+        stalled=frozenset(stalled),
+        lazy=frozenset(lazy),
+        uninstrumented=frozenset(uninstrumented),
         max_records=rng.randint(0, 3) if bounded else 10_000,
         max_open_epochs=rng.randint(1, 3) if bounded else 8,
-        balanced=True,
+        balanced=rng.random() < 0.5,
     )
 
 
-def test_thousands_of_load_balanced_runs_never_report_a_false_complete() -> None:
-    complete = spread = 0
-    for seed in range(2500):
+# The oracle ---------------------------------------------------------------------------------
+def assert_clocks_consistent(cut: AssembledCut) -> None:
+    for p, clock in cut.clocks.items():
+        for q, other in cut.clocks.items():
+            assert clock.get(q) <= other.get(q), (p, q)
+
+
+def stopped(cut: AssembledCut) -> bool:
+    return any(reason.startswith(STOPS) for reason in cut.reasons)
+
+
+def unbounded(cfg: SimConfig) -> bool:
+    return cfg.max_records == SimConfig.max_records and cfg.max_open_epochs == SimConfig.max_open_epochs
+
+
+def assert_exact(result: SimResult, epoch: int) -> None:
+    """A COMPLETE cut: every participant, conservation, clocks, and in-transit equal to the ground truth."""
+    cut = result.cuts[epoch]
+    assert cut.status == "COMPLETE"
+    assert set(cut.states) == set(result.participants)
+    assert token_sum(cut) == result.expected_tokens[epoch]
+    assert_clocks_consistent(cut)
+    keys = [record_truth(record) for record in cut.in_transit]
+    assert len(keys) == len(set(keys))
+    assert set(keys) == result.expected_in_transit[epoch]
+
+
+def assert_cuts(result: SimResult) -> None:
+    """Every cut of a run against the ground truth (see the module docstring)."""
+    assert sorted(result.cuts) == list(range(1, result.started + 1))
+    for epoch, cut in result.cuts.items():
+        assert cut.duplicates == ()  # repeats to one receiver are dropped there, never settle twice
+        if cut.status == "COMPLETE":
+            assert_exact(result, epoch)
+        if stopped(cut):
+            assert cut.status == "INCOMPLETE"
+            continue
+        # Recording ran to the end: the cut waited for exactly the calls that nobody can settle.
+        expected = result.expected_unsettled[epoch]
+        assert cut.missing == ()
+        assert {(call.caller, call.call_id) for call in cut.unsettled} == expected
+        assert cut.status == ("INCOMPLETE" if expected else "COMPLETE")
+        for call in cut.unsettled:
+            assert call.failed == (FAILURE if (call.caller, call.call_id) in result.failed_calls else "")
+            assert call.method == METHOD
+        if cut.unsettled:
+            assert cut.unsettled[0].describe() in cut.reasons[-1]
+    if not result.stuck and not result.lost and unbounded(result.config):
+        assert all(cut.status == "COMPLETE" for cut in result.cuts.values())
+
+
+# Properties ----------------------------------------------------------------------------------
+@sim(2000)
+@given(ANYTHING, RANDOMS)
+def test_complete_cuts_are_exact_and_the_others_name_what_nobody_can_settle(
+    cfg: SimConfig, rng: random.Random
+) -> None:
+    """The headline property, over worlds with every feature drawn."""
+    assert_cuts(simulate(cfg, rng))
+
+
+@sim(200)
+@given(configs(duplicates=None, lazy=None, uninstrumented=None), RANDOMS)
+def test_every_snapshot_completes_exactly_once_the_network_drains(cfg: SimConfig, rng: random.Random) -> None:
+    result = simulate(cfg, rng)
+    assert all(cut.status == "COMPLETE" for cut in result.cuts.values())
+    assert_cuts(result)
+
+
+@sim(200)
+@given(configs(duplicates=True), RANDOMS)
+def test_duplicate_deliveries_are_reported_and_never_counted(cfg: SimConfig, rng: random.Random) -> None:
+    result = simulate(cfg, rng)
+    assert result.duplicates_reported == result.duplicates_injected
+    assert_cuts(result)
+
+
+@sim(200)
+@given(configs(stalled=True, lazy=None), RANDOMS)
+def test_stuck_messages_keep_the_cuts_they_span_incomplete_and_are_named(
+    cfg: SimConfig, rng: random.Random
+) -> None:
+    result = simulate(cfg, rng)
+    assert_cuts(result)
+    for epoch, cut in result.cuts.items():
+        # Nobody notices a stuck call: it spans every cut after the stuck message's send (an answer
+        # is stamped no earlier than its request), and each such cut names it.
+        spanning = {(msg.caller, msg.key.call_id) for msg in result.stuck if msg.epoch < epoch}
+        assert cut.status == ("INCOMPLETE" if spanning else "COMPLETE")
+        assert {(call.caller, call.call_id) for call in cut.unsettled} == spanning
+        assert all(call.failed == "" for call in cut.unsettled)  # nobody saw these calls fail
+
+
+@sim(300)
+@given(configs(lossy=True, uninstrumented=None), RANDOMS)
+def test_lost_messages_are_gone_and_calls_that_failed_recently_are_named(
+    cfg: SimConfig, rng: random.Random
+) -> None:
+    result = simulate(cfg, rng)
+    assert_cuts(result)
+    for epoch, cut in result.cuts.items():
+        lost = sum(msg.amount for msg in result.lost if msg.stamped and msg.epoch < epoch)
+        if cut.status == "COMPLETE" and not cfg.uninstrumented:
+            assert token_sum(cut) == result.total - lost
+        assert all(call.failed == FAILURE for call in cut.unsettled)
+
+
+@sim(200)
+@given(configs(lazy=True, duplicates=None), RANDOMS)
+def test_a_handler_that_never_consumes_does_not_hold_cuts_up(cfg: SimConfig, rng: random.Random) -> None:
+    result = simulate(cfg, rng)
+    assert_cuts(result)
+    assert all(cut.status == "COMPLETE" for cut in result.cuts.values())
+
+
+@sim(200)
+@given(configs(uninstrumented=True, lazy=None, duplicates=None), RANDOMS)
+def test_calls_to_uninstrumented_servers_settle_by_their_unstamped_answers(
+    cfg: SimConfig, rng: random.Random
+) -> None:
+    result = simulate(cfg, rng)
+    assert_cuts(result)
+    assert all(cut.status == "COMPLETE" for cut in result.cuts.values())
+    for cut in result.cuts.values():
+        assert not set(cut.states) & {f"p{i}" for i in cfg.uninstrumented}
+        assert all({r.sender, r.receiver} <= set(result.participants) for r in cut.in_transit)
+
+
+@sim(250)
+@given(configs(bounded=True, duplicates=None, lazy=None, uninstrumented=None), RANDOMS)
+def test_bounded_recording_never_reports_a_truncated_cut_complete(cfg: SimConfig, rng: random.Random) -> None:
+    result = simulate(cfg, rng)
+    assert_cuts(result)
+    for cut in result.cuts.values():
+        assert cut.status == "COMPLETE" or stopped(cut)
+
+
+def settlements(cut: AssembledCut, failed: set[tuple[str, int]]) -> Counter[str]:
+    """How a COMPLETE cut settled each call open at its caller's cut (``failed``: calls that failed)."""
+    assert cut.locals is not None
+    requests = {(r.caller, r.msg_key.call_id) for r in cut.in_transit if r.kind == "request"}
+    responses = {(r.caller, r.msg_key.call_id) for r in cut.in_transit if r.kind == "response"}
+    answering = {(a.caller, a.call_id) for snap in cut.locals.values() for a in snap.answering}
+    ways: Counter[str] = Counter()
+    for caller, snap in cut.locals.items():
+        for call in snap.open_calls:
+            ref = (caller, call.call_id)
+            if ref in requests:
+                ways["request record"] += 1
+            elif ref in responses:
+                ways["response record"] += 1
+            elif ref in answering:
+                ways["answering"] += 1
+            else:
+                ways["unstamped answer"] += 1  # the only other way a COMPLETE cut settles a call
+            ways["failed, settled anyway"] += ref in failed
+    return ways
+
+
+def test_thousands_of_seeded_worlds_exercise_every_rule() -> None:
+    """The same oracle over seeded worlds, counting that every rule was exercised, not just passed."""
+    seen: Counter[str] = Counter()
+    for seed in range(2000):
         rng = random.Random(seed)
-        cfg = random_balanced_config(rng)
+        cfg = random_config(rng)
         result = simulate(cfg, rng)
-        spread += result.balanced_deliveries
+        assert_cuts(result)
+        seen["balanced deliveries"] += result.balanced_deliveries
+        seen["duplicates"] += result.duplicates_reported
+        seen["unstamped calls"] += result.unstamped_calls
         for epoch, cut in result.cuts.items():
             if cut.status == "COMPLETE":
-                complete += 1
-                assert_exact(result, epoch)
-        if not cfg.stalled and cfg.max_records == 10_000:
-            assert len(result.cuts) == result.started, seed
-            assert all(cut.status == "COMPLETE" for cut in result.cuts.values()), seed
-    # The runs exercised what they claim: many COMPLETE cuts, many requests to multi-server channels.
-    assert complete > 2000 and spread > 10_000, (complete, spread)
+                seen["complete"] += 1
+                seen.update(settlements(cut, result.failed_calls))
+                # A lost message sent before the cut, yet the cut completed: its call left the open set.
+                seen["complete after a loss"] += any(m.stamped and m.epoch < epoch for m in result.lost)
+            elif any(call.failed for call in cut.unsettled):
+                seen["incomplete, naming a failed call"] += 1
+            elif cut.unsettled:
+                seen["incomplete, naming a stuck call"] += 1
+    minimum = {
+        "complete": 1500,
+        "request record": 1000,
+        "response record": 500,
+        "answering": 500,
+        "unstamped answer": 100,
+        "failed, settled anyway": 20,
+        "complete after a loss": 50,
+        "incomplete, naming a failed call": 50,
+        "incomplete, naming a stuck call": 50,
+        "balanced deliveries": 5000,
+        "duplicates": 1000,
+        "unstamped calls": 1000,
+    }
+    assert all(seen[what] >= least for what, least in minimum.items()), seen
 
 
-# The consumption rule matters -------------------------------------------------------------
+# Broken protocols are caught --------------------------------------------------------------------
 def violates_conservation(result: SimResult) -> bool:
-    return any(c.status == "COMPLETE" and not conserved(c, result.total) for c in result.cuts.values())
+    return any(c.status == "COMPLETE" and not conserved(c, result) for c in result.cuts.values())
 
 
 def test_without_the_consumption_rule_fixed_seeds_lose_tokens() -> None:
     cfg = SimConfig(n=3, steps=120, snapshot_percent=10, consumption_rule=False)
-    violating = [seed for seed in range(20) if violates_conservation(simulate(cfg, random.Random(seed)))]
+    violating = [seed for seed in range(30) if violates_conservation(simulate(cfg, random.Random(seed)))]
     assert violating
     # The same seeds with the rule on are exact.
     fixed = SimConfig(n=3, steps=120, snapshot_percent=10)
     for seed in violating:
         result = simulate(fixed, random.Random(seed))
-        for epoch in result.cuts:
-            assert_exact(result, epoch)
+        assert_cuts(result)
+        assert all(cut.status == "COMPLETE" for cut in result.cuts.values())
 
 
 def test_without_the_consumption_rule_hypothesis_finds_a_complete_cut_that_loses_tokens() -> None:
@@ -235,31 +389,32 @@ def test_without_the_consumption_rule_hypothesis_finds_a_complete_cut_that_loses
         random=random.Random(0),
     )
     result = simulate(cfg, random.Random(seed))
-    bad = [c for c in result.cuts.values() if c.status == "COMPLETE" and not conserved(c, result.total)]
+    bad = [c for c in result.cuts.values() if c.status == "COMPLETE" and not conserved(c, result)]
     assert bad
     # The tokens are lost, not invented: credited after the cut, counted consumed before it.
     for cut in bad:
-        assert token_sum(cut) < result.total
+        assert token_sum(cut) < result.expected_tokens[cut.epoch]
         assert_clocks_consistent(cut)
 
 
 def test_ignoring_stamp_epochs_is_caught_by_the_collector() -> None:
-    # An agent that delivers post-cut messages before taking its cut: counts or clocks expose it.
-    from cutwatch.collector._assembly import AssemblyError
-
-    def fails(example: tuple[SimConfig, int]) -> bool:
+    # An agent that delivers post-cut messages before taking its cut: the clocks expose it.
+    def rejected(example: tuple[SimConfig, int]) -> bool:
         try:
             simulate(example[0], random.Random(example[1]))
-        except AssemblyError:
+        except InconsistentCutError:
             return True
         return False
 
-    find(
+    cfg, seed = find(
         st.tuples(configs(honour_stamp_epoch=False), st.integers(0, 2**32 - 1)),
-        fails,
+        rejected,
         settings=settings(max_examples=2000, database=None, deadline=None),
         random=random.Random(0),
     )
+    # The same world with the stamp honoured is accepted and exact.
+    result = simulate(SimConfig(**{**cfg.__dict__, "honour_stamp_epoch": True}), random.Random(seed))
+    assert_cuts(result)
 
 
 # Assembler and participant, by hand ----------------------------------------------------------
@@ -276,148 +431,212 @@ def local(
     process: str,
     clock: dict[str, int],
     *,
-    requests_sent: int = 0,
-    responses_sent: dict[str, int] | None = None,
-    requests_consumed: dict[str, int] | None = None,
-    responses_consumed: dict[str, int] | None = None,
+    open_calls: tuple[OpenCall, ...] = (),
+    answering: tuple[Answering, ...] = (),
 ) -> LocalSnapshot:
-    return LocalSnapshot(
-        epoch,
-        process,
-        VectorClock(clock),
-        0,
-        requests_sent=requests_sent,
-        responses_sent=responses_sent or {},
-        requests_consumed=requests_consumed or {},
-        responses_consumed=responses_consumed or {},
-    )
+    return LocalSnapshot(epoch, process, VectorClock(clock), 0, open_calls=open_calls, answering=answering)
+
+
+def call(call_id: int, target: str = "b", failed: str = "") -> OpenCall:
+    return OpenCall(call_id, METHOD, target, failed)
+
+
+def nothing() -> Capture:
+    return Capture({}, 0)
 
 
 def test_a_receive_without_its_send_is_an_inconsistent_cut() -> None:
     assembler = CutAssembler(1, ["a", "b"])
     # a's cut is before its send (a: 1); b's cut is after receiving it (knows a: 2).
     assembler.add_local(local(1, "a", {"a": 1}))
-    assembler.add_local(local(1, "b", {"a": 2, "b": 3}, requests_consumed={"a": 1}))
+    assembler.add_local(local(1, "b", {"a": 2, "b": 3}))
     with pytest.raises(InconsistentCutError, match="b knows a's event 2"):
         assembler.status()
     with pytest.raises(InconsistentCutError):
         assembler.finish()
 
 
-def test_the_vector_clock_check_alone_rejects_a_cut_whose_counts_balance() -> None:
+def test_the_vector_clock_check_alone_rejects_a_cut_whose_calls_all_settle() -> None:
     assembler = CutAssembler(1, ["a", "b"])
-    assembler.add_local(local(1, "a", {"a": 1}, requests_sent=1))
+    assembler.add_local(local(1, "a", {"a": 1}, open_calls=(call(1),)))
     assembler.add_local(local(1, "b", {"a": 4, "b": 2}))
     assembler.add_record(ChannelRecord(1, "a", "b", "1", key("a", 1)))
     with pytest.raises(InconsistentCutError):
         assembler.status()
 
 
-def test_more_records_than_owed_is_a_protocol_violation() -> None:
-    assembler = CutAssembler(1, ["a", "b", "c"])
-    assembler.add_local(local(1, "a", {"a": 1}, requests_sent=2))
-    assembler.add_local(local(1, "b", {"b": 1}, requests_consumed={"a": 1}))
-    assembler.add_record(ChannelRecord(1, "a", "b", "1", key("a", 1)))
-    # c has not reported, but two records of a's requests exceed the bound b alone sets.
-    assembler.add_record(ChannelRecord(1, "a", "c", "1", key("a", 2)))
-    with pytest.raises(ProtocolViolationError, match="2 records of requests from a, only 1"):
-        assembler.status()
-    with pytest.raises(ProtocolViolationError, match="recorded twice"):
-        assembler.add_record(ChannelRecord(1, "a", "c", "1", key("a", 1)))
-
-    responses = CutAssembler(1, ["a", "b"])
-    responses.add_local(local(1, "a", {"a": 1}, responses_sent={"b": 1}))
-    responses.add_local(local(1, "b", {"b": 1}, responses_consumed={"a": 1}))
-    responses.add_record(ChannelRecord(1, "a", "b", "1", reply("a", 7)))
-    with pytest.raises(ProtocolViolationError, match="1 response records on a -> b, only 0"):
-        responses.status()
+SETTLERS: dict[str, SnapshotEvent] = {
+    "request record": ChannelRecord(1, "a", "b", "5", key("a", 1), METHOD),
+    "response record": ChannelRecord(1, "b", "a", "2", reply("b", 1), METHOD),
+    "answering": local(1, "b", {"b": 1}, answering=(Answering("a", 1),)),
+    "unstamped answer": CallOutcome(1, "a", 1, OUTCOME_UNSTAMPED),
+}
 
 
-def test_consuming_more_requests_than_were_sent_is_a_protocol_violation() -> None:
-    assembler = CutAssembler(1, ["a", "b", "c"])
-    assembler.add_local(local(1, "a", {"a": 1}, requests_sent=1))
-    assembler.add_local(local(1, "b", {"b": 1}, requests_consumed={"a": 1}))
+@pytest.mark.parametrize("way", list(SETTLERS))
+def test_an_open_call_is_settled_by_each_of_the_four_ways(way: str) -> None:
+    assembler = CutAssembler(1, ["a", "b"])
+    assembler.add_local(local(1, "a", {"a": 2}, open_calls=(call(1),)))
+    settler = SETTLERS[way]
+    if not isinstance(settler, LocalSnapshot):
+        assembler.add_local(local(1, "b", {"b": 1}))
     assert assembler.status() == "PENDING"
-    assembler.add_local(local(1, "c", {"c": 1}, requests_consumed={"a": 1}))
-    with pytest.raises(ProtocolViolationError, match="consumed 2 requests from a before their cuts"):
-        assembler.status()
-
-
-def test_requests_from_one_sender_may_be_recorded_at_any_receiver() -> None:
-    assembler = CutAssembler(1, ["a", "b", "c"])
-    assembler.add_local(local(1, "a", {"a": 5}, requests_sent=4, responses_consumed={"b": 1}))
-    assembler.add_local(local(1, "b", {"b": 2}, requests_consumed={"a": 1}, responses_sent={"a": 1}))
-    assembler.add_local(local(1, "c", {"c": 1}))
-    assembler.add_record(ChannelRecord(1, "a", "b", "1", key("a", 2)))
-    assert assembler.status() == "PENDING"
-    assembler.add_record(ChannelRecord(1, "a", "c", "1", key("a", 3)))
-    assembler.add_record(ChannelRecord(1, "a", "c", "1", key("a", 4)))
+    waiting = assembler.finish()
+    assert (waiting.status, waiting.missing) == ("INCOMPLETE", ("b",) if way == "answering" else ())
+    assert waiting.unsettled == (UnsettledCall("a", 1, METHOD, "b"),)
+    assert f"{METHOD} #1 from a to b" in waiting.reasons[-1]
+    assembler.add(settler)
     assert assembler.status() == "COMPLETE"
     cut = assembler.finish()
-    assert (cut.status, cut.owed, cut.owed_requests) == ("COMPLETE", (), ())
-    assert [(r.receiver, r.kind, r.msg_key.call_id) for r in cut.in_transit] == [
-        ("b", "request", 2), ("c", "request", 3), ("c", "request", 4),
-    ]  # fmt: skip
+    assert (cut.status, cut.unsettled, cut.reasons, cut.duplicates) == ("COMPLETE", (), (), ())
+    assert cut.in_transit == ((settler,) if isinstance(settler, ChannelRecord) else ())
 
 
-def test_response_keys_are_per_receiver_request_keys_per_sender() -> None:
-    # Two callers' call 1 to s: the same response key, on two channels. Not a duplicate.
-    assembler = CutAssembler(1, ["a", "b", "s"])
-    assembler.add_local(local(1, "s", {"s": 3}, responses_sent={"a": 1, "b": 1}))
-    assembler.add_local(local(1, "a", {"a": 1}))
+def test_a_failed_call_keeps_the_cut_pending_and_is_named_unless_a_record_settles_it() -> None:
+    assembler = CutAssembler(1, ["a", "b"])
+    # Call 1 failed before a's cut (listed failed); call 2 after it (the outcome names the failure).
+    assembler.add_local(local(1, "a", {"a": 3}, open_calls=(call(1, failed=FAILURE), call(2))))
     assembler.add_local(local(1, "b", {"b": 1}))
-    assembler.add_record(ChannelRecord(1, "s", "a", "0", reply("s", 1)))
-    assembler.add_record(ChannelRecord(1, "s", "b", "0", reply("s", 1)))
-    assert assembler.status() == "COMPLETE"
-
-
-def test_finish_names_missing_processes_owed_senders_and_channels() -> None:
-    assembler = CutAssembler(2, ["a", "b", "c"])
-    assembler.add_local(local(2, "a", {"a": 3}, requests_sent=4, responses_sent={"b": 5}))
-    assembler.add_local(local(2, "b", {"b": 1}, requests_consumed={"a": 1}, responses_consumed={"a": 2}))
-    assembler.add_record(ChannelRecord(2, "a", "b", "7", reply("a", 4)))
-    assembler.add_record(ChannelRecord(2, "a", "b", "7", key("a", 3)))
-    assert assembler.status() == "PENDING"
+    assembler.add_outcome(CallOutcome(1, "a", 2, OUTCOME_FAILED, "UNAVAILABLE"))
+    assert assembler.status() == "PENDING"  # a failure settles nothing: the request may be queued somewhere
     cut = assembler.finish()
     assert cut.status == "INCOMPLETE"
-    assert cut.missing == ("c",)
-    assert [(o.sender, o.receiver, o.owed, o.got) for o in cut.owed] == [("a", "b", 3, 1)]
-    assert cut.owed_requests == ()  # c may have consumed some: the debt is not known yet
-    assert set(cut.states) == {"a", "b"}
-    assembler.add_local(local(2, "c", {"c": 1}, requests_consumed={"a": 1}))
-    cut = assembler.finish()
-    assert (cut.status, cut.missing) == ("INCOMPLETE", ())
-    assert [(o.sender, o.owed, o.got) for o in cut.owed_requests] == [("a", 2, 1)]
+    assert cut.unsettled == (
+        UnsettledCall("a", 1, METHOD, "b", FAILURE),
+        UnsettledCall("a", 2, METHOD, "b", "UNAVAILABLE"),
+    )
     assert cut.reasons == (
-        "requests still owe messages: requests from a (1/2)",
-        "channels still owe messages: a -> b (1/3)",
+        f"calls in flight at the cut not accounted for: {METHOD} #1 from a to b (failed: {FAILURE}), "
+        f"{METHOD} #2 from a to b (failed: UNAVAILABLE)",
+    )
+    # The requests did reach b after its cut: recorded there, the calls are settled after all.
+    assembler.add_record(ChannelRecord(1, "a", "b", "4", key("a", 1)))
+    assert assembler.status() == "PENDING"
+    assembler.add_record(ChannelRecord(1, "a", "b", "6", key("a", 2)))
+    assert assembler.status() == "COMPLETE"
+    assert [r.payload_json for r in assembler.finish().in_transit] == ["4", "6"]
+
+
+def test_failed_calls_leave_the_open_set_after_the_grace() -> None:
+    part = SnapshotParticipant("a", abandoned_grace=5.0)
+    assert part.on_call(1, METHOD, "b") == 0 and part.on_call(2, METHOD, "c") == 0
+    (first,) = part.take_snapshot(1, nothing(), now=0.0)
+    assert first.open_calls == (call(1), call(2, "c"))
+    part.on_call_ended(1, OUTCOME_FAILED, FAILURE, now=10.0)
+    # Epoch 1 is open and its cut spans the call: the collector learns how it ended.
+    assert CallOutcome(1, "a", 1, OUTCOME_FAILED, FAILURE) in part.drain()
+    (second,) = part.take_snapshot(2, nothing(), now=14.9)
+    assert second.open_calls == (call(2, "c"), call(1, failed=FAILURE))
+    (third,) = part.take_snapshot(3, nothing(), now=15.0)
+    assert third.open_calls == (call(2, "c"),)
+    assert part.calls_in_flight == 1 and part.stats().calls_failed == 1
+
+    # A failed call's late answer closes it early; without a grace a failed call is never kept.
+    part.on_call(3, METHOD, "b")
+    part.on_call_ended(3, OUTCOME_FAILED, now=20.0)
+    late = part.on_deliver("b", 3, "0", reply("b", 3), nothing, now=21.0)
+    part.on_consume(late)
+    assert all(c.call_id != 3 for c in part.take_snapshot(4, nothing(), now=21.0)[0].open_calls)
+    eager = SnapshotParticipant("e", abandoned_grace=0.0)
+    eager.on_call(1)
+    eager.on_call_ended(1, OUTCOME_FAILED, now=1.0)
+    assert eager.take_snapshot(1, nothing(), now=1.0)[0].open_calls == ()
+
+
+def test_an_unstamped_answer_is_reported_for_the_cuts_its_call_spans_only() -> None:
+    part = SnapshotParticipant("a")
+    part.on_call(1, METHOD, "x")
+    part.take_snapshot(1, nothing())
+    part.on_call(2, METHOD, "x")  # sent after the cut for 1
+    part.take_snapshot(2, nothing())
+    part.drain()
+    part.on_call_ended(1, OUTCOME_UNSTAMPED)
+    part.on_call_ended(2, OUTCOME_UNSTAMPED)
+    part.on_call_ended(2, OUTCOME_UNSTAMPED)  # ended already: nothing more
+    assert part.drain() == [
+        CallOutcome(1, "a", 1, OUTCOME_UNSTAMPED),
+        CallOutcome(2, "a", 1, OUTCOME_UNSTAMPED),
+        CallOutcome(2, "a", 2, OUTCOME_UNSTAMPED),
+    ]
+    assert part.take_snapshot(3, nothing())[0].open_calls == ()  # an unstamped call is never kept open
+
+
+def test_a_request_accounted_for_twice_is_reported_as_a_duplicate() -> None:
+    # A hedged request reached b and c (after their cuts), and a retried one was answered at c.
+    assembler = CutAssembler(1, ["a", "b", "c"])
+    assembler.add_local(local(1, "a", {"a": 2}, open_calls=(call(1), call(2))))
+    assembler.add_local(local(1, "b", {"b": 1}))
+    assembler.add_local(local(1, "c", {"c": 1}, answering=(Answering("a", 2),)))
+    assembler.add_record(ChannelRecord(1, "a", "b", "5", key("a", 1)))
+    assembler.add_record(ChannelRecord(1, "a", "c", "5", key("a", 1)))
+    assembler.add_record(ChannelRecord(1, "a", "b", "7", MsgKey("a", 2, 2, "request")))
+    cut = assembler.finish()
+    assert cut.status == "COMPLETE"
+    assert cut.duplicates == (
+        DuplicateDelivery("a", 1, ("request in transit to b", "request in transit to c")),
+        DuplicateDelivery("a", 2, ("handler at c", "request in transit to b")),
+    )
+    # One message recorded twice by one receiver is a bug, not a duplicate delivery.
+    with pytest.raises(ProtocolViolationError, match="recorded twice at b"):
+        assembler.add_record(ChannelRecord(1, "a", "b", "5", key("a", 1)))
+
+
+def test_pieces_a_correct_participant_cannot_send_are_rejected() -> None:
+    assembler = CutAssembler(1, ["a", "b"])
+    assembler.add_local(local(1, "a", {"a": 1}))
+    with pytest.raises(ProtocolViolationError, match="two local snapshots from a"):
+        assembler.add_local(local(1, "a", {"a": 1}))
+    with pytest.raises(ProtocolViolationError, match="non-participant x"):
+        assembler.add_local(local(1, "x", {"x": 1}))
+    with pytest.raises(ProtocolViolationError, match="piece of epoch 2"):
+        assembler.add(ChannelRecord(2, "a", "b", "1", key("a", 1)))
+    with pytest.raises(ValueError, match="at least one participant"):
+        CutAssembler(1, [])
+    # A record on a channel to or from a process outside the snapshot settles nothing and is left out.
+    assembler.add_record(ChannelRecord(1, "x", "a", "1", reply("x", 9)))
+    assert assembler.foreign_records == 1
+    assembler.add_local(local(1, "b", {"b": 1}))
+    assert assembler.finish().in_transit == ()
+
+
+def test_finish_names_missing_processes_and_unsettled_calls() -> None:
+    assembler = CutAssembler(2, ["a", "b", "c"])
+    assembler.add_local(local(2, "a", {"a": 3}, open_calls=tuple(call(i) for i in range(1, 14))))
+    assembler.add_local(local(2, "b", {"b": 1}, answering=(Answering("a", 1),)))
+    assembler.add_stopped(RecordingStopped(2, "b", REASON_TRUNCATED, 4))
+    assert assembler.status() == "INCOMPLETE"
+    cut = assembler.finish()
+    assert (cut.status, cut.missing, set(cut.states)) == ("INCOMPLETE", ("c",), {"a", "b"})
+    assert [u.call_id for u in cut.unsettled] == list(range(2, 14))
+    shown = ", ".join(f"{METHOD} #{i} from a to b" for i in range(2, 12))
+    assert cut.reasons == (
+        "no local snapshot from c",
+        f"calls in flight at the cut not accounted for: {shown} and 2 more",
+        "recording truncated at b",
     )
 
 
-def test_participant_counts_requests_per_sender_and_responses_per_channel() -> None:
-    part = SnapshotParticipant("s")
-    with pytest.raises(ValueError, match="receiver"):
-        part.on_send("response")
+def test_participant_lists_open_calls_and_calls_it_is_answering() -> None:
+    s = SnapshotParticipant("s")
+    assert s.on_call(7, METHOD, "x") == 0
+    from_a = s.on_deliver("a", 0, "1", key("a", 1), nothing)
+    from_b = s.on_deliver("b", 0, "1", key("b", 1), nothing)
+    answer = s.on_deliver("x", 0, "1", reply("x", 7), nothing)
+    s.on_consume(from_a)  # consumed, not answered yet
+    assert s.on_reply(from_b) == 0  # answered at once (consumed on the way)
+    s.on_consume(answer)  # call 7 is over
     with pytest.raises(ValueError, match="kind"):
-        part.on_send("stream")
-    assert part.on_send("request") == 0 and part.on_send("request") == 0
-    part.on_send("response", "a")
-
-    def capture() -> Capture:
-        return Capture({}, 0)
-
-    for delivery in (
-        part.on_deliver("a", 0, "1", key("a", 1), capture),
-        part.on_deliver("a", 0, "1", reply("a", 1), capture),
-        part.on_deliver("b", 0, "1", key("b", 1), capture),
-        part.on_deliver("a", 0, "1", key("a", 2), capture),
-    ):
-        part.on_consume(delivery)
-    with pytest.raises(ValueError, match="kind"):
-        part.on_deliver("a", 0, "1", key("a", 3, "stream"), capture)
-    (snap,) = part.take_snapshot(1, Capture({}, 0))
-    assert snap.requests_sent == 2 and snap.responses_sent == {"a": 1}
-    assert snap.requests_consumed == {"a": 2, "b": 1} and snap.responses_consumed == {"a": 1}
+        s.on_deliver("a", 0, "1", key("a", 3, "stream"), nothing)
+    (snap,) = s.take_snapshot(1, nothing())
+    assert (snap.open_calls, snap.answering) == ((), (Answering("a", 1),))
+    assert snap.requests_sent == 1 and snap.responses_sent == {"b": 1}
+    assert snap.requests_consumed == {"a": 1, "b": 1} and snap.responses_consumed == {"x": 1}
+    # Answered after the cut: the response carries the new epoch, and the call leaves the answering list.
+    assert s.on_reply(from_a) == 1 and s.on_reply(from_a) == 1
+    s.on_call(8, METHOD, "x")
+    (later,) = s.take_snapshot(2, nothing())
+    assert (later.open_calls, later.answering) == ((call(8, "x"),), ())
+    assert later.responses_sent == {"b": 1, "a": 1}
 
 
 def test_participant_counts_duplicates_once_and_jumps_epochs_with_one_capture() -> None:
@@ -432,7 +651,7 @@ def test_participant_counts_duplicates_once_and_jumps_epochs_with_one_capture() 
     first = part.on_deliver("a", 0, "1", key("a", 1), capture)
     again = part.on_deliver("a", 0, "1", key("a", 1), capture)
     assert again.duplicate and not first.duplicate
-    later = part.on_deliver("a", 3, "2", key("a", 2), capture)
+    later = part.on_deliver("a", 3, lambda: "2", key("a", 2), capture)
     assert captures == 1 and part.epoch == 3
     events = part.drain()
     snaps = [e for e in events if isinstance(e, LocalSnapshot)]
@@ -441,26 +660,103 @@ def test_participant_counts_duplicates_once_and_jumps_epochs_with_one_capture() 
     # first was pending at the cut: in transit for 1, 2 and 3; later is post-cut for all of them.
     records = [e for e in events if isinstance(e, ChannelRecord)]
     assert sorted((r.epoch, r.msg_key.call_id) for r in records) == [(1, 1), (2, 1), (3, 1)]
+    assert not isinstance(later.payload, str)  # never recorded, so never rendered
+    assert later.payload_json == "2"
     for delivery in (first, again, first, later):
         part.on_consume(delivery)
-    assert part.requests_consumed == {"a": 2} and part.responses_consumed == {}
+    part.on_reply(again)  # a duplicate's handler answers: nothing is counted
+    assert part.requests_consumed == {"a": 2} and part.responses_sent == {}
     assert part.stats().duplicates == 1 and part.stats().recent_duplicates == [key("a", 1)]
+    (snap,) = part.take_snapshot(4, capture())
+    assert snap.answering == (Answering("a", 1), Answering("a", 2))
 
 
 def test_participant_bounds_records_and_open_epochs() -> None:
     part = SnapshotParticipant("b", max_records=1, max_open_epochs=2)
-    part.take_snapshot(1, Capture({}, 0))
-    for call in (1, 2, 3):
-        part.on_deliver("a", 0, "1", key("a", call), lambda: Capture({}, 0))
+    part.take_snapshot(1, nothing())
+    for call_id in (1, 2, 3):
+        part.on_deliver("a", 0, "1", key("a", call_id), nothing)
     events = part.drain()
     assert [type(e).__name__ for e in events] == ["LocalSnapshot", "ChannelRecord", "RecordingStopped"]
     assert part.stats().records_dropped == 2
     part.close_epoch(3)  # closed before it was reached: no snapshot, no recording
-    part.take_snapshot(4, Capture({}, 0))
+    part.take_snapshot(4, nothing())
     events = part.drain()
     assert [e.epoch for e in events if isinstance(e, LocalSnapshot)] == [2, 4]
-    assert RecordingStopped(1, "b", "too many open epochs", 2) in events
+    assert RecordingStopped(1, "b", REASON_TOO_MANY_OPEN, 2) in events
     assert list(part.open_epochs) == [2, 4]
     part.close_epoch(2)
     assert list(part.open_epochs) == [4]
-    assert part.take_snapshot(4, Capture({}, 0)) == []
+    assert part.take_snapshot(4, nothing()) == []
+
+
+def test_too_many_calls_at_the_cut_send_the_notice_without_a_snapshot() -> None:
+    # A local snapshot with its call lists cut short could complete the cut before the notice arrives.
+    part = SnapshotParticipant("a", max_records=1)
+    part.on_call(1, METHOD, "b")
+    part.on_call(2, METHOD, "b")
+    assert part.take_snapshot(1, nothing()) == []
+    (notice,) = part.drain()
+    assert notice == RecordingStopped(1, "a", REASON_TOO_MANY_CALLS, 1)
+    assembler = CutAssembler(1, ["a", "b"])
+    assembler.add_local(local(1, "b", {"b": 1}))
+    assert assembler.status() == "PENDING"
+    assembler.add(notice)
+    cut = assembler.finish()
+    assert (cut.status, cut.missing) == ("INCOMPLETE", ("a",))
+    assert cut.reasons == ("no local snapshot from a", f"{REASON_TOO_MANY_CALLS} at a")
+
+
+def test_a_process_that_joins_late_takes_no_part_in_earlier_epochs() -> None:
+    part = SnapshotParticipant("late")
+    part.join(3)
+    part.join(2)
+    assert part.epoch == 3 and part.take_snapshot(3, nothing()) == [] and part.drain() == []
+    assert part.on_call(1) == 3
+    delivery = part.on_deliver("a", 2, "1", key("a", 1), nothing)
+    assert part.drain() == []  # stamped before epoch 3, but this process records nothing for it
+    assert [s.epoch for s in part.take_snapshot(4, nothing())] == [4]
+    assert delivery in part.pending()
+    with pytest.raises(ValueError):
+        SnapshotParticipant("x", abandoned_grace=-1)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known: the grace is a timing assumption. A failed call leaves its caller's open calls "
+    "abandoned_grace after the failure; a cut its caller takes later waits for no record of it, and "
+    "a receiver's record that reaches the collector after that cut's pieces is missed.",
+)
+def test_a_cut_that_forgets_a_failed_call_waits_for_no_record() -> None:
+    a = SnapshotParticipant("a", abandoned_grace=2.0)
+    b = SnapshotParticipant("b", abandoned_grace=2.0)
+    assert a.on_call(1, METHOD, "b") == 0  # a debits 5 tokens and sends them
+    b.take_snapshot(1, Capture({"b": 1}, 10))
+    request = b.on_deliver("a", 0, "5", key("a", 1), nothing)  # after b's cut: in transit, recorded
+    b.on_consume(request)
+    assert b.on_reply(request) == 1  # the answer is lost on its way back
+    a.on_call_ended(1, OUTCOME_FAILED, FAILURE, now=10.0)
+    a.take_snapshot(1, Capture({"a": 2}, 0), now=12.0)  # a's control message came late
+    b_local, b_record = b.drain()
+    assert isinstance(b_record, ChannelRecord)
+    assembler = CutAssembler(1, ["a", "b"])
+    assembler.add(b_local)
+    for event in a.drain():
+        assembler.add(event)
+    # b's record is still on its way, so the cut must not be COMPLETE: the 5 tokens are in no state.
+    assert assembler.status() != "COMPLETE"
+
+
+def test_every_event_kind_dispatches() -> None:
+    assembler = CutAssembler(1, ["a"])
+    events: list[SnapshotEvent] = [
+        local(1, "a", {"a": 1}, open_calls=(call(1, "x"),)),
+        CallOutcome(1, "a", 1, OUTCOME_UNSTAMPED),
+    ]
+    for event in events:
+        assembler.add(event)
+    assert assembler.status() == "COMPLETE"
+    assembler.add(RecordingStopped(1, "a", REASON_TRUNCATED, 1))
+    assert assembler.status() == "INCOMPLETE"
+    with pytest.raises(AssemblyError):
+        assembler.add(CallOutcome(3, "a", 1, OUTCOME_UNSTAMPED))
