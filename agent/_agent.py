@@ -718,6 +718,10 @@ class Agent:
         body = order.WhichOneof("body")
         if body == "take_snapshot":
             self._ensure_snapshot(order.take_snapshot.epoch)
+        elif body == "flush":
+            with self._lock:
+                self._part.flush(order.flush.epoch)
+                self._emit()
         elif body == "close_epoch":
             with self._lock:
                 self._part.close_epoch(order.close_epoch.epoch)

@@ -20,6 +20,7 @@ from cutwatch.agent._snapshot import (
     Answering,
     CallOutcome,
     ChannelRecord,
+    Flushed,
     LocalSnapshot,
     MsgKey,
     OpenCall,
@@ -82,6 +83,8 @@ def event_to_message(event: SnapshotEvent, seq: int) -> pb.AgentMessage:
                 epoch=event.epoch, call_id=event.call_id, outcome=event.outcome, detail=event.detail
             ),
         )
+    if isinstance(event, Flushed):
+        return pb.AgentMessage(seq=seq, flushed=pb.Flushed(epoch=event.epoch))
     return pb.AgentMessage(
         seq=seq,
         recording_stopped=pb.RecordingStopped(epoch=event.epoch, reason=event.reason, dropped=event.dropped),
@@ -136,6 +139,8 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
         if out.outcome not in _OUTCOMES:
             raise EventFormatError(f"unknown call outcome {out.outcome!r}")
         return CallOutcome(out.epoch, process, out.call_id, out.outcome, out.detail)
+    if body == "flushed":
+        return Flushed(message.flushed.epoch, process)
     if body == "recording_stopped":
         stop = message.recording_stopped
         return RecordingStopped(stop.epoch, process, stop.reason or "recording stopped", stop.dropped)

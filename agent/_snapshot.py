@@ -43,9 +43,15 @@ connection) is *not* settled by the failure: its request may still be in a
 server's queue. It stays in the caller's open calls, marked failed, for
 ``abandoned_grace`` seconds after the failure, and a cut it spans is
 COMPLETE only if a receiver settles it; otherwise the cut is INCOMPLETE with
-the failure named. The per-peer message counters of the SPEC are kept and
-reported in every local snapshot, for reading; completion never depends on
-them.
+the failure named. A record of such a call may still be on its way when the
+caller's cut no longer lists the call, so a cut is complete only after every
+participant has *flushed*: once all local snapshots are in, the collector
+asks each participant for a :class:`Flushed` marker, which travels behind
+every event that participant emitted before it. Only a request delivered
+later than that (more than the grace after its caller gave up) escapes.
+
+The per-peer message counters of the SPEC are kept and reported in every
+local snapshot, for reading; completion never depends on them.
 
 Duplicates: a message is identified by ``MsgKey(sender, call_id, attempt,
 kind)``. When the transport delivers one stamped message more than once
@@ -76,6 +82,7 @@ __all__ = [
     "Capture",
     "ChannelRecord",
     "Delivery",
+    "Flushed",
     "LocalSnapshot",
     "MsgKey",
     "OpenCall",
@@ -199,7 +206,21 @@ class RecordingStopped:
     dropped: int
 
 
-SnapshotEvent = LocalSnapshot | ChannelRecord | CallOutcome | RecordingStopped
+@dataclass(frozen=True)
+class Flushed:
+    """``process`` has sent everything it emitted before the collector asked it to flush ``epoch``.
+
+    Agents send events to the collector in order, so every record emitted
+    before this marker has arrived when the marker does. The collector asks
+    for it once all local snapshots of ``epoch`` are in; see the module
+    docstring for why completion waits for it.
+    """
+
+    epoch: int
+    process: str
+
+
+SnapshotEvent = LocalSnapshot | ChannelRecord | CallOutcome | RecordingStopped | Flushed
 
 
 @dataclass(eq=False)
@@ -437,6 +458,10 @@ class SnapshotParticipant:
             for delivery in self._pending.values():
                 self._record(epoch, delivery)
         return taken
+
+    def flush(self, k: int) -> None:
+        """Emit the :class:`Flushed` marker for ``k`` behind everything emitted so far."""
+        self._outbox.append(Flushed(k, self.process))
 
     def close_epoch(self, k: int) -> None:
         """The collector is done with ``k`` (complete or given up): stop recording it, free it."""

@@ -1,7 +1,7 @@
 """Assembling one snapshot epoch from the pieces the agents send, and deciding if it is complete.
 
 Pure code. A cut is COMPLETE only when every participant reported its local
-snapshot, nobody stopped recording, every call open at a caller's cut is
+snapshot and then its flush marker, nobody stopped recording, every call open at a caller's cut is
 settled (see :mod:`cutwatch.agent._snapshot`: a request or response record,
 the server still answering it, or an answer without a stamp) and the vector
 clocks agree that the cut is consistent (``VC_p[q] <= VC_q[q]`` for all p,
@@ -21,6 +21,7 @@ from cutwatch.agent._snapshot import (
     OUTCOME_UNSTAMPED,
     CallOutcome,
     ChannelRecord,
+    Flushed,
     LocalSnapshot,
     MsgKey,
     RecordingStopped,
@@ -113,12 +114,21 @@ class CutAssembler:
             raise ValueError("a snapshot needs at least one participant")
         self._members = frozenset(self.participants)
         self._locals: dict[str, LocalSnapshot] = {}
+        # The first ``_clocks_checked`` local snapshots (in arrival order) are known to agree
+        # pairwise; each check adds only the newcomers, so a cut costs O(n^2) comparisons in all
+        # rather than O(n^2) for every piece that arrives.
+        self._clocks_checked = 0
         self._records: list[ChannelRecord] = []
         self._record_keys: set[tuple[str, MsgKey]] = set()
         # (caller, call id) -> how it was settled, for calls settled by records or outcomes.
         self._settled: dict[tuple[str, int], list[str]] = {}
+        # Open calls of the local snapshots in so far that nothing settled yet: status() asks only
+        # whether any is left, for every piece that arrives, so that must not rescan every call.
+        self._waiting: set[tuple[str, int]] = set()
         self._failures: dict[tuple[str, int], str] = {}
         self._stopped: list[RecordingStopped] = []
+        self._flushed: set[str] = set()
+        self._flush_asked = False
         self.foreign_records = 0
 
     # Input ---------------------------------------------------------------------------------
@@ -131,6 +141,9 @@ class CutAssembler:
         if snap.process in self._locals:
             raise ProtocolViolationError(f"epoch {self.epoch}: two local snapshots from {snap.process}")
         self._locals[snap.process] = snap
+        for call in snap.open_calls:
+            if (snap.process, call.call_id) not in self._settled:
+                self._waiting.add((snap.process, call.call_id))
         for caller, call_id in snap.answering:
             self._settle(caller, call_id, f"handler at {snap.process}")
 
@@ -160,9 +173,23 @@ class CutAssembler:
         self._check_epoch(notice.epoch)
         self._stopped.append(notice)
 
+    def add_flushed(self, marker: Flushed) -> None:
+        self._check_epoch(marker.epoch)
+        if marker.process in self._members:
+            self._flushed.add(marker.process)
+
+    def flush_due(self) -> bool:
+        """True once, when every local snapshot is in: time to ask the participants to flush."""
+        if self._flush_asked or len(self._locals) < len(self.participants):
+            return False
+        self._flush_asked = True
+        return True
+
     def add(self, event: SnapshotEvent) -> None:
         """Dispatch any event a participant emits."""
-        if isinstance(event, LocalSnapshot):
+        if isinstance(event, Flushed):
+            self.add_flushed(event)
+        elif isinstance(event, LocalSnapshot):
             self.add_local(event)
         elif isinstance(event, ChannelRecord):
             self.add_record(event)
@@ -185,7 +212,9 @@ class CutAssembler:
         self._check_clocks()
         if self._stopped:
             return "INCOMPLETE"
-        if len(self._locals) < len(self.participants) or self._unsettled():
+        if len(self._locals) < len(self.participants) or self._waiting:
+            return "PENDING"
+        if len(self._flushed) < len(self.participants):
             return "PENDING"
         return "COMPLETE"
 
@@ -197,6 +226,9 @@ class CutAssembler:
         reasons: list[str] = []
         if missing:
             reasons.append("no local snapshot from " + ", ".join(missing))
+        unflushed = [p for p in self.participants if p in self._locals and p not in self._flushed]
+        if unflushed and not missing:
+            reasons.append("no flush marker from " + ", ".join(unflushed))
         if unsettled:
             shown = ", ".join(call.describe() for call in unsettled[:10])
             more = f" and {len(unsettled) - 10} more" if len(unsettled) > 10 else ""
@@ -226,16 +258,27 @@ class CutAssembler:
 
     def _settle(self, caller: str, call_id: int, how: str) -> None:
         self._settled.setdefault((caller, call_id), []).append(how)
+        self._waiting.discard((caller, call_id))
 
     def _check_clocks(self) -> None:
-        locals_ = self._locals
-        for p, snap in locals_.items():
-            for q, other in locals_.items():
-                if p != q and snap.clock.get(q) > other.clock.get(q):
-                    raise InconsistentCutError(
-                        f"epoch {self.epoch}: {p} knows {q}'s event {snap.clock.get(q)} but {q}'s cut "
-                        f"is at {other.clock.get(q)}"
-                    )
+        """``VC_p[q] <= VC_q[q]`` for every pair; raises again on every call once it failed."""
+        if self._clocks_checked == len(self._locals):
+            return
+        arrived = list(self._locals.values())
+        for index in range(self._clocks_checked, len(arrived)):
+            new = arrived[index]
+            for old in arrived[:index]:
+                self._check_pair(new, old)
+                self._check_pair(old, new)
+            self._clocks_checked = index + 1
+
+    def _check_pair(self, snap: LocalSnapshot, other: LocalSnapshot) -> None:
+        q = other.process
+        if snap.clock.get(q) > other.clock.get(q):
+            raise InconsistentCutError(
+                f"epoch {self.epoch}: {snap.process} knows {q}'s event {snap.clock.get(q)} but {q}'s cut "
+                f"is at {other.clock.get(q)}"
+            )
 
     def _unsettled(self) -> list[UnsettledCall]:
         out: list[UnsettledCall] = []

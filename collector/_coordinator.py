@@ -13,9 +13,16 @@ assembler says COMPLETE or can never complete (a participant stopped
 recording, lost events or disconnected), or at its deadline, INCOMPLETE.
 A cut that contradicts itself (an inconsistent cut) is rejected: it is
 logged as a bug and stored as INCOMPLETE with the reason, never COMPLETE.
-Agents that register while ``k`` runs join at ``k`` without taking part;
-agents that leave make ``k`` INCOMPLETE at once, naming them, and are not
-in the next snapshot.
+Once every local snapshot of ``k`` is in, each participant is asked to
+flush: its marker comes behind every event it sent before, and ``k`` is not
+complete until all markers are in (see :mod:`cutwatch.agent._snapshot`).
+
+Agents that register while ``k`` runs join at ``k`` without taking part.
+One that a message stamped ``k`` reached before it learnt that takes its
+local snapshot anyway: its pieces are dropped and ``k`` is INCOMPLETE
+("took part without being registered"), since its state is part of the
+system but not of the cut. Agents that leave make ``k`` INCOMPLETE at once,
+naming them, and are not in the next snapshot.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from cutwatch.agent._events import EventFormatError, event_from_message
-from cutwatch.agent._snapshot import RecordingStopped
+from cutwatch.agent._snapshot import LocalSnapshot, RecordingStopped
 from cutwatch.agent.exceptions import CutwatchError
 from cutwatch.collector._assembly import AssembledCut, AssemblyError, CutAssembler
 from cutwatch.collector._storage import CutStore, StorageError, StoredCut, stored_from_assembled
@@ -40,6 +47,7 @@ _LOG = logging.getLogger("cutwatch.collector")
 REASON_DISCONNECTED = "disconnected from the collector"
 REASON_EVENTS_LOST = "events lost on the way to the collector"
 REASON_REJECTED = "REJECTED (a cutwatch bug, please report it): "
+REASON_UNREGISTERED = "took part without being registered when the snapshot started"
 
 
 class NoAgentsError(CutwatchError):
@@ -92,6 +100,8 @@ class CoordinatorStats:
     events: int
     events_invalid: int
     events_late: int
+    events_foreign: int
+    """Snapshot pieces from agents that were not participants of that snapshot (they joined later)."""
     store_errors: int
 
 
@@ -126,6 +136,7 @@ class Coordinator:
             "events": 0,
             "invalid": 0,
             "late": 0,
+            "foreign": 0,
             "store_errors": 0,
         }
 
@@ -199,12 +210,29 @@ class Coordinator:
                     run = self._runs.get(event.epoch)
                     if run is None:
                         self._stats["late"] += 1
+                    elif session.process not in run.services:
+                        # Registered after k started (or again, after a collector restart) and
+                        # forced into k by a message stamped k before it learnt to join at k: its
+                        # pieces are not part of k, whose participants were fixed at the start,
+                        # but its state is part of the system, so k cannot be complete.
+                        self._stats["foreign"] += 1
+                        if isinstance(event, LocalSnapshot):
+                            run.assembler.add_stopped(
+                                RecordingStopped(run.epoch, session.process, REASON_UNREGISTERED, 0)
+                            )
+                            finished += self._settle(run)
                     else:
                         try:
                             run.assembler.add(event)
                         except AssemblyError as exc:
                             finished += self._reject(run, exc)
                         else:
+                            if run.assembler.flush_due():
+                                flush = pb.ControlMessage(flush=pb.Flush(epoch=run.epoch))
+                                for process in run.services:
+                                    target = self._sessions.get(process)
+                                    if target is not None:
+                                        target.send(flush)
                             finished += self._settle(run)
         self._store_all(finished)
 
@@ -291,6 +319,7 @@ class Coordinator:
                 events=s["events"],
                 events_invalid=s["invalid"],
                 events_late=s["late"],
+                events_foreign=s["foreign"],
                 store_errors=s["store_errors"],
             )
 

@@ -149,3 +149,7 @@ def decode_stamp(stamp: str, encoding: str, as_json: bool) -> None:
 register_collector_commands(main)
 
 __all__ = ["describe_stamp", "format_stamp", "main", "parse_stamp_text"]
+
+
+if __name__ == "__main__":
+    main()

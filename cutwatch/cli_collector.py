@@ -96,15 +96,13 @@ def format_cut(cut: Cut) -> str:
         width = max(len(p) for p in cut.states)
         for process, entry in sorted(cut.states.items()):
             tasks = len(cut.tasks.get(process, ()))
-            lines.append(
-                f"  {process:<{width}}  {entry.get('service', ''):<12} tasks {tasks:<3} {_short(entry.get('state'))}"
-            )
+            service = entry.get("service", "")
+            lines.append(f"  {process:<{width}}  {service:<12} tasks {tasks:<3} {_short(entry.get('state'))}")
     if cut.in_transit:
         lines.append("in transit")
         for m in cut.in_transit:
-            lines.append(
-                f"  {m.sender} -> {m.receiver}  {m.kind} {m.method or '?'} #{m.call_id}  {_short(m.payload, 50)}"
-            )
+            what = f"{m.kind} {m.method or '?'} #{m.call_id}"
+            lines.append(f"  {m.sender} -> {m.receiver}  {what}  {_short(m.payload, 50)}")
     if cut.duplicates:
         lines.append("duplicate deliveries (retries or hedging)")
         for d in cut.duplicates:

@@ -28,13 +28,14 @@ class Registration(_message.Message):
     def __init__(self, process_id: _Optional[str] = ..., service: _Optional[str] = ..., protocol_version: _Optional[int] = ..., worker_pools: _Optional[_Mapping[str, int]] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("register", "heartbeat", "local_snapshot", "channel_record", "call_outcome", "recording_stopped", "seq")
+    __slots__ = ("register", "heartbeat", "local_snapshot", "channel_record", "call_outcome", "recording_stopped", "flushed", "seq")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     LOCAL_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_RECORD_FIELD_NUMBER: _ClassVar[int]
     CALL_OUTCOME_FIELD_NUMBER: _ClassVar[int]
     RECORDING_STOPPED_FIELD_NUMBER: _ClassVar[int]
+    FLUSHED_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     register: Registration
     heartbeat: Heartbeat
@@ -42,18 +43,21 @@ class AgentMessage(_message.Message):
     channel_record: ChannelRecord
     call_outcome: CallOutcome
     recording_stopped: RecordingStopped
+    flushed: Flushed
     seq: int
-    def __init__(self, register: _Optional[_Union[Registration, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., local_snapshot: _Optional[_Union[LocalSnapshot, _Mapping]] = ..., channel_record: _Optional[_Union[ChannelRecord, _Mapping]] = ..., call_outcome: _Optional[_Union[CallOutcome, _Mapping]] = ..., recording_stopped: _Optional[_Union[RecordingStopped, _Mapping]] = ..., seq: _Optional[int] = ...) -> None: ...
+    def __init__(self, register: _Optional[_Union[Registration, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., local_snapshot: _Optional[_Union[LocalSnapshot, _Mapping]] = ..., channel_record: _Optional[_Union[ChannelRecord, _Mapping]] = ..., call_outcome: _Optional[_Union[CallOutcome, _Mapping]] = ..., recording_stopped: _Optional[_Union[RecordingStopped, _Mapping]] = ..., flushed: _Optional[_Union[Flushed, _Mapping]] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
-    __slots__ = ("registered", "take_snapshot", "close_epoch")
+    __slots__ = ("registered", "take_snapshot", "close_epoch", "flush")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     TAKE_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     CLOSE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    FLUSH_FIELD_NUMBER: _ClassVar[int]
     registered: Registered
     take_snapshot: TakeSnapshot
     close_epoch: CloseEpoch
-    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., take_snapshot: _Optional[_Union[TakeSnapshot, _Mapping]] = ..., close_epoch: _Optional[_Union[CloseEpoch, _Mapping]] = ...) -> None: ...
+    flush: Flush
+    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., take_snapshot: _Optional[_Union[TakeSnapshot, _Mapping]] = ..., close_epoch: _Optional[_Union[CloseEpoch, _Mapping]] = ..., flush: _Optional[_Union[Flush, _Mapping]] = ...) -> None: ...
 
 class Registered(_message.Message):
     __slots__ = ("epoch",)
@@ -76,6 +80,18 @@ class TakeSnapshot(_message.Message):
     def __init__(self, epoch: _Optional[int] = ...) -> None: ...
 
 class CloseEpoch(_message.Message):
+    __slots__ = ("epoch",)
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    def __init__(self, epoch: _Optional[int] = ...) -> None: ...
+
+class Flush(_message.Message):
+    __slots__ = ("epoch",)
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    def __init__(self, epoch: _Optional[int] = ...) -> None: ...
+
+class Flushed(_message.Message):
     __slots__ = ("epoch",)
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     epoch: int

@@ -19,6 +19,7 @@ from cutwatch.agent._snapshot import (
     Answering,
     CallOutcome,
     ChannelRecord,
+    Flushed,
     LocalSnapshot,
     MsgKey,
     OpenCall,
@@ -171,6 +172,8 @@ def test_assembled_cut_is_stored_with_counters_services_calls_and_truncation(
         record,
         CallOutcome(4, a, 2, OUTCOME_FAILED, "UNAVAILABLE"),
         RecordingStopped(4, b, "recording truncated", 3),
+        Flushed(4, a),
+        Flushed(4, b),
     ):
         assembler.add(event)
     assembled = assembler.finish()

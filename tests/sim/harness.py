@@ -3,9 +3,11 @@
 Every choice comes from one ``random.Random``: a seeded one for fixed runs,
 or hypothesis' ``st.randoms(use_true_random=False)`` so that hypothesis
 explores schedules and shrinks failures. The network is a multiset: any
-message (application, control or report to the collector) may be delivered
-next. Delivery and consumption are separate steps, like a handler that has
-not reached ``atomic()`` yet. The workload passes tokens over calls: a
+application or control message may be delivered next. Reports to the
+collector travel in order per process, as on an agent's one gRPC stream,
+but the streams of different processes interleave arbitrarily. Delivery
+and consumption are separate steps, like a handler that has not reached
+``atomic()`` yet. The workload passes tokens over calls: a
 transfer debits and sends a request in one atomic step; consuming the
 request credits the amount; the server later answers with a response that
 refunds part of its balance (debit and send in one step), credited when
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import deque
 from dataclasses import dataclass, field
 
 from cutwatch.agent._clock import VectorClock
@@ -38,6 +41,8 @@ from cutwatch.agent._snapshot import (
     Capture,
     ChannelRecord,
     Delivery,
+    Flushed,
+    LocalSnapshot,
     MsgKey,
     SnapshotEvent,
     SnapshotParticipant,
@@ -65,14 +70,15 @@ class SimConfig:
     its participant keeps the failed call open for ``abandoned_grace`` steps.
     ``uninstrumented`` processes serve without a participant; ``lazy`` applies
     to instrumented processes only. ``report_deadline`` bounds how many steps
-    a report takes to reach the collector (unbounded when None): the grace
-    for failed calls is sound only when records arrive within about the grace
-    (see ``test_a_cut_that_forgets_a_failed_call_waits_for_no_record``).
+    a report takes to reach the collector (unbounded when None); correctness
+    must not depend on it.
 
     ``consumption_rule=False`` models the bug the rule prevents: a message
     counts as consumed at delivery while its credit is applied later.
     ``honour_stamp_epoch=False`` models an agent that ignores the epoch in
     stamps (no snapshot before delivering a post-cut message).
+    ``flush_barrier=False`` models a collector that completes a cut without
+    waiting for the participants' flush markers.
     """
 
     n: int = 3
@@ -93,6 +99,7 @@ class SimConfig:
     max_open_epochs: int = 8
     balanced: bool = False
     report_deadline: int | None = None
+    flush_barrier: bool = True
 
 
 @dataclass(eq=False)
@@ -145,6 +152,7 @@ class Control:
     receiver: str
     epoch: int
     close: bool = False
+    flush: bool = False
 
 
 @dataclass(eq=False)
@@ -153,7 +161,7 @@ class Report:
     sent_at: int
 
 
-Item = AppMsg | Control | Report
+Item = AppMsg | Control
 
 
 @dataclass(eq=False)
@@ -247,6 +255,8 @@ class Simulation:
         self.by_pid = {proc.pid: proc for proc in self.procs}
         self.all_pids = [f"p{i}" for i in range(config.n)]
         self.network: list[Item] = []
+        # Each process's stream to the collector: in order, at a pace of its own.
+        self.reports: dict[str, deque[Report]] = {proc.pid: deque() for proc in self.procs}
         self.stuck: list[AppMsg] = []
         self.lost: list[AppMsg] = []
         self.assemblers: dict[int, CutAssembler] = {}
@@ -310,6 +320,9 @@ class Simulation:
         options: list[str] = []
         if self.network:
             options += ["deliver"] * 4
+        streams = [pid for pid, queue in self.reports.items() if queue]
+        if streams:
+            options += ["report"] * 2
         if consumers:
             options += ["consume"] * 2
         if responders:
@@ -325,6 +338,8 @@ class Simulation:
         action = self.rng.choice(options)
         if action == "deliver":
             self._deliver(self.network.pop(self.rng.randrange(len(self.network))))
+        elif action == "report":
+            self._collect(self.reports[self.rng.choice(streams)].popleft().event)
         elif action == "consume":
             proc = self.rng.choice(consumers)
             self._consume(proc, proc.waiting.pop(self.rng.randrange(len(proc.waiting))))
@@ -482,40 +497,39 @@ class Simulation:
             proc = self.by_pid[item.receiver]
             if item.close:
                 proc.part.close_epoch(item.epoch)
+            elif item.flush:
+                proc.part.flush(item.epoch)
             elif item.epoch > proc.part.epoch:
                 before = proc.part.epoch
                 proc.part.take_snapshot(item.epoch, proc.capture(), now=self.now)
                 self._note_cuts(proc, before)
             self._flush(proc)
-        else:
-            self._collect(item.event)
 
     def _note_cuts(self, proc: Proc, before: int) -> None:
         for epoch in range(before + 1, proc.part.epoch + 1):
             self.cut_at[proc.pid][epoch] = self.now
 
     def _flush(self, proc: Proc) -> None:
-        self.network.extend(Report(event, self.now) for event in proc.part.drain())
+        self.reports[proc.pid].extend(Report(event, self.now) for event in proc.part.drain())
 
     def _deliver_overdue_reports(self) -> None:
         """With ``report_deadline``, every report reaches the collector that many steps after it was sent."""
         deadline = self.cfg.report_deadline
         if deadline is None:
             return
-        overdue = [
-            item for item in self.network if isinstance(item, Report) and self.now - item.sent_at >= deadline
-        ]
-        if overdue:
-            ids = {id(report) for report in overdue}
-            self.network = [item for item in self.network if id(item) not in ids]
-            for report in overdue:
-                self._collect(report.event)
+        for queue in self.reports.values():
+            while queue and self.now - queue[0].sent_at >= deadline:
+                self._collect(queue.popleft().event)
 
     def _collect(self, event: SnapshotEvent) -> None:
         if event.epoch in self.cuts:
             return  # finished already: late pieces are ignored
         assembler = self.assemblers[event.epoch]
         assembler.add(event)
+        if not self.cfg.flush_barrier and isinstance(event, LocalSnapshot):
+            assembler.add(Flushed(event.epoch, event.process))
+        if assembler.flush_due():
+            self.network.extend(Control(pid, event.epoch, flush=True) for pid in assembler.participants)
         if assembler.status() != "PENDING":
             self.cuts[event.epoch] = assembler.finish()
             self.network.extend(Control(proc.pid, event.epoch, close=True) for proc in self.procs)

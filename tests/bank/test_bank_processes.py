@@ -1,0 +1,332 @@
+"""Snapshots of real processes: a collector and bank services, each its own OS process.
+
+The banks (``bank_service.py``) move money between each other all the time;
+the cuts the collector assembles must add up to the money they started
+with, whatever is killed and when. Every process is started by the
+``cluster`` fixture and killed at teardown, also when a test fails; every
+wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.struct_pb2 import Struct
+
+from cutwatch import CollectorClient, Cut
+
+BANK_SCRIPT = Path(__file__).resolve().parent / "bank_service.py"
+INITIAL = 1000
+START_TIMEOUT = 60.0
+"""Generous: four Python processes importing grpc at once on a loaded 2-core machine."""
+SNAPSHOT_TIMEOUT = 30.0
+ABANDONED_GRACE = 2.0
+"""The agent's default ``abandoned_grace``: how long a failed call keeps cuts that span it open."""
+_LISTENING = re.compile(r"listening on (\S+:\d+)")
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """``condition()``'s first truthy value; fails the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def collector_command() -> list[str]:
+    """The ``cutwatch`` console script of this interpreter's environment."""
+    script = Path(sys.executable).parent / "cutwatch"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from cutwatch.cli import main; main()"]
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, lines: int = 30) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return f"--- {self.name} (exit {self.popen.poll()}) ---\n" + "\n".join(text.splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to anybody."""
+        self.popen.kill()
+        self.popen.wait(10)
+
+
+@dataclass
+class Bank:
+    name: str
+    proc: Proc
+    address: str = ""
+    process_id: str = ""
+
+
+class Cluster:
+    """Starts collectors and banks as OS processes; ``close`` ends every one of them."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[Proc] = []
+        self.peers_file = tmp / "peers.json"
+        self._channels: dict[str, grpc.Channel] = {}
+
+    def _spawn(self, name: str, command: list[str]) -> Proc:
+        log = self.tmp / f"{name}.log"
+        with log.open("ab") as out:
+            popen = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.tmp,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def start_collector(self, db: Path, listen: str = "127.0.0.1:0", *extra: str) -> tuple[Proc, str]:
+        """A ``cutwatch collector`` process; returns it and the address it listens on."""
+        n = sum(1 for p in self.procs if p.name.startswith("collector"))
+        command = [*collector_command(), "collector", "--listen", listen, "--db", str(db), *extra]
+        proc = self._spawn(f"collector-{n}", command)
+
+        def listening() -> str | None:
+            assert proc.alive(), proc.tail()
+            match = _LISTENING.search(proc.log.read_text(errors="replace"))
+            return match.group(1) if match else None
+
+        address: str = wait_until(listening, START_TIMEOUT, "the collector to listen")
+        return proc, address
+
+    def start_banks(self, count: int, collector: str, **options: dict[str, str]) -> list[Bank]:
+        """``count`` banks peered with each other, transferring; ``options[name]`` adds flags to one."""
+        banks: list[Bank] = []
+        for i in range(1, count + 1):
+            name = f"b{i}"
+            flags = [f"--{key}={value}" for key, value in options.get(name, {}).items()]
+            command = [
+                sys.executable,
+                str(BANK_SCRIPT),
+                f"--name={name}",
+                f"--collector={collector}",
+                f"--ready-file={self.tmp / (name + '.ready')}",
+                f"--peers-file={self.peers_file}",
+                "--workers=4",
+                f"--initial={INITIAL}",
+                f"--seed={i}",
+                *flags,
+            ]
+            banks.append(Bank(name, self._spawn(name, command)))
+        for bank in banks:
+            ready = self.tmp / f"{bank.name}.ready"
+
+            def is_ready(bank: Bank = bank, ready: Path = ready) -> bool:
+                assert bank.proc.alive(), bank.proc.tail()
+                return ready.exists()
+
+            wait_until(is_ready, START_TIMEOUT, f"{bank.name} to serve and register")
+            bank.address = ready.read_text().split()[1]
+        partial = self.tmp / "peers.json.partial"
+        partial.write_text(json.dumps([bank.address for bank in banks]))
+        os.replace(partial, self.peers_file)
+        for bank in banks:
+            bank.process_id = str(self.stats(bank)["process"])
+        # Traffic flows everywhere before anything else happens.
+        for bank in banks:
+            wait_until(lambda bank=bank: self.stats(bank)["transfers_ok"] > 0, START_TIMEOUT, "transfers")
+        return banks
+
+    def stats(self, bank: Bank) -> dict[str, Any]:
+        """The bank's counters, from its Stats RPC (an uninstrumented call)."""
+        channel = self._channels.get(bank.address)
+        if channel is None:
+            channel = self._channels[bank.address] = grpc.insecure_channel(bank.address)
+        stub = channel.unary_unary(
+            "/bank.Bank/Stats",
+            request_serializer=Struct.SerializeToString,
+            response_deserializer=Struct.FromString,
+        )
+        reply = stub(Struct(), timeout=10.0)
+        return {key: (int(value) if isinstance(value, float) else value) for key, value in reply.items()}
+
+    def terminate(self, proc: Proc, timeout: float = 20.0) -> int | None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout``; returns the exit code."""
+        if proc.alive():
+            proc.popen.send_signal(signal.SIGTERM)
+            try:
+                return proc.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait(10)
+        return proc.popen.returncode
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        for proc in self.procs:
+            if proc.alive():
+                proc.popen.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            self.terminate(proc, timeout=10.0)
+        for proc in self.procs:
+            print(proc.tail(15))  # shown by pytest when the test failed
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def credits_in_transit(cut: Cut) -> list[int]:
+    """The amounts of the Credit requests in the channels of ``cut``."""
+    return [
+        int(m.payload["amount"])
+        for m in cut.in_transit
+        if m.kind == "request" and m.method.endswith("/Credit")
+    ]
+
+
+def money(cut: Cut) -> int:
+    """Balances plus the money in transit: the same in every complete cut."""
+    return sum(int(cut.state_of(p)["balance"]) for p in cut.states) + sum(credits_in_transit(cut))
+
+
+def assert_complete_and_conserving(cut: Cut, banks: list[Bank]) -> None:
+    assert cut.complete, (cut.epoch, cut.reasons, cut.missing)
+    assert set(cut.states) == {bank.process_id for bank in banks}
+    assert money(cut) == len(banks) * INITIAL, (cut.epoch, cut.dumps())
+
+
+def test_snapshots_under_traffic_are_complete_and_conserve_money(cluster: Cluster, tmp_path: Path) -> None:
+    _, address = cluster.start_collector(tmp_path / "cuts.db")
+    banks = cluster.start_banks(4, address)
+    with CollectorClient(address) as client:
+        cuts = []
+        for _ in range(20):
+            cuts.append(client.snapshot(timeout=SNAPSHOT_TIMEOUT))
+            time.sleep(random.uniform(0, 0.05))  # cut the traffic at varied moments
+        status = client.status()
+    for cut in cuts:
+        assert_complete_and_conserving(cut, banks)
+    assert [cut.epoch for cut in cuts] == sorted({cut.epoch for cut in cuts})
+    assert status["stats"]["rejected"] == 0
+    assert status["stats"]["complete"] == 20
+    # The cuts saw money on the wire, so channel state was really exercised.
+    in_transit = [len(credits_in_transit(cut)) for cut in cuts]
+    assert sum(1 for n in in_transit if n) >= 5, in_transit
+    stats = [cluster.stats(bank) for bank in banks]
+    assert all(s["transfers_failed"] == 0 for s in stats), stats
+    assert all(cluster.terminate(bank.proc) == 0 for bank in banks), "a bank did not exit cleanly on SIGTERM"
+
+
+def test_collector_killed_and_restarted_loses_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    db = tmp_path / "cuts.db"
+    # Periodic snapshots, and b2's state provider makes each last half a second: the kill hits one
+    # in the middle, so the agents are inside an epoch that the restarted collector never stored.
+    collector, address = cluster.start_collector(db, "127.0.0.1:0", "--every", "1s")
+    banks = cluster.start_banks(4, address, b2={"slow-state-ms": "500"})
+    with CollectorClient(address) as client:
+        before = [client.snapshot(timeout=SNAPSHOT_TIMEOUT) for _ in range(3)]
+        for cut in before:
+            assert_complete_and_conserving(cut, banks)
+        stored = {info.epoch: client.get(info.epoch) for info in client.list_cuts(limit=1000)}
+        assert {cut.epoch for cut in before} <= set(stored)
+        running = wait_until(lambda: client.status()["running"], 30.0, "a periodic snapshot to start", 0.02)
+        collector.kill()
+    # The banks keep working without their collector.
+    ok = [cluster.stats(bank)["transfers_ok"] for bank in banks]
+    wait_until(
+        lambda: all(cluster.stats(b)["transfers_ok"] > n + 10 for b, n in zip(banks, ok, strict=True)),
+        30.0,
+        "transfers while the collector is down",
+    )
+
+    _, again = cluster.start_collector(db, address, "--every", "1s")
+    assert again == address
+    with CollectorClient(address) as client:
+        wait_until(lambda: len(client.status()["agents"]) == len(banks), 30.0, "the banks to register again")
+        after = [client.snapshot(timeout=SNAPSHOT_TIMEOUT) for _ in range(3)]
+        for epoch, cut in stored.items():
+            assert cut is not None
+            reread = client.get(epoch)
+            assert reread is not None and reread.to_json() == cut.to_json()
+        status = client.status()
+    for cut in after:
+        assert_complete_and_conserving(cut, banks)
+        assert cut.epoch > max(*stored, *running)
+    assert status["stats"]["rejected"] == 0
+    stats = [cluster.stats(bank) for bank in banks]
+    assert all(s["transfers_failed"] == 0 for s in stats), stats
+
+
+def test_bank_killed_during_a_snapshot(cluster: Cluster, tmp_path: Path) -> None:
+    _, address = cluster.start_collector(tmp_path / "cuts.db")
+    # b4's state provider takes 2 s, so a snapshot is still running when b4 is killed.
+    banks = cluster.start_banks(4, address, b4={"slow-state-ms": "2000"})
+    victim, survivors = banks[3], banks[:3]
+    result: dict[str, Cut] = {}
+
+    def take() -> None:
+        with CollectorClient(address) as client:
+            result["cut"] = client.snapshot(timeout=SNAPSHOT_TIMEOUT)
+
+    with CollectorClient(address) as client:
+        taker = threading.Thread(target=take, daemon=True)
+        taker.start()
+        wait_until(lambda: client.status()["running"], 30.0, "the snapshot to start")
+        time.sleep(0.5)  # the order has reached b4, which is inside its slow provider now
+        victim.proc.kill()
+        taker.join(SNAPSHOT_TIMEOUT + 15)
+        assert not taker.is_alive()
+        cut = result["cut"]
+        assert cut.status == "INCOMPLETE"
+        assert cut.finished - cut.started < SNAPSHOT_TIMEOUT
+        assert victim.process_id in cut.missing or any(victim.process_id in r for r in cut.reasons), (
+            cut.reasons
+        )
+
+        # The survivors drop the dead peer at their first failed Credit to it; once the failed
+        # calls are older than the grace, nothing of the dead bank holds a cut open.
+        for bank in survivors:
+            wait_until(
+                lambda bank=bank: cluster.stats(bank)["peers_alive"] == len(survivors) - 1,
+                30.0,
+                f"{bank.name} to drop the dead peer",
+            )
+        time.sleep(ABANDONED_GRACE + 1.0)
+        after = client.snapshot(timeout=SNAPSHOT_TIMEOUT)
+        status = client.status()
+    assert after.complete, (after.reasons, after.unsettled)
+    assert set(after.states) == {bank.process_id for bank in survivors}
+    assert all(victim.process_id not in (m.sender, m.receiver) for m in after.in_transit)
+    assert status["stats"]["rejected"] == 0

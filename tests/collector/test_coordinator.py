@@ -1,0 +1,145 @@
+"""The coordinator alone (no gRPC): who takes part in a snapshot and what it does with the others' pieces."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cutwatch.agent._clock import VectorClock
+from cutwatch.agent._events import event_to_message
+from cutwatch.agent._snapshot import REQUEST, ChannelRecord, Flushed, LocalSnapshot, MsgKey, SnapshotEvent
+from cutwatch.collector._coordinator import REASON_EVENTS_LOST, REASON_UNREGISTERED, AgentSession, Coordinator
+from cutwatch.collector._storage import SqliteCutStore
+from cutwatch.proto import collector_pb2 as pb
+
+
+@pytest.fixture
+def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
+    store = SqliteCutStore(tmp_path / "cuts.db")
+    coordinator = Coordinator(store, snapshot_timeout=30.0)
+    try:
+        yield coordinator
+    finally:
+        coordinator.close()
+        store.close()
+
+
+def register(coordinator: Coordinator, process: str, epoch: int = 0) -> AgentSession:
+    return coordinator.register(
+        pb.Registration(process_id=process, service="bank", protocol_version=1, epoch=epoch)
+    )
+
+
+def send(coordinator: Coordinator, session: AgentSession, event: SnapshotEvent, seq: int) -> None:
+    coordinator.on_message(session, event_to_message(event, seq))
+
+
+def orders(session: AgentSession) -> list[str]:
+    """The kinds of the messages queued for an agent, oldest first (consumed)."""
+    kinds: list[str] = []
+    while not session.outbox.empty():
+        message = session.outbox.get_nowait()
+        if message is not None:
+            kinds.append(str(message.WhichOneof("body")))
+    return kinds
+
+
+def local(epoch: int, process: str, clock: dict[str, int], **fields: object) -> LocalSnapshot:
+    return LocalSnapshot(epoch, process, VectorClock(clock), {"balance": 5}, **fields)  # type: ignore[arg-type]
+
+
+def test_a_local_snapshot_from_an_agent_that_registered_after_the_start_makes_the_cut_incomplete(
+    coordinator: Coordinator,
+) -> None:
+    # b registers while snapshot 1 runs (a collector restart makes this common: agents come back
+    # one by one) and a message stamped 1 forces its local snapshot 1 before it learns to join.
+    # Its state is part of the system but not of the cut: INCOMPLETE, named, never a rejected cut.
+    a = register(coordinator, "bank:a")
+    epoch = coordinator.start_snapshot()
+    b = register(coordinator, "bank:b")
+    send(coordinator, b, local(epoch, "bank:b", {"bank:a": 1, "bank:b": 2}), 1)
+    send(coordinator, a, local(epoch, "bank:a", {"bank:a": 1}), 1)
+    cut = coordinator.wait(epoch, 10.0)
+    assert cut is not None
+    assert cut.status == "INCOMPLETE"
+    assert any(REASON_UNREGISTERED in reason and "bank:b" in reason for reason in cut.reasons), cut.reasons
+    stats = coordinator.stats()
+    assert (stats.rejected, stats.events_foreign) == (0, 1)
+
+
+def test_completion_waits_for_every_flush_marker_which_comes_behind_earlier_records(
+    coordinator: Coordinator,
+) -> None:
+    a, b = register(coordinator, "bank:a"), register(coordinator, "bank:b")
+    orders(a), orders(b)
+    epoch = coordinator.start_snapshot()
+    assert orders(a) == orders(b) == ["take_snapshot"]
+    send(coordinator, a, local(epoch, "bank:a", {"bank:a": 3}), 1)
+    assert orders(a) == []  # b's local snapshot is not in yet
+    send(coordinator, b, local(epoch, "bank:b", {"bank:b": 2}), 1)
+    assert orders(a) == orders(b) == ["flush"]
+    assert coordinator.running() == (epoch,)
+    # b had recorded a request delivered after its cut (a's call had failed long before a's cut,
+    # so a no longer lists it): the record comes before b's marker, so the cut holds it.
+    record = ChannelRecord(epoch, "bank:a", "bank:b", '{"amount": 4}', MsgKey("bank:a", 9, 0, REQUEST))
+    send(coordinator, b, record, 2)
+    send(coordinator, b, Flushed(epoch, "bank:b"), 3)
+    assert coordinator.running() == (epoch,)
+    send(coordinator, a, Flushed(epoch, "bank:a"), 2)
+    cut = coordinator.wait(epoch, 10.0)
+    assert cut is not None and cut.status == "COMPLETE", cut and cut.reasons
+    assert [(c.sender, c.receiver, c.call_id) for c in cut.in_transit] == [("bank:a", "bank:b", 9)]
+    assert orders(a) == orders(b) == ["close_epoch"]
+
+
+def test_a_gap_in_an_agents_events_makes_its_snapshots_incomplete(coordinator: Coordinator) -> None:
+    a = register(coordinator, "bank:a")
+    epoch = coordinator.start_snapshot()
+    send(coordinator, a, local(epoch, "bank:a", {"bank:a": 1}), 1)
+    send(coordinator, a, Flushed(epoch, "bank:a"), 3)  # event 2 was dropped by the agent
+    cut = coordinator.wait(epoch, 10.0)
+    assert cut is not None and cut.status == "INCOMPLETE"
+    assert any(REASON_EVENTS_LOST in reason for reason in cut.reasons), cut.reasons
+
+
+def test_a_heartbeat_reporting_drops_makes_running_snapshots_incomplete(coordinator: Coordinator) -> None:
+    a = register(coordinator, "bank:a")
+    epoch = coordinator.start_snapshot()
+    coordinator.on_message(a, pb.AgentMessage(heartbeat=pb.Heartbeat(unix_nanos=1, dropped=2)))
+    cut = coordinator.wait(epoch, 10.0)
+    assert cut is not None and cut.status == "INCOMPLETE"
+    assert any(REASON_EVENTS_LOST in reason for reason in cut.reasons), cut.reasons
+
+
+def test_a_snapshot_past_its_deadline_is_stored_incomplete_naming_the_silent(
+    coordinator: Coordinator,
+) -> None:
+    a, b = register(coordinator, "bank:a"), register(coordinator, "bank:b")
+    epoch = coordinator.start_snapshot(timeout=5.0)
+    send(coordinator, a, local(epoch, "bank:a", {"bank:a": 1}), 1)
+    coordinator.expire(now=1e18)
+    cut = coordinator.wait(epoch, 10.0)
+    assert cut is not None and cut.status == "INCOMPLETE"
+    assert cut.missing == ("bank:b",)
+    assert coordinator.store.get_cut(epoch) == cut
+    assert b.process == "bank:b"
+
+
+def test_a_restarted_coordinator_numbers_above_stored_and_reported_epochs(tmp_path: Path) -> None:
+    store = SqliteCutStore(tmp_path / "cuts.db")
+    try:
+        first = Coordinator(store)
+        a = register(first, "bank:a")
+        epoch = first.start_snapshot()
+        send(first, a, local(epoch, "bank:a", {"bank:a": 1}), 1)
+        send(first, a, Flushed(epoch, "bank:a"), 2)
+        assert first.wait(epoch, 10.0) is not None
+        first.close()
+        second = Coordinator(store)
+        register(second, "bank:b", epoch=7)  # an agent that took part in epochs the store never saw
+        assert second.start_snapshot() == 8
+        second.close()
+    finally:
+        store.close()
