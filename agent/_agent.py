@@ -502,47 +502,43 @@ class Agent:
             deferred.append(lambda: self._end_outbound(outbound, metadata, failure, response))
             return
         try:
-            with outbound.finishing:
-                if outbound.finished:
+            with outbound.finishing, self._lock:
+                if outbound.finished:  # set last: the call is wholly finished
                     return
-                with self._lock:
-                    decoded = self._decode(find_stamp(metadata))
-                    if decoded is not None and decoded.call_id != outbound.call.call_id:
-                        decoded = None  # not the answer to this call (a proxy replayed trailers)
-                        self._counters.untracked_malformed += 1
+                decoded = self._decode(find_stamp(metadata))
+                if decoded is not None and decoded.call_id != outbound.call.call_id:
+                    decoded = None  # not the answer to this call (a proxy replayed trailers)
+                    self._counters.untracked_malformed += 1
                 if decoded is not None and decoded.epoch > self._part.epoch:
-                    self._ensure_snapshot(decoded.epoch)
-                with self._lock:
-                    outbound.finished = True
-                    call_id = outbound.call.call_id
-                    if decoded is not None:
-                        payload = self._render_response(response)
-                        key = MsgKey(decoded.sender, call_id, 0, RESPONSE)
-                        delivery = self._part.on_deliver(
-                            decoded.sender,
-                            decoded.epoch,
-                            payload,
-                            key,
-                            self._capture,
-                            method=outbound.call.method,
-                            now=time.monotonic(),
-                        )
-                        self._part.on_consume(delivery)
-                        outbound.channel.server = decoded.sender
-                    else:
-                        outcome = OUTCOME_FAILED if failure else OUTCOME_UNSTAMPED
-                        self._part.on_call_ended(call_id, outcome, failure or "", now=time.monotonic())
-                    self._merge(decoded)
-                    self._counters.responses_received += 1
-                    if self._event_log is not None:
-                        sender = decoded.sender if decoded is not None else "untracked peer"
-                        self._log_event(
-                            f"receive response {outbound.call.method} call={call_id} from {sender}"
-                        )
-                    self._emit()
-                    # Under the lock: a caller finishing the same call waits here
-                    # until the call has left its task.
-                    self._tasks.remove_outbound(outbound.task, call_id)
+                    self._snapshot_unlocked(decoded.epoch)
+                call_id = outbound.call.call_id
+                if decoded is not None:
+                    payload = self._render_response(response)
+                    key = MsgKey(decoded.sender, call_id, 0, RESPONSE)
+                    delivery = self._part.on_deliver(
+                        decoded.sender,
+                        decoded.epoch,
+                        payload,
+                        key,
+                        self._capture,
+                        method=outbound.call.method,
+                        now=time.monotonic(),
+                    )
+                    self._part.on_consume(delivery)
+                    outbound.channel.server = decoded.sender
+                else:
+                    outcome = OUTCOME_FAILED if failure else OUTCOME_UNSTAMPED
+                    self._part.on_call_ended(call_id, outcome, failure or "", now=time.monotonic())
+                self._merge(decoded)
+                self._counters.responses_received += 1
+                if self._event_log is not None:
+                    sender = decoded.sender if decoded is not None else "untracked peer"
+                    self._log_event(f"receive response {outbound.call.method} call={call_id} from {sender}")
+                self._emit()
+                # Under the lock: a caller finishing the same call waits here
+                # until the call has left its task.
+                self._tasks.remove_outbound(outbound.task, call_id)
+                outbound.finished = True
         except Exception:
             self._internal_error("finishing an outbound call")
 
@@ -558,14 +554,13 @@ class Agent:
     ) -> Inbound | None:
         """Receive event of a request: merge its clock, start and bind its task."""
         try:
-            with self._lock:
-                decoded = self._decode(find_stamp(metadata))
-            if decoded is not None and decoded.epoch > self._part.epoch:
-                self._ensure_snapshot(decoded.epoch)
-            caller = decoded.sender if decoded else None
-            call_id = decoded.call_id if decoded else 0
             delivery: Delivery | None = None
             with self._lock:
+                decoded = self._decode(find_stamp(metadata))
+                if decoded is not None and decoded.epoch > self._part.epoch:
+                    self._snapshot_unlocked(decoded.epoch)
+                caller = decoded.sender if decoded else None
+                call_id = decoded.call_id if decoded else 0
                 if decoded is not None:
                     key = MsgKey(decoded.sender, call_id, find_attempt(metadata), REQUEST)
                     delivery = self._part.on_deliver(
@@ -659,6 +654,17 @@ class Agent:
                     self._emit()
         finally:
             self._snapshot_lock.release()
+
+    def _snapshot_unlocked(self, epoch: int) -> None:
+        """:meth:`_ensure_snapshot` from a thread that holds the event lock once: let it go meanwhile.
+
+        The snapshot lock is always taken before the event lock, never after.
+        """
+        self._lock.release()
+        try:
+            self._ensure_snapshot(epoch)
+        finally:
+            self._lock.acquire()
 
     def _skip_snapshots(self, epoch: int, reason: str) -> None:
         with self._lock:

@@ -100,6 +100,8 @@ def finish_call(
     deferrable: bool = False,
 ) -> None:
     """The receive event of a finished sync call, from its trailers and status."""
+    if outbound.finished:  # set last, under the agent's locks: nothing is left to do
+        return
     failure = call_failure(call)
     agent._end_outbound(
         outbound, trailing_metadata_of(call), failure, None if failure else response, deferrable=deferrable
@@ -222,9 +224,14 @@ class ClientInterceptor(
         if not hasattr(call, "add_done_callback"):  # an inner interceptor returned a plain value
             self._agent._end_outbound(outbound, None, NOT_VISIBLE)
             return call
-        # Also when the call is over already (the blocking path, or a quick
-        # answer): gRPC's blocking path reads the result through the proxy,
-        # which is when the application sees it.
+        if call.done() and not self._agent._in_atomic():
+            # The blocking path (or a quick answer): finished here, before
+            # gRPC hands the result to the application.
+            finish_call(self._agent, outbound, call, lambda: call.result(0))
+            return call
+        # Inside atomic(), a call that is over already still goes through the
+        # proxy: gRPC's blocking path reads the result through it, which is
+        # when the application sees it, while a .future() waits for the block.
         return _UnaryFuture(call, self._agent, outbound)
 
     def _stream_response(self, continuation: Callable[[Any, Any], Any], details: Any, request: Any) -> Any:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
 
 import grpc
 import pytest
 from echo_service import APP_KEY, APP_TRAILER, UNARY_UNARY, EchoServicer, EchoStub
+from polling import wait_until
 
 import cutwatch
 from cutwatch.agent import STAMP_METADATA_KEY, StampCodec, StampError, VectorClock
@@ -19,14 +19,6 @@ from cutwatch.proto import stamp_pb2
 
 TIMEOUT = 30.0
 PAYLOADS = [b"a", b"bb", b"ccc"]
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def call_kind(stub: EchoStub, kind: str, payload: bytes = b"ping") -> Any:

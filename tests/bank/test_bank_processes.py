@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.struct_pb2 import Struct
+from polling import wait_until
 
 from cutwatch import CollectorClient, Cut
 
@@ -37,18 +38,6 @@ SNAPSHOT_TIMEOUT = 30.0
 ABANDONED_GRACE = 2.0
 """The agent's default ``abandoned_grace``: how long a failed call keeps cuts that span it open."""
 _LISTENING = re.compile(r"listening on (\S+:\d+)")
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """``condition()``'s first truthy value; fails the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def collector_command() -> list[str]:
@@ -121,7 +110,7 @@ class Cluster:
             match = _LISTENING.search(proc.log.read_text(errors="replace"))
             return match.group(1) if match else None
 
-        address: str = wait_until(listening, START_TIMEOUT, "the collector to listen")
+        address: str = wait_until(listening, "the collector to listen", START_TIMEOUT, 0.1)
         return proc, address
 
     def start_banks(self, count: int, collector: str, **options: dict[str, str]) -> list[Bank]:
@@ -150,7 +139,7 @@ class Cluster:
                 assert bank.proc.alive(), bank.proc.tail()
                 return ready.exists()
 
-            wait_until(is_ready, START_TIMEOUT, f"{bank.name} to serve and register")
+            wait_until(is_ready, f"{bank.name} to serve and register", START_TIMEOUT, 0.1)
             bank.address = ready.read_text().split()[1]
         partial = self.tmp / "peers.json.partial"
         partial.write_text(json.dumps([bank.address for bank in banks]))
@@ -159,7 +148,9 @@ class Cluster:
             bank.process_id = str(self.stats(bank)["process"])
         # Traffic flows everywhere before anything else happens.
         for bank in banks:
-            wait_until(lambda bank=bank: self.stats(bank)["transfers_ok"] > 0, START_TIMEOUT, "transfers")
+            wait_until(
+                lambda bank=bank: self.stats(bank)["transfers_ok"] > 0, "transfers", START_TIMEOUT, 0.1
+            )
         return banks
 
     def stats(self, bank: Bank) -> dict[str, Any]:
@@ -261,20 +252,19 @@ def test_collector_killed_and_restarted_loses_nothing(cluster: Cluster, tmp_path
             assert_complete_and_conserving(cut, banks)
         stored = {info.epoch: client.get(info.epoch) for info in client.list_cuts(limit=1000)}
         assert {cut.epoch for cut in before} <= set(stored)
-        running = wait_until(lambda: client.status()["running"], 30.0, "a periodic snapshot to start", 0.02)
+        running = wait_until(lambda: client.status()["running"], "a periodic snapshot to start", 30.0, 0.02)
         collector.kill()
     # The banks keep working without their collector.
     ok = [cluster.stats(bank)["transfers_ok"] for bank in banks]
     wait_until(
         lambda: all(cluster.stats(b)["transfers_ok"] > n + 10 for b, n in zip(banks, ok, strict=True)),
-        30.0,
         "transfers while the collector is down",
     )
 
     _, again = cluster.start_collector(db, address, "--every", "1s")
     assert again == address
     with CollectorClient(address) as client:
-        wait_until(lambda: len(client.status()["agents"]) == len(banks), 30.0, "the banks to register again")
+        wait_until(lambda: len(client.status()["agents"]) == len(banks), "the banks to register again")
         after = [client.snapshot(timeout=SNAPSHOT_TIMEOUT) for _ in range(3)]
         for epoch, cut in stored.items():
             assert cut is not None
@@ -303,7 +293,7 @@ def test_bank_killed_during_a_snapshot(cluster: Cluster, tmp_path: Path) -> None
     with CollectorClient(address) as client:
         taker = threading.Thread(target=take, daemon=True)
         taker.start()
-        wait_until(lambda: client.status()["running"], 30.0, "the snapshot to start")
+        wait_until(lambda: client.status()["running"], "the snapshot to start")
         time.sleep(0.5)  # the order has reached b4, which is inside its slow provider now
         victim.proc.kill()
         taker.join(SNAPSHOT_TIMEOUT + 15)
@@ -320,7 +310,6 @@ def test_bank_killed_during_a_snapshot(cluster: Cluster, tmp_path: Path) -> None
         for bank in survivors:
             wait_until(
                 lambda bank=bank: cluster.stats(bank)["peers_alive"] == len(survivors) - 1,
-                30.0,
                 f"{bank.name} to drop the dead peer",
             )
         time.sleep(ABANDONED_GRACE + 1.0)

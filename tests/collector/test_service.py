@@ -13,6 +13,7 @@ import grpc
 import pytest
 from click.testing import CliRunner
 from ledger_service import Ledger, amount_request
+from polling import wait_until
 
 import cutwatch
 from cutwatch.cli import main as cli_main
@@ -21,14 +22,6 @@ from cutwatch.proto import collector_pb2 as pb
 from cutwatch.proto import collector_pb2_grpc as pb_grpc
 
 TIMEOUT = 30.0
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture
