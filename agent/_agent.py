@@ -11,6 +11,7 @@ untracked.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -35,7 +36,6 @@ from cutwatch.agent._snapshot import (
     OUTCOME_FAILED,
     OUTCOME_UNSTAMPED,
     REQUEST,
-    RESPONSE,
     Capture,
     Delivery,
     MsgKey,
@@ -513,18 +513,15 @@ class Agent:
                     self._snapshot_unlocked(decoded.epoch)
                 call_id = outbound.call.call_id
                 if decoded is not None:
-                    payload = self._render_response(response)
-                    key = MsgKey(decoded.sender, call_id, 0, RESPONSE)
-                    delivery = self._part.on_deliver(
+                    self._part.on_response(
                         decoded.sender,
                         decoded.epoch,
-                        payload,
-                        key,
+                        self._render_response(response),
+                        call_id,
                         self._capture,
                         method=outbound.call.method,
                         now=time.monotonic(),
                     )
-                    self._part.on_consume(delivery)
                     outbound.channel.server = decoded.sender
                 else:
                     outcome = OUTCOME_FAILED if failure else OUTCOME_UNSTAMPED
@@ -545,8 +542,7 @@ class Agent:
     def _render_response(self, response: Callable[[], object] | None) -> Callable[[], str] | str:
         if response is None:
             return "null"
-        limit = self._max_payload
-        return lambda: message_json(response(), limit)
+        return functools.partial(_render, response, self._max_payload)
 
     # Event core: server side ---------------------------------------------------
     def _begin_inbound(
@@ -774,6 +770,10 @@ class Agent:
 
     def __repr__(self) -> str:
         return f"<cutwatch.Agent {self.process_id}>"
+
+
+def _render(response: Callable[[], object], limit: int) -> str:
+    return message_json(response(), limit)
 
 
 def _executor_capacity() -> int:

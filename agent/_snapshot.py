@@ -381,6 +381,36 @@ class SnapshotParticipant:
             self._record(k, delivery)
         return delivery
 
+    def on_response(
+        self,
+        sender: str,
+        msg_epoch: int,
+        payload: Payload,
+        call_id: int,
+        capture: Callable[[], Capture],
+        *,
+        method: str = "",
+        now: float = 0.0,
+    ) -> None:
+        """The answer to our call ``call_id`` is delivered and consumed at once (what a gRPC client does).
+
+        The same as :meth:`on_deliver` then :meth:`on_consume`, without the
+        bookkeeping a separate consumption needs: a call gets one answer, so
+        an answer to a call that is no longer open is a duplicate.
+        """
+        if msg_epoch > self.epoch:
+            self.take_snapshot(msg_epoch, capture(), now=now)
+        calls = self._calls
+        if calls.pop(call_id, None) is None and self._abandoned.pop(call_id, None) is None:
+            self._stats.duplicates += 1
+            self._recent_dups.append(MsgKey(sender, call_id, 0, RESPONSE))
+            return
+        self.responses_consumed[sender] = self.responses_consumed.get(sender, 0) + 1
+        if msg_epoch < self.epoch:  # sent before the sender's cut, consumed after ours: in transit
+            delivery = Delivery(sender, msg_epoch, payload, MsgKey(sender, call_id, 0, RESPONSE), method)
+            for k in range(msg_epoch + 1, self.epoch + 1):
+                self._record(k, delivery)
+
     def on_consume(self, delivery: Delivery) -> None:
         """The message's effect is applied. Idempotent; duplicates are not counted."""
         if delivery.consumed:

@@ -796,3 +796,30 @@ def test_every_event_kind_dispatches() -> None:
     assert assembler.status() == "INCOMPLETE"
     with pytest.raises(AssemblyError):
         assembler.add(CallOutcome(3, "a", 1, OUTCOME_UNSTAMPED))
+
+
+def test_a_response_delivered_and_consumed_at_once_matches_the_two_steps() -> None:
+    fused, split = SnapshotParticipant("a"), SnapshotParticipant("a")
+    for part in (fused, split):
+        for call_id in (1, 2, 3):
+            part.on_call(call_id, METHOD, "b")
+        part.take_snapshot(2, nothing())
+    # Call 1's answer was sent before b's cut for 2 (stamped 1): in transit for epoch 2 only.
+    fused.on_response("b", 1, "7", 1, nothing, method=METHOD)
+    split.on_consume(split.on_deliver("b", 1, "7", MsgKey("b", 1, 0, "response"), nothing, method=METHOD))
+    # Call 2's answer forces the cut for 3 first; call 3's answer is after every cut.
+    fused.on_response("b", 3, "0", 2, nothing, method=METHOD)
+    split.on_consume(split.on_deliver("b", 3, "0", MsgKey("b", 2, 0, "response"), nothing, method=METHOD))
+    fused.on_response("b", 3, "0", 3, nothing, method=METHOD)
+    split.on_consume(split.on_deliver("b", 3, "0", MsgKey("b", 3, 0, "response"), nothing, method=METHOD))
+    events = fused.drain()
+    assert events == split.drain()
+    assert [(e.epoch, e.payload_json) for e in events if isinstance(e, ChannelRecord)] == [(2, "7")]
+    assert fused.epoch == split.epoch == 3
+    assert fused.calls_in_flight == split.calls_in_flight == 0
+    assert fused.responses_consumed == split.responses_consumed == {"b": 3}
+    # A second answer to a call that is over is a duplicate: never counted, never recorded.
+    fused.on_response("b", 1, "7", 1, nothing)
+    assert fused.stats().duplicates == 1
+    assert fused.responses_consumed == {"b": 3}
+    assert fused.drain() == []
