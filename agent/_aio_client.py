@@ -25,7 +25,7 @@ from cutwatch.agent._grpc_bases import (
     AioUnaryStreamClientBase,
     AioUnaryUnaryClientBase,
 )
-from cutwatch.agent._metadata import method_name, with_stamp
+from cutwatch.agent._metadata import find_stamp, method_name, with_stamp
 
 if TYPE_CHECKING:
     from cutwatch.agent._agent import Agent, Outbound
@@ -177,13 +177,13 @@ class _AwaitedCall(wrapt.ObjectProxy[Any]):
 def _finish_done_call(agent: Agent, outbound: Outbound, call: Any) -> None:
     if outbound.finished:
         return
-    code = _now(call.code())
-    failure = (
-        None
-        if code == grpc.StatusCode.OK
-        else (code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN")
-    )
-    agent._end_outbound(outbound, _now(call.trailing_metadata()), failure, lambda: _now(call.__await__()))
+    metadata = _now(call.trailing_metadata())
+    failure: str | None = None
+    if find_stamp(metadata) is None:  # the status matters only without a stamped answer
+        code = _now(call.code())
+        if code != grpc.StatusCode.OK:
+            failure = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    agent._end_outbound(outbound, metadata, failure, lambda: _now(call.__await__()))
 
 
 def _now(awaitable: Any) -> Any:

@@ -23,7 +23,7 @@ from cutwatch.agent._grpc_bases import (
     UnaryStreamClientBase,
     UnaryUnaryClientBase,
 )
-from cutwatch.agent._metadata import method_name, with_stamp
+from cutwatch.agent._metadata import find_stamp, method_name, with_stamp
 
 if TYPE_CHECKING:
     from cutwatch.agent._agent import Agent, Outbound
@@ -102,10 +102,10 @@ def finish_call(
     """The receive event of a finished sync call, from its trailers and status."""
     if outbound.finished:  # set last, under the agent's locks: nothing is left to do
         return
-    failure = call_failure(call)
-    agent._end_outbound(
-        outbound, trailing_metadata_of(call), failure, None if failure else response, deferrable=deferrable
-    )
+    metadata = trailing_metadata_of(call)
+    # A stamped answer is delivered whatever its status; the status matters only without one.
+    failure = None if find_stamp(metadata) is not None else call_failure(call)
+    agent._end_outbound(outbound, metadata, failure, None if failure else response, deferrable=deferrable)
 
 
 class _UnaryFuture(wrapt.ObjectProxy[Any]):
