@@ -683,7 +683,7 @@ class Agent:
             state[name] = self._state_value(name, provider)
         tasks = [view.to_json() for view in self._tasks.views()]
         clock = dict(zip(self._clock.names, self._clock.values, strict=True))
-        return Capture(clock, state, tasks)
+        return Capture(clock, state, tasks, dict(self._worker_pools))
 
     def _state_value(self, name: str, provider: Callable[[], object]) -> object:
         """``provider()`` frozen as JSON; a failure becomes a marker in the state, never an exception."""

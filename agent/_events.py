@@ -59,6 +59,7 @@ def event_to_message(event: SnapshotEvent, seq: int) -> pb.AgentMessage:
                 responses_sent=dict(event.responses_sent),
                 requests_consumed=dict(event.requests_consumed),
                 responses_consumed=dict(event.responses_consumed),
+                worker_pools=dict(event.worker_pools),
             ),
         )
     if isinstance(event, ChannelRecord):
@@ -118,6 +119,7 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
             responses_sent=dict(snap.responses_sent),
             requests_consumed=dict(snap.requests_consumed),
             responses_consumed=dict(snap.responses_consumed),
+            worker_pools=dict(list(snap.worker_pools.items())[:256]),
         )
     if body == "channel_record":
         rec = message.channel_record

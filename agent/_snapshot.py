@@ -125,6 +125,7 @@ class Capture(NamedTuple):
     clock: Mapping[str, int]
     state: object
     tasks: object = ()
+    pools: Mapping[str, int] = {}
 
 
 class OpenCall(NamedTuple):
@@ -162,6 +163,8 @@ class LocalSnapshot:
     responses_sent: Mapping[str, int] = field(default_factory=dict)
     requests_consumed: Mapping[str, int] = field(default_factory=dict)
     responses_consumed: Mapping[str, int] = field(default_factory=dict)
+    worker_pools: Mapping[str, int] = field(default_factory=dict)
+    """Capacity of each server's worker pool (0: unknown), for deadlock detection."""
 
 
 @dataclass(frozen=True)
@@ -481,6 +484,7 @@ class SnapshotParticipant:
                 responses_sent=responses_sent,
                 requests_consumed=requests_consumed,
                 responses_consumed=responses_consumed,
+                worker_pools=dict(capture.pools),
             )
             taken.append(snap)
             self._outbox.append(snap)

@@ -70,6 +70,8 @@ class Cut:
     unsettled: tuple[Mapping[str, Any], ...] = ()
     duplicates: tuple[Mapping[str, Any], ...] = ()
     counters: Mapping[str, Mapping[str, Mapping[str, int]]] = field(default_factory=dict)
+    pools: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    """Worker capacity of each server (interceptor) of each process; 0 when unknown."""
 
     @property
     def complete(self) -> bool:
@@ -106,6 +108,7 @@ class Cut:
             "clocks": {p: dict(v) for p, v in self.clocks.items()},
             "tasks": {p: [dict(t) for t in v] for p, v in self.tasks.items()},
             "counters": {p: {k: dict(c) for k, c in v.items()} for p, v in self.counters.items()},
+            "pools": {p: dict(v) for p, v in self.pools.items()},
             "in_transit": [m.to_json() for m in self.in_transit],
         }
 
@@ -131,6 +134,9 @@ class Cut:
                 counters={
                     str(p): {str(k): {str(q): int(n) for q, n in c.items()} for k, c in v.items()}
                     for p, v in doc.get("counters", {}).items()
+                },
+                pools={
+                    str(p): {str(k): int(n) for k, n in v.items()} for p, v in doc.get("pools", {}).items()
                 },
                 in_transit=tuple(
                     InTransitMessage(
@@ -178,6 +184,7 @@ def cut_from_stored(stored: StoredCut) -> Cut:
         clocks={s.process: dict(s.clock) for s in stored.states},
         tasks={s.process: tuple(s.tasks) if isinstance(s.tasks, list) else () for s in stored.states},
         counters={s.process: {"sent": dict(s.sent), "consumed": dict(s.consumed)} for s in stored.states},
+        pools={s.process: dict(s.pools) for s in stored.states},
         in_transit=tuple(
             InTransitMessage(c.sender, c.receiver, c.method, c.kind, c.call_id, c.attempt, c.payload)
             for c in stored.in_transit

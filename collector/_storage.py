@@ -20,7 +20,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from cutwatch.agent._snapshot import REASON_TRUNCATED, LocalSnapshot
@@ -74,6 +74,8 @@ class StoredLocalState:
     sent: Mapping[str, int]
     consumed: Mapping[str, int]
     truncated: bool = False
+    pools: Mapping[str, int] = field(default_factory=dict)
+    """Worker capacity of each server of the process (0: unknown)."""
 
     @property
     def state(self) -> Any:
@@ -170,6 +172,7 @@ def stored_from_assembled(
                 sent=_sent_counters(snap) if snap else {},
                 consumed=_consumed_counters(snap) if snap else {},
                 truncated=f"{REASON_TRUNCATED} at {process}" in truncated,
+                pools=dict(snap.worker_pools) if snap else {},
             )
         )
     in_transit = tuple(
@@ -276,6 +279,7 @@ _MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
                 sent_json TEXT NOT NULL,
                 consumed_json TEXT NOT NULL,
                 truncated INTEGER NOT NULL CHECK (truncated IN (0, 1)),
+                pools_json TEXT NOT NULL,
                 PRIMARY KEY (epoch, process)
             )""",
             """CREATE TABLE channel_states (
@@ -400,7 +404,8 @@ class SqliteCutStore:
             for state in cut.states:
                 conn.execute(
                     "INSERT INTO local_states (epoch, process, service, clock_json, state_json, "
-                    "tasks_json, sent_json, consumed_json, truncated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "tasks_json, sent_json, consumed_json, truncated, pools_json) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     _local_row(cut.epoch, state),
                 )
             for seq, channel in enumerate(cut.in_transit):
@@ -505,10 +510,11 @@ class SqliteCutStore:
                 sent=_counters(sent),
                 consumed=_counters(consumed),
                 truncated=bool(truncated),
+                pools=_counters(pools),
             )
-            for process, service, clock, state, tasks, sent, consumed, truncated in conn.execute(
+            for process, service, clock, state, tasks, sent, consumed, truncated, pools in conn.execute(
                 "SELECT process, service, clock_json, state_json, tasks_json, sent_json, consumed_json, "
-                "truncated FROM local_states WHERE epoch = ? ORDER BY process",
+                "truncated, pools_json FROM local_states WHERE epoch = ? ORDER BY process",
                 (epoch,),
             )
         )
@@ -570,6 +576,7 @@ def _local_row(epoch: int, state: StoredLocalState) -> tuple[object, ...]:
         _dumps(_checked_counters(state.sent)),
         _dumps(_checked_counters(state.consumed)),
         int(bool(state.truncated)),
+        _dumps(_checked_counters(state.pools)),
     )
 
 

@@ -118,7 +118,7 @@ class Answering(_message.Message):
     def __init__(self, caller: _Optional[str] = ..., call_id: _Optional[int] = ...) -> None: ...
 
 class LocalSnapshot(_message.Message):
-    __slots__ = ("epoch", "process_id", "clock", "state_json", "tasks_json", "open_calls", "answering", "requests_sent", "responses_sent", "requests_consumed", "responses_consumed")
+    __slots__ = ("epoch", "process_id", "clock", "state_json", "tasks_json", "open_calls", "answering", "requests_sent", "responses_sent", "requests_consumed", "responses_consumed", "worker_pools")
     class ClockEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +147,13 @@ class LocalSnapshot(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class WorkerPoolsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     PROCESS_ID_FIELD_NUMBER: _ClassVar[int]
     CLOCK_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +165,7 @@ class LocalSnapshot(_message.Message):
     RESPONSES_SENT_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_CONSUMED_FIELD_NUMBER: _ClassVar[int]
     RESPONSES_CONSUMED_FIELD_NUMBER: _ClassVar[int]
+    WORKER_POOLS_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     process_id: str
     clock: _containers.ScalarMap[str, int]
@@ -169,7 +177,8 @@ class LocalSnapshot(_message.Message):
     responses_sent: _containers.ScalarMap[str, int]
     requests_consumed: _containers.ScalarMap[str, int]
     responses_consumed: _containers.ScalarMap[str, int]
-    def __init__(self, epoch: _Optional[int] = ..., process_id: _Optional[str] = ..., clock: _Optional[_Mapping[str, int]] = ..., state_json: _Optional[str] = ..., tasks_json: _Optional[str] = ..., open_calls: _Optional[_Iterable[_Union[OpenCall, _Mapping]]] = ..., answering: _Optional[_Iterable[_Union[Answering, _Mapping]]] = ..., requests_sent: _Optional[int] = ..., responses_sent: _Optional[_Mapping[str, int]] = ..., requests_consumed: _Optional[_Mapping[str, int]] = ..., responses_consumed: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    worker_pools: _containers.ScalarMap[str, int]
+    def __init__(self, epoch: _Optional[int] = ..., process_id: _Optional[str] = ..., clock: _Optional[_Mapping[str, int]] = ..., state_json: _Optional[str] = ..., tasks_json: _Optional[str] = ..., open_calls: _Optional[_Iterable[_Union[OpenCall, _Mapping]]] = ..., answering: _Optional[_Iterable[_Union[Answering, _Mapping]]] = ..., requests_sent: _Optional[int] = ..., responses_sent: _Optional[_Mapping[str, int]] = ..., requests_consumed: _Optional[_Mapping[str, int]] = ..., responses_consumed: _Optional[_Mapping[str, int]] = ..., worker_pools: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class ChannelRecord(_message.Message):
     __slots__ = ("epoch", "sender", "receiver", "method", "kind", "payload_json", "call_id", "attempt")

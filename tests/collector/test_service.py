@@ -67,6 +67,7 @@ def test_a_quiet_system_gives_a_complete_cut_of_every_state(
         assert cut.state_of(a.agent.process_id) == {"balance": 85}
         assert cut.state_of(b.agent.process_id) == {"balance": 115}
         assert cut.states[a.agent.process_id]["service"] == "ledger"
+        assert cut.pools[b.agent.process_id] == {"server-1": 4}  # for deadlock detection
         assert cut.in_transit == ()
         # b's clock at its cut knows a's sends; a's cut is at least that far.
         assert (
