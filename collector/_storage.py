@@ -38,12 +38,13 @@ __all__ = [
     "StoredChannelState",
     "StoredCut",
     "StoredLocalState",
+    "StoredResult",
     "stored_from_assembled",
 ]
 
 CutStatus = Literal["COMPLETE", "INCOMPLETE"]
 _STATUSES: frozenset[str] = frozenset(("COMPLETE", "INCOMPLETE"))
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_LIST_LIMIT = 1000
 MAX_META_KEY = 256
 MAX_META_VALUE = 64 * 1024
@@ -123,6 +124,26 @@ class StoredCut:
         object.__setattr__(self, "states", tuple(sorted(self.states, key=lambda state: state.process)))
         for name in ("reasons", "missing", "unsettled", "in_transit", "duplicates"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+
+
+ResultStatus = Literal["PASS", "FAIL", "ERROR"]
+_RESULT_STATUSES: frozenset[str] = frozenset(("PASS", "FAIL", "ERROR"))
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """One predicate's verdict on one cut: ``witness_json`` says why it failed (JSON text)."""
+
+    epoch: int
+    name: str
+    status: ResultStatus
+    message: str = ""
+    witness_json: str = "null"
+    duration: float = 0.0
+
+    @property
+    def witness(self) -> Any:
+        return json.loads(self.witness_json)
 
 
 @dataclass(frozen=True)
@@ -248,6 +269,15 @@ class CutStore(Protocol):
 
     def get_meta(self, key: str) -> str | None: ...
 
+    def save_results(self, epoch: int, results: Sequence[StoredResult]) -> None:
+        """Store the predicate results of a stored cut (replacing earlier results of the same names)."""
+
+    def results(self, epoch: int) -> list[StoredResult]:
+        """The results of one cut, by name."""
+
+    def latest_results_epoch(self) -> int | None:
+        """The newest epoch that has results."""
+
     def close(self) -> None: ...
 
 
@@ -295,6 +325,21 @@ _MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
                 PRIMARY KEY (epoch, seq)
             )""",
             "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        ),
+    ),
+    (
+        2,
+        (
+            """CREATE TABLE results (
+                epoch INTEGER NOT NULL REFERENCES cuts (epoch) ON DELETE CASCADE,
+                name TEXT NOT NULL,
+                status TEXT NOT NULL CHECK (status IN ('PASS', 'FAIL', 'ERROR')),
+                message TEXT NOT NULL,
+                witness_json TEXT NOT NULL,
+                duration REAL NOT NULL,
+                PRIMARY KEY (epoch, name)
+            )""",
+            "CREATE INDEX results_by_status ON results (status, epoch)",
         ),
     ),
 )
@@ -429,7 +474,54 @@ class SqliteCutStore:
                 (key, value),
             )
 
+    def save_results(self, epoch: int, results: Sequence[StoredResult]) -> None:
+        rows = []
+        for result in results:
+            if result.epoch != epoch or result.status not in _RESULT_STATUSES:
+                raise ValueError(f"result {result.name!r} is not a valid result of cut {epoch}")
+            if not math.isfinite(result.duration):
+                raise ValueError("a result's duration must be finite")
+            rows.append(
+                (
+                    epoch,
+                    result.name,
+                    result.status,
+                    result.message,
+                    _checked_json(result.witness_json),
+                    result.duration,
+                )
+            )
+        with self._locked("IMMEDIATE", f"results of cut {epoch} not stored: ") as conn:
+            if not conn.execute("SELECT 1 FROM cuts WHERE epoch = ?", (epoch,)).fetchone():
+                raise StorageError(f"no cut with epoch {epoch} to attach results to")
+            conn.executemany(
+                "INSERT INTO results (epoch, name, status, message, witness_json, duration) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (epoch, name) DO UPDATE SET status = excluded.status, "
+                "message = excluded.message, witness_json = excluded.witness_json, "
+                "duration = excluded.duration",
+                rows,
+            )
+
     # Reads ---------------------------------------------------------------------------------
+    def results(self, epoch: int) -> list[StoredResult]:
+        with self._locked("DEFERRED") as conn:
+            rows = conn.execute(
+                "SELECT name, status, message, witness_json, duration FROM results WHERE epoch = ? "
+                "ORDER BY name",
+                (epoch,),
+            ).fetchall()
+        out: list[StoredResult] = []
+        for name, status, message, witness, duration in rows:
+            if status not in _RESULT_STATUSES:
+                raise StorageError(f"corrupt store: unknown result status {status!r}")
+            out.append(StoredResult(epoch, str(name), status, str(message), str(witness), float(duration)))
+        return out
+
+    def latest_results_epoch(self) -> int | None:
+        with self._locked("DEFERRED") as conn:
+            (epoch,) = conn.execute("SELECT MAX(epoch) FROM results").fetchone()
+        return None if epoch is None else int(epoch)
+
     def get_cut(self, epoch: int) -> StoredCut | None:
         with self._locked("DEFERRED") as conn:
             row = conn.execute(_SELECT_CUT + "WHERE epoch = ?", (epoch,)).fetchone()

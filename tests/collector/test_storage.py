@@ -28,16 +28,19 @@ from cutwatch.agent._snapshot import (
 from cutwatch.collector import _storage
 from cutwatch.collector._assembly import CutAssembler, DuplicateDelivery, UnsettledCall
 from cutwatch.collector._storage import (
+    _MIGRATIONS,
+    SCHEMA_VERSION,
     DuplicateEpochError,
     SqliteCutStore,
     StorageError,
     StoredChannelState,
     StoredCut,
     StoredLocalState,
+    StoredResult,
     stored_from_assembled,
 )
 
-TABLES = {"schema_version", "cuts", "local_states", "channel_states", "meta"}
+TABLES = {"schema_version", "cuts", "local_states", "channel_states", "meta", "results"}
 OpenStore = Callable[[Path], SqliteCutStore]
 
 
@@ -241,7 +244,7 @@ def test_wal_foreign_keys_and_schema_version(tmp_path: Path, open_store: OpenSto
     store.save_cut(make_cut(1))
     assert raw_rows(path, "PRAGMA journal_mode") == [("wal",)]
     assert Path(f"{path}-wal").exists()
-    assert raw_rows(path, "SELECT version FROM schema_version") == [(1,)]
+    assert raw_rows(path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
     assert table_names(path) == TABLES
     assert store._require().execute("PRAGMA foreign_keys").fetchone() == (1,)
     conn = sqlite3.connect(path)
@@ -260,7 +263,7 @@ def test_reopening_keeps_schema_and_refuses_a_newer_one(tmp_path: Path, open_sto
     path = tmp_path / "cuts.db"
     open_store(path).close()
     open_store(path).close()
-    assert raw_rows(path, "SELECT version FROM schema_version") == [(1,)]
+    assert raw_rows(path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
     conn = sqlite3.connect(path)
     with conn:
         conn.execute("UPDATE schema_version SET version = 99")
@@ -631,3 +634,44 @@ def test_concurrent_saves_from_eight_threads_all_land(tmp_path: Path, open_store
     assert [s.epoch for s in store.list_cuts(limit=1000)] == list(range(total, 0, -1))
     assert row_counts(path) == {"cuts": total, "local_states": 2 * total, "channel_states": 2 * total}
     assert store.next_epoch() == total + 1
+
+
+def test_predicate_results_attach_to_a_stored_cut_and_are_replaced_by_name(
+    tmp_path: Path, open_store: OpenStore
+) -> None:
+    store = open_store(tmp_path / "cuts.db")
+    with pytest.raises(StorageError, match="no cut with epoch 3"):
+        store.save_results(3, [StoredResult(3, "bank.conservation", "PASS")])
+    store.save_cut(make_cut(3))
+    assert store.latest_results_epoch() is None
+    failing = StoredResult(3, "bank.conservation", "FAIL", "lost 5", '{"missing": 5}', 0.25)
+    store.save_results(3, [failing, StoredResult(3, "cutwatch.deadlock", "PASS")])
+    assert store.results(3) == [failing, StoredResult(3, "cutwatch.deadlock", "PASS")]
+    assert store.results(3)[0].witness == {"missing": 5}
+    fixed = StoredResult(3, "bank.conservation", "PASS")
+    store.save_results(3, [fixed])
+    assert [r.status for r in store.results(3)] == ["PASS", "PASS"]
+    assert store.latest_results_epoch() == 3
+    with pytest.raises(ValueError, match="not JSON"):
+        store.save_results(3, [StoredResult(3, "x", "FAIL", "", "{nope")])
+    with pytest.raises(ValueError, match="not a valid result"):
+        store.save_results(3, [StoredResult(4, "x", "PASS")])
+    assert len(store.results(3)) == 2
+
+
+def test_a_version_1_file_is_migrated_keeping_its_cuts(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the version 1 schema, as the first release wrote it
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+        for statement in _MIGRATIONS[0][1]:
+            conn.execute(statement)
+    conn.close()
+    store = SqliteCutStore(path)
+    try:
+        store.save_cut(make_cut(1))
+        store.save_results(1, [StoredResult(1, "p", "PASS")])
+        assert store.results(1) == [StoredResult(1, "p", "PASS")]
+    finally:
+        store.close()
+    assert raw_rows(path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
