@@ -4,12 +4,21 @@ Run one with ``cutwatch collector`` or :class:`CollectorServer`; read it
 with :class:`CollectorClient`.
 """
 
-from cutwatch.collector._client import CollectorClient, CollectorError, CollectorUnavailableError, CutInfo
+from cutwatch.collector._client import (
+    CheckResult,
+    CheckResults,
+    CollectorClient,
+    CollectorError,
+    CollectorUnavailableError,
+    CutInfo,
+)
 from cutwatch.collector._cut import Cut, InTransitMessage
 from cutwatch.collector._service import DEFAULT_LISTEN, CollectorServer
 
 __all__ = [
     "DEFAULT_LISTEN",
+    "CheckResult",
+    "CheckResults",
     "CollectorClient",
     "CollectorError",
     "CollectorServer",

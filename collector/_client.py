@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -13,7 +14,16 @@ from cutwatch.collector._cut import Cut
 from cutwatch.proto import collector_pb2 as pb
 from cutwatch.proto import collector_pb2_grpc as pb_grpc
 
-__all__ = ["CollectorClient", "CollectorError", "CollectorUnavailableError", "CutInfo"]
+__all__ = [
+    "CheckResult",
+    "CheckResults",
+    "CollectorClient",
+    "CollectorError",
+    "CollectorUnavailableError",
+    "CutInfo",
+]
+
+DEADLOCK_CHECK = "cutwatch.deadlock"
 
 
 class CollectorError(CutwatchError):
@@ -36,6 +46,43 @@ class CutInfo:
     in_transit: int
     missing: tuple[str, ...]
     reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check's verdict on a cut: ``PASS``, ``FAIL`` (with a witness) or ``ERROR`` (it could not run)."""
+
+    name: str
+    status: str
+    message: str
+    witness: Any
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "message": self.message, "witness": self.witness}
+
+
+@dataclass(frozen=True)
+class CheckResults:
+    """Every check's result on the cut ``epoch`` (whose status is ``cut_status``)."""
+
+    epoch: int
+    cut_status: str
+    results: tuple[CheckResult, ...]
+
+    @property
+    def failed(self) -> tuple[CheckResult, ...]:
+        return tuple(r for r in self.results if r.status == "FAIL")
+
+    @property
+    def errors(self) -> tuple[CheckResult, ...]:
+        return tuple(r for r in self.results if r.status == "ERROR")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "cut_status": self.cut_status,
+            "results": [r.to_json() for r in self.results],
+        }
 
 
 class CollectorClient:
@@ -91,6 +138,42 @@ class CollectorClient:
             for item in json.loads(reply.cuts_json)
         ]
 
+    def results(self, epoch: int | None = None, name: str | None = None) -> CheckResults | None:
+        """The check results of cut ``epoch`` (default: the newest cut checked), None if there are none."""
+        query = pb.ResultsQuery(epoch=epoch or 0, name=name or "")
+        reply = self._call("Results", query, self.timeout)
+        if not reply.found:
+            return None
+        return CheckResults(
+            epoch=reply.epoch,
+            cut_status=reply.cut_status,
+            results=tuple(
+                CheckResult(str(r["name"]), str(r["status"]), str(r["message"]), r["witness"])
+                for r in json.loads(reply.results_json)
+            ),
+        )
+
+    def deadlocks(self) -> list[dict[str, Any]]:
+        """The deadlocks found on the newest cut checked for them (empty: none); see docs/deadlocks.md."""
+        checked = self.results(name=DEADLOCK_CHECK)
+        if checked is None or not checked.results:
+            return []
+        (result,) = checked.results
+        if result.status == "ERROR":
+            raise CollectorError(f"deadlock detection failed on cut {checked.epoch}: {result.message}")
+        return list(result.witness or []) if result.status == "FAIL" else []
+
+    def watch(self) -> Iterator[dict[str, Any]]:
+        """Every failed check from now on, as the collector finds it (blocks; stop by closing the client)."""
+        try:
+            for event in self._stub.Watch(pb.WatchRequest()):
+                yield json.loads(event.event_json)
+        except grpc.RpcError as exc:
+            code: Any = getattr(exc, "code", lambda: None)()
+            if code == grpc.StatusCode.CANCELLED:
+                return
+            self._raise(exc, "Watch")
+
     def status(self) -> dict[str, Any]:
         """Registered agents, running snapshots and the collector's counters."""
         reply = self._call("Status", pb.StatusRequest(), self.timeout)
@@ -115,12 +198,15 @@ class CollectorClient:
         try:
             return getattr(self._stub, method)(request, timeout=timeout)
         except grpc.RpcError as exc:
-            code: Any = getattr(exc, "code", lambda: None)()
-            details: Any = getattr(exc, "details", lambda: "")()
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise CollectorUnavailableError(
-                    f"cannot reach the cutwatch collector at {self.address} ({details or code.name}); "
-                    "is `cutwatch collector` running there?"
-                ) from None
-            name = code.name if isinstance(code, grpc.StatusCode) else "error"
-            raise CollectorError(f"the collector refused {method}: {name}: {details}") from None
+            self._raise(exc, method)
+
+    def _raise(self, exc: grpc.RpcError, method: str) -> NoReturn:
+        code: Any = getattr(exc, "code", lambda: None)()
+        details: Any = getattr(exc, "details", lambda: "")()
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise CollectorUnavailableError(
+                f"cannot reach the cutwatch collector at {self.address} ({details or code.name}); "
+                "is `cutwatch collector` running there?"
+            ) from None
+        name = code.name if isinstance(code, grpc.StatusCode) else "error"
+        raise CollectorError(f"the collector refused {method}: {name}: {details}") from None

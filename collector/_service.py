@@ -16,12 +16,13 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent import futures
 from typing import Any
 
 import grpc
 
+from cutwatch.collector._checks import CutChecker
 from cutwatch.collector._coordinator import AgentSession, Coordinator, NoAgentsError
 from cutwatch.collector._cut import cut_from_stored, summary_to_json
 from cutwatch.collector._storage import MAX_LIST_LIMIT, CutStatus, CutStore, SqliteCutStore, StoredCut
@@ -53,8 +54,9 @@ def _reply(cut: StoredCut | None) -> pb.CutReply:
 
 
 class _Servicer(pb_grpc.CollectorServicer):
-    def __init__(self, coordinator: Coordinator, default_timeout: float) -> None:
+    def __init__(self, coordinator: Coordinator, checker: CutChecker, default_timeout: float) -> None:
         self._coordinator = coordinator
+        self._checker = checker
         self._default_timeout = default_timeout
 
     # Agents -------------------------------------------------------------------------------------
@@ -108,7 +110,10 @@ class _Servicer(pb_grpc.CollectorServicer):
         except NoAgentsError as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         # The coordinator ends the snapshot at its deadline; wait a little past it.
-        return _reply(self._coordinator.wait(epoch, timeout + 5.0))
+        cut = self._coordinator.wait(epoch, timeout + 5.0)
+        if cut is not None:  # its checks too, so that `deadlocks`/`check` right after see them
+            self._checker.wait_checked(cut.epoch, timeout)
+        return _reply(cut)
 
     def GetCut(self, request: pb.CutQuery, context: grpc.ServicerContext) -> pb.CutReply:
         try:
@@ -134,6 +139,35 @@ class _Servicer(pb_grpc.CollectorServicer):
         )
         return pb.CutList(cuts_json=json.dumps([summary_to_json(s) for s in summaries]))
 
+    def Results(self, request: pb.ResultsQuery, context: grpc.ServicerContext) -> pb.ResultsReply:
+        store = self._coordinator.store
+        epoch = request.epoch or store.latest_results_epoch(request.name or None)
+        if not epoch:
+            return pb.ResultsReply(found=False)
+        cut = store.get_cut(epoch)
+        results = [r for r in store.results(epoch) if not request.name or r.name == request.name]
+        if cut is None or not results:
+            return pb.ResultsReply(found=False, epoch=epoch)
+        doc = [
+            {"name": r.name, "status": r.status, "message": r.message, "witness": r.witness} for r in results
+        ]
+        return pb.ResultsReply(found=True, epoch=epoch, cut_status=cut.status, results_json=json.dumps(doc))
+
+    def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.WatchEvent]:
+        subscription = self._checker.subscribe()
+        context.add_callback(subscription.close)
+        try:
+            while context.is_active():
+                try:
+                    event = subscription.events.get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                if event is None:
+                    return
+                yield pb.WatchEvent(event_json=json.dumps(event.to_json(), sort_keys=True, default=str))
+        finally:
+            self._checker.unsubscribe(subscription)
+
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
         stats = self._coordinator.stats()
         doc: dict[str, Any] = {
@@ -151,6 +185,7 @@ class _Servicer(pb_grpc.CollectorServicer):
             ],
             "running": list(self._coordinator.running()),
             "stats": stats.__dict__,
+            "checks": {"checked": self._checker.checked, "skipped": self._checker.skipped},
         }
         return pb.StatusReply(status_json=json.dumps(doc, sort_keys=True))
 
@@ -167,7 +202,9 @@ class CollectorServer:
 
     ``db`` is a SQLite file path (or a ready :class:`CutStore`); ``listen``
     binds to loopback by default; ``every`` starts a snapshot that often
-    (seconds, None: only on demand).
+    (seconds, None: only on demand); ``predicates`` are local files or
+    module names whose ``@cutwatch.invariant`` functions run on every
+    COMPLETE cut, each for at most ``predicate_timeout`` seconds.
     """
 
     def __init__(
@@ -178,14 +215,29 @@ class CollectorServer:
         every: float | None = None,
         snapshot_timeout: float = 10.0,
         max_agents: int = 256,
+        predicates: Sequence[str] = (),
+        predicate_timeout: float = 5.0,
     ) -> None:
         if every is not None and every <= 0:
             raise ValueError("every must be positive")
         if snapshot_timeout <= 0 or max_agents < 1:
             raise ValueError("snapshot_timeout must be positive and max_agents at least 1")
-        self.store: CutStore = db if not isinstance(db, (str, os.PathLike)) else SqliteCutStore(db)
+        engine = None
+        if predicates:
+            from cutwatch.predicates import PredicateEngine
+
+            engine = PredicateEngine(list(predicates), timeout=predicate_timeout)  # refuses bad files now
+        try:
+            self.store: CutStore = db if not isinstance(db, (str, os.PathLike)) else SqliteCutStore(db)
+        except BaseException:
+            if engine is not None:
+                engine.close()
+            raise
         self.every = every
-        self.coordinator = Coordinator(self.store, snapshot_timeout=snapshot_timeout)
+        self.checker = CutChecker(self.store, engine)
+        self.coordinator = Coordinator(
+            self.store, snapshot_timeout=snapshot_timeout, on_finished=self.checker.submit
+        )
         self._listen = listen
         self._max_agents = max_agents
         self._server: grpc.Server | None = None
@@ -211,7 +263,7 @@ class CollectorServer:
             ],
         )
         pb_grpc.add_CollectorServicer_to_server(  # type: ignore[no-untyped-call]
-            _Servicer(self.coordinator, self.coordinator.snapshot_timeout), server
+            _Servicer(self.coordinator, self.checker, self.coordinator.snapshot_timeout), server
         )
         try:
             self.port = server.add_insecure_port(self._listen)
@@ -242,6 +294,7 @@ class CollectorServer:
             self._server.stop(grace).wait(grace + 5.0)
         if self._ticker.is_alive():
             self._ticker.join(5.0)
+        self.checker.close()
         self.store.close()
 
     def wait(self) -> None:

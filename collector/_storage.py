@@ -275,8 +275,8 @@ class CutStore(Protocol):
     def results(self, epoch: int) -> list[StoredResult]:
         """The results of one cut, by name."""
 
-    def latest_results_epoch(self) -> int | None:
-        """The newest epoch that has results."""
+    def latest_results_epoch(self, name: str | None = None) -> int | None:
+        """The newest epoch that has results (of the check called ``name``)."""
 
     def close(self) -> None: ...
 
@@ -517,9 +517,11 @@ class SqliteCutStore:
             out.append(StoredResult(epoch, str(name), status, str(message), str(witness), float(duration)))
         return out
 
-    def latest_results_epoch(self) -> int | None:
+    def latest_results_epoch(self, name: str | None = None) -> int | None:
         with self._locked("DEFERRED") as conn:
-            (epoch,) = conn.execute("SELECT MAX(epoch) FROM results").fetchone()
+            (epoch,) = conn.execute(
+                "SELECT MAX(epoch) FROM results WHERE (? IS NULL OR name = ?)", (name, name)
+            ).fetchone()
         return None if epoch is None else int(epoch)
 
     def get_cut(self, epoch: int) -> StoredCut | None:

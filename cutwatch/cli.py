@@ -1,14 +1,15 @@
 """The ``cutwatch`` command line.
 
-``cutwatch collector`` runs a collector; ``cutwatch snapshot``, ``cuts`` and
-``status`` talk to one; ``cutwatch decode-stamp`` turns a
+``cutwatch collector`` runs a collector; ``cutwatch snapshot``, ``cuts``,
+``status``, ``check`` and ``deadlocks`` talk to one; ``cutwatch decode-stamp`` turns a
 ``cutwatch-stamp-bin`` value copied from a log or a packet capture back into
 something a person can read.
 
-Exit codes (stable, see docs/collector.md): 0 success (for ``snapshot``: the
-cut is COMPLETE), 1 the answer is negative (an INCOMPLETE cut), 2 bad
+Exit codes (stable, see docs/collector.md): 0 success (``snapshot``: the cut
+is COMPLETE; ``check``: every check holds; ``deadlocks``: none), 1 the
+answer is negative (an INCOMPLETE cut, a violation, a deadlock), 2 bad
 usage, 3 the collector cannot be reached, 4 the collector refused the
-request.
+request, 5 a check could not run (a predicate raised or timed out).
 """
 
 from __future__ import annotations

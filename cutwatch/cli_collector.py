@@ -1,4 +1,4 @@
-"""The collector commands of the ``cutwatch`` command line: run one, snapshot, list, status."""
+"""The collector commands of the ``cutwatch`` command line: run one, snapshot, cuts, status, check, deadlocks."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from typing import Any, NoReturn
 
 import click
 
+from cutwatch.agent.exceptions import CutwatchError
 from cutwatch.collector import (
     DEFAULT_LISTEN,
+    CheckResults,
     CollectorClient,
     CollectorError,
     CollectorServer,
@@ -28,6 +30,7 @@ from cutwatch.collector import (
 EXIT_NEGATIVE = 1
 EXIT_UNREACHABLE = 3
 EXIT_REFUSED = 4
+EXIT_CHECK_ERROR = 5
 ENV_COLLECTOR = "CUTWATCH_COLLECTOR"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -115,6 +118,8 @@ def register_collector_commands(main: click.Group) -> None:
     main.add_command(snapshot)
     main.add_command(cuts)
     main.add_command(status)
+    main.add_command(check)
+    main.add_command(deadlocks)
 
 
 @click.command()
@@ -138,9 +143,30 @@ def register_collector_commands(main: click.Group) -> None:
     help="Give up on a snapshot after this long.",
 )
 @click.option("--max-agents", type=click.IntRange(1, 10_000), default=256, show_default=True)
+@click.option(
+    "--predicates",
+    multiple=True,
+    metavar="FILE_OR_MODULE",
+    help="A local file or module of @cutwatch.invariant predicates, checked on every COMPLETE cut "
+    "(repeatable).",
+)
+@click.option(
+    "--predicate-timeout",
+    callback=_duration,
+    default="5s",
+    metavar="DURATION",
+    help="Longest a predicate may run on one cut before it is stopped and reported as an error.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Log warnings only.")
 def collector(
-    listen: str, db: str, every: float | None, snapshot_timeout: float, max_agents: int, quiet: bool
+    listen: str,
+    db: str,
+    every: float | None,
+    snapshot_timeout: float,
+    max_agents: int,
+    predicates: tuple[str, ...],
+    predicate_timeout: float,
+    quiet: bool,
 ) -> None:
     """Run a collector until interrupted (Ctrl-C or SIGTERM)."""
     logging.basicConfig(
@@ -150,9 +176,15 @@ def collector(
     )
     try:
         server = CollectorServer(
-            db, listen=listen, every=every, snapshot_timeout=snapshot_timeout, max_agents=max_agents
+            db,
+            listen=listen,
+            every=every,
+            snapshot_timeout=snapshot_timeout,
+            max_agents=max_agents,
+            predicates=predicates,
+            predicate_timeout=predicate_timeout,
         ).start()
-    except (OSError, CollectorError, ValueError) as exc:
+    except (OSError, CutwatchError, ValueError) as exc:
         click.echo(f"cutwatch: cannot start the collector: {exc}", err=True)
         sys.exit(EXIT_REFUSED)
     stop = threading.Event()
@@ -163,6 +195,8 @@ def collector(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     click.echo(f"cutwatch collector listening on {server.address}, storing cuts in {db}", err=True)
+    if predicates:
+        click.echo(f"checking the predicates of {', '.join(predicates)} on every COMPLETE cut", err=True)
     if every:
         click.echo(f"taking a snapshot every {every:g} s", err=True)
     while not stop.wait(0.5):
@@ -250,3 +284,106 @@ def status(address: str, as_json: bool) -> None:
         f"snapshots: {stats['snapshots_started']} started, {stats['complete']} complete, "
         f"{stats['incomplete']} incomplete, {stats['rejected']} rejected"
     )
+
+
+def format_results(checked: CheckResults) -> str:
+    """Check results as a person reads them: one line each, the failures' messages below."""
+    lines = [f"checks of snapshot {checked.epoch} ({checked.cut_status})"]
+    for result in checked.results:
+        lines.append(f"  {result.status:<5}  {result.name}")
+    for result in checked.results:
+        if result.status != "PASS" and result.message:
+            lines.append("")
+            lines.append(f"{result.name}: {result.status}")
+            lines.extend("  " + line for line in result.message.splitlines())
+    return "\n".join(lines)
+
+
+def _check_exit(checked: CheckResults) -> int:
+    if checked.failed:
+        return EXIT_NEGATIVE
+    return EXIT_CHECK_ERROR if checked.errors else 0
+
+
+@click.command()
+@_collector_option
+@click.option(
+    "--epoch", type=click.IntRange(1), default=None, help="The results of this cut (default: the newest)."
+)
+@click.option(
+    "--follow", is_flag=True, help="Then print every failed check as it is found, until interrupted."
+)
+@_json_option
+def check(address: str, epoch: int | None, follow: bool, as_json: bool) -> None:
+    """Predicate and deadlock results of the newest checked cut; exit 0 when every check holds."""
+    with CollectorClient(address) as client:
+        try:
+            checked = client.results(epoch)
+        except CollectorError as exc:
+            _fail(exc)
+        if checked is None:
+            click.echo(
+                "no cut has been checked yet" if epoch is None else f"no results for cut {epoch}", err=True
+            )
+        elif as_json:
+            click.echo(json.dumps(checked.to_json(), indent=None if follow else 2, sort_keys=True))
+        else:
+            click.echo(format_results(checked))
+        if follow:
+            _follow(client, as_json)
+            return
+    sys.exit(EXIT_NEGATIVE if checked is None else _check_exit(checked))
+
+
+def _follow(client: CollectorClient, as_json: bool) -> None:
+    if not as_json:
+        click.echo("following failed checks (Ctrl-C to stop)", err=True)
+    try:
+        for event in client.watch():
+            if as_json:
+                click.echo(json.dumps(event, sort_keys=True))
+            else:
+                click.echo(f"snapshot {event['epoch']}: {event['name']} {event['status']}")
+                click.echo("\n".join("  " + line for line in str(event["message"]).splitlines()))
+    except CollectorError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        return
+
+
+@click.command()
+@_collector_option
+@click.option("--now", is_flag=True, help="Take a snapshot first instead of reading the newest checked cut.")
+@click.option("--timeout", type=str, callback=_duration, default="10s", metavar="DURATION", help="For --now.")
+@_json_option
+def deadlocks(address: str, now: bool, timeout: float, as_json: bool) -> None:
+    """Deadlocks on the newest checked cut; exit 0 when there are none, 1 when there are."""
+    with CollectorClient(address) as client:
+        try:
+            if now:
+                client.snapshot(timeout=timeout)
+            checked = client.results(name="cutwatch.deadlock")
+        except CollectorError as exc:
+            _fail(exc)
+    if checked is None or not checked.results:
+        if as_json:
+            click.echo(json.dumps({"epoch": None, "cut_status": None, "deadlocks": []}, indent=2))
+        else:
+            click.echo("no cut has been checked for deadlocks yet (take one with --now)")
+        return
+    (result,) = checked.results
+    if result.status == "ERROR":
+        click.echo(
+            f"cutwatch: deadlock detection failed on snapshot {checked.epoch}: {result.message}", err=True
+        )
+        sys.exit(EXIT_CHECK_ERROR)
+    found = list(result.witness or []) if result.status == "FAIL" else []
+    if as_json:
+        doc = {"epoch": checked.epoch, "cut_status": checked.cut_status, "deadlocks": found}
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+    elif found:
+        click.echo(f"snapshot {checked.epoch} ({checked.cut_status}): {len(found)} deadlock(s)")
+        click.echo(result.message)
+    else:
+        click.echo(f"snapshot {checked.epoch} ({checked.cut_status}): no deadlock")
+    sys.exit(EXIT_NEGATIVE if found else 0)

@@ -262,6 +262,36 @@ class CutList(_message.Message):
     cuts_json: str
     def __init__(self, cuts_json: _Optional[str] = ...) -> None: ...
 
+class ResultsQuery(_message.Message):
+    __slots__ = ("epoch", "name")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    name: str
+    def __init__(self, epoch: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
+
+class ResultsReply(_message.Message):
+    __slots__ = ("found", "epoch", "cut_status", "results_json")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    CUT_STATUS_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    epoch: int
+    cut_status: str
+    results_json: str
+    def __init__(self, found: _Optional[bool] = ..., epoch: _Optional[int] = ..., cut_status: _Optional[str] = ..., results_json: _Optional[str] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WatchEvent(_message.Message):
+    __slots__ = ("event_json",)
+    EVENT_JSON_FIELD_NUMBER: _ClassVar[int]
+    event_json: str
+    def __init__(self, event_json: _Optional[str] = ...) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

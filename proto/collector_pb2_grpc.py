@@ -59,6 +59,16 @@ class CollectorStub:
                 request_serializer=cutwatch_dot_proto_dot_collector__pb2.StatusRequest.SerializeToString,
                 response_deserializer=cutwatch_dot_proto_dot_collector__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.Results = channel.unary_unary(
+                '/cutwatch.v1.Collector/Results',
+                request_serializer=cutwatch_dot_proto_dot_collector__pb2.ResultsQuery.SerializeToString,
+                response_deserializer=cutwatch_dot_proto_dot_collector__pb2.ResultsReply.FromString,
+                _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/cutwatch.v1.Collector/Watch',
+                request_serializer=cutwatch_dot_proto_dot_collector__pb2.WatchRequest.SerializeToString,
+                response_deserializer=cutwatch_dot_proto_dot_collector__pb2.WatchEvent.FromString,
+                _registered_method=True)
 
 
 class CollectorServicer:
@@ -97,6 +107,20 @@ class CollectorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Results(self, request, context):
+        """Predicate and deadlock results of a stored cut.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request, context):
+        """Every failed check from now on, as it is found.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CollectorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +148,16 @@ def add_CollectorServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=cutwatch_dot_proto_dot_collector__pb2.StatusRequest.FromString,
                     response_serializer=cutwatch_dot_proto_dot_collector__pb2.StatusReply.SerializeToString,
+            ),
+            'Results': grpc.unary_unary_rpc_method_handler(
+                    servicer.Results,
+                    request_deserializer=cutwatch_dot_proto_dot_collector__pb2.ResultsQuery.FromString,
+                    response_serializer=cutwatch_dot_proto_dot_collector__pb2.ResultsReply.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=cutwatch_dot_proto_dot_collector__pb2.WatchRequest.FromString,
+                    response_serializer=cutwatch_dot_proto_dot_collector__pb2.WatchEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +295,60 @@ class Collector:
             '/cutwatch.v1.Collector/Status',
             cutwatch_dot_proto_dot_collector__pb2.StatusRequest.SerializeToString,
             cutwatch_dot_proto_dot_collector__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Results(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutwatch.v1.Collector/Results',
+            cutwatch_dot_proto_dot_collector__pb2.ResultsQuery.SerializeToString,
+            cutwatch_dot_proto_dot_collector__pb2.ResultsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cutwatch.v1.Collector/Watch',
+            cutwatch_dot_proto_dot_collector__pb2.WatchRequest.SerializeToString,
+            cutwatch_dot_proto_dot_collector__pb2.WatchEvent.FromString,
             options,
             channel_credentials,
             insecure,
