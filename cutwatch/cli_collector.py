@@ -1,4 +1,4 @@
-"""The collector commands of the ``cutwatch`` command line: run one, snapshot, cuts, status, check, deadlocks."""
+"""The collector commands of `cutwatch`: run one, snapshot, cuts, status, check, deadlocks."""
 
 from __future__ import annotations
 
