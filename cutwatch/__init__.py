@@ -26,6 +26,7 @@ from cutwatch.collector import (
     Cut,
     InTransitMessage,
 )
+from cutwatch.predicates import at_most_one, conservation, holds, invariant, violation
 
 __version__ = "0.1.0"
 
@@ -45,4 +46,9 @@ __all__ = [
     "TaskView",
     "VectorClock",
     "__version__",
+    "at_most_one",
+    "conservation",
+    "holds",
+    "invariant",
+    "violation",
 ]
