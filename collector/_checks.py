@@ -33,6 +33,8 @@ __all__ = ["DEADLOCK_CHECK", "CheckEvent", "CutChecker", "Subscription"]
 _LOG = logging.getLogger("cutwatch.collector.checks")
 DEADLOCK_CHECK = "cutwatch.deadlock"
 _TRACER_NAME = "cutwatch.collector"
+MAX_REPORTED_TASKS = 500
+"""Tasks listed per stored deadlock report; a bigger deadlock keeps its chain and a count."""
 
 
 @dataclass(frozen=True)
@@ -197,8 +199,10 @@ class CutChecker:
             return (
                 StoredResult(cut.epoch, DEADLOCK_CHECK, "PASS", duration=duration) if cut.complete else None
             )
-        witness = [d.to_json() for d in deadlocks]
+        witness = [_capped(d.to_json()) for d in deadlocks]
         message = format_deadlocks(deadlocks)
+        if len(message) > 64 * 1024:
+            message = message[: 64 * 1024] + f"\n... ({len(message)} characters in all)"
         return StoredResult(
             cut.epoch, DEADLOCK_CHECK, "FAIL", message, json.dumps(witness, sort_keys=True), duration
         )
@@ -221,6 +225,16 @@ class CutChecker:
                 subscription.put(event)
         for event in events:
             _export(event)
+
+
+def _capped(report: dict[str, Any]) -> dict[str, Any]:
+    """A deadlock report with at most :data:`MAX_REPORTED_TASKS` tasks (the cycle's own first)."""
+    tasks = report.get("tasks")
+    if not isinstance(tasks, list) or len(tasks) <= MAX_REPORTED_TASKS:
+        return report
+    on_cycle = [t for t in tasks if isinstance(t, dict) and t.get("on_cycle")]
+    others = [t for t in tasks if not (isinstance(t, dict) and t.get("on_cycle"))]
+    return {**report, "tasks": (on_cycle + others)[:MAX_REPORTED_TASKS], "tasks_total": len(tasks)}
 
 
 def _export(event: CheckEvent) -> None:

@@ -168,3 +168,15 @@ def test_a_predicate_file_that_does_not_load_stops_the_collector_from_starting(t
     )
     assert result.exit_code == 4
     assert "bad.py" in result.output
+
+
+def test_a_huge_deadlock_report_is_stored_capped() -> None:
+    from cutwatch.collector._checks import MAX_REPORTED_TASKS, _capped
+
+    tasks = [{"task_id": i, "on_cycle": i % 2 == 0} for i in range(MAX_REPORTED_TASKS * 3)]
+    capped = _capped({"chain": "a -> b", "tasks": tasks})
+    assert capped["tasks_total"] == MAX_REPORTED_TASKS * 3
+    assert len(capped["tasks"]) == MAX_REPORTED_TASKS
+    assert all(task["on_cycle"] for task in capped["tasks"])  # the cycle's tasks come first
+    small = {"chain": "a -> b", "tasks": tasks[:3]}
+    assert _capped(small) is small
