@@ -51,6 +51,7 @@ as proven (see :mod:`cutwatch.predicates._waitfor` for the edges):
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import compress
@@ -331,7 +332,15 @@ def deadlocks_from(graph: WaitForGraph, reduction: Reduction, cut: Cut) -> list[
     stuck_tasks = reduction.deadlocked
     if not stuck_tasks:
         return []
-    return _Reporter(graph, reduction, cut, stuck_tasks).report()
+    # A big deadlock's report allocates hundreds of thousands of small objects and no cycles:
+    # the cyclic garbage collector would rescan them all many times over, for nothing.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _Reporter(graph, reduction, cut, stuck_tasks).report()
+    finally:
+        if collecting:
+            gc.enable()
 
 
 class _Reporter:
