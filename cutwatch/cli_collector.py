@@ -357,14 +357,36 @@ def _follow(client: CollectorClient, as_json: bool) -> None:
 @click.option("--timeout", type=str, callback=_duration, default="10s", metavar="DURATION", help="For --now.")
 @_json_option
 def deadlocks(address: str, now: bool, timeout: float, as_json: bool) -> None:
-    """Deadlocks on the newest checked cut; exit 0 when there are none, 1 when there are."""
+    """Deadlocks on the newest checked cut; exit 0 when there are none, 1 when there are.
+
+    With --now, on a snapshot taken now; exit 5 when that cut is INCOMPLETE and proves none.
+    """
+    taken = None
     with CollectorClient(address) as client:
         try:
             if now:
-                client.snapshot(timeout=timeout)
-            checked = client.results(name="cutwatch.deadlock")
+                taken = client.snapshot(timeout=timeout)
+                checked = client.results(epoch=taken.epoch, name="cutwatch.deadlock")
+            else:
+                checked = client.results(name="cutwatch.deadlock")
         except CollectorError as exc:
             _fail(exc)
+    if taken is not None and checked is None:
+        # An INCOMPLETE cut that proves no deadlock: it cannot show there is none either.
+        if as_json:
+            doc = {
+                "epoch": taken.epoch,
+                "cut_status": taken.status,
+                "deadlocks": [],
+                "reasons": list(taken.reasons),
+            }
+            click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        else:
+            click.echo(
+                f"snapshot {taken.epoch} is INCOMPLETE and proves no deadlock; it cannot rule one out:"
+            )
+            click.echo("\n".join(f"  why: {reason}" for reason in taken.reasons))
+        sys.exit(EXIT_CHECK_ERROR)
     if checked is None or not checked.results:
         if as_json:
             click.echo(json.dumps({"epoch": None, "cut_status": None, "deadlocks": []}, indent=2))

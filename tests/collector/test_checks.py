@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -180,3 +181,35 @@ def test_a_huge_deadlock_report_is_stored_capped() -> None:
     assert all(task["on_cycle"] for task in capped["tasks"])  # the cycle's tasks come first
     small = {"chain": "a -> b", "tasks": tasks[:3]}
     assert _capped(small) is small
+
+
+def test_deadlocks_now_on_an_incomplete_cut_that_proves_none_says_so_and_exits_5(
+    checked: tuple[CollectorServer, Ledger, Ledger],
+) -> None:
+    server, _, b = checked
+    assert CliRunner().invoke(cli_main, ["snapshot", "--collector", server.address]).exit_code == 0
+    in_provider = threading.Event()
+
+    def slow() -> int:
+        in_provider.set()
+        time.sleep(1.0)
+        return 0
+
+    b.agent.register_state("slow", slow)
+    control = b.agent._control
+    assert control is not None
+
+    def lose_the_link() -> None:
+        if in_provider.wait(TIMEOUT):
+            control.close(timeout=0.1)
+
+    breaker = threading.Thread(target=lose_the_link)
+    breaker.start()
+    try:
+        result = CliRunner().invoke(cli_main, ["deadlocks", "--collector", server.address, "--now", "--json"])
+    finally:
+        breaker.join(TIMEOUT)
+    assert result.exit_code == 5, result.output
+    doc = json.loads(result.output)
+    assert doc["cut_status"] == "INCOMPLETE" and doc["deadlocks"] == []
+    assert any(b.agent.process_id in reason for reason in doc["reasons"])
