@@ -520,3 +520,57 @@ def test_cut_round_trip_through_json_gives_the_same_report() -> None:
     again = Cut.loads(cut.dumps())
     assert [d.to_json() for d in find_deadlocks(again)] == [d.to_json() for d in find_deadlocks(cut)]
     assert reduce_graph(graph_from_cut(again)).deadlocked == reduce_graph(graph_from_cut(cut)).deadlocked
+
+
+def test_two_full_pools_waiting_on_each_other() -> None:
+    # Both pools are full of handlers whose calls sit queued in the other pool (a graph on which an
+    # earlier version of the report's grouping looped forever).
+    tasks = {
+        A: [
+            task(
+                1,
+                method="/shop.Orders/Place",
+                caller=C,
+                call_id=50,
+                calls=[call(11, "/shop.Inventory/Reserve", B)],
+            ),
+            task(
+                2,
+                method="/shop.Orders/Place",
+                caller=C,
+                call_id=51,
+                calls=[call(12, "/shop.Inventory/Reserve", B)],
+            ),
+        ],
+        B: [
+            task(
+                3,
+                method="/shop.Inventory/Restock",
+                caller=C,
+                call_id=52,
+                calls=[call(31, "/shop.Orders/Price", A)],
+            ),
+            task(
+                4,
+                method="/shop.Inventory/Restock",
+                caller=C,
+                call_id=53,
+                calls=[call(32, "/shop.Orders/Price", A)],
+            ),
+        ],
+        C: [],
+    }
+    queued = (
+        unsettled(A, 11, "/shop.Inventory/Reserve", B),
+        unsettled(A, 12, "/shop.Inventory/Reserve", B),
+        unsettled(B, 31, "/shop.Orders/Price", A),
+        unsettled(B, 32, "/shop.Orders/Price", A),
+    )
+    cut = make_cut(tasks, pools={A: {"server-1": 2}, B: {"server-1": 2}, C: {}}, queued=queued)
+    (deadlock,) = find_deadlocks(cut)
+    assert stuck([deadlock]) == {(A, 1), (A, 2), (B, 3), (B, 4)}
+    assert all(t.on_cycle for t in deadlock.tasks)
+    json_roundtrip([deadlock])
+    # One free worker in either pool, and it is no deadlock.
+    roomy = make_cut(tasks, pools={A: {"server-1": 3}, B: {"server-1": 2}, C: {}}, queued=queued)
+    assert find_deadlocks(roomy) == []
