@@ -3,36 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import math
 import subprocess
 import sys
-from pathlib import Path
-from types import ModuleType
-from typing import Any
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "deadlock_detection.py"
+from benchmark_scripts import BENCHMARKS, load_script, positive
+
+SCRIPT = BENCHMARKS / "deadlock_detection.py"
 PHASES = ("build", "reduce", "report")
-
-
-def _positive(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return math.isfinite(value) and value > 0
-
-
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("deadlock_detection", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
 
 
 def test_quick_run_reports_all_figures() -> None:
@@ -53,14 +33,14 @@ def test_quick_run_reports_all_figures() -> None:
         assert [row["tasks"] for row in rows] == cfg["sizes"], shape
         for row in rows:
             for phase in PHASES:
-                assert _positive(row[f"{phase}_s"]) or (phase == "report" and row["deadlocked_tasks"] == 0)
+                assert positive(row[f"{phase}_s"]) or (phase == "report" and row["deadlocked_tasks"] == 0)
             assert math.isclose(row["total_s"], sum(row[f"{p}_s"] for p in PHASES))
             assert math.isclose(row["per_task_us"], row["total_s"] / row["tasks"] * 1e6)
             assert row["graph_size"] > row["tasks"] and row["processes"] >= 2
-        assert _positive(rows[1]["growth"]) and rows[1]["size_ratio"] == 10
+        assert positive(rows[1]["growth"]) and rows[1]["size_ratio"] == 10
         goals = result["goals"][shape]
         assert goals["under_1s_at_1e5"] is None  # 10^5 is not part of a quick run
-        assert isinstance(goals["linear"], bool) and _positive(goals["per_task_growth"])
+        assert isinstance(goals["linear"], bool) and positive(goals["per_task_growth"])
     for row in result["shapes"]["cycle"]:  # one deadlock of every task, with a cycle through all of them
         assert row["deadlocks"] == 1 and row["deadlocked_tasks"] == row["longest_cycle"] == row["tasks"]
     # The random cuts have some deadlocks, but far from everything is stuck.
@@ -70,6 +50,6 @@ def test_quick_run_reports_all_figures() -> None:
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        _load_script().print_report(result)
+        load_script(SCRIPT).print_report(result)
     text = out.getvalue()
     assert "random" in text and "cycle" in text and text.count("goal under 1 s at 10^5 tasks") == 2

@@ -6,17 +6,11 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
-from typing import Any
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "interceptor_overhead.py"
+from benchmark_scripts import BENCHMARKS, positive
+
+SCRIPT = BENCHMARKS / "interceptor_overhead.py"
 CONFIGS = ("bare", "cutwatch", "otel")
-
-
-def _positive(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return math.isfinite(value) and value > 0
 
 
 def test_quick_run_reports_all_figures() -> None:
@@ -36,10 +30,10 @@ def test_quick_run_reports_all_figures() -> None:
         figures = result[mode]
         assert figures["calls_per_config"] == result["config"]["calls"] * result["config"]["rounds"]
         for config in CONFIGS:
-            assert _positive(figures[config]["median_us"]), (mode, config)
+            assert positive(figures[config]["median_us"]), (mode, config)
             assert figures[config]["p99_us"] >= figures[config]["median_us"], (mode, config)
         for config in ("cutwatch", "otel"):
-            assert _positive(figures[f"ratio_{config}"])
+            assert positive(figures[f"ratio_{config}"])
             assert math.isfinite(figures[f"added_{config}_us"])
             assert math.isfinite(figures[f"added_{config}_us_round_median"])
         goals = {"ratio_limit", "ratio_met", "share_of_otel_limit", "share_of_otel_met"}
@@ -56,7 +50,7 @@ def test_quick_run_reports_all_figures() -> None:
     assert sorted(rows) == [1, 8, 100, 1000]
     for row in rows.values():
         for key in ("cold_bytes", "cold_b64_bytes", "warm_bytes", "warm_b64_bytes", "warm_bytes_per_entry"):
-            assert _positive(row[key]), (row["entries"], key)
+            assert positive(row[key]), (row["entries"], key)
         assert row["warm_b64_bytes"] > row["warm_bytes"]
     # Names travel only until acknowledged: past a handful of entries the warm stamp is smaller.
     assert rows[100]["warm_bytes"] < rows[100]["cold_bytes"]

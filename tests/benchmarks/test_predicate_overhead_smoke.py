@@ -6,17 +6,11 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
-from typing import Any
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "predicate_overhead.py"
+from benchmark_scripts import BENCHMARKS, positive
+
+SCRIPT = BENCHMARKS / "predicate_overhead.py"
 FIGURES = ("predicate", "encode", "decode", "evaluate", "evaluate_true", "worker_predicate")
-
-
-def _positive(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return math.isfinite(value) and value > 0
 
 
 def test_quick_run_reports_all_figures() -> None:
@@ -37,7 +31,7 @@ def test_quick_run_reports_all_figures() -> None:
     assert row["clock_entries"] == 8 and row["cut_json_bytes"] > 1000 * 100
     for key in FIGURES:
         figure = row["figures"][key]
-        assert _positive(figure["median_ms"]), key
+        assert positive(figure["median_ms"]), key
         assert figure["p90_ms"] >= figure["median_ms"], key
     assert math.isfinite(row["figures"]["overhead_ms"])
     # Every cut keeps the money, so every result (in process and in both engines) is PASS.

@@ -3,37 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import math
 import subprocess
 import sys
-from pathlib import Path
-from types import ModuleType
-from typing import Any
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "snapshot_benchmarks.py"
+from benchmark_scripts import BENCHMARKS, load_script, positive
+
+SCRIPT = BENCHMARKS / "snapshot_benchmarks.py"
 MODES = ("idle", "traffic")
 PHASES = ("none", "every 100 ms")
-
-
-def _positive(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return math.isfinite(value) and value > 0
-
-
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("snapshot_benchmarks", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
 
 
 def test_quick_run_reports_all_figures() -> None:
@@ -60,7 +40,7 @@ def test_quick_run_reports_all_figures() -> None:
             taken = cfg["snapshots"] * cfg["rounds"]
             assert figures["snapshots"] == figures["complete"] == figures["conserved"] == taken, mode
             for key in ("round_trip_ms", "unit_getcut_ms", "unit_status_ms", "internal_ms", "write_ms"):
-                assert _positive(figures[key]), (agents, mode, key)
+                assert positive(figures[key]), (agents, mode, key)
             assert figures["round_trip_p90_ms"] >= figures["round_trip_ms"]
             assert 0 <= figures["first_local_ms"] <= figures["last_local_ms"]
             assert figures["budget_ms"] > figures["write_ms"]
@@ -81,7 +61,7 @@ def test_quick_run_reports_all_figures() -> None:
     for row in result["ingest"]:
         assert row["records_per_cut"] == row["agents"] * cfg["open_calls"]
         for key in ("local_us", "locals_per_s", "record_us", "records_per_s"):
-            assert _positive(row[key]), (row["agents"], key)
+            assert positive(row[key]), (row["agents"], key)
         for kind in ("idle", "records"):
             cut = row[kind]
             assert cut["cuts"] == cfg["ingest_cuts"]
@@ -98,13 +78,13 @@ def test_quick_run_reports_all_figures() -> None:
         assert figures["agents_cores"] > 0
     assert app["snapshots"] > 0 and app["snapshots_complete"] > 0
     assert app["check"]["errors"] == 0 and app["check"]["internal_errors"] == 0
-    assert _positive(app["p50_ratio"]) and _positive(app["p99_ratio"])
+    assert positive(app["p50_ratio"]) and positive(app["p99_ratio"])
     assert isinstance(app["goal_met"], bool)
 
     # The tables print from the same document.
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        _load_script().print_report(result)
+        load_script(SCRIPT).print_report(result)
     text = out.getvalue()
     for heading in ("1. snapshot latency", "2. collector ingest", "3. application RPCs"):
         assert heading in text
