@@ -91,17 +91,27 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
                 stream.close()
 
 
+_PATH_VARIABLE = "CUTWATCH_PREDICATE_WORKER_PATH"
+_BOOT = (
+    "import json, os, sys; sys.path[:] = json.loads(os.environ.pop('CUTWATCH_PREDICATE_WORKER_PATH')); "
+    "from cutwatch.predicates._worker import main; sys.exit(main())"
+)
+
+
 class _Worker:
     """One worker process and the JSON-lines protocol over its pipes."""
 
     def __init__(self, max_line_bytes: int) -> None:
         self._max_line = max_line_bytes
-        self.process: subprocess.Popen[bytes] = subprocess.Popen(
-            [sys.executable, "-m", "cutwatch.predicates._worker"],
+        # The worker gets exactly the collector's import path: ``python -m`` would put the current
+        # directory first, where a source checkout's ``cutwatch/`` folder would shadow the package.
+        self.process: subprocess.Popen[bytes] = subprocess.Popen(  # noqa: S603 - our own interpreter and code
+            [sys.executable, "-c", _BOOT],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             close_fds=True,
+            env={**os.environ, _PATH_VARIABLE: json.dumps(sys.path)},
         )
         self._finalizer = weakref.finalize(self, _kill, self.process)
         assert self.process.stdin is not None and self.process.stdout is not None

@@ -12,9 +12,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -27,44 +24,15 @@ import grpc
 import pytest
 from google.protobuf.struct_pb2 import Struct
 from polling import wait_until
+from processes import START_TIMEOUT, Proc, cutwatch_command, listening_address, spawn, stop_all, terminate
 
 from cutwatch import CollectorClient, Cut
 
 BANK_SCRIPT = Path(__file__).resolve().parent / "bank_service.py"
 INITIAL = 1000
-START_TIMEOUT = 60.0
-"""Generous: four Python processes importing grpc at once on a loaded 2-core machine."""
 SNAPSHOT_TIMEOUT = 30.0
 ABANDONED_GRACE = 2.0
 """The agent's default ``abandoned_grace``: how long a failed call keeps cuts that span it open."""
-_LISTENING = re.compile(r"listening on (\S+:\d+)")
-
-
-def collector_command() -> list[str]:
-    """The ``cutwatch`` console script of this interpreter's environment."""
-    script = Path(sys.executable).parent / "cutwatch"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from cutwatch.cli import main; main()"]
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def tail(self, lines: int = 30) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return f"--- {self.name} (exit {self.popen.poll()}) ---\n" + "\n".join(text.splitlines()[-lines:])
-
-    def kill(self) -> None:
-        """SIGKILL: no goodbye to anybody."""
-        self.popen.kill()
-        self.popen.wait(10)
 
 
 @dataclass
@@ -85,32 +53,15 @@ class Cluster:
         self._channels: dict[str, grpc.Channel] = {}
 
     def _spawn(self, name: str, command: list[str]) -> Proc:
-        log = self.tmp / f"{name}.log"
-        with log.open("ab") as out:
-            popen = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.tmp,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        proc = Proc(name, popen, log)
-        self.procs.append(proc)
-        return proc
+        return spawn(self.tmp, self.procs, name, command)
 
     def start_collector(self, db: Path, listen: str = "127.0.0.1:0", *extra: str) -> tuple[Proc, str]:
         """A ``cutwatch collector`` process; returns it and the address it listens on."""
         n = sum(1 for p in self.procs if p.name.startswith("collector"))
-        command = [*collector_command(), "collector", "--listen", listen, "--db", str(db), *extra]
+        command = [*cutwatch_command(), "collector", "--listen", listen, "--db", str(db), *extra]
         proc = self._spawn(f"collector-{n}", command)
 
-        def listening() -> str | None:
-            assert proc.alive(), proc.tail()
-            match = _LISTENING.search(proc.log.read_text(errors="replace"))
-            return match.group(1) if match else None
-
-        address: str = wait_until(listening, "the collector to listen", START_TIMEOUT, 0.1)
+        address = listening_address(proc)
         return proc, address
 
     def start_banks(self, count: int, collector: str, **options: dict[str, str]) -> list[Bank]:
@@ -167,26 +118,12 @@ class Cluster:
         return {key: (int(value) if isinstance(value, float) else value) for key, value in reply.items()}
 
     def terminate(self, proc: Proc, timeout: float = 20.0) -> int | None:
-        """SIGTERM, then SIGKILL if it has not exited within ``timeout``; returns the exit code."""
-        if proc.alive():
-            proc.popen.send_signal(signal.SIGTERM)
-            try:
-                return proc.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait(10)
-        return proc.popen.returncode
+        return terminate(proc, timeout)
 
     def close(self) -> None:
         for channel in self._channels.values():
             channel.close()
-        for proc in self.procs:
-            if proc.alive():
-                proc.popen.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            self.terminate(proc, timeout=10.0)
-        for proc in self.procs:
-            print(proc.tail(15))  # shown by pytest when the test failed
+        stop_all(self.procs)
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ import json
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -37,13 +36,12 @@ import pytest
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 from polling import wait_until
+from processes import START_TIMEOUT, Proc, cutwatch_command, listening_address, spawn, stop_all
 
 from cutwatch import CollectorClient, Cut
 from cutwatch.predicates import find_deadlocks
 
 SHOP_SCRIPT = Path(__file__).resolve().parent / "shop_service.py"
-START_TIMEOUT = 60.0
-"""Generous: several Python processes importing grpc at once on a loaded 2-core machine."""
 SNAPSHOT_TIMEOUT = 30.0
 STUCK_DEADLINE = 600.0
 """Deadline of the test's calls into a deadlock: they stay blocked until teardown cancels them."""
@@ -53,15 +51,6 @@ HOLD_MS = 1500
 """How long a lock holder waits before its call: both ends of a lock cycle take their lock meanwhile."""
 TRAFFIC_SECONDS = 20.0
 """Length of the phantom run (the issue asks 30 s; 20 keep this file near a minute)."""
-_LISTENING = re.compile(r"listening on (\S+:\d+)")
-
-
-def cutwatch_command() -> list[str]:
-    """The ``cutwatch`` console script of this interpreter's environment."""
-    script = Path(sys.executable).parent / "cutwatch"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from cutwatch.cli import main; main()"]
 
 
 def path(service: str, method: str) -> str:
@@ -75,20 +64,6 @@ def struct_to_python(message: Struct) -> dict[str, Any]:
 
 
 # Processes ---------------------------------------------------------------------------------------
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def tail(self, lines: int = 30) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return f"--- {self.name} (exit {self.popen.poll()}) ---\n" + "\n".join(text.splitlines()[-lines:])
-
-
 @dataclass(frozen=True)
 class Spec:
     """One shop service: its worker pool and its RPCs (``NAME=STEPS``, see shop_service.py)."""
@@ -119,31 +94,14 @@ class Shops:
     _stuck: list[grpc.Future] = field(default_factory=list)
 
     def _spawn(self, name: str, command: list[str]) -> Proc:
-        log = self.tmp / f"{name}.log"
-        with log.open("ab") as out:
-            popen = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.tmp,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        proc = Proc(name, popen, log)
-        self.procs.append(proc)
-        return proc
+        return spawn(self.tmp, self.procs, name, command)
 
     def start_collector(self, *extra: str) -> str:
         """A ``cutwatch collector`` process; returns the address it listens on."""
         command = [*cutwatch_command(), "collector", "--listen", "127.0.0.1:0", "--db", "cuts.db", *extra]
         proc = self._spawn("collector", command)
 
-        def listening() -> str | None:
-            assert proc.alive(), proc.tail()
-            match = _LISTENING.search(proc.log.read_text(errors="replace"))
-            return match.group(1) if match else None
-
-        self.collector = wait_until(listening, "the collector to listen", START_TIMEOUT, 0.1)
+        self.collector = listening_address(proc)
         return self.collector
 
     def start(self, specs: Mapping[str, Spec], warm: bool = True) -> dict[str, Service]:
@@ -243,27 +201,12 @@ class Shops:
         return tasks
 
     # Teardown ---------------------------------------------------------------------------------------
-    def terminate(self, proc: Proc, timeout: float) -> None:
-        if proc.alive():
-            proc.popen.send_signal(signal.SIGTERM)
-            try:
-                proc.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait(10)
-
     def close(self) -> None:
         for future in self._stuck:
             future.cancel()
         for channel in self._channels.values():
             channel.close()
-        for proc in self.procs:
-            if proc.alive():
-                proc.popen.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            self.terminate(proc, timeout=10.0)
-        for proc in self.procs:
-            print(proc.tail(15))  # shown by pytest when the test failed
+        stop_all(self.procs)
 
 
 @pytest.fixture
