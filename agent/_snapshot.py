@@ -50,8 +50,8 @@ asks each participant for a :class:`Flushed` marker, which travels behind
 every event that participant emitted before it. Only a request delivered
 later than that (more than the grace after its caller gave up) escapes.
 
-The per-peer message counters of the SPEC are kept and reported in every
-local snapshot, for reading; completion never depends on them.
+The per-peer message counters are kept and reported in every local
+snapshot, for reading; completion never depends on them.
 
 Duplicates: a message is identified by ``MsgKey(sender, call_id, attempt,
 kind)``. When the transport delivers one stamped message more than once

@@ -1,7 +1,7 @@
 """The predicate engine: the user's predicates run in a worker process the collector can kill.
 
-A predicate is the user's code, and the collector must outlive any bug in it
-(SPEC section 8). So predicates are imported and run in a separate OS
+A predicate is the user's code, and the collector must outlive any bug in
+it. So predicates are imported and run in a separate OS
 process, spoken to with JSON lines over pipes: a predicate that raises is an
 ERROR result; one that runs past its timeout, or takes the interpreter down
 (``os._exit``, a crash in an extension), gets its worker killed and becomes
