@@ -3,7 +3,8 @@
 ``cutwatch collector`` runs a collector; ``cutwatch snapshot``, ``cuts``,
 ``status``, ``check`` and ``deadlocks`` talk to one; ``cutwatch decode-stamp`` turns a
 ``cutwatch-stamp-bin`` value copied from a log or a packet capture back into
-something a person can read.
+something a person can read; ``cutwatch demo`` runs a small bank and shop under cutwatch
+as real processes and checks what it sees.
 
 Exit codes (stable, see docs/collector.md): 0 success (``snapshot``: the cut
 is COMPLETE; ``check``: every check holds; ``deadlocks``: none), 1 the
@@ -26,6 +27,7 @@ import click
 import cutwatch
 from cutwatch.agent import StampCodec, StampError
 from cutwatch.cli_collector import register_collector_commands
+from cutwatch.demo.run import demo
 from cutwatch.proto import stamp_pb2
 
 _HEX_DIGITS = frozenset(string.hexdigits)
@@ -148,6 +150,7 @@ def decode_stamp(stamp: str, encoding: str, as_json: bool) -> None:
 
 
 register_collector_commands(main)
+main.add_command(demo)
 
 __all__ = ["describe_stamp", "format_stamp", "main", "parse_stamp_text"]
 

@@ -1,0 +1,251 @@
+"""A small bank, instrumented with cutwatch: processes of `cutwatch demo` and of the real-process tests.
+
+Each bank holds a balance and moves money to its peers with a ``Credit``
+RPC. Two ``agent.atomic()`` blocks make every snapshot see each transfer
+either in a balance or in a channel, never in both and never in neither:
+
+- the sender debits its balance and starts the ``Credit`` call that carries
+  the money in one block (``.future()`` sends without waiting; the response
+  is awaited outside the block, which would otherwise hold the cut up);
+- the receiver's handler credits the money in one block, which is also
+  where its request stops being "in transit".
+
+So in every COMPLETE cut, the balances plus the ``amount`` of the Credit
+requests in transit add up to the money the banks started with.
+
+Run one per process::
+
+    python -m cutwatch.demo.bank --name b1 --collector 127.0.0.1:7070 \\
+        --ready-file b1.ready --peers-file peers.json
+
+It writes ``NAME ADDRESS`` to ``--ready-file`` once it serves and the
+collector knows it, then waits for ``--peers-file`` (a JSON list of bank
+addresses, its own may be in it) and transfers money until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import grpc
+from google.protobuf.struct_pb2 import Struct
+
+import cutwatch
+
+SERVICE = "bank.Bank"
+CREDIT = f"/{SERVICE}/Credit"
+STATS = f"/{SERVICE}/Stats"
+SERVER_THREADS = 16
+TRANSFER_TIMEOUT = 30.0
+"""Deadline of one Credit call: long enough that a healthy, loaded peer always answers in time."""
+
+_LOG = logging.getLogger("bank")
+
+
+def struct(**values: Any) -> Struct:
+    message = Struct()
+    message.update(values)
+    return message
+
+
+class Bank:
+    """One bank's money, its peers and its counters."""
+
+    def __init__(self, agent: cutwatch.Agent, initial: int, max_delay: float, slow_state: float) -> None:
+        self.agent = agent
+        self.balance = initial
+        self.transfers_ok = 0
+        self.transfers_failed = 0
+        self._max_delay = max_delay
+        self._slow_state = slow_state
+        # atomic() is about cuts; this lock is about threads (balance, counters, peers).
+        self._lock = threading.Lock()
+        self._peers: dict[str, grpc.UnaryUnaryMultiCallable[Struct, Struct]] = {}
+        self._channels: list[grpc.Channel] = []
+        agent.register_state("balance", self._balance_state)
+
+    def _balance_state(self) -> int:
+        """The state provider; runs under the snapshot lock, so no atomic() block is half done."""
+        if self._slow_state:
+            time.sleep(self._slow_state)  # a provider that takes a while, to make a snapshot last
+        return self.balance
+
+    # Server side ---------------------------------------------------------------------------------
+    def credit(self, request: Struct, context: grpc.ServicerContext) -> Struct:
+        # Wait a little first, so that calls overtake each other and some are in transit at a cut.
+        time.sleep(random.uniform(0, self._max_delay))
+        with self.agent.atomic(), self._lock:
+            self.balance += int(request["amount"])  # type: ignore[arg-type]  # a number, from our peers
+        return Struct()
+
+    def stats(self, request: Struct, context: grpc.ServicerContext) -> Struct:
+        with self._lock:
+            return struct(
+                process=self.agent.process_id,
+                transfers_ok=self.transfers_ok,
+                transfers_failed=self.transfers_failed,
+                balance=self.balance,
+                peers_alive=len(self._peers),
+            )
+
+    def handlers(self) -> grpc.GenericRpcHandler[Struct, Struct]:
+        def unary(behaviour: Any) -> grpc.RpcMethodHandler[Struct, Struct]:
+            return grpc.unary_unary_rpc_method_handler(
+                behaviour,
+                request_deserializer=Struct.FromString,
+                response_serializer=Struct.SerializeToString,
+            )
+
+        return grpc.method_handlers_generic_handler(
+            SERVICE, {"Credit": unary(self.credit), "Stats": unary(self.stats)}
+        )
+
+    # Client side ---------------------------------------------------------------------------------
+    def connect(self, addresses: list[str]) -> None:
+        """One instrumented channel per peer (a client interceptor per channel)."""
+        for address in addresses:
+            channel = grpc.intercept_channel(grpc.insecure_channel(address), self.agent.client_interceptor())
+            self._channels.append(channel)
+            self._peers[address] = channel.unary_unary(
+                CREDIT, request_serializer=Struct.SerializeToString, response_deserializer=Struct.FromString
+            )
+
+    def transfer_forever(self, stop: threading.Event, rng: random.Random) -> None:
+        while not stop.is_set():
+            with self._lock:
+                peers = sorted(self._peers.items())
+            if not peers:
+                stop.wait(0.1)
+                continue
+            address, credit = rng.choice(peers)
+            amount = rng.randint(1, 10)
+            with self.agent.atomic(), self._lock:
+                if self.balance < amount:
+                    continue
+                # The request that carries the money and the debit are on the same side of every cut.
+                future = credit.future(struct(amount=amount), timeout=TRANSFER_TIMEOUT)
+                self.balance -= amount
+            try:
+                future.result()
+            except grpc.RpcError as exc:
+                self._failed(address, amount, exc)
+            else:
+                with self._lock:
+                    self.transfers_ok += 1
+
+    def _failed(self, address: str, amount: int, exc: grpc.RpcError) -> None:
+        """Refund a transfer whose Credit failed; a peer that is gone leaves the peer list.
+
+        A Credit that failed after its handler ran (a deadline, a peer killed before it
+        answered) was applied, and the refund makes money: a real bank would give each
+        transfer an id and ask. The deadline here is long enough that healthy peers never hit it.
+        """
+        code = exc.code()  # gRPC's errors are also calls
+        with self.agent.atomic(), self._lock:
+            self.balance += amount
+            self.transfers_failed += 1
+            if code == grpc.StatusCode.UNAVAILABLE and self._peers.pop(address, None) is not None:
+                _LOG.warning("peer %s is unavailable; dropped it", address)
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Whoever polls ``path`` sees it whole or not at all."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def wait_for_peers(path: Path, stop: threading.Event) -> list[str] | None:
+    """The addresses in the peers file, once it exists; None when told to stop first."""
+    while not stop.is_set():
+        if path.exists():
+            peers = json.loads(path.read_text())
+            return [str(address) for address in peers]
+        stop.wait(0.05)
+    return None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--name", required=True, help="This bank's name (kept in its process id).")
+    parser.add_argument("--collector", required=True, help="The cutwatch collector's host:port.")
+    parser.add_argument("--ready-file", type=Path, required=True)
+    parser.add_argument("--peers-file", type=Path, required=True)
+    parser.add_argument("--workers", type=int, default=4, help="Threads making transfers.")
+    parser.add_argument("--initial", type=int, default=1000, help="Starting balance.")
+    parser.add_argument("--max-delay-ms", type=float, default=20.0, help="Credit handlers wait up to this.")
+    parser.add_argument("--slow-state-ms", type=float, default=0.0, help="The state provider takes this.")
+    parser.add_argument("--seed", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format=f"%(asctime)s {args.name} %(name)s: %(message)s"
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    seed = args.seed if args.seed is not None else random.randrange(2**32)
+    random.seed(seed)
+
+    agent = cutwatch.Agent(service="bank", instance_id=args.name, collector=args.collector).start()
+    bank = Bank(agent, args.initial, args.max_delay_ms / 1000, args.slow_state_ms / 1000)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=SERVER_THREADS),
+        interceptors=[agent.server_interceptor(max_workers=SERVER_THREADS)],
+    )
+    server.add_generic_rpc_handlers((bank.handlers(),))
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    workers: list[threading.Thread] = []
+    try:
+        if not agent.wait_registered(30.0):
+            _LOG.error("the collector at %s did not register this bank", args.collector)
+            return 2
+        write_atomically(args.ready_file, f"{args.name} {address}\n")
+        peers = wait_for_peers(args.peers_file, stop)
+        if peers is None:
+            return 0
+        bank.connect([peer for peer in peers if peer != address])
+        for i in range(args.workers):
+            rng = random.Random(f"{seed}-{i}")
+            worker = threading.Thread(target=bank.transfer_forever, args=(stop, rng), daemon=True)
+            worker.start()
+            workers.append(worker)
+        while not stop.wait(0.5):
+            pass
+        return 0
+    finally:
+        stop.set()
+        deadline = time.monotonic() + 10.0
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        server.stop(grace=1.0).wait(10)
+        bank.close()
+        agent.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
