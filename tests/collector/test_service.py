@@ -345,3 +345,46 @@ def test_invalid_agent_messages_are_counted_and_dropped(
 def test_the_public_names_are_exported() -> None:
     assert cutwatch.CollectorClient is CollectorClient
     assert cutwatch.Cut is Cut
+
+
+class _HungCollector(pb_grpc.CollectorServicer):
+    """Accepts control streams and then never reads or answers: a collector stuck for good."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.streams = 0
+
+    def Control(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        self.streams += 1
+        self.release.wait(TIMEOUT)
+        return iter(())
+
+
+def test_an_agent_closes_promptly_and_serves_on_while_its_collector_hangs() -> None:
+    from concurrent import futures
+
+    hung = _HungCollector()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_CollectorServicer_to_server(hung, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    a = Ledger("a", f"127.0.0.1:{port}")
+    b = Ledger("b", None)
+    try:
+        wait_until(lambda: hung.streams >= 1, "the agent to open its stream")
+        for _ in range(3):
+            a.transfer(a.stub(b), 1).result(TIMEOUT)
+        assert b.balance == 103
+        assert not a.agent.stats().collector_connected
+        closing = threading.Thread(target=a.agent.close, kwargs={"timeout": 1.0})
+        started = time.monotonic()
+        closing.start()
+        closing.join(TIMEOUT)
+        assert not closing.is_alive(), "agent.close() hung on a hung collector"
+        # Bounded, not timed: far below the test's own patience, whatever the machine's load.
+        assert time.monotonic() - started < TIMEOUT / 2
+    finally:
+        hung.release.set()
+        a.close()
+        b.close()
+        server.stop(0).wait(5)
