@@ -61,3 +61,34 @@ def test_readme_quickstart_is_the_example_verbatim() -> None:
     quickstart = [block for block in blocks if "def greet(" in block]
     assert len(quickstart) == 1
     assert quickstart[0] in (EXAMPLES / "quickstart.py").read_text(encoding="utf-8")
+
+
+def test_getting_started_takes_a_cut_whose_money_adds_up_and_reports_the_lock_cycle(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "getting_started.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith(
+        "paid in 10, the ledger holds 10\npaid in 20, the ledger holds 30\npaid in 5, the ledger holds 35\n"
+    )
+    assert "cut 1: COMPLETE, 2 processes, 0 in transit\n" in out
+    assert re.search(r'^  ledger:\S+: \{"balance": 35\}$', out, re.MULTILINE)
+    assert re.search(r'^  teller:\S+: \{"cash": 65\}$', out, re.MULTILINE)
+    assert "  money in the cut: 100\n" in out
+
+    # client.deadlocks() found the two threads' cycle, and find_deadlocks agreed (the example asserts it).
+    report = r"^deadlock on cut \d+ \(\w+\): deadlock of 2 tasks in 1 process \(teller:\S+\)$"
+    reports = re.findall(report, out, re.MULTILINE)
+    assert len(reports) == 1
+    assert re.search(r"holds \['accounts'\], waits for lock audit at teller:", out)
+    assert re.search(r"holds \['audit'\], waits for lock accounts at teller:", out)
+    assert "rests on: nothing but the cut" in out
+    # It cleaned up after itself: no SQLite file or anything else left where it ran.
+    assert list(tmp_path.iterdir()) == []
