@@ -238,6 +238,14 @@ class Demo:
 
     # Startup -----------------------------------------------------------------------------------------
     def start(self) -> str:
+        progress(
+            f"a bank of {BANKS} services moves money with Credit calls that overtake each other; every "
+            f"consistent cut must hold {BANKS * INITIAL} in balances plus money in flight"
+        )
+        progress(
+            "then a shop (orders, inventory, payments) is driven into a deadlock, which cutwatch must find "
+            "and explain: who waits for whom"
+        )
         self.server = CollectorServer(str(self.db), listen="127.0.0.1:0").start()
         address = self.server.address
         progress(f"collector listening on {address}, storing cuts in {self.db}")
