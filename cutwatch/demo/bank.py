@@ -26,23 +26,20 @@ addresses, its own may be in it) and transfers money until SIGTERM.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import random
-import signal
 import sys
 import threading
 import time
 from concurrent import futures
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import grpc
 from google.protobuf.struct_pb2 import Struct
 
 import cutwatch
+from cutwatch.demo._process import service_process, struct, wait_for_json, write_atomically
 
 SERVICE = "bank.Bank"
 CREDIT = f"/{SERVICE}/Credit"
@@ -52,12 +49,6 @@ TRANSFER_TIMEOUT = 30.0
 """Deadline of one Credit call: long enough that a healthy, loaded peer always answers in time."""
 
 _LOG = logging.getLogger("bank")
-
-
-def struct(**values: Any) -> Struct:
-    message = Struct()
-    message.update(values)
-    return message
 
 
 class Bank:
@@ -164,21 +155,10 @@ class Bank:
             channel.close()
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Whoever polls ``path`` sees it whole or not at all."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
 def wait_for_peers(path: Path, stop: threading.Event) -> list[str] | None:
     """The addresses in the peers file, once it exists; None when told to stop first."""
-    while not stop.is_set():
-        if path.exists():
-            peers = json.loads(path.read_text())
-            return [str(address) for address in peers]
-        stop.wait(0.05)
-    return None
+    peers = wait_for_json(path, stop)
+    return None if peers is None else [str(address) for address in peers]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -197,16 +177,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format=f"%(asctime)s {args.name} %(name)s: %(message)s"
-    )
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = service_process(args.name)
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     random.seed(seed)
 

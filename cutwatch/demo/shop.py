@@ -43,10 +43,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import re
-import signal
 import sys
 import threading
 import time
@@ -56,7 +54,6 @@ from concurrent import futures
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import grpc
@@ -64,6 +61,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 
 import cutwatch
+from cutwatch.demo._process import service_process, struct, wait_for_json, write_atomically
 
 ADMIN_SERVICE = "shop.Admin"
 ADMIN_WORKERS = 4
@@ -84,12 +82,6 @@ def grpc_service(name: str) -> str:
 def method_path(service: str, method: str) -> str:
     """``/shop.Orders/Place`` for ``("orders", "Place")``."""
     return f"/{grpc_service(service)}/{method}"
-
-
-def struct(**values: Any) -> Struct:
-    message = Struct()
-    message.update(values)
-    return message
 
 
 Behaviour = Callable[[Struct, grpc.ServicerContext], Struct]
@@ -287,20 +279,12 @@ class Shop:
 
 
 # Startup ---------------------------------------------------------------------------------------------
-def write_atomically(path: Path, text: str) -> None:
-    """Whoever polls ``path`` sees it whole or not at all."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 def wait_for_peers(path: Path, stop: threading.Event) -> dict[str, str] | None:
     """The services in the peers file, once it exists; None when told to stop first."""
-    while not stop.is_set():
-        if path.exists():
-            return {str(k): str(v) for k, v in json.loads(path.read_text()).items()}
-        stop.wait(0.05)
-    return None
+    peers = wait_for_json(path, stop)
+    return None if peers is None else {str(k): str(v) for k, v in peers.items()}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -344,16 +328,7 @@ def serve(server: grpc.Server) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format=f"%(asctime)s {args.name} %(name)s: %(message)s"
-    )
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = service_process(args.name)
     random.seed(args.seed)
 
     agent = cutwatch.Agent(service=args.name, collector=args.collector).start()
