@@ -174,6 +174,14 @@ class Inbound:
         self.token: contextvars.Token[Task | None] | None = None
 
 
+class _AtomicState(threading.local):
+    """Per thread: how deep in ``atomic()`` blocks it is, and the call finishes waiting for the block."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.deferred: list[Callable[[], None]] = []
+
+
 class Agent:
     """The cutwatch agent of one service process.
 
@@ -240,7 +248,7 @@ class Agent:
         # atomic() blocks and local snapshots exclude each other through this
         # lock; the event lock ``_lock`` is always taken after it, never before.
         self._snapshot_lock = threading.RLock()
-        self._atomic_depth = threading.local()
+        self._atomic = _AtomicState()
         self._atomic_timeout = atomic_timeout
         self._max_payload = max_payload_bytes
         self._max_state = max_state_bytes
@@ -350,12 +358,13 @@ class Agent:
         meanwhile is given up), never ``await`` inside one.
         """
         self._snapshot_lock.acquire()
-        depth = getattr(self._atomic_depth, "value", 0)
-        self._atomic_depth.value = depth + 1
+        atomic = self._atomic
+        depth = atomic.depth
+        atomic.depth = depth + 1
         try:
             yield
         finally:
-            self._atomic_depth.value = depth
+            atomic.depth = depth
             try:
                 if depth == 0:
                     self._consume_current()
@@ -366,12 +375,11 @@ class Agent:
 
     def _in_atomic(self) -> bool:
         """Whether this thread is inside an ``atomic()`` block of this agent."""
-        depth: int = getattr(self._atomic_depth, "value", 0)
-        return depth > 0
+        return self._atomic.depth > 0
 
     def _run_deferred(self) -> None:
         """Finish the calls whose responses came while this thread's atomic() block ran."""
-        deferred: list[Callable[[], None]] = self._atomic_depth.__dict__.get("deferred", [])
+        deferred = self._atomic.deferred
         while deferred:
             deferred.pop(0)()
 
@@ -498,8 +506,7 @@ class Agent:
         ``.future()`` in the block never forces a snapshot in its middle.
         """
         if deferrable and self._in_atomic():
-            deferred: list[Callable[[], None]] = self._atomic_depth.__dict__.setdefault("deferred", [])
-            deferred.append(lambda: self._end_outbound(outbound, metadata, failure, response))
+            self._atomic.deferred.append(lambda: self._end_outbound(outbound, metadata, failure, response))
             return
         try:
             with outbound.finishing, self._lock:

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry import trace
 
@@ -35,6 +35,21 @@ DEADLOCK_CHECK = "cutwatch.deadlock"
 _TRACER_NAME = "cutwatch.collector"
 MAX_REPORTED_TASKS = 500
 """Tasks listed per stored deadlock report; a bigger deadlock keeps its chain and a count."""
+
+
+T = TypeVar("T")
+
+
+def put_dropping_oldest(bounded: queue.Queue[T], item: T) -> list[T]:
+    """Put ``item`` without blocking, pushing out the oldest items while full; returns them."""
+    pushed_out: list[T] = []
+    while True:
+        try:
+            bounded.put_nowait(item)
+            return pushed_out
+        except queue.Full:
+            with contextlib.suppress(queue.Empty):
+                pushed_out.append(bounded.get_nowait())
 
 
 @dataclass(frozen=True)
@@ -65,16 +80,7 @@ class Subscription:
     dropped: int = 0
 
     def put(self, event: CheckEvent) -> None:
-        while True:
-            try:
-                self.events.put_nowait(event)
-                return
-            except queue.Full:
-                try:
-                    self.events.get_nowait()
-                    self.dropped += 1
-                except queue.Empty:
-                    pass
+        self.dropped += len(put_dropping_oldest(self.events, event))
 
     def close(self) -> None:
         with contextlib.suppress(queue.Full):
@@ -104,19 +110,11 @@ class CutChecker:
             while len(self._done) > 256:
                 oldest = min(self._done)
                 self._done.pop(oldest).set()
-        while True:
-            try:
-                self._queue.put_nowait(cut)
-                return
-            except queue.Full:
-                try:
-                    skipped = self._queue.get_nowait()
-                except queue.Empty:
-                    continue
-                if skipped is not None:
-                    self.skipped += 1
-                    _LOG.warning("checks fell behind: cut %d was not checked", skipped.epoch)
-                    self._finished(skipped.epoch)
+        for skipped in put_dropping_oldest(self._queue, cut):
+            if skipped is not None:
+                self.skipped += 1
+                _LOG.warning("checks fell behind: cut %d was not checked", skipped.epoch)
+                self._finished(skipped.epoch)
 
     def wait_checked(self, epoch: int, timeout: float) -> bool:
         """Wait until the checks of ``epoch`` are stored (or skipped); False on timeout."""

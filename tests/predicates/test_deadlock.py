@@ -525,41 +525,10 @@ def test_cut_round_trip_through_json_gives_the_same_report() -> None:
 def test_two_full_pools_waiting_on_each_other() -> None:
     # Both pools are full of handlers whose calls sit queued in the other pool (a graph on which an
     # earlier version of the report's grouping looped forever).
-    tasks = {
-        A: [
-            task(
-                1,
-                method="/shop.Orders/Place",
-                caller=C,
-                call_id=50,
-                calls=[call(11, "/shop.Inventory/Reserve", B)],
-            ),
-            task(
-                2,
-                method="/shop.Orders/Place",
-                caller=C,
-                call_id=51,
-                calls=[call(12, "/shop.Inventory/Reserve", B)],
-            ),
-        ],
-        B: [
-            task(
-                3,
-                method="/shop.Inventory/Restock",
-                caller=C,
-                call_id=52,
-                calls=[call(31, "/shop.Orders/Price", A)],
-            ),
-            task(
-                4,
-                method="/shop.Inventory/Restock",
-                caller=C,
-                call_id=53,
-                calls=[call(32, "/shop.Orders/Price", A)],
-            ),
-        ],
-        C: [],
-    }
+    tasks = pool_exhaustion()
+    tasks[C] = []
+    for n, restock in enumerate(tasks[B]):  # B's handlers now serve other callers, A's calls are queued
+        restock.update(method="/shop.Inventory/Restock", caller=C, call_id=52 + n)
     queued = (
         unsettled(A, 11, "/shop.Inventory/Reserve", B),
         unsettled(A, 12, "/shop.Inventory/Reserve", B),
