@@ -58,6 +58,7 @@ from cutwatch.agent._tasks import (
 from cutwatch.agent.exceptions import AgentStateError, StampError
 from cutwatch.integrations.opentelemetry import current_span_ids
 from cutwatch.proto import collector_pb2 as pb
+from cutwatch.security import CollectorCredentials
 
 if TYPE_CHECKING:
     import contextvars
@@ -104,6 +105,11 @@ class AgentStats:
     collector_events_sent: int = 0
     collector_events_dropped: int = 0
     """Snapshot events dropped because the queue to the collector was full."""
+    collector_events_queued: int = 0
+    """Snapshot events waiting for the collector now."""
+    collector_queue_bytes: int = 0
+    """Approximate bytes those queued events hold; at most ``event_queue_bytes``."""
+    collector_queue_bytes_peak: int = 0
     collector_connected: bool = False
 
     @property
@@ -192,11 +198,14 @@ class Agent:
 
     Snapshot limits: ``max_records`` channel records per snapshot,
     ``max_payload_bytes`` per recorded message, ``max_state_bytes`` per state
-    provider, ``event_queue`` events waiting for the collector;
+    provider, ``event_queue`` events (and ``event_queue_bytes``) waiting for
+    the collector, past which events are dropped and counted;
     ``atomic_timeout`` is how long a snapshot waits for an ``atomic()`` block
     before it gives up on that snapshot (which then ends INCOMPLETE);
     ``abandoned_grace`` how long a call that failed without an answer keeps
     snapshots from completing unless its request is accounted for.
+    ``collector_credentials`` are the token and certificates the collector
+    demands, if it demands any.
     """
 
     def __init__(
@@ -212,9 +221,11 @@ class Agent:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
         event_queue: int = 10_000,
+        event_queue_bytes: int = 64 * 1024 * 1024,
         atomic_timeout: float = 5.0,
         abandoned_grace: float = 2.0,
         control_options: ControlOptions | None = None,
+        collector_credentials: CollectorCredentials | None = None,
     ) -> None:
         if not _SERVICE_NAME.match(service):
             raise ValueError(f"service name {service!r} must be 1-100 letters, digits, '.', '_' or '-'")
@@ -255,8 +266,10 @@ class Agent:
         self._states: dict[str, Callable[[], object]] = {}
         self._control: ControlClient | None = None
         if collector is not None:
-            options = control_options or ControlOptions(queue_size=event_queue)
-            self._control = ControlClient(collector, self._registration, self._on_order, options)
+            options = control_options or ControlOptions(queue_size=event_queue, queue_bytes=event_queue_bytes)
+            self._control = ControlClient(
+                collector, self._registration, self._on_order, options, collector_credentials
+            )
         self._started = False
         self._closed = False
 
@@ -323,6 +336,9 @@ class Agent:
                 event_log_dropped=dropped,
                 collector_events_sent=control.events_sent if control else 0,
                 collector_events_dropped=control.events_dropped if control else 0,
+                collector_events_queued=control.events_queued if control else 0,
+                collector_queue_bytes=control.queue_bytes if control else 0,
+                collector_queue_bytes_peak=control.queue_bytes_peak if control else 0,
                 collector_connected=control.connected if control else False,
             )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import json
 import logging
 import random
 import threading
@@ -28,14 +29,25 @@ from typing import Any
 import grpc
 
 from cutwatch.agent._events import event_to_message
-from cutwatch.agent._snapshot import SnapshotEvent
+from cutwatch.agent._grpc_bases import rpc_error_parts
+from cutwatch.agent._snapshot import ChannelRecord, LocalSnapshot, SnapshotEvent
 from cutwatch.proto import collector_pb2 as pb
 from cutwatch.proto import collector_pb2_grpc as pb_grpc
+from cutwatch.security import CollectorCredentials
 
 __all__ = ["PROTOCOL_VERSION", "ControlClient", "ControlOptions", "ControlStats"]
 
 _LOG = logging.getLogger("cutwatch.agent.control")
 PROTOCOL_VERSION = 1
+_REFUSALS = (
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+)
+"""What the collector answers when the operator has something to fix: logged as warnings."""
+_EVENT_OVERHEAD = 128
+_ENTRY_BYTES = 48
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,9 @@ class ControlOptions:
     """Tunables of the control stream; the defaults suit a collector on the same network."""
 
     queue_size: int = 10_000
+    queue_bytes: int = 64 * 1024 * 1024
+    """Approximate bytes of queued events; with ``queue_size`` it bounds the agent's memory
+    while the collector is away."""
     heartbeat_seconds: float = 1.0
     backoff_initial: float = 0.05
     backoff_max: float = 5.0
@@ -61,40 +76,60 @@ class ControlStats:
     connects: int
     events_sent: int
     events_dropped: int
+    events_queued: int
+    queue_bytes: int
+    queue_bytes_peak: int
     orders_received: int
 
 
+_Item = tuple[int, SnapshotEvent, int]
+"""A queued event: its sequence number, the event and its approximate size in bytes."""
+
+
 class _EventQueue:
-    """A bounded FIFO that a stream's reader can hand an item back to when its stream is over.
+    """A FIFO bounded in items and bytes that a stream's reader can hand an item back to.
 
     gRPC consumes a request iterator from a thread of its own, which may be
     waiting for the next event when its call dies; the event it then takes
     belongs to the next stream, so it is put back at the front.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_bytes: int) -> None:
         self.size = size
-        self._items: collections.deque[tuple[int, SnapshotEvent]] = collections.deque()
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.bytes_peak = 0
+        self._items: collections.deque[_Item] = collections.deque()
         self._ready = threading.Condition()
 
-    def put(self, item: tuple[int, SnapshotEvent]) -> bool:
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: _Item) -> bool:
         with self._ready:
-            if len(self._items) >= self.size:
+            if len(self._items) >= self.size or self.bytes + item[2] > self.max_bytes:
                 return False
-            self._items.append(item)
+            self._add(item, self._items.append)
             self._ready.notify()
             return True
 
-    def get(self, timeout: float, over: Callable[[], bool]) -> tuple[int, SnapshotEvent] | None:
+    def get(self, timeout: float, over: Callable[[], bool]) -> _Item | None:
         """The next item, or None after ``timeout`` or once ``over()`` is true."""
         with self._ready:
             if not self._ready.wait_for(lambda: self._items or over(), timeout) or over():
                 return None
-            return self._items.popleft()
+            item = self._items.popleft()
+            self.bytes -= item[2]
+            return item
 
-    def put_back(self, item: tuple[int, SnapshotEvent]) -> None:
+    def put_back(self, item: _Item) -> None:
         with self._ready:
-            self._items.appendleft(item)
+            self._add(item, self._items.appendleft)
+
+    def _add(self, item: _Item, where: Callable[[_Item], None]) -> None:
+        where(item)
+        self.bytes += item[2]
+        self.bytes_peak = max(self.bytes_peak, self.bytes)
 
     def wake(self) -> None:
         with self._ready:
@@ -115,16 +150,14 @@ class ControlClient:
         registration: Callable[[], pb.Registration],
         on_order: Callable[[pb.ControlMessage], None],
         options: ControlOptions | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
-        metadata: Sequence[tuple[str, str]] = (),
+        credentials: CollectorCredentials | None = None,
     ) -> None:
         self.address = address
         self.options = options or ControlOptions()
         self._registration = registration
         self._on_order = on_order
-        self._credentials = credentials
-        self._metadata = tuple(metadata)
-        self._queue = _EventQueue(self.options.queue_size)
+        self._credentials = credentials or CollectorCredentials()
+        self._queue = _EventQueue(self.options.queue_size, self.options.queue_bytes)
         self._seq = itertools.count(1)
         self._seq_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -144,8 +177,9 @@ class ControlClient:
     def submit(self, events: Sequence[SnapshotEvent]) -> None:
         """Queue events for the collector; never blocks, drops (and counts) when full."""
         for event in events:
+            size = approximate_size(event)
             with self._seq_lock:
-                if not self._queue.put((next(self._seq), event)):
+                if not self._queue.put((next(self._seq), event, size)):
                     self._dropped += 1
 
     def wait_connected(self, timeout: float) -> bool:
@@ -157,6 +191,9 @@ class ControlClient:
             connects=self._connects,
             events_sent=self._sent,
             events_dropped=self._dropped,
+            events_queued=len(self._queue),
+            queue_bytes=self._queue.bytes,
+            queue_bytes_peak=self._queue.bytes_peak,
             orders_received=self._orders,
         )
 
@@ -180,7 +217,9 @@ class ControlClient:
                 self._session()
             except grpc.RpcError as exc:
                 if not self._stopping.is_set():
-                    _LOG.info("cutwatch collector %s unreachable: %s", self.address, _describe(exc))
+                    code, _ = rpc_error_parts(exc)
+                    level = logging.WARNING if code in _REFUSALS else logging.INFO
+                    _LOG.log(level, "cutwatch collector %s: %s", self.address, _describe(exc))
             except Exception:
                 _LOG.exception("cutwatch control stream failed; reconnecting")
             finally:
@@ -195,16 +234,11 @@ class ControlClient:
             backoff = min(backoff * 2, self.options.backoff_max)
 
     def _session(self) -> None:
-        if self._credentials is not None:
-            channel = grpc.secure_channel(
-                self.address, self._credentials, options=self.options.channel_options
-            )
-        else:
-            channel = grpc.insecure_channel(self.address, options=self.options.channel_options)
+        channel = self._credentials.channel(self.address, self.options.channel_options)
         over = threading.Event()
         with channel:
             stub = pb_grpc.CollectorStub(channel)  # type: ignore[no-untyped-call]
-            call = stub.Control(self._outgoing(over), metadata=self._metadata or None)
+            call = stub.Control(self._outgoing(over), metadata=self._credentials.metadata() or None)
             with self._call_lock:
                 self._call = call
             if self._stopping.is_set():
@@ -243,7 +277,7 @@ class ControlClient:
                     heartbeat=pb.Heartbeat(unix_nanos=time.time_ns(), dropped=self._dropped)
                 )
                 continue
-            seq, event = item
+            seq, event, _ = item
             try:
                 message = event_to_message(event, seq)
             except (TypeError, ValueError):
@@ -254,8 +288,23 @@ class ControlClient:
             yield message
 
 
+def approximate_size(event: SnapshotEvent) -> int:
+    """Roughly the bytes ``event`` holds; what the queue's byte bound counts."""
+    if isinstance(event, ChannelRecord):
+        return _EVENT_OVERHEAD + len(event.payload_json) + len(event.method) + len(event.receiver)
+    if isinstance(event, LocalSnapshot):
+        entries = len(event.clock) + len(event.open_calls) + len(event.answering)
+        return _EVENT_OVERHEAD + _ENTRY_BYTES * entries + _json_size(event.state) + _json_size(event.tasks)
+    return _EVENT_OVERHEAD
+
+
+def _json_size(value: object) -> int:
+    try:
+        return len(json.dumps(value))
+    except (TypeError, ValueError):
+        return _EVENT_OVERHEAD  # the encoder refuses it later, and counts it
+
+
 def _describe(exc: grpc.RpcError) -> str:
-    """``CODE: details`` of a failed call (gRPC's errors are also calls, the stubs do not say so)."""
-    code: Any = getattr(exc, "code", lambda: None)()
-    details: Any = getattr(exc, "details", lambda: str(exc))()
-    return f"{code.name if isinstance(code, grpc.StatusCode) else 'error'}: {details}"
+    code, details = rpc_error_parts(exc)
+    return f"{code.name if code else 'error'}: {details}"

@@ -1,4 +1,4 @@
-"""gRPC base classes, parameterised for the type checker only.
+"""gRPC's types as the type checker and the error paths need them.
 
 grpc-stubs declares the interceptor bases generic while the runtime classes
 are not subscriptable, so the subclasses name them through these aliases.
@@ -33,3 +33,10 @@ else:
     AioUnaryStreamClientBase = grpc.aio.UnaryStreamClientInterceptor
     AioStreamUnaryClientBase = grpc.aio.StreamUnaryClientInterceptor
     AioStreamStreamClientBase = grpc.aio.StreamStreamClientInterceptor
+
+
+def rpc_error_parts(exc: grpc.RpcError) -> tuple[grpc.StatusCode | None, str]:
+    """The status code and details of a failed call (gRPC's errors are calls too; the stubs do not say so)."""
+    code: Any = getattr(exc, "code", lambda: None)()
+    details: Any = getattr(exc, "details", lambda: None)()
+    return (code if isinstance(code, grpc.StatusCode) else None), str(details or "")

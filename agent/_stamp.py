@@ -31,6 +31,13 @@ DEFAULT_MAX_STAMP_BYTES = 4096
 lists over 8 KiB, so a 4 KiB stamp leaves room for the application's own."""
 
 DEFAULT_MAX_CLOCK_ENTRIES = 4096
+DEFAULT_MAX_EPOCH_AHEAD = 1024
+"""A receiver takes a local snapshot for every epoch up to a stamp's before
+delivering it, so a stamp may run at most this many epochs past the newest
+epoch its receiver has seen: one forged epoch near 2^64 would otherwise keep
+the agent taking snapshots forever. Processes with a collector run a few
+epochs apart at most, and one that fell further behind rejoins through it."""
+
 MAX_PROCESS_ID_LENGTH = 256
 _MAX_COUNTER = (1 << 63) - 1
 
@@ -68,7 +75,9 @@ class StampCodec:
 
     ``max_peers`` bounds both tables (what peers know of our names, and the
     names we know of each peer); the least recently used peer is forgotten,
-    which costs at most a resend of its names.
+    which costs at most a resend of its names. ``max_epoch_ahead`` bounds how
+    far past the newest epoch this codec has encoded or accepted a stamp's
+    epoch may be.
     """
 
     def __init__(
@@ -78,6 +87,7 @@ class StampCodec:
         max_stamp_bytes: int = DEFAULT_MAX_STAMP_BYTES,
         max_clock_entries: int = DEFAULT_MAX_CLOCK_ENTRIES,
         max_peers: int = 1024,
+        max_epoch_ahead: int = DEFAULT_MAX_EPOCH_AHEAD,
     ) -> None:
         if not owner or len(owner) > MAX_PROCESS_ID_LENGTH:
             raise ValueError(f"process id must be 1..{MAX_PROCESS_ID_LENGTH} characters")
@@ -86,6 +96,8 @@ class StampCodec:
         self.max_stamp_bytes = max_stamp_bytes
         self.max_clock_entries = max_clock_entries
         self._max_peers = max_peers
+        self.max_epoch_ahead = max_epoch_ahead
+        self._newest_epoch = 0
         self._known_by: OrderedDict[str, int] = OrderedDict()
         self._peer_names: OrderedDict[str, list[str | None]] = OrderedDict()
         self._contiguous: dict[str, int] = {}
@@ -110,6 +122,8 @@ class StampCodec:
         always; requests once the channel has seen a response).
         """
         count = len(values)
+        if epoch > self._newest_epoch:
+            self._newest_epoch = epoch
         if peer is None:
             start, tail = 1, b""
         else:
@@ -190,6 +204,9 @@ class StampCodec:
         trace_id, span_id = message.trace_id, message.span_id
         if len(trace_id) not in (0, 16) or len(span_id) not in (0, 8):
             raise StampError("stamp trace or span id has the wrong length")
+        epoch = message.epoch
+        if epoch - self._newest_epoch > self.max_epoch_ahead:
+            raise StampError(f"stamp epoch {epoch} is too far past {self._newest_epoch}")
 
         table = self._table_for(sender)
         if names:
@@ -204,6 +221,8 @@ class StampCodec:
             self._contiguous[sender] = _contiguous(table)
         if message.peer_fp == self.owner_fp and message.peer_fp:
             self._remember_known_by(sender, message.peer_known)
+        if epoch > self._newest_epoch:
+            self._newest_epoch = epoch
 
         known = table[:count]
         entries: tuple[tuple[str, int], ...]
@@ -225,7 +244,7 @@ class StampCodec:
         return DecodedStamp(
             sender=sender,
             entries=entries,
-            epoch=message.epoch,
+            epoch=epoch,
             call_id=message.call_id,
             trace_id=trace_id,
             span_id=span_id,

@@ -7,6 +7,7 @@ with :class:`CollectorClient`.
 from cutwatch.collector._client import (
     CheckResult,
     CheckResults,
+    CollectorAuthError,
     CollectorClient,
     CollectorError,
     CollectorUnavailableError,
@@ -19,6 +20,7 @@ __all__ = [
     "DEFAULT_LISTEN",
     "CheckResult",
     "CheckResults",
+    "CollectorAuthError",
     "CollectorClient",
     "CollectorError",
     "CollectorServer",

@@ -9,14 +9,17 @@ from typing import Any, NoReturn
 
 import grpc
 
+from cutwatch.agent._grpc_bases import rpc_error_parts
 from cutwatch.agent.exceptions import CutwatchError
 from cutwatch.collector._cut import Cut
 from cutwatch.proto import collector_pb2 as pb
 from cutwatch.proto import collector_pb2_grpc as pb_grpc
+from cutwatch.security import TOKEN_ENV, CollectorCredentials
 
 __all__ = [
     "CheckResult",
     "CheckResults",
+    "CollectorAuthError",
     "CollectorClient",
     "CollectorError",
     "CollectorUnavailableError",
@@ -32,6 +35,10 @@ class CollectorError(CutwatchError):
 
 class CollectorUnavailableError(CollectorError):
     """The collector cannot be reached at the address given."""
+
+
+class CollectorAuthError(CollectorError):
+    """The collector refused the call's credentials: no token, a wrong one, or one of the wrong role."""
 
 
 @dataclass(frozen=True)
@@ -86,13 +93,25 @@ class CheckResults:
 
 
 class CollectorClient:
-    """A reader of the collector at ``address`` (``host:port``). Usable as a context manager."""
+    """A reader of the collector at ``address`` (``host:port``). Usable as a context manager.
 
-    def __init__(self, address: str = "127.0.0.1:7070", *, timeout: float = 10.0) -> None:
+    ``credentials`` carry the reader token and TLS certificates when the
+    collector demands them.
+    """
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:7070",
+        *,
+        timeout: float = 10.0,
+        credentials: CollectorCredentials | None = None,
+    ) -> None:
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        self._credentials = credentials or CollectorCredentials()
+        self._metadata = self._credentials.metadata() or None
+        self._channel = self._credentials.channel(
+            address, [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         )
         self._stub = pb_grpc.CollectorStub(self._channel)  # type: ignore[no-untyped-call]
 
@@ -166,11 +185,10 @@ class CollectorClient:
     def watch(self) -> Iterator[dict[str, Any]]:
         """Every failed check from now on, as the collector finds it (blocks; stop by closing the client)."""
         try:
-            for event in self._stub.Watch(pb.WatchRequest()):
+            for event in self._stub.Watch(pb.WatchRequest(), metadata=self._metadata):
                 yield json.loads(event.event_json)
         except grpc.RpcError as exc:
-            code: Any = getattr(exc, "code", lambda: None)()
-            if code == grpc.StatusCode.CANCELLED:
+            if rpc_error_parts(exc)[0] == grpc.StatusCode.CANCELLED:
                 return
             self._raise(exc, "Watch")
 
@@ -196,17 +214,23 @@ class CollectorClient:
 
     def _call(self, method: str, request: Any, timeout: float) -> Any:
         try:
-            return getattr(self._stub, method)(request, timeout=timeout)
+            return getattr(self._stub, method)(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             self._raise(exc, method)
 
     def _raise(self, exc: grpc.RpcError, method: str) -> NoReturn:
-        code: Any = getattr(exc, "code", lambda: None)()
-        details: Any = getattr(exc, "details", lambda: "")()
+        code, details = rpc_error_parts(exc)
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            hint = "is `cutwatch collector` running there?"
+            if any(word in details.lower() for word in ("ssl", "tls", "handshake", "certificate")):
+                hint = "the TLS handshake failed: check the CA certificate and the client certificate"
             raise CollectorUnavailableError(
-                f"cannot reach the cutwatch collector at {self.address} ({details or code.name}); "
-                "is `cutwatch collector` running there?"
+                f"cannot reach the cutwatch collector at {self.address} ({details or code}); {hint}"
             ) from None
-        name = code.name if isinstance(code, grpc.StatusCode) else "error"
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            raise CollectorAuthError(
+                f"the collector refused {method}: {code.name}: {details}; "
+                f"give a reader token (--token-file, or ${TOKEN_ENV})"
+            ) from None
+        name = code.name if code else "error"
         raise CollectorError(f"the collector refused {method}: {name}: {details}") from None

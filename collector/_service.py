@@ -5,11 +5,14 @@ orders) and one reader thread (which feeds the agent's messages to the
 coordinator), so the pool is sized from ``max_agents``; streams past it
 are refused with RESOURCE_EXHAUSTED and the agents retry with backoff. A
 ticker thread ends snapshots at their deadline and starts the periodic ones.
+Tokens and TLS are checked before any handler runs (``_auth``); each
+agent's stream is metered (``_limits``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -22,12 +25,15 @@ from typing import Any
 
 import grpc
 
+from cutwatch.collector._auth import AuthInterceptor
 from cutwatch.collector._checks import CutChecker
 from cutwatch.collector._coordinator import AgentSession, Coordinator, NoAgentsError
 from cutwatch.collector._cut import cut_from_stored, summary_to_json
+from cutwatch.collector._limits import AgentMeter, CollectorLimits
 from cutwatch.collector._storage import MAX_LIST_LIMIT, CutStatus, CutStore, SqliteCutStore, StoredCut
 from cutwatch.proto import collector_pb2 as pb
 from cutwatch.proto import collector_pb2_grpc as pb_grpc
+from cutwatch.security import CollectorSecurity
 
 __all__ = ["DEFAULT_LISTEN", "CollectorServer"]
 
@@ -54,10 +60,23 @@ def _reply(cut: StoredCut | None) -> pb.CutReply:
 
 
 class _Servicer(pb_grpc.CollectorServicer):
-    def __init__(self, coordinator: Coordinator, checker: CutChecker, default_timeout: float) -> None:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        checker: CutChecker,
+        default_timeout: float,
+        limits: CollectorLimits,
+        auth: AuthInterceptor | None,
+        security: CollectorSecurity,
+    ) -> None:
         self._coordinator = coordinator
         self._checker = checker
         self._default_timeout = default_timeout
+        self._limits = limits
+        self._auth = auth
+        self._security = security
+        self._over_limit = 0
+        self._over_limit_lock = threading.Lock()
 
     # Agents -------------------------------------------------------------------------------------
     def Control(
@@ -71,9 +90,10 @@ class _Servicer(pb_grpc.CollectorServicer):
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         context.add_callback(session.close)
+        refusal: list[str] = []
         reader = threading.Thread(
             target=self._read,
-            args=(session, request_iterator),
+            args=(session, request_iterator, refusal),
             name=f"cutwatch-read-{session.process}",
             daemon=True,
         )
@@ -89,10 +109,20 @@ class _Servicer(pb_grpc.CollectorServicer):
                 yield message
         finally:
             self._coordinator.unregister(session)
+        if refusal:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal[0])
 
-    def _read(self, session: AgentSession, requests: Iterator[pb.AgentMessage]) -> None:
+    def _read(self, session: AgentSession, requests: Iterator[pb.AgentMessage], refusal: list[str]) -> None:
+        meter = AgentMeter(self._limits)
         try:
             for message in requests:
+                over = meter.admit(message.ByteSize())
+                if over is not None:
+                    with self._over_limit_lock:
+                        self._over_limit += 1
+                    _LOG.warning("agent %s sent %s: its stream is ended", session.process, over)
+                    refusal.append(f"agent {session.process} sent {over}")
+                    break
                 self._coordinator.on_message(session, message)
         except grpc.RpcError:
             pass  # the stream ended: the agent went away or the server stops
@@ -186,8 +216,29 @@ class _Servicer(pb_grpc.CollectorServicer):
             "running": list(self._coordinator.running()),
             "stats": stats.__dict__,
             "checks": {"checked": self._checker.checked, "skipped": self._checker.skipped},
+            "security": {
+                **self._security.describe(),
+                "refused_unauthenticated": self._auth.unauthenticated if self._auth else 0,
+                "refused_permission_denied": self._auth.permission_denied if self._auth else 0,
+            },
+            "limits": {**self._limits.__dict__, "agents_over_limit": self._over_limit},
         }
         return pb.StatusReply(status_json=json.dumps(doc, sort_keys=True))
+
+
+def _describe_security(security: CollectorSecurity) -> str:
+    parts = [name.replace("_", " ") for name, on in security.describe().items() if on]
+    return ", ".join(parts) or "plaintext, no tokens"
+
+
+def _is_loopback(listen: str) -> bool:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _first_message(requests: Iterator[pb.AgentMessage]) -> pb.AgentMessage | None:
@@ -205,6 +256,8 @@ class CollectorServer:
     (seconds, None: only on demand); ``predicates`` are local files or
     module names whose ``@cutwatch.invariant`` functions run on every
     COMPLETE cut, each for at most ``predicate_timeout`` seconds.
+    ``security`` sets the tokens and TLS peers must present (none by
+    default: fit for loopback only); ``limits`` what one agent may cost.
     """
 
     def __init__(
@@ -214,14 +267,15 @@ class CollectorServer:
         listen: str = DEFAULT_LISTEN,
         every: float | None = None,
         snapshot_timeout: float = 10.0,
-        max_agents: int = 256,
+        limits: CollectorLimits | None = None,
+        security: CollectorSecurity | None = None,
         predicates: Sequence[str] = (),
         predicate_timeout: float = 5.0,
     ) -> None:
         if every is not None and every <= 0:
             raise ValueError("every must be positive")
-        if snapshot_timeout <= 0 or max_agents < 1:
-            raise ValueError("snapshot_timeout must be positive and max_agents at least 1")
+        if snapshot_timeout <= 0:
+            raise ValueError("snapshot_timeout must be positive")
         engine = None
         if predicates:
             from cutwatch.predicates import PredicateEngine
@@ -239,7 +293,8 @@ class CollectorServer:
             self.store, snapshot_timeout=snapshot_timeout, on_finished=self.checker.submit
         )
         self._listen = listen
-        self._max_agents = max_agents
+        self.limits = limits or CollectorLimits()
+        self.security = security or CollectorSecurity()
         self._server: grpc.Server | None = None
         self._stopping = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="cutwatch-collector-ticker", daemon=True)
@@ -251,28 +306,44 @@ class CollectorServer:
         return f"{host}:{self.port}"
 
     def start(self) -> CollectorServer:
+        limits, security = self.limits, self.security
+        workers = limits.max_agents + 16
+        auth = AuthInterceptor(security) if security.agent_tokens or security.reader_tokens else None
         server = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=self._max_agents + 16, thread_name_prefix="cutwatch-collector"
-            ),
-            maximum_concurrent_rpcs=self._max_agents + 16,
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cutwatch-collector"),
+            interceptors=[auth] if auth is not None else None,
+            maximum_concurrent_rpcs=workers,
             options=[
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                ("grpc.max_receive_message_length", limits.max_message_bytes),
                 ("grpc.max_send_message_length", _MAX_MESSAGE),
                 ("grpc.so_reuseport", 0),
             ],
         )
         pb_grpc.add_CollectorServicer_to_server(  # type: ignore[no-untyped-call]
-            _Servicer(self.coordinator, self.checker, self.coordinator.snapshot_timeout), server
+            _Servicer(
+                self.coordinator, self.checker, self.coordinator.snapshot_timeout, limits, auth, security
+            ),
+            server,
         )
+        credentials = security.server_credentials()
         try:
-            self.port = server.add_insecure_port(self._listen)
+            if credentials is not None:
+                self.port = server.add_secure_port(self._listen, credentials)
+            else:
+                self.port = server.add_insecure_port(self._listen)
         except RuntimeError as exc:
-            raise OSError(f"cannot listen on {self._listen}: {exc}") from None
+            what = "; check the certificate and key" if credentials is not None else ""
+            raise OSError(f"cannot listen on {self._listen}: {exc}{what}") from None
         server.start()
         self._server = server
         self._ticker.start()
-        _LOG.info("collector listening on %s", self.address)
+        _LOG.info("collector listening on %s (%s)", self.address, _describe_security(security))
+        if not _is_loopback(self._listen) and not (security.tls and (auth or security.mutual_tls)):
+            _LOG.warning(
+                "collector listens on %s beyond loopback without TLS and tokens: anyone who can reach "
+                "it can read cuts and inject events (see docs/security.md)",
+                self._listen,
+            )
         return self
 
     def _tick(self) -> None:

@@ -19,6 +19,7 @@ from cutwatch.agent import (
     VectorClock,
 )
 from cutwatch.collector import (
+    CollectorAuthError,
     CollectorClient,
     CollectorError,
     CollectorServer,
@@ -27,6 +28,7 @@ from cutwatch.collector import (
     InTransitMessage,
 )
 from cutwatch.predicates import at_most_one, conservation, holds, invariant, violation
+from cutwatch.security import CollectorCredentials, CollectorSecurity
 
 __version__ = "0.1.0"
 
@@ -34,8 +36,11 @@ __all__ = [
     "Agent",
     "AgentStateError",
     "AgentStats",
+    "CollectorAuthError",
     "CollectorClient",
+    "CollectorCredentials",
     "CollectorError",
+    "CollectorSecurity",
     "CollectorServer",
     "CollectorUnavailableError",
     "Cut",

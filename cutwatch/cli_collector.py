@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import os
@@ -10,7 +11,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -26,12 +27,16 @@ from cutwatch.collector import (
     CollectorUnavailableError,
     Cut,
 )
+from cutwatch.collector._limits import CollectorLimits
+from cutwatch.security import TOKEN_ENV, CollectorCredentials, CollectorSecurity, SecurityConfigError
 
 EXIT_NEGATIVE = 1
 EXIT_UNREACHABLE = 3
 EXIT_REFUSED = 4
 EXIT_CHECK_ERROR = 5
 ENV_COLLECTOR = "CUTWATCH_COLLECTOR"
+AGENT_TOKEN_ENV = "CUTWATCH_AGENT_TOKEN"  # noqa: S105 - variables' names, not secrets
+READER_TOKEN_ENV = "CUTWATCH_READER_TOKEN"  # noqa: S105
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -64,6 +69,53 @@ _collector_option = click.option(
     show_default=f"${ENV_COLLECTOR} or {DEFAULT_LISTEN}",
     help="The collector's host:port.",
 )
+
+
+def _client_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Adds the options that say how to reach a collector that demands credentials.
+
+    The command then receives ``credentials`` instead of the separate options.
+    """
+
+    @functools.wraps(command)
+    def run(
+        token_file: str | None,
+        ca_cert: str | None,
+        cert: str | None,
+        key: str | None,
+        server_name: str | None,
+        **kwargs: Any,
+    ) -> None:
+        token = None if token_file is not None else (os.environ.get(TOKEN_ENV) or None)
+        try:
+            credentials = CollectorCredentials.from_files(
+                token=token,
+                token_file=token_file,
+                ca_file=ca_cert,
+                cert_file=cert,
+                key_file=key,
+                server_name=server_name,
+            )
+        except SecurityConfigError as exc:
+            raise click.UsageError(str(exc)) from None
+        command(credentials=credentials, **kwargs)
+
+    options = [
+        click.option(
+            "--token-file",
+            type=click.Path(dir_okay=False),
+            help=f"A file holding the reader token (default: ${TOKEN_ENV}, if set).",
+        ),
+        click.option("--ca-cert", type=click.Path(dir_okay=False), help="PEM CA certificate: use TLS."),
+        click.option("--cert", type=click.Path(dir_okay=False), help="PEM client certificate (mutual TLS)."),
+        click.option("--key", type=click.Path(dir_okay=False), help="PEM private key of --cert."),
+        click.option("--server-name", help="Name to check the collector's certificate against."),
+    ]
+    for option in reversed(options):
+        run = option(run)
+    return run
+
+
 _json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print JSON (stable format) instead of text."
 )
@@ -113,6 +165,11 @@ def format_cut(cut: Cut) -> str:
     return "\n".join(lines)
 
 
+def _env_tokens(name: str) -> tuple[str, ...]:
+    value = os.environ.get(name, "").strip()
+    return (value,) if value else ()
+
+
 def register_collector_commands(main: click.Group) -> None:
     main.add_command(collector)
     main.add_command(snapshot)
@@ -142,7 +199,54 @@ def register_collector_commands(main: click.Group) -> None:
     show_default=True,
     help="Give up on a snapshot after this long.",
 )
-@click.option("--max-agents", type=click.IntRange(1, 10_000), default=256, show_default=True)
+@click.option(
+    "--max-agents",
+    type=click.IntRange(1, 10_000),
+    default=CollectorLimits.max_agents,
+    show_default=True,
+    help="Agents' control streams served at once; more are refused (RESOURCE_EXHAUSTED) and retry.",
+)
+@click.option(
+    "--agent-events-per-second",
+    type=click.FloatRange(min=1.0),
+    default=CollectorLimits.agent_events_per_second,
+    show_default=True,
+    help="Sustained messages per second one agent may send (bursts of 5 s); past it its stream is ended.",
+)
+@click.option(
+    "--agent-bytes-per-second",
+    type=click.FloatRange(min=1024.0),
+    default=CollectorLimits.agent_bytes_per_second,
+    show_default=True,
+    help="Sustained bytes per second one agent may send (bursts of 5 s).",
+)
+@click.option(
+    "--max-message-bytes",
+    type=click.IntRange(64 * 1024),
+    default=CollectorLimits.max_message_bytes,
+    show_default=True,
+    help="Largest single message from an agent (a local snapshot with its states).",
+)
+@click.option("--tls-cert", type=click.Path(dir_okay=False), help="PEM certificate chain: serve TLS only.")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="PEM private key of --tls-cert.")
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(dir_okay=False),
+    help="PEM CA: require every agent and reader to present a certificate it signed (mutual TLS).",
+)
+@click.option(
+    "--agent-token-file",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help=f"A file holding a token agents must present (repeatable; also ${AGENT_TOKEN_ENV}).",
+)
+@click.option(
+    "--reader-token-file",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help=f"A file holding a token readers (snapshot, cuts, check...) must present (repeatable; "
+    f"also ${READER_TOKEN_ENV}).",
+)
 @click.option(
     "--predicates",
     multiple=True,
@@ -164,23 +268,56 @@ def collector(
     every: float | None,
     snapshot_timeout: float,
     max_agents: int,
+    agent_events_per_second: float,
+    agent_bytes_per_second: float,
+    max_message_bytes: int,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_client_ca: str | None,
+    agent_token_file: tuple[str, ...],
+    reader_token_file: tuple[str, ...],
     predicates: tuple[str, ...],
     predicate_timeout: float,
     quiet: bool,
 ) -> None:
-    """Run a collector until interrupted (Ctrl-C or SIGTERM)."""
+    """Run a collector until interrupted (Ctrl-C or SIGTERM).
+
+    Without tokens or TLS it trusts every peer that can reach it, which is
+    why it listens on loopback by default; see docs/security.md.
+    """
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:
+        security = CollectorSecurity.from_files(
+            agent_token_files=agent_token_file,
+            reader_token_files=reader_token_file,
+            cert_file=tls_cert,
+            key_file=tls_key,
+            client_ca_file=tls_client_ca,
+        )
+        security = CollectorSecurity(
+            agent_tokens=security.agent_tokens + _env_tokens(AGENT_TOKEN_ENV),
+            reader_tokens=security.reader_tokens + _env_tokens(READER_TOKEN_ENV),
+            certificate_chain=security.certificate_chain,
+            private_key=security.private_key,
+            client_ca=security.client_ca,
+        )
+        limits = CollectorLimits(
+            max_agents=max_agents,
+            max_message_bytes=max_message_bytes,
+            agent_events_per_second=agent_events_per_second,
+            agent_bytes_per_second=agent_bytes_per_second,
+        )
         server = CollectorServer(
             db,
             listen=listen,
             every=every,
             snapshot_timeout=snapshot_timeout,
-            max_agents=max_agents,
+            limits=limits,
+            security=security,
             predicates=predicates,
             predicate_timeout=predicate_timeout,
         ).start()
@@ -195,6 +332,8 @@ def collector(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     click.echo(f"cutwatch collector listening on {server.address}, storing cuts in {db}", err=True)
+    on = [name.replace("_", " ") for name, enabled in security.describe().items() if enabled]
+    click.echo(f"security: {', '.join(on) or 'none (plaintext, no tokens: loopback use only)'}", err=True)
     if predicates:
         click.echo(f"checking the predicates of {', '.join(predicates)} on every COMPLETE cut", err=True)
     if every:
@@ -207,6 +346,7 @@ def collector(
 
 @click.command()
 @_collector_option
+@_client_options
 @click.option(
     "--timeout",
     callback=_duration,
@@ -216,9 +356,9 @@ def collector(
     help="How long to wait for the cut.",
 )
 @_json_option
-def snapshot(address: str, timeout: float, as_json: bool) -> None:
+def snapshot(address: str, credentials: CollectorCredentials, timeout: float, as_json: bool) -> None:
     """Take a snapshot now and print its cut; exit 0 when it is COMPLETE."""
-    with CollectorClient(address) as client:
+    with CollectorClient(address, credentials=credentials) as client:
         try:
             cut = client.snapshot(timeout=timeout)
         except CollectorError as exc:
@@ -229,13 +369,21 @@ def snapshot(address: str, timeout: float, as_json: bool) -> None:
 
 @click.command()
 @_collector_option
+@_client_options
 @click.option("--status", "status_", type=click.Choice(["COMPLETE", "INCOMPLETE"]), default=None)
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 @click.option("--epoch", type=click.IntRange(1), default=None, help="Show this cut in full.")
 @_json_option
-def cuts(address: str, status_: str | None, limit: int, epoch: int | None, as_json: bool) -> None:
+def cuts(
+    address: str,
+    credentials: CollectorCredentials,
+    status_: str | None,
+    limit: int,
+    epoch: int | None,
+    as_json: bool,
+) -> None:
     """List stored cuts, newest first (or show one with --epoch)."""
-    with CollectorClient(address) as client:
+    with CollectorClient(address, credentials=credentials) as client:
         try:
             if epoch is not None:
                 cut = client.get(epoch)
@@ -264,10 +412,11 @@ def cuts(address: str, status_: str | None, limit: int, epoch: int | None, as_js
 
 @click.command()
 @_collector_option
+@_client_options
 @_json_option
-def status(address: str, as_json: bool) -> None:
+def status(address: str, credentials: CollectorCredentials, as_json: bool) -> None:
     """Show the agents registered with the collector and its counters."""
-    with CollectorClient(address) as client:
+    with CollectorClient(address, credentials=credentials) as client:
         try:
             doc = client.status()
         except CollectorError as exc:
@@ -307,6 +456,7 @@ def _check_exit(checked: CheckResults) -> int:
 
 @click.command()
 @_collector_option
+@_client_options
 @click.option(
     "--epoch", type=click.IntRange(1), default=None, help="The results of this cut (default: the newest)."
 )
@@ -314,9 +464,11 @@ def _check_exit(checked: CheckResults) -> int:
     "--follow", is_flag=True, help="Then print every failed check as it is found, until interrupted."
 )
 @_json_option
-def check(address: str, epoch: int | None, follow: bool, as_json: bool) -> None:
+def check(
+    address: str, credentials: CollectorCredentials, epoch: int | None, follow: bool, as_json: bool
+) -> None:
     """Predicate and deadlock results of the newest checked cut; exit 0 when every check holds."""
-    with CollectorClient(address) as client:
+    with CollectorClient(address, credentials=credentials) as client:
         try:
             checked = client.results(epoch)
         except CollectorError as exc:
@@ -353,16 +505,19 @@ def _follow(client: CollectorClient, as_json: bool) -> None:
 
 @click.command()
 @_collector_option
+@_client_options
 @click.option("--now", is_flag=True, help="Take a snapshot first instead of reading the newest checked cut.")
 @click.option("--timeout", type=str, callback=_duration, default="10s", metavar="DURATION", help="For --now.")
 @_json_option
-def deadlocks(address: str, now: bool, timeout: float, as_json: bool) -> None:
+def deadlocks(
+    address: str, credentials: CollectorCredentials, now: bool, timeout: float, as_json: bool
+) -> None:
     """Deadlocks on the newest checked cut; exit 0 when there are none, 1 when there are.
 
     With --now, on a snapshot taken now; exit 5 when that cut is INCOMPLETE and proves none.
     """
     taken = None
-    with CollectorClient(address) as client:
+    with CollectorClient(address, credentials=credentials) as client:
         try:
             if now:
                 taken = client.snapshot(timeout=timeout)
