@@ -71,7 +71,10 @@ class AuthInterceptor(ServerInterceptorBase):
         with self._lock:
             if token is not None and _matches(token, self._security.tokens(other)):
                 self.permission_denied += 1
-                return grpc.StatusCode.PERMISSION_DENIED, f"an {other} token cannot be used for {role} calls"
+                return (
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"this is a token for {other}s; {role} calls need {role} tokens",
+                )
             self.unauthenticated += 1
         if token is None:
             return (
