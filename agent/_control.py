@@ -46,6 +46,7 @@ _REFUSALS = (
     grpc.StatusCode.INVALID_ARGUMENT,
 )
 """What the collector answers when the operator has something to fix: logged as warnings."""
+_GOODBYE_SECONDS = 1.0
 _EVENT_OVERHEAD = 128
 _ENTRY_BYTES = 48
 
@@ -161,6 +162,7 @@ class ControlClient:
         self._seq = itertools.count(1)
         self._seq_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._leaving = threading.Event()
         self._connected = threading.Event()
         self._call: Any = None
         self._call_lock = threading.Lock()
@@ -198,7 +200,17 @@ class ControlClient:
         )
 
     def close(self, timeout: float) -> None:
-        """Stop within ``timeout`` seconds, whatever the collector is doing; queued events are dropped."""
+        """Stop within ``timeout`` seconds, whatever the collector is doing; queued events are dropped.
+
+        A connected stream first says goodbye, so that the collector forgets
+        this process at once rather than wait for it to come back; a
+        collector that does not take the goodbye within a second is cut off.
+        """
+        deadline = time.monotonic() + timeout
+        if self._connected.is_set() and self._thread.is_alive():
+            self._leaving.set()
+            self._queue.wake()
+            self._thread.join(min(timeout / 2, _GOODBYE_SECONDS))
         self._stopping.set()
         with self._call_lock:
             call = self._call
@@ -206,13 +218,13 @@ class ControlClient:
             call.cancel()
         self._queue.wake()
         if self._thread.is_alive():
-            self._thread.join(timeout)
+            self._thread.join(max(0.0, deadline - time.monotonic()))
 
     # The thread ------------------------------------------------------------------------------------
     def _run(self) -> None:
         backoff = self.options.backoff_initial
-        while not self._stopping.is_set():
-            started = time.monotonic()
+        while not self._over():
+            connects = self._connects
             try:
                 self._session()
             except grpc.RpcError as exc:
@@ -226,12 +238,15 @@ class ControlClient:
                 self._connected.clear()
                 with self._call_lock:
                     self._call = None
-            if self._stopping.is_set():
+            if self._over():
                 break
-            if time.monotonic() - started > 10 * self.options.backoff_max:
-                backoff = self.options.backoff_initial  # it was up for a while: start over
+            if self._connects > connects:
+                backoff = self.options.backoff_initial  # it was registered: a new fault starts over
             self._stopping.wait(backoff * (0.5 + random.random()))  # noqa: S311 - jitter, not security
             backoff = min(backoff * 2, self.options.backoff_max)
+
+    def _over(self) -> bool:
+        return self._stopping.is_set() or self._leaving.is_set()
 
     def _session(self) -> None:
         channel = self._credentials.channel(self.address, self.options.channel_options)
@@ -241,7 +256,7 @@ class ControlClient:
             call = stub.Control(self._outgoing(over), metadata=self._credentials.metadata() or None)
             with self._call_lock:
                 self._call = call
-            if self._stopping.is_set():
+            if self._over():
                 call.cancel()
                 return
             try:
@@ -264,10 +279,13 @@ class ControlClient:
         heartbeat = self.options.heartbeat_seconds
 
         def done() -> bool:
-            return over.is_set() or self._stopping.is_set()
+            return over.is_set() or self._over()
 
         while not done():
             item = self._queue.get(heartbeat, done)
+            if self._leaving.is_set() and not over.is_set() and not self._stopping.is_set():
+                yield pb.AgentMessage(goodbye=pb.Goodbye())
+                return
             if done():
                 if item is not None:
                     self._queue.put_back(item)  # the next stream sends it

@@ -22,7 +22,15 @@ One that a message stamped ``k`` reached before it learnt that takes its
 local snapshot anyway: its pieces are dropped and ``k`` is INCOMPLETE
 ("took part without being registered"), since its state is part of the
 system but not of the cut. Agents that leave make ``k`` INCOMPLETE at once,
-naming them, and are not in the next snapshot.
+naming them.
+
+A process whose stream broke may be reconnecting, and its state is still
+part of the system: for ``rejoin_grace`` seconds after it left (or after the
+collector started, for the processes of the newest stored cut) every new
+snapshot is INCOMPLETE, naming it, rather than a COMPLETE cut of the rest.
+An agent that shuts down on purpose says goodbye and is forgotten at once.
+A process that comes back continues its event numbering where its last
+stream ended, so events lost with a broken stream show as a gap.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ REASON_DISCONNECTED = "disconnected from the collector"
 REASON_EVENTS_LOST = "events lost on the way to the collector"
 REASON_REJECTED = "REJECTED (a cutwatch bug, please report it): "
 REASON_UNREGISTERED = "took part without being registered when the snapshot started"
+REASON_ABSENT = "not connected (its stream ended less than the rejoin grace ago; it may be reconnecting)"
 
 
 class NoAgentsError(CutwatchError):
@@ -69,6 +78,7 @@ class AgentSession:
     dropped: int = 0
     invalid: int = 0
     closed: bool = False
+    said_goodbye: bool = False
 
     def send(self, message: pb.ControlMessage) -> None:
         if not self.closed:
@@ -77,6 +87,16 @@ class AgentSession:
     def close(self) -> None:
         self.closed = True
         self.outbox.put(None)
+
+
+@dataclass(frozen=True)
+class _Departed:
+    """A process whose stream ended without a goodbye: it may come back."""
+
+    service: str
+    at: float
+    last_seq: int = 0
+    dropped: int = 0
 
 
 @dataclass
@@ -118,9 +138,11 @@ class Coordinator:
         snapshot_timeout: float = 10.0,
         on_finished: Callable[[StoredCut], None] | None = None,
         max_running: int = 8,
+        rejoin_grace: float = 10.0,
     ) -> None:
         self.store = store
         self.snapshot_timeout = snapshot_timeout
+        self.rejoin_grace = rejoin_grace
         self._on_finished = on_finished
         self._max_running = max_running
         self._lock = threading.Lock()
@@ -128,6 +150,7 @@ class Coordinator:
         self._runs: dict[int, _Run] = {}
         self._finished: dict[int, StoredCut] = {}
         self._last_epoch = max(0, store.next_epoch() - 1)
+        self._departed: dict[str, _Departed] = self._processes_of_newest_cut(store)
         self._stats = {
             "started": 0,
             "complete": 0,
@@ -139,6 +162,18 @@ class Coordinator:
             "foreign": 0,
             "store_errors": 0,
         }
+
+    @staticmethod
+    def _processes_of_newest_cut(store: CutStore) -> dict[str, _Departed]:
+        """After a restart, the processes of the newest cut are expected back for a while."""
+        newest = store.latest()
+        if newest is None:
+            return {}
+        now = time.monotonic()
+        expected = {state.process: _Departed(state.service, now) for state in newest.states}
+        for process in newest.missing:
+            expected.setdefault(process, _Departed("", now))
+        return expected
 
     # Agents -------------------------------------------------------------------------------------
     def register(self, registration: pb.Registration) -> AgentSession:
@@ -156,6 +191,10 @@ class Coordinator:
             old = self._sessions.get(process)
             if old is not None:
                 self._leave(old)
+                session.last_seq, session.dropped = old.last_seq, old.dropped
+            departed = self._departed.pop(process, None)
+            if departed is not None:
+                session.last_seq, session.dropped = departed.last_seq, departed.dropped
             self._sessions[process] = session
             self._last_epoch = max(self._last_epoch, registration.epoch)
             session.send(pb.ControlMessage(registered=pb.Registered(epoch=self._last_epoch)))
@@ -169,8 +208,12 @@ class Coordinator:
                 return
             del self._sessions[session.process]
             finished = self._leave(session)
+            if not session.said_goodbye:
+                self._departed[session.process] = _Departed(
+                    session.service, time.monotonic(), session.last_seq, session.dropped
+                )
         self._store_all(finished)
-        _LOG.info("agent %s left", session.process)
+        _LOG.info("agent %s %s", session.process, "left" if session.said_goodbye else "disconnected")
 
     def _leave(self, session: AgentSession) -> list[_Run]:
         """The session is gone: every snapshot it takes part in loses it; holds the lock."""
@@ -190,7 +233,9 @@ class Coordinator:
         with self._lock:
             session.last_seen = time.monotonic()
             body = message.WhichOneof("body")
-            if body == "heartbeat":
+            if body == "goodbye":
+                session.said_goodbye = True
+            elif body == "heartbeat":
                 if message.heartbeat.dropped > session.dropped:
                     session.dropped = message.heartbeat.dropped
                     finished += self._lost_events(session)
@@ -265,15 +310,33 @@ class Coordinator:
             evicted += self._finish(self._runs[oldest], "too many snapshots running at once")
         epoch = max(self._last_epoch, *(s.epoch for s in sessions)) + 1
         self._last_epoch = epoch
-        participants = [s.process for s in sessions]
-        self._runs[epoch] = _Run(
+        now = time.monotonic()
+        for process, departed in list(self._departed.items()):
+            if now - departed.at >= self.rejoin_grace:
+                del self._departed[process]  # gone for good: a crash, or a shutdown without goodbye
+        absent = {p: d.service for p, d in self._departed.items() if p not in self._sessions}
+        run = _Run(
             epoch=epoch,
-            assembler=CutAssembler(epoch, participants),
+            assembler=CutAssembler(epoch, [*(s.process for s in sessions), *absent]),
             started=time.time(),
-            deadline=time.monotonic() + timeout,
-            services={s.process: s.service for s in sessions},
+            deadline=now + timeout,
+            services={**absent, **{s.process: s.service for s in sessions}},
         )
+        self._runs[epoch] = run
         self._stats["started"] += 1
+        if absent:  # it cannot be complete: end it now, and spare the agents the work
+            cut = AssembledCut(
+                epoch=epoch,
+                status="INCOMPLETE",
+                states={},
+                clocks={},
+                in_transit=(),
+                missing=tuple(sorted(absent)),
+                unsettled=(),
+                reasons=tuple(f"{REASON_ABSENT} at {process}" for process in sorted(absent)),
+            )
+            evicted += self._complete(run, cut)
+            return epoch
         for session in sessions:
             session.send(pb.ControlMessage(take_snapshot=pb.TakeSnapshot(epoch=epoch)))
         return epoch
@@ -302,6 +365,19 @@ class Coordinator:
     def running(self) -> tuple[int, ...]:
         with self._lock:
             return tuple(sorted(self._runs))
+
+    def absent(self) -> list[tuple[str, str, float]]:
+        """Processes expected back: (process, service, seconds since they left), oldest first."""
+        now = time.monotonic()
+        with self._lock:
+            return sorted(
+                (
+                    (p, d.service, now - d.at)
+                    for p, d in self._departed.items()
+                    if now - d.at < self.rejoin_grace
+                ),
+                key=lambda item: -item[2],
+            )
 
     def sessions(self) -> list[AgentSession]:
         with self._lock:

@@ -214,6 +214,10 @@ class _Servicer(pb_grpc.CollectorServicer):
                 for s in sorted(self._coordinator.sessions(), key=lambda s: s.process)
             ],
             "running": list(self._coordinator.running()),
+            "absent": [
+                {"process": process, "service": service, "seconds_ago": round(ago, 3)}
+                for process, service, ago in self._coordinator.absent()
+            ],
             "stats": stats.__dict__,
             "checks": {"checked": self._checker.checked, "skipped": self._checker.skipped},
             "security": {
@@ -256,6 +260,8 @@ class CollectorServer:
     (seconds, None: only on demand); ``predicates`` are local files or
     module names whose ``@cutwatch.invariant`` functions run on every
     COMPLETE cut, each for at most ``predicate_timeout`` seconds.
+    ``rejoin_grace`` is how long a process whose stream broke is expected
+    back: snapshots in that time are INCOMPLETE, naming it.
     ``security`` sets the tokens and TLS peers must present (none by
     default: fit for loopback only); ``limits`` what one agent may cost.
     """
@@ -267,6 +273,7 @@ class CollectorServer:
         listen: str = DEFAULT_LISTEN,
         every: float | None = None,
         snapshot_timeout: float = 10.0,
+        rejoin_grace: float = 10.0,
         limits: CollectorLimits | None = None,
         security: CollectorSecurity | None = None,
         predicates: Sequence[str] = (),
@@ -274,8 +281,8 @@ class CollectorServer:
     ) -> None:
         if every is not None and every <= 0:
             raise ValueError("every must be positive")
-        if snapshot_timeout <= 0:
-            raise ValueError("snapshot_timeout must be positive")
+        if snapshot_timeout <= 0 or rejoin_grace < 0:
+            raise ValueError("snapshot_timeout must be positive and rejoin_grace not negative")
         engine = None
         if predicates:
             from cutwatch.predicates import PredicateEngine
@@ -290,7 +297,10 @@ class CollectorServer:
         self.every = every
         self.checker = CutChecker(self.store, engine)
         self.coordinator = Coordinator(
-            self.store, snapshot_timeout=snapshot_timeout, on_finished=self.checker.submit
+            self.store,
+            snapshot_timeout=snapshot_timeout,
+            on_finished=self.checker.submit,
+            rejoin_grace=rejoin_grace,
         )
         self._listen = listen
         self.limits = limits or CollectorLimits()

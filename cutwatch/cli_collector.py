@@ -200,6 +200,14 @@ def register_collector_commands(main: click.Group) -> None:
     help="Give up on a snapshot after this long.",
 )
 @click.option(
+    "--rejoin-grace",
+    callback=_duration,
+    default="10s",
+    metavar="DURATION",
+    show_default=True,
+    help="How long a process whose stream broke is expected back; snapshots meanwhile are INCOMPLETE.",
+)
+@click.option(
     "--max-agents",
     type=click.IntRange(1, 10_000),
     default=CollectorLimits.max_agents,
@@ -267,6 +275,7 @@ def collector(
     db: str,
     every: float | None,
     snapshot_timeout: float,
+    rejoin_grace: float,
     max_agents: int,
     agent_events_per_second: float,
     agent_bytes_per_second: float,
@@ -316,6 +325,7 @@ def collector(
             listen=listen,
             every=every,
             snapshot_timeout=snapshot_timeout,
+            rejoin_grace=rejoin_grace,
             limits=limits,
             security=security,
             predicates=predicates,
@@ -428,6 +438,11 @@ def status(address: str, credentials: CollectorCredentials, as_json: bool) -> No
     click.echo(f"{len(agents)} agents registered; snapshots running: {doc['running'] or 'none'}")
     for agent in agents:
         click.echo(f"  {agent['process']:<30} {agent['service']:<16} since {_when(agent['connected_at'])}")
+    for gone in doc.get("absent", []):
+        click.echo(
+            f"  {gone['process']:<30} {gone['service']:<16} disconnected {gone['seconds_ago']:.1f} s ago; "
+            "expected back (snapshots are INCOMPLETE until it returns or the rejoin grace ends)"
+        )
     stats = doc["stats"]
     click.echo(
         f"snapshots: {stats['snapshots_started']} started, {stats['complete']} complete, "

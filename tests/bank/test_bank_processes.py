@@ -217,7 +217,9 @@ def test_collector_killed_and_restarted_loses_nothing(cluster: Cluster, tmp_path
 
 
 def test_bank_killed_during_a_snapshot(cluster: Cluster, tmp_path: Path) -> None:
-    _, address = cluster.start_collector(tmp_path / "cuts.db")
+    # A killed process is expected back for the rejoin grace: a second here, so that the
+    # survivors' cut below (taken well after it) may be COMPLETE without the victim.
+    _, address = cluster.start_collector(tmp_path / "cuts.db", "127.0.0.1:0", "--rejoin-grace", "1s")
     # b4's state provider takes 2 s, so a snapshot is still running when b4 is killed.
     banks = cluster.start_banks(4, address, b4={"slow-state-ms": "2000"})
     victim, survivors = banks[3], banks[:3]

@@ -6,11 +6,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from polling import wait_until
 
 from cutwatch.agent._clock import VectorClock
 from cutwatch.agent._events import event_to_message
 from cutwatch.agent._snapshot import REQUEST, ChannelRecord, Flushed, LocalSnapshot, MsgKey, SnapshotEvent
-from cutwatch.collector._coordinator import REASON_EVENTS_LOST, REASON_UNREGISTERED, AgentSession, Coordinator
+from cutwatch.collector._coordinator import (
+    REASON_ABSENT,
+    REASON_EVENTS_LOST,
+    REASON_UNREGISTERED,
+    AgentSession,
+    Coordinator,
+)
 from cutwatch.collector._storage import SqliteCutStore
 from cutwatch.proto import collector_pb2 as pb
 
@@ -143,3 +150,90 @@ def test_a_restarted_coordinator_numbers_above_stored_and_reported_epochs(tmp_pa
         second.close()
     finally:
         store.close()
+
+
+def reasons_of(coordinator: Coordinator, epoch: int) -> tuple[str, ...]:
+    cut = coordinator.wait(epoch, 5.0)
+    assert cut is not None, f"snapshot {epoch} did not finish"
+    return cut.reasons
+
+
+def test_a_process_whose_stream_broke_is_expected_back_and_no_cut_completes_without_it(
+    tmp_path: Path,
+) -> None:
+    store = SqliteCutStore(tmp_path / "cuts.db")
+    coordinator = Coordinator(store, snapshot_timeout=30.0, rejoin_grace=3600.0)
+    try:
+        a, b = register(coordinator, "bank:a"), register(coordinator, "bank:b")
+        coordinator.unregister(b)  # no goodbye: a reset, a partition, or a crash
+        epoch = coordinator.start_snapshot()
+        (reason,) = reasons_of(coordinator, epoch)
+        assert reason == f"{REASON_ABSENT} at bank:b"
+        assert orders(a)[-1] == "close_epoch"  # a was spared the local snapshot
+        assert [process for process, _, _ in coordinator.absent()] == ["bank:b"]
+        # It comes back: the next snapshot takes it in and may complete.
+        b = register(coordinator, "bank:b")
+        assert coordinator.absent() == []
+        epoch = coordinator.start_snapshot()
+        assert orders(b)[-1] == "take_snapshot"
+    finally:
+        coordinator.close()
+        store.close()
+
+
+def test_a_process_that_said_goodbye_or_outstayed_the_grace_is_not_waited_for(tmp_path: Path) -> None:
+    store = SqliteCutStore(tmp_path / "cuts.db")
+    coordinator = Coordinator(store, snapshot_timeout=30.0, rejoin_grace=0.2)
+    try:
+        a, b, c = (register(coordinator, f"bank:{name}") for name in "abc")
+        coordinator.on_message(b, pb.AgentMessage(goodbye=pb.Goodbye()))
+        coordinator.unregister(b)
+        coordinator.unregister(c)
+        assert [process for process, _, _ in coordinator.absent()] == ["bank:c"]
+        wait_until(lambda: coordinator.absent() == [], "the rejoin grace to end", timeout=30.0)
+        epoch = coordinator.start_snapshot()
+        assert "take_snapshot" in orders(a)
+        snap = local(epoch, "bank:a", {"bank:a": 1})
+        send(coordinator, a, snap, 1)
+        send(coordinator, a, Flushed(epoch, "bank:a"), 2)
+        cut = coordinator.wait(epoch, 5.0)
+        assert cut is not None and cut.status == "COMPLETE", cut
+    finally:
+        coordinator.close()
+        store.close()
+
+
+def test_a_restarted_coordinator_expects_the_processes_of_the_newest_cut(tmp_path: Path) -> None:
+    store = SqliteCutStore(tmp_path / "cuts.db")
+    first = Coordinator(store, snapshot_timeout=30.0)
+    a, b = register(first, "bank:a"), register(first, "bank:b")
+    epoch = first.start_snapshot()
+    for session in (a, b):
+        send(first, session, local(epoch, session.process, {session.process: 1}), 1)
+    for session in (a, b):
+        send(first, session, Flushed(epoch, session.process), 2)
+    stored = first.wait(epoch, 5.0)
+    assert stored is not None and stored.status == "COMPLETE"
+    first.close()
+    second = Coordinator(store, snapshot_timeout=30.0, rejoin_grace=3600.0)
+    try:
+        register(second, "bank:a")  # b has not reconnected yet
+        (reason,) = reasons_of(second, second.start_snapshot())
+        assert reason == f"{REASON_ABSENT} at bank:b"
+    finally:
+        second.close()
+        store.close()
+
+
+def test_a_reconnecting_agent_continues_its_numbering_so_events_lost_with_the_stream_show(
+    coordinator: Coordinator,
+) -> None:
+    a = register(coordinator, "bank:a")
+    epoch = coordinator.start_snapshot()
+    send(coordinator, a, local(epoch, "bank:a", {"bank:a": 1}), 1)
+    coordinator.unregister(a)  # the stream broke after event 1; events 2 and 3 went down with it
+    a = register(coordinator, "bank:a")
+    assert a.last_seq == 1
+    epoch = coordinator.start_snapshot()
+    send(coordinator, a, local(epoch, "bank:a", {"bank:a": 2}), 4)
+    assert f"{REASON_EVENTS_LOST} at bank:a" in reasons_of(coordinator, epoch)

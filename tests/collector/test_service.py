@@ -331,6 +331,7 @@ def test_invalid_agent_messages_are_counted_and_dropped(
                     epoch=1, receiver="rogue:1", kind="request", payload_json="{nope"
                 ),
             ),
+            pb.AgentMessage(goodbye=pb.Goodbye()),  # it leaves for good, not expected back
         ]
         call = stub.Control(iter(messages))
         first = next(call)
@@ -388,3 +389,27 @@ def test_an_agent_closes_promptly_and_serves_on_while_its_collector_hangs() -> N
         a.close()
         b.close()
         server.stop(0).wait(5)
+
+
+def test_an_agent_that_closes_says_goodbye_and_one_that_vanishes_is_expected_back(
+    collector: CollectorServer, ledgers: Callable[..., Ledger]
+) -> None:
+    a, b = ledgers("a"), ledgers("b")
+    b.agent.close()  # on purpose: the collector forgets it at once
+    with CollectorClient(collector.address) as client:
+        wait_until(lambda: len(client.status()["agents"]) == 1, "b to leave")
+        assert client.status()["absent"] == []
+        cut = client.snapshot(timeout=TIMEOUT)
+        assert cut.status == "COMPLETE" and list(cut.states) == [a.agent.process_id], cut.reasons
+        with grpc.insecure_channel(collector.address) as channel:
+            stub = pb_grpc.CollectorStub(channel)  # type: ignore[no-untyped-call]
+            registration = pb.Registration(process_id="vanishing:1", service="vanishing", protocol_version=1)
+            call = stub.Control(iter([pb.AgentMessage(register=registration)]))
+            assert next(call).WhichOneof("body") == "registered"
+            call.cancel()  # no goodbye: a reset, a partition or a crash look the same
+        wait_until(lambda: len(client.status()["agents"]) == 1, "the vanished stream to end")
+        assert [gone["process"] for gone in client.status()["absent"]] == ["vanishing:1"]
+        cut = client.snapshot(timeout=TIMEOUT)
+        assert cut.status == "INCOMPLETE"
+        assert cut.missing == ("vanishing:1",)
+        assert any("vanishing:1" in reason and "reconnecting" in reason for reason in cut.reasons)
