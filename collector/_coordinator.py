@@ -48,6 +48,7 @@ from cutwatch.agent.exceptions import CutwatchError
 from cutwatch.collector._assembly import AssembledCut, AssemblyError, CutAssembler
 from cutwatch.collector._storage import CutStore, StorageError, StoredCut, stored_from_assembled
 from cutwatch.proto import collector_pb2 as pb
+from cutwatch.security import shown
 
 __all__ = ["AgentSession", "Coordinator", "CoordinatorStats", "NoAgentsError"]
 
@@ -198,7 +199,7 @@ class Coordinator:
             self._sessions[process] = session
             self._last_epoch = max(self._last_epoch, registration.epoch)
             session.send(pb.ControlMessage(registered=pb.Registered(epoch=self._last_epoch)))
-        _LOG.info("agent %s (%s) registered", process, session.service)
+        _LOG.info("agent %s (%s) registered", shown(process), shown(session.service))
         return session
 
     def unregister(self, session: AgentSession) -> None:
@@ -213,7 +214,7 @@ class Coordinator:
                     session.service, time.monotonic(), session.last_seq, session.dropped
                 )
         self._store_all(finished)
-        _LOG.info("agent %s %s", session.process, "left" if session.said_goodbye else "disconnected")
+        _LOG.info("agent %s %s", shown(session.process), "left" if session.said_goodbye else "disconnected")
 
     def _leave(self, session: AgentSession) -> list[_Run]:
         """The session is gone: every snapshot it takes part in loses it; holds the lock."""
@@ -249,7 +250,7 @@ class Coordinator:
                 except EventFormatError as exc:
                     self._stats["invalid"] += 1
                     session.invalid += 1
-                    _LOG.warning("dropped an invalid message from %s: %s", session.process, exc)
+                    _LOG.warning("dropped an invalid message from %s: %s", shown(session.process), shown(exc))
                     event = None
                 if event is not None:
                     run = self._runs.get(event.epoch)
@@ -423,7 +424,7 @@ class Coordinator:
         return self._finish(run, "")
 
     def _reject(self, run: _Run, exc: AssemblyError) -> list[_Run]:
-        _LOG.error("cutwatch bug: snapshot %d rejected: %s", run.epoch, exc)
+        _LOG.error("cutwatch bug: snapshot %d rejected: %s", run.epoch, shown(exc, 2000))
         self._stats["rejected"] += 1
         cut = AssembledCut(
             epoch=run.epoch,
@@ -484,7 +485,9 @@ class Coordinator:
             if run.result.status == "COMPLETE":
                 _LOG.info("snapshot %d COMPLETE", run.epoch)
             else:
-                _LOG.warning("snapshot %d INCOMPLETE: %s", run.epoch, "; ".join(run.result.reasons))
+                _LOG.warning(
+                    "snapshot %d INCOMPLETE: %s", run.epoch, shown("; ".join(run.result.reasons), 2000)
+                )
             run.done.set()
             if self._on_finished is not None:
                 try:

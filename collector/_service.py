@@ -33,7 +33,7 @@ from cutwatch.collector._limits import AgentMeter, CollectorLimits
 from cutwatch.collector._storage import MAX_LIST_LIMIT, CutStatus, CutStore, SqliteCutStore, StoredCut
 from cutwatch.proto import collector_pb2 as pb
 from cutwatch.proto import collector_pb2_grpc as pb_grpc
-from cutwatch.security import CollectorSecurity
+from cutwatch.security import CollectorSecurity, shown
 
 __all__ = ["DEFAULT_LISTEN", "CollectorServer"]
 
@@ -120,14 +120,14 @@ class _Servicer(pb_grpc.CollectorServicer):
                 if over is not None:
                     with self._over_limit_lock:
                         self._over_limit += 1
-                    _LOG.warning("agent %s sent %s: its stream is ended", session.process, over)
-                    refusal.append(f"agent {session.process} sent {over}")
+                    _LOG.warning("agent %s sent %s: its stream is ended", shown(session.process), over)
+                    refusal.append(f"agent {shown(session.process)} sent {over}")
                     break
                 self._coordinator.on_message(session, message)
         except grpc.RpcError:
             pass  # the stream ended: the agent went away or the server stops
         except Exception:
-            _LOG.exception("reading the stream of %s failed", session.process)
+            _LOG.exception("reading the stream of %s failed", shown(session.process))
         finally:
             self._coordinator.unregister(session)
 

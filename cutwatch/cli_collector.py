@@ -28,7 +28,7 @@ from cutwatch.collector import (
     Cut,
 )
 from cutwatch.collector._limits import CollectorLimits
-from cutwatch.security import TOKEN_ENV, CollectorCredentials, CollectorSecurity, SecurityConfigError
+from cutwatch.security import TOKEN_ENV, CollectorCredentials, CollectorSecurity, SecurityConfigError, shown
 
 EXIT_NEGATIVE = 1
 EXIT_UNREACHABLE = 3
@@ -145,23 +145,24 @@ def format_cut(cut: Cut) -> str:
         f"{len(cut.in_transit)} messages in transit, {took:.0f} ms, {_when(cut.started)})"
     ]
     for reason in cut.reasons:
-        lines.append(f"  why: {reason}")
+        lines.append(f"  why: {shown(reason, 2000)}")
     if cut.states:
         lines.append("processes")
-        width = max(len(p) for p in cut.states)
+        width = max(len(shown(p)) for p in cut.states)
         for process, entry in sorted(cut.states.items()):
             tasks = len(cut.tasks.get(process, ()))
-            service = entry.get("service", "")
-            lines.append(f"  {process:<{width}}  {service:<12} tasks {tasks:<3} {_short(entry.get('state'))}")
+            service = shown(entry.get("service", ""))
+            name = shown(process)
+            lines.append(f"  {name:<{width}}  {service:<12} tasks {tasks:<3} {_short(entry.get('state'))}")
     if cut.in_transit:
         lines.append("in transit")
         for m in cut.in_transit:
-            what = f"{m.kind} {m.method or '?'} #{m.call_id}"
-            lines.append(f"  {m.sender} -> {m.receiver}  {what}  {_short(m.payload, 50)}")
+            what = f"{m.kind} {shown(m.method or '?')} #{m.call_id}"
+            lines.append(f"  {shown(m.sender)} -> {shown(m.receiver)}  {what}  {_short(m.payload, 50)}")
     if cut.duplicates:
         lines.append("duplicate deliveries (retries or hedging)")
         for d in cut.duplicates:
-            lines.append(f"  call #{d['call_id']} from {d['caller']}: {', '.join(d['where'])}")
+            lines.append(f"  call #{d['call_id']} from {shown(d['caller'])}: {shown(', '.join(d['where']))}")
     return "\n".join(lines)
 
 
@@ -437,10 +438,12 @@ def status(address: str, credentials: CollectorCredentials, as_json: bool) -> No
     agents: list[Mapping[str, Any]] = doc["agents"]
     click.echo(f"{len(agents)} agents registered; snapshots running: {doc['running'] or 'none'}")
     for agent in agents:
-        click.echo(f"  {agent['process']:<30} {agent['service']:<16} since {_when(agent['connected_at'])}")
+        name, service = shown(agent["process"]), shown(agent["service"])
+        click.echo(f"  {name:<30} {service:<16} since {_when(agent['connected_at'])}")
     for gone in doc.get("absent", []):
+        name, service = shown(gone["process"]), shown(gone["service"])
         click.echo(
-            f"  {gone['process']:<30} {gone['service']:<16} disconnected {gone['seconds_ago']:.1f} s ago; "
+            f"  {name:<30} {service:<16} disconnected {gone['seconds_ago']:.1f} s ago; "
             "expected back (snapshots are INCOMPLETE until it returns or the rejoin grace ends)"
         )
     stats = doc["stats"]

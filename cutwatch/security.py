@@ -42,6 +42,17 @@ _TOKEN = re.compile(r"[\x21-\x7e]{16,4096}")
 """Printable ASCII without spaces (it travels in a metadata value), long enough to be a secret."""
 
 
+def shown(text: object, limit: int = 200) -> str:
+    """Text from a peer, safe for a log line: control characters escaped, length capped.
+
+    Identifiers are stored exactly as received, but a terminal that shows a
+    log must not be steered by escape sequences or fooled by line breaks.
+    """
+    value = str(text)
+    safe = "".join(c if c.isprintable() else repr(c)[1:-1] for c in value[:limit])
+    return safe + ("..." if len(value) > limit else "")
+
+
 class SecurityConfigError(ValueError):
     """A certificate, key or token cannot be used as given; the message says which and why."""
 

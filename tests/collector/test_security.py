@@ -303,3 +303,12 @@ def test_a_refused_agent_keeps_serving_its_application(
     agent_token = CollectorCredentials(token=AGENT_TOKEN)
     with CollectorClient(secured.address, credentials=agent_token) as client, pytest.raises(CollectorError):
         client.status()
+
+
+def test_text_from_peers_is_escaped_for_logs_and_terminals() -> None:
+    from cutwatch.security import shown
+
+    assert shown("bank:a.12") == "bank:a.12"
+    assert shown("é😀") == "é😀"
+    assert shown("x\x1b[31mred\nfake log line\x00") == "x\\x1b[31mred\\nfake log line\\x00"
+    assert shown("y" * 1000, limit=10) == "y" * 10 + "..."
