@@ -275,7 +275,9 @@ class ControlClient:
 
     def _outgoing(self, over: threading.Event) -> Iterator[pb.AgentMessage]:
         """The request stream: registration, then events and heartbeats until the call ends."""
-        yield pb.AgentMessage(register=self._registration())
+        registration = self._registration()
+        registration.dropped = self._dropped
+        yield pb.AgentMessage(register=registration)
         heartbeat = self.options.heartbeat_seconds
 
         def done() -> bool:

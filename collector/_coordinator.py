@@ -140,10 +140,12 @@ class Coordinator:
         on_finished: Callable[[StoredCut], None] | None = None,
         max_running: int = 8,
         rejoin_grace: float = 10.0,
+        silent_after: float = 15.0,
     ) -> None:
         self.store = store
         self.snapshot_timeout = snapshot_timeout
         self.rejoin_grace = rejoin_grace
+        self.silent_after = silent_after
         self._on_finished = on_finished
         self._max_running = max_running
         self._lock = threading.Lock()
@@ -196,6 +198,8 @@ class Coordinator:
             departed = self._departed.pop(process, None)
             if departed is not None:
                 session.last_seq, session.dropped = departed.last_seq, departed.dropped
+            elif old is None:  # new to this collector (or it restarted): earlier drops are history
+                session.dropped = registration.dropped
             self._sessions[process] = session
             self._last_epoch = max(self._last_epoch, registration.epoch)
             session.send(pb.ControlMessage(registered=pb.Registered(epoch=self._last_epoch)))
@@ -203,18 +207,22 @@ class Coordinator:
         return session
 
     def unregister(self, session: AgentSession) -> None:
-        finished: list[_Run] = []
         with self._lock:
-            if self._sessions.get(session.process) is not session:
-                return
-            del self._sessions[session.process]
-            finished = self._leave(session)
-            if not session.said_goodbye:
-                self._departed[session.process] = _Departed(
-                    session.service, time.monotonic(), session.last_seq, session.dropped
-                )
+            finished = self._drop(session)
         self._store_all(finished)
+
+    def _drop(self, session: AgentSession) -> list[_Run]:
+        """Forget ``session`` (if current); expect its process back unless it said goodbye. Holds the lock."""
+        if self._sessions.get(session.process) is not session:
+            return []
+        del self._sessions[session.process]
+        finished = self._leave(session)
+        if not session.said_goodbye:
+            self._departed[session.process] = _Departed(
+                session.service, time.monotonic(), session.last_seq, session.dropped
+            )
         _LOG.info("agent %s %s", shown(session.process), "left" if session.said_goodbye else "disconnected")
+        return finished
 
     def _leave(self, session: AgentSession) -> list[_Run]:
         """The session is gone: every snapshot it takes part in loses it; holds the lock."""
@@ -358,6 +366,14 @@ class Coordinator:
         now = time.monotonic() if now is None else now
         finished: list[_Run] = []
         with self._lock:
+            for session in list(self._sessions.values()):
+                if now - session.last_seen > self.silent_after:
+                    # Heartbeats come every second: a stream this quiet is half-open (a partition,
+                    # a hung agent). Drop it, so that snapshots do not wait on it to their deadline.
+                    _LOG.warning(
+                        "agent %s silent for %.0f s: dropped", shown(session.process), now - session.last_seen
+                    )
+                    finished += self._drop(session)
             for run in list(self._runs.values()):
                 if now >= run.deadline:
                     finished += self._finish(run, "")

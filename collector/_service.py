@@ -327,6 +327,11 @@ class CollectorServer:
                 ("grpc.max_receive_message_length", limits.max_message_bytes),
                 ("grpc.max_send_message_length", _MAX_MESSAGE),
                 ("grpc.so_reuseport", 0),
+                # Ping agents, so that a half-open connection (a partition) is closed in
+                # seconds rather than when TCP gives up; and accept the agents' own pings.
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
             ],
         )
         pb_grpc.add_CollectorServicer_to_server(  # type: ignore[no-untyped-call]

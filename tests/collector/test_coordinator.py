@@ -237,3 +237,29 @@ def test_a_reconnecting_agent_continues_its_numbering_so_events_lost_with_the_st
     epoch = coordinator.start_snapshot()
     send(coordinator, a, local(epoch, "bank:a", {"bank:a": 2}), 4)
     assert f"{REASON_EVENTS_LOST} at bank:a" in reasons_of(coordinator, epoch)
+
+
+def test_a_silent_stream_is_dropped_so_that_snapshots_do_not_wait_for_it(coordinator: Coordinator) -> None:
+    a, b = register(coordinator, "bank:a"), register(coordinator, "bank:b")
+    epoch = coordinator.start_snapshot()
+    b.last_seen -= coordinator.silent_after + 1  # a half-open stream: nothing for too long
+    coordinator.expire()
+    assert [s.process for s in coordinator.sessions()] == ["bank:a"]
+    assert b.closed and b.outbox.get_nowait() is not None  # its stream is ended (after the queued orders)
+    assert any("bank:b" in reason for reason in reasons_of(coordinator, epoch))
+    assert [process for process, _, _ in coordinator.absent()] == ["bank:b"]
+    assert not a.closed
+
+
+def test_drops_before_an_agent_met_this_collector_do_not_spoil_its_snapshots(
+    coordinator: Coordinator,
+) -> None:
+    # An agent that dropped 7 events while its previous collector was away registers here.
+    old_hand = coordinator.register(
+        pb.Registration(process_id="bank:a", service="bank", protocol_version=1, dropped=7)
+    )
+    epoch = coordinator.start_snapshot()
+    coordinator.on_message(old_hand, pb.AgentMessage(heartbeat=pb.Heartbeat(unix_nanos=1, dropped=7)))
+    assert coordinator.running() == (epoch,)  # no new drop: the snapshot goes on
+    coordinator.on_message(old_hand, pb.AgentMessage(heartbeat=pb.Heartbeat(unix_nanos=2, dropped=8)))
+    assert f"{REASON_EVENTS_LOST} at bank:a" in reasons_of(coordinator, epoch)
