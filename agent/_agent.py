@@ -198,8 +198,11 @@ class Agent:
 
     Snapshot limits: ``max_records`` channel records per snapshot,
     ``max_payload_bytes`` per recorded message, ``max_state_bytes`` per state
-    provider, ``event_queue`` events (and ``event_queue_bytes``) waiting for
-    the collector, past which events are dropped and counted;
+    provider, ``max_seen_messages`` messages remembered to tell a retried or
+    hedged delivery from a new one (about 230 bytes each, so some 23 MB at
+    the default once that many have arrived), ``event_queue`` events (and
+    ``event_queue_bytes``) waiting for the collector, past which events are
+    dropped and counted;
     ``atomic_timeout`` is how long a snapshot waits for an ``atomic()`` block
     before it gives up on that snapshot (which then ends INCOMPLETE);
     ``abandoned_grace`` how long a call that failed without an answer keeps
@@ -220,6 +223,7 @@ class Agent:
         max_records: int = 10_000,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
+        max_seen_messages: int = 100_000,
         event_queue: int = 10_000,
         event_queue_bytes: int = 64 * 1024 * 1024,
         atomic_timeout: float = 5.0,
@@ -255,7 +259,12 @@ class Agent:
         self._closed_log_dropped = 0
         self._worker_pools: dict[str, int] = {}
         self._pools_probed: set[str] = set()
-        self._part = SnapshotParticipant(process_id, max_records=max_records, abandoned_grace=abandoned_grace)
+        self._part = SnapshotParticipant(
+            process_id,
+            max_records=max_records,
+            max_seen_keys=max_seen_messages,
+            abandoned_grace=abandoned_grace,
+        )
         # atomic() blocks and local snapshots exclude each other through this
         # lock; the event lock ``_lock`` is always taken after it, never before.
         self._snapshot_lock = threading.RLock()
