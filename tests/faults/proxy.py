@@ -31,7 +31,7 @@ UP, DOWN = 0, 1
 _CHUNK = 64 * 1024
 _QUEUED = 256
 """Chunks held per direction of a connection before it stops reading."""
-_CONTROL_TIMEOUT = 10.0
+_CONTROL_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
