@@ -72,6 +72,8 @@ _LOG = logging.getLogger("cutwatch.agent")
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 _STATE_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,100}$")
 DEFAULT_MAX_STATE_BYTES = 1024 * 1024
+_MAX_REGISTERED_POOLS = 64
+"""A collector refuses registrations naming more pools; servers past these stay unsized."""
 REASON_ATOMIC_WAIT = "a snapshot was due while an atomic() block waited for a response"
 REASON_ATOMIC_TIMEOUT = "an atomic() block held the snapshot lock too long"
 
@@ -743,7 +745,7 @@ class Agent:
                 process_id=self.process_id,
                 service=self.service,
                 protocol_version=PROTOCOL_VERSION,
-                worker_pools=dict(self._worker_pools),
+                worker_pools=dict(list(self._worker_pools.items())[:_MAX_REGISTERED_POOLS]),
                 epoch=self._part.epoch,
             )
 

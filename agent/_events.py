@@ -4,12 +4,19 @@ The agent converts on its background thread, never on the request path. The
 collector converts what arrives from the network and trusts none of it: the
 sender is the process the stream registered as, whatever the message claims,
 and anything malformed raises :class:`EventFormatError` for the collector to
-count and drop.
+count and drop. JSON fields are held to what the store and every reader of a
+cut can take back: standard JSON (no NaN or Infinity), nested at most
+:data:`MAX_JSON_DEPTH` levels, states as objects and tasks as lists of
+objects. A document that parsed here but failed later, when the cut is
+stored or read, would lose the whole cut rather than one agent's piece. The
+agent's side keeps to the same bounds: a state value or payload nested deeper
+goes as an error marker, so a correct agent never sends what is refused here.
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 from cutwatch.agent._clock import VectorClock
 from cutwatch.agent._snapshot import (
@@ -30,10 +37,15 @@ from cutwatch.agent._snapshot import (
 from cutwatch.agent.exceptions import CutwatchError
 from cutwatch.proto import collector_pb2 as pb
 
-__all__ = ["EventFormatError", "event_from_message", "event_to_message"]
+__all__ = ["MAX_JSON_DEPTH", "MAX_WORKER_POOLS", "EventFormatError", "event_from_message", "event_to_message"]
 
 _KINDS = frozenset((REQUEST, RESPONSE))
 _OUTCOMES = frozenset((OUTCOME_FAILED, OUTCOME_UNSTAMPED))
+MAX_JSON_DEPTH = 200
+"""Nesting of a JSON field; far below Python's recursion limit, which a stored cut's readers share."""
+MAX_WORKER_POOLS = 256
+"""Worker pools of one local snapshot (one per instrumented server)."""
+_SHOWN = 100
 
 
 class EventFormatError(CutwatchError):
@@ -48,7 +60,7 @@ def event_to_message(event: SnapshotEvent, seq: int) -> pb.AgentMessage:
                 epoch=event.epoch,
                 process_id=event.process,
                 clock=dict(event.clock),
-                state_json=json.dumps(event.state, sort_keys=True, allow_nan=False),
+                state_json=_state_json(event.state),
                 tasks_json=json.dumps(event.tasks, sort_keys=True, allow_nan=False),
                 open_calls=[
                     pb.OpenCall(call_id=c.call_id, method=c.method, target=c.target, failed=c.failed)
@@ -72,7 +84,7 @@ def event_to_message(event: SnapshotEvent, seq: int) -> pb.AgentMessage:
                 receiver=event.receiver,
                 method=event.method,
                 kind=key.kind,
-                payload_json=event.payload_json,
+                payload_json=_payload_json(event.payload_json),
                 call_id=key.call_id,
                 attempt=key.attempt,
             ),
@@ -92,11 +104,73 @@ def event_to_message(event: SnapshotEvent, seq: int) -> pb.AgentMessage:
     )
 
 
+def _state_json(state: object) -> str:
+    """The state as JSON; a provider's value nested deeper than the collector takes becomes an error
+    marker (as one too large does), so that the rest of the local snapshot still counts."""
+    text = json.dumps(state, sort_keys=True, allow_nan=False)
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH or not isinstance(state, dict):
+        return text
+    marker = {"cutwatch_error": f"state nested deeper than {MAX_JSON_DEPTH - 1} levels"}
+    shallow = {name: marker if _depth(value) >= MAX_JSON_DEPTH else value for name, value in state.items()}
+    return json.dumps(shallow, sort_keys=True, allow_nan=False)
+
+
+def _payload_json(text: str) -> str:
+    """A recorded payload, or a marker when it nests deeper than the collector takes."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return text
+    try:
+        deep = _depth(json.loads(text)) > MAX_JSON_DEPTH
+    except (ValueError, RecursionError):
+        deep = True
+    if not deep:
+        return text
+    return json.dumps({"cutwatch": "unrenderable", "error": f"nested deeper than {MAX_JSON_DEPTH} levels"})
+
+
+def _shown(value: str) -> str:
+    """``value`` for an error message: a hostile megabyte must not reach the log whole."""
+    if len(value) <= _SHOWN:
+        return repr(value)
+    return f"{value[:_SHOWN]!r}... ({len(value)} characters)"
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {_shown(text)} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not standard JSON")
+
+
 def _json(text: str, what: str) -> object:
     try:
-        return json.loads(text)
+        value = json.loads(text, parse_float=_finite, parse_constant=_no_constant)
     except ValueError as exc:
         raise EventFormatError(f"{what} is not JSON: {exc}") from None
+    except RecursionError:
+        raise EventFormatError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels") from None
+    # Depth is at most the number of brackets; only a document with many needs walking.
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _depth(value) > MAX_JSON_DEPTH:
+        raise EventFormatError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _depth(value: object) -> int:
+    """Levels of containers in a parsed document, walked without recursion (it may be very deep)."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
 
 
 def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent | None:
@@ -105,13 +179,22 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
     if body == "local_snapshot":
         snap = message.local_snapshot
         if snap.process_id != process:
-            raise EventFormatError(f"local snapshot for {snap.process_id!r} on the stream of {process!r}")
+            raise EventFormatError(
+                f"local snapshot for {_shown(snap.process_id)} on the stream of {_shown(process)}"
+            )
+        state = _json(snap.state_json or "{}", "state_json")
+        if not isinstance(state, dict):
+            raise EventFormatError("state_json is not a JSON object of states by provider name")
         tasks = _json(snap.tasks_json or "[]", "tasks_json")
+        if not isinstance(tasks, list) or not all(isinstance(task, dict) for task in tasks):
+            raise EventFormatError("tasks_json is not a JSON list of task objects")
+        if len(snap.worker_pools) > MAX_WORKER_POOLS:
+            raise EventFormatError(f"{len(snap.worker_pools)} worker pools, more than {MAX_WORKER_POOLS}")
         return LocalSnapshot(
             epoch=snap.epoch,
             process=process,
             clock=VectorClock(dict(snap.clock)),
-            state=_json(snap.state_json or "{}", "state_json"),
+            state=state,
             tasks=tasks,
             open_calls=tuple(OpenCall(c.call_id, c.method, c.target, c.failed) for c in snap.open_calls),
             answering=tuple(Answering(a.caller, a.call_id) for a in snap.answering),
@@ -119,14 +202,16 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
             responses_sent=dict(snap.responses_sent),
             requests_consumed=dict(snap.requests_consumed),
             responses_consumed=dict(snap.responses_consumed),
-            worker_pools=dict(list(snap.worker_pools.items())[:256]),
+            worker_pools=dict(snap.worker_pools),
         )
     if body == "channel_record":
         rec = message.channel_record
         if rec.receiver != process:
-            raise EventFormatError(f"record received by {rec.receiver!r} on the stream of {process!r}")
+            raise EventFormatError(
+                f"record received by {_shown(rec.receiver)} on the stream of {_shown(process)}"
+            )
         if rec.kind not in _KINDS:
-            raise EventFormatError(f"unknown message kind {rec.kind!r}")
+            raise EventFormatError(f"unknown message kind {_shown(rec.kind)}")
         _json(rec.payload_json, "payload_json")
         return ChannelRecord(
             rec.epoch,
@@ -139,7 +224,7 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
     if body == "call_outcome":
         out = message.call_outcome
         if out.outcome not in _OUTCOMES:
-            raise EventFormatError(f"unknown call outcome {out.outcome!r}")
+            raise EventFormatError(f"unknown call outcome {_shown(out.outcome)}")
         return CallOutcome(out.epoch, process, out.call_id, out.outcome, out.detail)
     if body == "flushed":
         return Flushed(message.flushed.epoch, process)

@@ -95,6 +95,10 @@ __all__ = [
 REQUEST: Final = "request"
 RESPONSE: Final = "response"
 _KINDS = frozenset((REQUEST, RESPONSE))
+_MAX_SKIP_NOTICES: Final = 1024
+"""Epochs skipped in one jump that still get a notice; a collector runs far fewer at once."""
+DEFAULT_MAX_OPEN_EPOCHS: Final = 8
+"""Epochs recorded at once: a collector runs at most eight snapshots at a time."""
 REASON_TRUNCATED: Final = "recording truncated"
 REASON_TOO_MANY_OPEN: Final = "too many open epochs"
 REASON_TOO_MANY_CALLS: Final = "too many calls in flight at the cut"
@@ -291,7 +295,7 @@ class SnapshotParticipant:
         process: str,
         *,
         max_records: int = 10_000,
-        max_open_epochs: int = 8,
+        max_open_epochs: int = DEFAULT_MAX_OPEN_EPOCHS,
         max_seen_keys: int = 100_000,
         max_recent_duplicates: int = 100,
         abandoned_grace: float = 2.0,
@@ -380,8 +384,7 @@ class SnapshotParticipant:
             return delivery
         self._remember(msg_key)
         self._pending[id(delivery)] = delivery
-        for k in range(msg_epoch + 1, self.epoch + 1):
-            self._record(k, delivery)
+        self._record_crossing(msg_epoch, delivery)
         return delivery
 
     def on_response(
@@ -411,8 +414,7 @@ class SnapshotParticipant:
         self.responses_consumed[sender] = self.responses_consumed.get(sender, 0) + 1
         if msg_epoch < self.epoch:  # sent before the sender's cut, consumed after ours: in transit
             delivery = Delivery(sender, msg_epoch, payload, MsgKey(sender, call_id, 0, RESPONSE), method)
-            for k in range(msg_epoch + 1, self.epoch + 1):
-                self._record(k, delivery)
+            self._record_crossing(msg_epoch, delivery)
 
     def on_consume(self, delivery: Delivery) -> None:
         """The message's effect is applied. Idempotent; duplicates are not counted."""
@@ -462,11 +464,21 @@ class SnapshotParticipant:
         overflow = len(calls) + len(answering) > self._max_records
         requests_consumed, responses_consumed = dict(self.requests_consumed), dict(self.responses_consumed)
         responses_sent = dict(self.responses_sent)
-        for epoch in range(self.epoch + 1, k + 1):
-            self.epoch = epoch
-            if epoch in self._closed_ahead:
-                self._closed_ahead.discard(epoch)
-                continue
+        # Only the newest max_open epochs could stay open (epochs closed ahead take no slot); older
+        # ones would be stopped at once. Say so for those a collector may still be running, and
+        # skip the rest: a forged jump of 2^64 epochs costs what a jump of a thousand does.
+        taking: list[int] = []
+        below = k
+        while below > self.epoch and len(taking) < self._max_open:
+            if below not in self._closed_ahead:
+                taking.append(below)
+            below -= 1
+        for skipped in range(max(self.epoch + 1, below + 1 - _MAX_SKIP_NOTICES), below + 1):
+            if skipped not in self._closed_ahead:
+                self._stop(skipped, REASON_TOO_MANY_OPEN, 0)
+        self._closed_ahead = {e for e in self._closed_ahead if e > k}
+        self.epoch = k
+        for epoch in reversed(taking):
             if overflow:
                 # Lists cut short could let the collector call the cut COMPLETE before this notice
                 # arrives (pieces arrive in any order), so the notice goes alone, without a snapshot.
@@ -562,6 +574,11 @@ class SnapshotParticipant:
 
     def _stop(self, epoch: int, reason: str, dropped: int) -> None:
         self._outbox.append(RecordingStopped(epoch, self.process, reason, dropped))
+
+    def _record_crossing(self, msg_epoch: int, delivery: Delivery) -> None:
+        """Record ``delivery`` in every open epoch whose cut it crossed (sent before it, delivered after)."""
+        for epoch in [e for e in self._open if e > msg_epoch]:
+            self._record(epoch, delivery)
 
     def _record(self, epoch: int, delivery: Delivery) -> None:
         state = self._open.get(epoch)

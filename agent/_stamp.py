@@ -31,12 +31,13 @@ DEFAULT_MAX_STAMP_BYTES = 4096
 lists over 8 KiB, so a 4 KiB stamp leaves room for the application's own."""
 
 DEFAULT_MAX_CLOCK_ENTRIES = 4096
-DEFAULT_MAX_EPOCH_AHEAD = 1024
+DEFAULT_MAX_EPOCH_AHEAD = 256
 """A receiver takes a local snapshot for every epoch up to a stamp's before
-delivering it, so a stamp may run at most this many epochs past the newest
-epoch its receiver has seen: one forged epoch near 2^64 would otherwise keep
-the agent taking snapshots forever. Processes with a collector run a few
-epochs apart at most, and one that fell further behind rejoins through it."""
+delivering it, so a decoded epoch runs at most this many epochs past the
+newest one the codec has seen: one forged epoch near 2^64 would otherwise
+keep the agent taking snapshots forever. The stamp itself is still tracked;
+a receiver far behind (one without a collector, say) catches up this many
+epochs per message. Processes with a collector run a few epochs apart."""
 
 MAX_PROCESS_ID_LENGTH = 256
 _MAX_COUNTER = (1 << 63) - 1
@@ -55,6 +56,7 @@ class DecodedStamp:
     entries: tuple[tuple[str, int], ...]
     """Clock entries whose process ids the receiver could resolve."""
     epoch: int
+    """The sender's epoch, cut to ``max_epoch_ahead`` past the newest the codec had seen."""
     call_id: int
     trace_id: bytes
     span_id: bytes
@@ -76,8 +78,8 @@ class StampCodec:
     ``max_peers`` bounds both tables (what peers know of our names, and the
     names we know of each peer); the least recently used peer is forgotten,
     which costs at most a resend of its names. ``max_epoch_ahead`` bounds how
-    far past the newest epoch this codec has encoded or accepted a stamp's
-    epoch may be.
+    far past the newest epoch this codec has encoded or decoded a decoded
+    epoch may run.
     """
 
     def __init__(
@@ -204,9 +206,7 @@ class StampCodec:
         trace_id, span_id = message.trace_id, message.span_id
         if len(trace_id) not in (0, 16) or len(span_id) not in (0, 8):
             raise StampError("stamp trace or span id has the wrong length")
-        epoch = message.epoch
-        if epoch - self._newest_epoch > self.max_epoch_ahead:
-            raise StampError(f"stamp epoch {epoch} is too far past {self._newest_epoch}")
+        epoch = min(message.epoch, self._newest_epoch + self.max_epoch_ahead)
 
         table = self._table_for(sender)
         if names:

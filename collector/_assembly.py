@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 AssemblyStatus = Literal["COMPLETE", "PENDING", "INCOMPLETE"]
+REASON_NAME_LIMIT = 200
+"""Characters of each name (method, target, failure) that a reason repeats from an unsettled call."""
 
 
 class AssemblyError(CutwatchError):
@@ -69,10 +71,18 @@ class UnsettledCall:
     target: str = ""
     failed: str = ""
 
-    def describe(self) -> str:
-        where = f" to {self.target}" if self.target else ""
-        what = f"{self.method or 'call'} #{self.call_id} from {self.caller}{where}"
-        return f"{what} (failed: {self.failed})" if self.failed else what
+    def describe(self, limit: int | None = None) -> str:
+        """The call in words; ``limit`` caps each name in it (the fields themselves stay whole)."""
+        method, target, caller, failed = (
+            _capped(text, limit) for text in (self.method, self.target, self.caller, self.failed)
+        )
+        where = f" to {target}" if target else ""
+        what = f"{method or 'call'} #{self.call_id} from {caller}{where}"
+        return f"{what} (failed: {failed})" if failed else what
+
+
+def _capped(text: str, limit: int | None) -> str:
+    return text if limit is None or len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 @dataclass(frozen=True)
@@ -230,7 +240,8 @@ class CutAssembler:
         if unflushed and not missing:
             reasons.append("no flush marker from " + ", ".join(unflushed))
         if unsettled:
-            shown = ", ".join(call.describe() for call in unsettled[:10])
+            # A summary: an agent's megabyte method name or failure is kept once, in ``unsettled``.
+            shown = ", ".join(call.describe(REASON_NAME_LIMIT) for call in unsettled[:10])
             more = f" and {len(unsettled) - 10} more" if len(unsettled) > 10 else ""
             reasons.append(f"calls in flight at the cut not accounted for: {shown}{more}")
         for notice in self._stopped:

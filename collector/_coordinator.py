@@ -53,6 +53,8 @@ from cutwatch.security import shown
 __all__ = ["AgentSession", "Coordinator", "CoordinatorStats", "NoAgentsError"]
 
 _LOG = logging.getLogger("cutwatch.collector")
+MAX_EPOCH = 1 << 62
+"""Epochs stay far below protobuf's uint64 bound, whatever an agent reports."""
 REASON_DISCONNECTED = "disconnected from the collector"
 REASON_EVENTS_LOST = "events lost on the way to the collector"
 REASON_REJECTED = "REJECTED (a cutwatch bug, please report it): "
@@ -184,10 +186,18 @@ class Coordinator:
         process = registration.process_id
         if not process or len(process) > 256:
             raise ValueError("a registration needs a process id of at most 256 characters")
+        if registration.epoch > MAX_EPOCH:
+            raise ValueError(
+                f"epoch {registration.epoch} is beyond any this collector numbers (at most {MAX_EPOCH})"
+            )
+        if len(registration.service) > 256:
+            raise ValueError("a service name has at most 256 characters")
+        if len(registration.worker_pools) > 64 or any(len(name) > 256 for name in registration.worker_pools):
+            raise ValueError("a registration names at most 64 worker pools, of at most 256 characters each")
         session = AgentSession(
             process=process,
-            service=registration.service[:256],
-            worker_pools={str(k)[:256]: int(v) for k, v in list(registration.worker_pools.items())[:64]},
+            service=registration.service,
+            worker_pools=dict(registration.worker_pools),
             epoch=registration.epoch,
         )
         with self._lock:

@@ -49,7 +49,7 @@ def _status(text: str) -> CutStatus | None:
     if text == "INCOMPLETE":
         return "INCOMPLETE"
     if text:
-        raise ValueError(f"status must be COMPLETE or INCOMPLETE, not {text!r}")
+        raise ValueError(f"status must be COMPLETE or INCOMPLETE, not {shown(text, 100)!r}")
     return None
 
 

@@ -475,9 +475,13 @@ class SqliteCutStore:
             )
 
     def save_results(self, epoch: int, results: Sequence[StoredResult]) -> None:
+        """Store results; a message's lone surrogates (from names in a cut's JSON) are kept as escapes.
+
+        SQLite text is UTF-8 only, and a verdict refused for its wording would read as no verdict.
+        """
         rows = []
         for result in results:
-            if result.epoch != epoch or result.status not in _RESULT_STATUSES:
+            if result.epoch != epoch or result.status not in _RESULT_STATUSES or not _is_utf8(result.name):
                 raise ValueError(f"result {result.name!r} is not a valid result of cut {epoch}")
             if not math.isfinite(result.duration):
                 raise ValueError("a result's duration must be finite")
@@ -486,11 +490,13 @@ class SqliteCutStore:
                     epoch,
                     result.name,
                     result.status,
-                    result.message,
+                    _utf8_text(result.message),
                     _checked_json(result.witness_json),
                     result.duration,
                 )
             )
+        if not _storable_epoch(epoch):
+            raise StorageError(f"no cut with epoch {epoch} to attach results to")
         with self._locked("IMMEDIATE", f"results of cut {epoch} not stored: ") as conn:
             if not conn.execute("SELECT 1 FROM cuts WHERE epoch = ?", (epoch,)).fetchone():
                 raise StorageError(f"no cut with epoch {epoch} to attach results to")
@@ -504,6 +510,8 @@ class SqliteCutStore:
 
     # Reads ---------------------------------------------------------------------------------
     def results(self, epoch: int) -> list[StoredResult]:
+        if not _storable_epoch(epoch):
+            return []
         with self._locked("DEFERRED") as conn:
             rows = conn.execute(
                 "SELECT name, status, message, witness_json, duration FROM results WHERE epoch = ? "
@@ -525,6 +533,8 @@ class SqliteCutStore:
         return None if epoch is None else int(epoch)
 
     def get_cut(self, epoch: int) -> StoredCut | None:
+        if not _storable_epoch(epoch):
+            return None  # asked for from the network, say: no cut can have it
         with self._locked("DEFERRED") as conn:
             row = conn.execute(_SELECT_CUT + "WHERE epoch = ?", (epoch,)).fetchone()
             return None if row is None else self._read_cut(conn, row)
@@ -649,9 +659,27 @@ if TYPE_CHECKING:  # SqliteCutStore implements the whole interface
 # Checks and conversions -------------------------------------------------------------------
 
 
+def _storable_epoch(epoch: int) -> bool:
+    """Whether a cut can have ``epoch`` (SQL BIGINT); SQLite raises OverflowError on a bigger one."""
+    return 1 <= epoch <= _I64_MAX
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _utf8_text(text: str) -> str:
+    """``text`` as SQLite can store it: lone surrogates become ``\\udXXX`` escapes."""
+    return text if _is_utf8(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _check_cut(cut: StoredCut) -> None:
     """Reject what no store could hold faithfully, before anything is written."""
-    if not 1 <= cut.epoch <= _I64_MAX:
+    if not _storable_epoch(cut.epoch):
         raise ValueError(f"epoch {cut.epoch} is out of range")
     if cut.status not in _STATUSES:
         raise ValueError(f"status must be COMPLETE or INCOMPLETE, not {cut.status!r}")
