@@ -26,8 +26,10 @@ naming them.
 
 A process whose stream broke may be reconnecting, and its state is still
 part of the system: for ``rejoin_grace`` seconds after it left (or after the
-collector started, for the processes of the newest stored cut) every new
-snapshot is INCOMPLETE, naming it, rather than a COMPLETE cut of the rest.
+collector started, for the processes registered before and those of the
+newest stored cut) every new snapshot is INCOMPLETE, naming it, rather than
+a COMPLETE cut of the rest. An epoch any agent reports is never numbered
+again, even one started by a collector that crashed.
 An agent that shuts down on purpose says goodbye and is forgotten at once.
 A process that comes back continues its event numbering where its last
 stream ended, so events lost with a broken stream show as a gap.
@@ -35,6 +37,7 @@ stream ended, so events lost with a broken stream show as a gap.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -46,13 +49,20 @@ from cutwatch.agent._events import EventFormatError, event_from_message
 from cutwatch.agent._snapshot import LocalSnapshot, RecordingStopped
 from cutwatch.agent.exceptions import CutwatchError
 from cutwatch.collector._assembly import AssembledCut, AssemblyError, CutAssembler
-from cutwatch.collector._storage import CutStore, StorageError, StoredCut, stored_from_assembled
+from cutwatch.collector._storage import (
+    MAX_META_VALUE,
+    CutStore,
+    StorageError,
+    StoredCut,
+    stored_from_assembled,
+)
 from cutwatch.proto import collector_pb2 as pb
 from cutwatch.security import shown
 
 __all__ = ["AgentSession", "Coordinator", "CoordinatorStats", "NoAgentsError"]
 
 _LOG = logging.getLogger("cutwatch.collector")
+_EXPECTED_KEY = "expected_processes"
 MAX_EPOCH = 1 << 62
 """Epochs stay far below protobuf's uint64 bound, whatever an agent reports."""
 REASON_DISCONNECTED = "disconnected from the collector"
@@ -155,7 +165,9 @@ class Coordinator:
         self._runs: dict[int, _Run] = {}
         self._finished: dict[int, StoredCut] = {}
         self._last_epoch = max(0, store.next_epoch() - 1)
-        self._departed: dict[str, _Departed] = self._processes_of_newest_cut(store)
+        self._departed: dict[str, _Departed] = self._expected_after_restart(store)
+        self._expected_lock = threading.Lock()
+        self._expected_written = ""
         self._stats = {
             "started": 0,
             "complete": 0,
@@ -169,16 +181,39 @@ class Coordinator:
         }
 
     @staticmethod
-    def _processes_of_newest_cut(store: CutStore) -> dict[str, _Departed]:
-        """After a restart, the processes of the newest cut are expected back for a while."""
-        newest = store.latest()
-        if newest is None:
-            return {}
+    def _expected_after_restart(store: CutStore) -> dict[str, _Departed]:
+        """After a restart, the processes registered before it, and those of the newest cut, are
+        expected back for a while."""
         now = time.monotonic()
-        expected = {state.process: _Departed(state.service, now) for state in newest.states}
-        for process in newest.missing:
-            expected.setdefault(process, _Departed("", now))
+        expected: dict[str, _Departed] = {}
+        newest = store.latest()
+        if newest is not None:
+            expected = {state.process: _Departed(state.service, now) for state in newest.states}
+            for process in newest.missing:
+                expected.setdefault(process, _Departed("", now))
+        try:
+            registered = json.loads(store.get_meta(_EXPECTED_KEY) or "{}")
+        except ValueError:
+            registered = {}
+        if isinstance(registered, dict):
+            for process, service in registered.items():
+                expected[str(process)] = _Departed(str(service), now)
         return expected
+
+    def _remember_expected(self) -> None:
+        """Write down who is registered or expected back, for the next start (outside the lock)."""
+        with self._expected_lock:
+            with self._lock:
+                expected = {p: d.service for p, d in self._departed.items()}
+                expected.update((p, s.service) for p, s in self._sessions.items())
+            text = json.dumps(expected, sort_keys=True)
+            if len(text) > MAX_META_VALUE or text == self._expected_written:
+                return
+            try:
+                self.store.put_meta(_EXPECTED_KEY, text)
+                self._expected_written = text
+            except (StorageError, ValueError) as exc:
+                _LOG.error("could not write down the registered processes: %s", exc)
 
     # Agents -------------------------------------------------------------------------------------
     def register(self, registration: pb.Registration) -> AgentSession:
@@ -214,12 +249,14 @@ class Coordinator:
             self._last_epoch = max(self._last_epoch, registration.epoch)
             session.send(pb.ControlMessage(registered=pb.Registered(epoch=self._last_epoch)))
         _LOG.info("agent %s (%s) registered", shown(process), shown(session.service))
+        self._remember_expected()
         return session
 
     def unregister(self, session: AgentSession) -> None:
         with self._lock:
             finished = self._drop(session)
         self._store_all(finished)
+        self._remember_expected()
 
     def _drop(self, session: AgentSession) -> list[_Run]:
         """Forget ``session`` (if current); expect its process back unless it said goodbye. Holds the lock."""
@@ -271,6 +308,9 @@ class Coordinator:
                     _LOG.warning("dropped an invalid message from %s: %s", shown(session.process), shown(exc))
                     event = None
                 if event is not None:
+                    # An epoch an agent took part in is never numbered again, even one this
+                    # collector never started (it was started before a crash).
+                    self._last_epoch = max(self._last_epoch, min(event.epoch, MAX_EPOCH))
                     run = self._runs.get(event.epoch)
                     if run is None:
                         self._stats["late"] += 1
@@ -350,7 +390,7 @@ class Coordinator:
                 states={},
                 clocks={},
                 in_transit=(),
-                missing=tuple(sorted(absent)),
+                missing=run.assembler.participants,
                 unsettled=(),
                 reasons=tuple(f"{REASON_ABSENT} at {process}" for process in sorted(absent)),
             )

@@ -248,7 +248,8 @@ class World:
         self.client = CollectorClient(self.server.address, timeout=TIMEOUT)
         self.raws: list[RawAgent] = []
         self.agents: list[cutwatch.Agent] = []
-        self.expected = dict.fromkeys(TABLES, 0) | {"schema_version": 1}
+        # meta: the collector writes down who is registered (one row), to expect them after a restart.
+        self.expected = dict.fromkeys(TABLES, 0) | {"schema_version": 1, "meta": 1}
         self.normal = self.agent("normal")
 
     # Participants -------------------------------------------------------------------------------

@@ -411,5 +411,5 @@ def test_an_agent_that_closes_says_goodbye_and_one_that_vanishes_is_expected_bac
         assert [gone["process"] for gone in client.status()["absent"]] == ["vanishing:1"]
         cut = client.snapshot(timeout=TIMEOUT)
         assert cut.status == "INCOMPLETE"
-        assert cut.missing == ("vanishing:1",)
+        assert "vanishing:1" in cut.missing
         assert any("vanishing:1" in reason and "reconnecting" in reason for reason in cut.reasons)
