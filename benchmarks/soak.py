@@ -26,7 +26,6 @@ import json
 import math
 import os
 import platform
-import random
 import signal
 import statistics
 import subprocess
@@ -48,7 +47,7 @@ from google.protobuf.struct_pb2 import Struct
 import cutwatch
 from cutwatch.collector import CollectorClient
 from cutwatch.demo._process import service_process, struct, write_atomically
-from cutwatch.demo.bank import SERVER_THREADS, Bank, wait_for_peers
+from cutwatch.demo.bank import SERVER_THREADS, Bank, serve
 
 INITIAL = 1000
 PROBE = "/soak.Probe/Stats"
@@ -195,34 +194,23 @@ def worker_main(argv: Sequence[str]) -> int:
     server.add_generic_rpc_handlers(
         (bank.handlers(), grpc.method_handlers_generic_handler("soak.Probe", {"Stats": probe}))
     )
-    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
-    server.start()
-    workers: list[threading.Thread] = []
-    try:
-        if not agent.wait_registered(START_TIMEOUT):
-            print(f"{args.name}: the collector did not register this bank", file=sys.stderr)
-            return 2
-        write_atomically(args.ready_file, f"{args.name} {address}\n")
-        peers = wait_for_peers(args.peers_file, stop)
-        if peers is None:
-            return 0
-        bank.latencies = Latencies(args.window)  # the windows start with the traffic
-        bank.connect([peer for peer in peers if peer != address])
-        for i in range(args.workers):
-            rng = random.Random(f"{args.name}-{i}")
-            worker = threading.Thread(target=bank.transfer_forever, args=(stop, rng), daemon=True)
-            worker.start()
-            workers.append(worker)
-        while not stop.wait(0.5):
-            pass
-        return 0
-    finally:
-        stop.set()
-        for worker in workers:
-            worker.join(10.0)
-        server.stop(grace=1.0).wait(10)
-        bank.close()
-        agent.close()
+
+    def windows_start_with_the_traffic() -> None:
+        bank.latencies = Latencies(args.window)
+
+    return serve(
+        agent,
+        bank,
+        server,
+        args.name,
+        args.ready_file,
+        args.peers_file,
+        args.workers,
+        args.name,
+        stop,
+        register_timeout=START_TIMEOUT,
+        before_traffic=windows_start_with_the_traffic,
+    )
 
 
 # The driver ---------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -188,31 +189,54 @@ def main(argv: list[str] | None = None) -> int:
         interceptors=[agent.server_interceptor(max_workers=SERVER_THREADS)],
     )
     server.add_generic_rpc_handlers((bank.handlers(),))
+    return serve(agent, bank, server, args.name, args.ready_file, args.peers_file, args.workers, seed, stop)
+
+
+def serve(
+    agent: cutwatch.Agent,
+    bank: Bank,
+    server: grpc.Server,
+    name: str,
+    ready_file: Path,
+    peers_file: Path,
+    workers: int,
+    seed: object,
+    stop: threading.Event,
+    *,
+    register_timeout: float = 30.0,
+    before_traffic: Callable[[], None] | None = None,
+) -> int:
+    """Run a bank process until ``stop``: serve, register, say ready, meet the peers, transfer.
+
+    Everything is stopped on the way out, whatever happened; returns the exit code.
+    """
     address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
     server.start()
-    workers: list[threading.Thread] = []
+    threads: list[threading.Thread] = []
     try:
-        if not agent.wait_registered(30.0):
-            _LOG.error("the collector at %s did not register this bank", args.collector)
+        if not agent.wait_registered(register_timeout):
+            _LOG.error("the collector did not register bank %s", name)
             return 2
-        write_atomically(args.ready_file, f"{args.name} {address}\n")
-        peers = wait_for_peers(args.peers_file, stop)
+        write_atomically(ready_file, f"{name} {address}\n")
+        peers = wait_for_peers(peers_file, stop)
         if peers is None:
             return 0
+        if before_traffic is not None:
+            before_traffic()
         bank.connect([peer for peer in peers if peer != address])
-        for i in range(args.workers):
+        for i in range(workers):
             rng = random.Random(f"{seed}-{i}")
-            worker = threading.Thread(target=bank.transfer_forever, args=(stop, rng), daemon=True)
-            worker.start()
-            workers.append(worker)
+            thread = threading.Thread(target=bank.transfer_forever, args=(stop, rng), daemon=True)
+            thread.start()
+            threads.append(thread)
         while not stop.wait(0.5):
             pass
         return 0
     finally:
         stop.set()
         deadline = time.monotonic() + 10.0
-        for worker in workers:
-            worker.join(max(0.0, deadline - time.monotonic()))
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
         server.stop(grace=1.0).wait(10)
         bank.close()
         agent.close()

@@ -23,7 +23,6 @@ import collections
 import dataclasses
 import json
 import os
-import random
 import signal
 import sys
 import threading
@@ -37,7 +36,7 @@ from google.protobuf.struct_pb2 import Struct
 
 import cutwatch
 from cutwatch.demo._process import service_process, struct, write_atomically
-from cutwatch.demo.bank import SERVER_THREADS, Bank, wait_for_peers
+from cutwatch.demo.bank import SERVER_THREADS, Bank, serve
 
 PROBE_SERVICE = "faults.Probe"
 PROBE_STATS = f"/{PROBE_SERVICE}/Stats"
@@ -177,34 +176,18 @@ def main(argv: list[str] | None = None) -> int:
         interceptors=[agent.server_interceptor(max_workers=SERVER_THREADS)],
     )
     server.add_generic_rpc_handlers((bank.handlers(), bank.probe_handlers()))
-    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
-    server.start()
-    workers: list[threading.Thread] = []
-    try:
-        if not agent.wait_registered(60.0):
-            print(f"the collector at {args.collector} did not register {args.name}", file=sys.stderr)
-            return 2
-        write_atomically(args.ready_file, f"{args.name} {address}\n")
-        peers = wait_for_peers(args.peers_file, stop)
-        if peers is None:
-            return 0
-        bank.connect([peer for peer in peers if peer != address])
-        for i in range(args.workers):
-            rng = random.Random(f"{args.seed}-{i}")
-            worker = threading.Thread(target=bank.transfer_forever, args=(stop, rng), daemon=True)
-            worker.start()
-            workers.append(worker)
-        while not stop.wait(0.5):
-            pass
-        return 0
-    finally:
-        stop.set()
-        deadline = time.monotonic() + 10.0
-        for worker in workers:
-            worker.join(max(0.0, deadline - time.monotonic()))
-        server.stop(grace=1.0).wait(10)
-        bank.close()
-        agent.close()
+    return serve(
+        agent,
+        bank,
+        server,
+        args.name,
+        args.ready_file,
+        args.peers_file,
+        args.workers,
+        args.seed,
+        stop,
+        register_timeout=60.0,
+    )
 
 
 if __name__ == "__main__":
