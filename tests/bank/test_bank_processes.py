@@ -9,22 +9,18 @@ wait is bounded.
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
-from google.protobuf.struct_pb2 import Struct
+from bank_cluster import Bank, BankCluster
 from polling import wait_until
-from processes import START_TIMEOUT, Proc, cutwatch_command, listening_address, spawn, stop_all, terminate
+from processes import Proc, terminate
 
 from cutwatch import CollectorClient, Cut
 
@@ -35,95 +31,35 @@ ABANDONED_GRACE = 2.0
 """The agent's default ``abandoned_grace``: how long a failed call keeps cuts that span it open."""
 
 
-@dataclass
-class Bank:
-    name: str
-    proc: Proc
-    address: str = ""
-    process_id: str = ""
-
-
-class Cluster:
-    """Starts collectors and banks as OS processes; ``close`` ends every one of them."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.procs: list[Proc] = []
-        self.peers_file = tmp / "peers.json"
-        self._channels: dict[str, grpc.Channel] = {}
-
-    def _spawn(self, name: str, command: list[str]) -> Proc:
-        return spawn(self.tmp, self.procs, name, command)
-
-    def start_collector(self, db: Path, listen: str = "127.0.0.1:0", *extra: str) -> tuple[Proc, str]:
-        """A ``cutwatch collector`` process; returns it and the address it listens on."""
-        n = sum(1 for p in self.procs if p.name.startswith("collector"))
-        command = [*cutwatch_command(), "collector", "--listen", listen, "--db", str(db), *extra]
-        proc = self._spawn(f"collector-{n}", command)
-
-        address = listening_address(proc)
-        return proc, address
+class Cluster(BankCluster):
+    """Collectors and ``bank_service.py`` banks."""
 
     def start_banks(self, count: int, collector: str, **options: dict[str, str]) -> list[Bank]:
         """``count`` banks peered with each other, transferring; ``options[name]`` adds flags to one."""
-        banks: list[Bank] = []
-        for i in range(1, count + 1):
-            name = f"b{i}"
-            flags = [f"--{key}={value}" for key, value in options.get(name, {}).items()]
-            command = [
+        commands = {
+            f"b{i}": [
                 sys.executable,
                 str(BANK_SCRIPT),
-                f"--name={name}",
+                f"--name=b{i}",
                 f"--collector={collector}",
-                f"--ready-file={self.tmp / (name + '.ready')}",
+                f"--ready-file={self.ready_file(f'b{i}')}",
                 f"--peers-file={self.peers_file}",
                 "--workers=4",
                 f"--initial={INITIAL}",
                 f"--seed={i}",
-                *flags,
+                *(f"--{key}={value}" for key, value in options.get(f"b{i}", {}).items()),
             ]
-            banks.append(Bank(name, self._spawn(name, command)))
-        for bank in banks:
-            ready = self.tmp / f"{bank.name}.ready"
-
-            def is_ready(bank: Bank = bank, ready: Path = ready) -> bool:
-                assert bank.proc.alive(), bank.proc.tail()
-                return ready.exists()
-
-            wait_until(is_ready, f"{bank.name} to serve and register", START_TIMEOUT, 0.1)
-            bank.address = ready.read_text().split()[1]
-        partial = self.tmp / "peers.json.partial"
-        partial.write_text(json.dumps([bank.address for bank in banks]))
-        os.replace(partial, self.peers_file)
-        for bank in banks:
-            bank.process_id = str(self.stats(bank)["process"])
-        # Traffic flows everywhere before anything else happens.
-        for bank in banks:
-            wait_until(
-                lambda bank=bank: self.stats(bank)["transfers_ok"] > 0, "transfers", START_TIMEOUT, 0.1
-            )
-        return banks
+            for i in range(1, count + 1)
+        }
+        return self.start(commands)
 
     def stats(self, bank: Bank) -> dict[str, Any]:
         """The bank's counters, from its Stats RPC (an uninstrumented call)."""
-        channel = self._channels.get(bank.address)
-        if channel is None:
-            channel = self._channels[bank.address] = grpc.insecure_channel(bank.address)
-        stub = channel.unary_unary(
-            "/bank.Bank/Stats",
-            request_serializer=Struct.SerializeToString,
-            response_deserializer=Struct.FromString,
-        )
-        reply = stub(Struct(), timeout=10.0)
+        reply = self.call(bank, "/bank.Bank/Stats", 10.0)
         return {key: (int(value) if isinstance(value, float) else value) for key, value in reply.items()}
 
     def terminate(self, proc: Proc, timeout: float = 20.0) -> int | None:
         return terminate(proc, timeout)
-
-    def close(self) -> None:
-        for channel in self._channels.values():
-            channel.close()
-        stop_all(self.procs)
 
 
 @pytest.fixture

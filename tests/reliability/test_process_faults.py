@@ -19,16 +19,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import psutil
 import pytest
-from google.protobuf.struct_pb2 import Struct
+from bank_cluster import Bank, BankCluster
 from polling import wait_until
-from processes import START_TIMEOUT, Proc, cutwatch_command, listening_address, spawn, stop_all
 
 from cutwatch import CollectorClient, Cut
 from cutwatch.collector import CollectorError
@@ -48,34 +46,17 @@ REASON_EVENTS_LOST = "events lost on the way to the collector"
 REASON_UNREGISTERED = "took part without being registered"
 
 
-@dataclass
-class Bank:
-    name: str
-    proc: Proc
-    address: str = ""
-    process_id: str = ""
-
-
-class Cluster:
-    """Collectors and fault banks as OS processes; ``close`` ends every one of them."""
+class Cluster(BankCluster):
+    """Collectors and fault banks (``fault_bank.py``)."""
 
     def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
+        super().__init__(tmp)
         self.triggers = tmp / "triggers"
         self.triggers.mkdir()
-        self.procs: list[Proc] = []
-        self.peers_file = tmp / "peers.json"
-        self._channels: dict[str, grpc.Channel] = {}
-
-    def start_collector(self, db: Path, listen: str = "127.0.0.1:0", *extra: str) -> tuple[Proc, str]:
-        n = sum(1 for p in self.procs if p.name.startswith("collector"))
-        command = [*cutwatch_command(), "collector", "--listen", listen, "--db", str(db), *extra]
-        proc = spawn(self.tmp, self.procs, f"collector-{n}", command)
-        return proc, listening_address(proc)
 
     def start_banks(self, collectors: dict[str, str], **flags: dict[str, str]) -> list[Bank]:
         """One bank per ``name: collector address``, peered with each other and transferring."""
-        banks: list[Bank] = []
+        commands: dict[str, list[str]] = {}
         for i, (name, collector) in enumerate(collectors.items(), start=1):
             command = [
                 sys.executable,
@@ -89,37 +70,12 @@ class Cluster:
                 f"--seed={i}",
                 *(f"--{key}={value}" for key, value in flags.get(name, {}).items()),
             ]
-            banks.append(Bank(name, spawn(self.tmp, self.procs, name, command)))
-        for bank in banks:
-            ready = self.tmp / f"{bank.name}.ready"
+            commands[name] = command
+        return self.start(commands)
 
-            def is_ready(bank: Bank = bank, ready: Path = ready) -> bool:
-                assert bank.proc.alive(), bank.proc.tail()
-                return ready.exists()
-
-            wait_until(is_ready, f"{bank.name} to serve and register", START_TIMEOUT, 0.1)
-            bank.address = ready.read_text().split()[1]
-        partial = self.tmp / "peers.json.partial"
-        partial.write_text(json.dumps([bank.address for bank in banks]))
-        partial.replace(self.peers_file)
-        for bank in banks:
-            bank.process_id = str(self.probe(bank)["process"])
-            wait_until(
-                lambda bank=bank: self.probe(bank)["transfers_ok"] > 0, "transfers", START_TIMEOUT, 0.1
-            )
-        return banks
-
-    def probe(self, bank: Bank) -> dict[str, Any]:
+    def stats(self, bank: Bank) -> dict[str, Any]:
         """The bank's counters and its agent's stats (``faults.Probe/Stats``, an uninstrumented call)."""
-        channel = self._channels.get(bank.address)
-        if channel is None:
-            channel = self._channels[bank.address] = grpc.insecure_channel(bank.address)
-        stub = channel.unary_unary(
-            "/faults.Probe/Stats",
-            request_serializer=Struct.SerializeToString,
-            response_deserializer=Struct.FromString,
-        )
-        doc: dict[str, Any] = json.loads(str(stub(Struct(), timeout=20.0)["json"]))
+        doc: dict[str, Any] = json.loads(str(self.call(bank, "/faults.Probe/Stats", 20.0)["json"]))
         return doc
 
     def trigger(self, bank: Bank, kind: str, value: float) -> None:
@@ -128,11 +84,6 @@ class Cluster:
         partial = path.with_name(path.name + ".partial")
         partial.write_text(f"{value}\n")
         partial.replace(path)
-
-    def close(self) -> None:
-        for channel in self._channels.values():
-            channel.close()
-        stop_all(self.procs)
 
 
 @pytest.fixture
@@ -207,9 +158,9 @@ def test_collector_killed_mid_snapshot_then_restarted(cluster: Cluster, tmp_path
     assert not taker.is_alive() and "error" in lost
 
     # The banks keep working without their collector (b1 once its provider is done).
-    ok = [cluster.probe(bank)["transfers_ok"] for bank in banks]
+    ok = [cluster.stats(bank)["transfers_ok"] for bank in banks]
     wait_until(
-        lambda: all(cluster.probe(b)["transfers_ok"] > n + 10 for b, n in zip(banks, ok, strict=True)),
+        lambda: all(cluster.stats(b)["transfers_ok"] > n + 10 for b, n in zip(banks, ok, strict=True)),
         "transfers while the collector is down",
     )
 
@@ -243,7 +194,7 @@ def test_collector_killed_mid_snapshot_then_restarted(cluster: Cluster, tmp_path
         cut = reread[epoch]
         assert cut is not None and cut.to_json() == doc
     assert status["stats"]["rejected"] == 0
-    probes = [cluster.probe(bank) for bank in banks]
+    probes = [cluster.stats(bank) for bank in banks]
     assert all(p["transfers_failed"] == 0 for p in probes), probes
     report(
         "collector SIGKILL mid-snapshot",
@@ -290,7 +241,7 @@ def test_agent_killed_between_its_local_snapshot_and_its_flush_marker(
         # are older than the grace, nothing of the victim holds a cut open.
         for bank in survivors:
             wait_until(
-                lambda bank=bank: cluster.probe(bank)["peers_alive"] == len(survivors) - 1,
+                lambda bank=bank: cluster.stats(bank)["peers_alive"] == len(survivors) - 1,
                 f"{bank.name} to drop the dead peer",
             )
         time.sleep(ABANDONED_GRACE + 1.0)
@@ -302,7 +253,7 @@ def test_agent_killed_between_its_local_snapshot_and_its_flush_marker(
     assert set(nxt.states) == {bank.process_id for bank in survivors}
     assert all(victim.process_id not in (m.sender, m.receiver) for m in nxt.in_transit)
     assert status["stats"]["rejected"] == 0
-    probes = [cluster.probe(bank) for bank in survivors]
+    probes = [cluster.stats(bank) for bank in survivors]
     # Between the survivors nothing failed; only calls to the dead bank did.
     for p in probes:
         assert set(p["failed_by_peer"]) <= {victim.address}, p["failed_by_peer"]
@@ -406,7 +357,7 @@ def _cut_off_and_back(
         samples: list[tuple[float, int, dict[str, Any]]] = []
 
         def sample() -> dict[str, Any]:
-            stats: dict[str, Any] = cluster.probe(a)["agent"]
+            stats: dict[str, Any] = cluster.stats(a)["agent"]
             samples.append((time.monotonic(), psutil.Process(pid).memory_info().rss, stats))
             return stats
 
@@ -437,7 +388,7 @@ def _cut_off_and_back(
         firing.stop()  # quiet now: A drains its queue and its heartbeat tells the collector what it lost
 
         def settled() -> tuple[dict[str, Any], dict[str, Any]] | None:
-            probe, session = cluster.probe(a), a_session()
+            probe, session = cluster.stats(a), a_session()
             stats = probe["agent"]
             if session is None or stats["collector_events_queued"] or not stats["collector_connected"]:
                 return None
@@ -481,7 +432,7 @@ def _cut_off_and_back(
     assert_complete_and_conserving(recovered[-1], [a, b])
     assert status["stats"]["rejected"] == 0
     for bank in (a, b):
-        assert cluster.probe(bank)["transfers_failed"] == 0
+        assert cluster.stats(bank)["transfers_failed"] == 0
 
     # A's memory: the queue never held more than its cap, and the process did not grow once it was full.
     peak = max(s[2]["collector_queue_bytes_peak"] for s in samples)
