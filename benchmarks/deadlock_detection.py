@@ -28,19 +28,23 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import random
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from cutwatch.collector import Cut, InTransitMessage
 from cutwatch.predicates._deadlock import Reduction, deadlocks_from, reduce_graph
 from cutwatch.predicates._waitfor import WaitForGraph, graph_from_cut
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:  # loaded by path, as the smoke tests do
+    sys.path.insert(0, _HERE)
+
+from _machine import describe_machine  # noqa: E402
 
 SIZES = (1_000, 10_000, 100_000, 1_000_000)
 QUICK_SIZES = (1_000, 10_000)
@@ -305,21 +309,7 @@ def run(sizes: Sequence[int], repeat: int, collect: bool = True) -> dict[str, An
 
 
 def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            models = (line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-            model = next(models, "")
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cutwatch": metadata.version("cutwatch"),
-    }
+    return describe_machine("cutwatch")
 
 
 def print_report(result: dict[str, Any]) -> None:

@@ -33,7 +33,6 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import queue
 import random
 import statistics
@@ -43,7 +42,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
@@ -51,6 +49,11 @@ _TESTS = str(Path(__file__).resolve().parents[1] / "tests")
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:  # loaded by path, as the smoke tests do
+    sys.path.insert(0, _HERE)
+
+from _machine import describe_machine, emit  # noqa: E402
 from faults.cluster import (  # noqa: E402
     FAULTS,
     LATENCY,
@@ -277,13 +280,7 @@ def measure(seconds: float, agents: int, seed: int, period: float, timeout: floa
 
 
 def machine() -> dict[str, Any]:
-    return {
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "grpcio": metadata.version("grpcio"),
-        "cutwatch": metadata.version("cutwatch"),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-    }
+    return describe_machine("grpcio", "cutwatch")
 
 
 def _goal(met: bool) -> str:
@@ -368,11 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "elapsed_s": round(time.monotonic() - started, 1),
     }
     result = {"config": config, "machine": mach, **result}
-    if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        print()
-    else:
-        print_report(result)
+    emit(result, args.json, print_report)
     return 0
 
 

@@ -24,9 +24,7 @@ import argparse
 import asyncio
 import base64
 import gc
-import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -34,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
-from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -46,6 +44,12 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 import cutwatch.agent
 from cutwatch.agent import StampCodec
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:  # loaded by path, as the smoke tests do
+    sys.path.insert(0, _HERE)
+
+from _machine import describe_machine, emit  # noqa: E402
 
 SERVICE = "cutwatch.bench.Echo"
 METHOD = f"/{SERVICE}/Echo"
@@ -443,24 +447,7 @@ def stamp_goal(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 # Output ----------------------------------------------------------------------
 def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            models = (line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-            model = next(models, "")
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "grpcio": metadata.version("grpcio"),
-        "opentelemetry_sdk": metadata.version("opentelemetry-sdk"),
-        "opentelemetry_instrumentation_grpc": metadata.version("opentelemetry-instrumentation-grpc"),
-        "cutwatch": metadata.version("cutwatch"),
-    }
+    return describe_machine("grpcio", "opentelemetry-sdk", "opentelemetry-instrumentation-grpc", "cutwatch")
 
 
 def print_report(result: dict[str, Any]) -> None:
@@ -571,11 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "stamp": rows,
         "stamp_goal": stamp_goal(rows),
     }
-    if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        print()
-    else:
-        print_report(result)
+    emit(result, args.json, print_report)
     return 0
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -36,6 +35,12 @@ from typing import Any
 
 from cutwatch.collector import Cut, InTransitMessage
 from cutwatch.predicates import PASS, PredicateEngine, check, conservation, invariant
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:  # loaded by path, as the smoke tests do
+    sys.path.insert(0, _HERE)
+
+from _machine import describe_machine  # noqa: E402
 
 CREDIT = "/bank.Bank/Credit"
 INITIAL = 1000
@@ -175,21 +180,7 @@ def run_variant(args: argparse.Namespace, clock_entries: int, folder: Path) -> d
 
 
 def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            model = next(
-                (line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), ""
-            )
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-    }
+    return describe_machine()
 
 
 def report(result: dict[str, Any]) -> str:

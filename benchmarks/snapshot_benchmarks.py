@@ -30,7 +30,6 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import queue
 import random
 import statistics
@@ -43,7 +42,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
@@ -55,6 +53,12 @@ from cutwatch.collector import CollectorClient, CollectorServer
 from cutwatch.collector._coordinator import AgentSession, Coordinator
 from cutwatch.collector._storage import CutStatus, CutSummary, SqliteCutStore, StoredCut
 from cutwatch.proto import collector_pb2 as pb
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:  # loaded by path, as the smoke tests do
+    sys.path.insert(0, _HERE)
+
+from _machine import describe_machine, emit  # noqa: E402
 
 SERVICE = "cutwatch.bench.Bank"
 METHOD = f"/{SERVICE}/Credit"
@@ -933,24 +937,10 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            model = next(
-                (line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), ""
-            )
-    except OSError:
-        pass
     return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "grpcio": metadata.version("grpcio"),
-        "cutwatch": metadata.version("cutwatch"),
+        **describe_machine("grpcio", "cutwatch"),
         "cutwatch_commit": _commit(),
         "flush_round": FLUSH_ROUND,
-        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -1202,11 +1192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ingest": ingest,
         "app": app,
     }
-    if as_json:
-        json.dump(result, sys.stdout, indent=2)
-        print()
-    else:
-        print_report(result)
+    emit(result, as_json, print_report)
     return 0
 
 

@@ -25,7 +25,6 @@ import collections
 import json
 import math
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -36,7 +35,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
@@ -48,6 +46,12 @@ import cutwatch
 from cutwatch.collector import CollectorClient
 from cutwatch.demo._process import service_process, struct, write_atomically
 from cutwatch.demo.bank import SERVER_THREADS, Bank, serve
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:  # loaded by path, as the smoke tests do
+    sys.path.insert(0, _HERE)
+
+from _machine import describe_machine, emit  # noqa: E402
 
 INITIAL = 1000
 PROBE = "/soak.Probe/Stats"
@@ -469,13 +473,7 @@ def _ms(seconds: float | None) -> float | None:
 
 
 def machine() -> dict[str, Any]:
-    return {
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "grpcio": metadata.version("grpcio"),
-        "cutwatch": metadata.version("cutwatch"),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-    }
+    return describe_machine("grpcio", "cutwatch")
 
 
 def print_report(result: dict[str, Any]) -> None:
@@ -534,11 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--minutes and --sample must be positive, --agents at least 2, --threads at least 1")
     with tempfile.TemporaryDirectory(prefix="cutwatch-soak-") as tmp:
         result = run(cfg, Path(tmp))
-    if cfg.json:
-        json.dump(result, sys.stdout, indent=2)
-        print()
-    else:
-        print_report(result)
+    emit(result, cfg.json, print_report)
     return 0
 
 
