@@ -713,24 +713,26 @@ class Agent:
         """The local snapshot's contents; caller holds both locks. The snapshot is an event: it ticks."""
         self._clock.tick()
         state: dict[str, object] = {}
+        state_bytes = 0
         for name, provider in self._states.items():
-            state[name] = self._state_value(name, provider)
+            state[name], size = self._state_value(name, provider)
+            state_bytes += len(name) + size
         tasks = [view.to_json() for view in self._tasks.views()]
         clock = dict(zip(self._clock.names, self._clock.values, strict=True))
-        return Capture(clock, state, tasks, dict(self._worker_pools))
+        return Capture(clock, state, tasks, dict(self._worker_pools), state_bytes)
 
-    def _state_value(self, name: str, provider: Callable[[], object]) -> object:
-        """``provider()`` frozen as JSON; a failure becomes a marker in the state, never an exception."""
+    def _state_value(self, name: str, provider: Callable[[], object]) -> tuple[object, int]:
+        """``provider()`` frozen as JSON, and its size; a failure becomes a marker, never an exception."""
         try:
             text = json.dumps(provider(), sort_keys=True, allow_nan=False)
         except Exception as exc:
             self._counters.state_errors += 1
             _LOG.warning("cutwatch: state provider %r failed: %s", name, exc)
-            return {"cutwatch_error": f"{type(exc).__name__}: {exc}"[:500]}
+            return {"cutwatch_error": f"{type(exc).__name__}: {exc}"[:500]}, 0
         if len(text) > self._max_state:
             self._counters.state_errors += 1
-            return {"cutwatch_error": f"state larger than {self._max_state} bytes ({len(text)})"}
-        return json.loads(text)
+            return {"cutwatch_error": f"state larger than {self._max_state} bytes ({len(text)})"}, 0
+        return json.loads(text), len(text)
 
     def _emit(self) -> None:
         """Hand what the participant emitted to the collector's queue; caller holds the lock."""

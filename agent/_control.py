@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import collections
 import itertools
-import json
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -313,16 +312,12 @@ def approximate_size(event: SnapshotEvent) -> int:
     if isinstance(event, ChannelRecord):
         return _EVENT_OVERHEAD + len(event.payload_json) + len(event.method) + len(event.receiver)
     if isinstance(event, LocalSnapshot):
+        # The state was measured when it was serialised; it is not serialised again here, on what
+        # may be an application's request path.
+        tasks = len(event.tasks) if isinstance(event.tasks, Sized) else 0
         entries = len(event.clock) + len(event.open_calls) + len(event.answering)
-        return _EVENT_OVERHEAD + _ENTRY_BYTES * entries + _json_size(event.state) + _json_size(event.tasks)
+        return _EVENT_OVERHEAD * (1 + tasks) + _ENTRY_BYTES * entries + event.state_bytes
     return _EVENT_OVERHEAD
-
-
-def _json_size(value: object) -> int:
-    try:
-        return len(json.dumps(value))
-    except (TypeError, ValueError):
-        return _EVENT_OVERHEAD  # the encoder refuses it later, and counts it
 
 
 def _describe(exc: grpc.RpcError) -> str:

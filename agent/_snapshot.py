@@ -130,6 +130,8 @@ class Capture(NamedTuple):
     state: object
     tasks: object = ()
     pools: Mapping[str, int] = {}
+    state_bytes: int = 0
+    """The state's size as JSON, measured where it was serialised (for the agent's queue bound)."""
 
 
 class OpenCall(NamedTuple):
@@ -169,6 +171,8 @@ class LocalSnapshot:
     responses_consumed: Mapping[str, int] = field(default_factory=dict)
     worker_pools: Mapping[str, int] = field(default_factory=dict)
     """Capacity of each server's worker pool (0: unknown), for deadlock detection."""
+    state_bytes: int = field(default=0, compare=False)
+    """The state's size as JSON, from :attr:`Capture.state_bytes`; not part of what is sent."""
 
 
 @dataclass(frozen=True)
@@ -497,6 +501,7 @@ class SnapshotParticipant:
                 requests_consumed=requests_consumed,
                 responses_consumed=responses_consumed,
                 worker_pools=dict(capture.pools),
+                state_bytes=capture.state_bytes,
             )
             taken.append(snap)
             self._outbox.append(snap)
