@@ -36,6 +36,7 @@ from cutwatch.agent._snapshot import (
 )
 from cutwatch.agent.exceptions import CutwatchError
 from cutwatch.proto import collector_pb2 as pb
+from cutwatch.security import shown
 
 __all__ = ["MAX_JSON_DEPTH", "MAX_WORKER_POOLS", "EventFormatError", "event_from_message", "event_to_message"]
 
@@ -128,17 +129,10 @@ def _payload_json(text: str) -> str:
     return json.dumps({"cutwatch": "unrenderable", "error": f"nested deeper than {MAX_JSON_DEPTH} levels"})
 
 
-def _shown(value: str) -> str:
-    """``value`` for an error message: a hostile megabyte must not reach the log whole."""
-    if len(value) <= _SHOWN:
-        return repr(value)
-    return f"{value[:_SHOWN]!r}... ({len(value)} characters)"
-
-
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise ValueError(f"number {_shown(text)} is out of range")
+        raise ValueError(f"number {shown(text, _SHOWN)!r} is out of range")
     return value
 
 
@@ -180,7 +174,8 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
         snap = message.local_snapshot
         if snap.process_id != process:
             raise EventFormatError(
-                f"local snapshot for {_shown(snap.process_id)} on the stream of {_shown(process)}"
+                f"local snapshot for {shown(snap.process_id, _SHOWN)!r} "
+                f"on the stream of {shown(process, _SHOWN)!r}"
             )
         state = _json(snap.state_json or "{}", "state_json")
         if not isinstance(state, dict):
@@ -208,10 +203,11 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
         rec = message.channel_record
         if rec.receiver != process:
             raise EventFormatError(
-                f"record received by {_shown(rec.receiver)} on the stream of {_shown(process)}"
+                f"record received by {shown(rec.receiver, _SHOWN)!r} "
+                f"on the stream of {shown(process, _SHOWN)!r}"
             )
         if rec.kind not in _KINDS:
-            raise EventFormatError(f"unknown message kind {_shown(rec.kind)}")
+            raise EventFormatError(f"unknown message kind {shown(rec.kind, _SHOWN)!r}")
         _json(rec.payload_json, "payload_json")
         return ChannelRecord(
             rec.epoch,
@@ -224,7 +220,7 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
     if body == "call_outcome":
         out = message.call_outcome
         if out.outcome not in _OUTCOMES:
-            raise EventFormatError(f"unknown call outcome {_shown(out.outcome)}")
+            raise EventFormatError(f"unknown call outcome {shown(out.outcome, _SHOWN)!r}")
         return CallOutcome(out.epoch, process, out.call_id, out.outcome, out.detail)
     if body == "flushed":
         return Flushed(message.flushed.epoch, process)

@@ -302,18 +302,13 @@ def collector(
     )
     try:
         security = CollectorSecurity.from_files(
+            agent_tokens=_env_tokens(AGENT_TOKEN_ENV),
+            reader_tokens=_env_tokens(READER_TOKEN_ENV),
             agent_token_files=agent_token_file,
             reader_token_files=reader_token_file,
             cert_file=tls_cert,
             key_file=tls_key,
             client_ca_file=tls_client_ca,
-        )
-        security = CollectorSecurity(
-            agent_tokens=security.agent_tokens + _env_tokens(AGENT_TOKEN_ENV),
-            reader_tokens=security.reader_tokens + _env_tokens(READER_TOKEN_ENV),
-            certificate_chain=security.certificate_chain,
-            private_key=security.private_key,
-            client_ca=security.client_ca,
         )
         limits = CollectorLimits(
             max_agents=max_agents,

@@ -197,15 +197,18 @@ class CollectorSecurity:
     def from_files(
         cls,
         *,
+        agent_tokens: Iterable[str] = (),
+        reader_tokens: Iterable[str] = (),
         agent_token_files: Iterable[str | os.PathLike[str]] = (),
         reader_token_files: Iterable[str | os.PathLike[str]] = (),
         cert_file: str | os.PathLike[str] | None = None,
         key_file: str | os.PathLike[str] | None = None,
         client_ca_file: str | os.PathLike[str] | None = None,
     ) -> CollectorSecurity:
+        """From PEM and token files, plus the tokens in ``agent_tokens`` and ``reader_tokens``."""
         return cls(
-            agent_tokens=tuple(read_token(p, "agent token file") for p in agent_token_files),
-            reader_tokens=tuple(read_token(p, "reader token file") for p in reader_token_files),
+            agent_tokens=(*agent_tokens, *(read_token(p, "agent token file") for p in agent_token_files)),
+            reader_tokens=(*reader_tokens, *(read_token(p, "reader token file") for p in reader_token_files)),
             certificate_chain=_read(cert_file, "certificate"),
             private_key=_read(key_file, "private key"),
             client_ca=_read(client_ca_file, "client CA certificate"),
