@@ -7,12 +7,20 @@ channel = grpc.intercept_channel(grpc.insecure_channel(addr), agent.client_inter
 """
 
 from cutwatch.agent._agent import Agent, AgentStats
-from cutwatch.agent._clock import VectorClock
+from cutwatch.agent._control import ControlOptions
 from cutwatch.agent._eventlog import SHIVIZ_REGEX
 from cutwatch.agent._lock import CutwatchLock
-from cutwatch.agent._stamp import STAMP_METADATA_KEY, DecodedStamp, StampCodec
-from cutwatch.agent._tasks import OutboundCall, TaskView
-from cutwatch.agent.exceptions import AgentStateError, CutwatchError, StampError
+from cutwatch.core import (
+    STAMP_METADATA_KEY,
+    AgentStateError,
+    CutwatchError,
+    DecodedStamp,
+    OutboundCall,
+    StampCodec,
+    StampError,
+    TaskView,
+    VectorClock,
+)
 
 __all__ = [
     "SHIVIZ_REGEX",
@@ -20,6 +28,7 @@ __all__ = [
     "Agent",
     "AgentStateError",
     "AgentStats",
+    "ControlOptions",
     "CutwatchError",
     "CutwatchLock",
     "DecodedStamp",

@@ -11,24 +11,21 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Generator
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 import grpc
 import grpc.aio
 import wrapt
 
-from cutwatch.agent._agent import ChannelPeer
-from cutwatch.agent._client import NOT_VISIBLE, STREAM_RESPONSE
-from cutwatch.agent._grpc_bases import (
+from cutwatch.agent._calls import NOT_VISIBLE, STREAM_RESPONSE, failure_name, finish_outbound, waiting
+from cutwatch.agent._metadata import method_name, with_stamp
+from cutwatch.core import ChannelPeer, Outbound, ProcessCore
+from cutwatch.proto import (
     AioStreamStreamClientBase,
     AioStreamUnaryClientBase,
     AioUnaryStreamClientBase,
     AioUnaryUnaryClientBase,
 )
-from cutwatch.agent._metadata import find_stamp, method_name, with_stamp
-
-if TYPE_CHECKING:
-    from cutwatch.agent._agent import Agent, Outbound
 
 _background: set[asyncio.Task[None]] = set()
 
@@ -44,12 +41,13 @@ def _stamped_details(details: grpc.aio.ClientCallDetails, stamp: bytes) -> grpc.
 
 
 class _StampedCall(wrapt.ObjectProxy[Any]):
-    """Proxy of an aio call that finishes the outbound call when it ends."""
+    """Proxy of an aio streaming call that finishes the outbound call when it ends."""
 
-    def __init__(self, call: Any, agent: Agent, outbound: Outbound) -> None:
+    def __init__(self, call: Any, core: ProcessCore, outbound: Outbound, max_payload: int) -> None:
         super().__init__(call)
-        self._self_agent = agent
+        self._self_core = core
         self._self_outbound = outbound
+        self._self_max_payload = max_payload
         self._self_iterator: AsyncIterator[Any] | None = None
         call.add_done_callback(self._self_on_done)
 
@@ -62,7 +60,7 @@ class _StampedCall(wrapt.ObjectProxy[Any]):
         try:
             asyncio.get_running_loop().call_soon(self._self_backstop)
         except RuntimeError:  # no running loop (shutting down): finish untracked
-            self._self_agent._end_outbound(self._self_outbound, None, NOT_VISIBLE)
+            self._self_core.end_call(self._self_outbound, None, NOT_VISIBLE)
 
     def _self_backstop(self) -> None:
         if self._self_outbound.finished:
@@ -71,7 +69,7 @@ class _StampedCall(wrapt.ObjectProxy[Any]):
         _background.add(task)
         task.add_done_callback(_background.discard)
 
-    async def _self_finish(self, error: BaseException | None = None, response: Any = STREAM_RESPONSE) -> None:
+    async def _self_finish(self, error: BaseException | None = None) -> None:
         if self._self_outbound.finished:
             return
         metadata = None
@@ -82,21 +80,15 @@ class _StampedCall(wrapt.ObjectProxy[Any]):
                 metadata = await self.__wrapped__.trailing_metadata()
             except Exception:
                 metadata = None
-        failure = None if error is None else _error_name(error)
-        self._self_agent._end_outbound(self._self_outbound, metadata, failure, lambda: response)
+        finish_outbound(
+            self._self_core,
+            self._self_outbound,
+            metadata,
+            error,
+            lambda: STREAM_RESPONSE,
+            self._self_max_payload,
+        )
 
-    # Unary responses ---------------------------------------------------------
-    def __await__(self) -> Generator[Any, None, Any]:
-        self._self_outbound.call.blocking = True
-        try:
-            response = yield from self.__wrapped__.__await__()
-        except BaseException as exc:
-            yield from self._self_finish(exc).__await__()
-            raise
-        yield from self._self_finish(response=response).__await__()
-        return response
-
-    # Response streams ----------------------------------------------------------
     def __aiter__(self) -> AsyncIterator[Any]:
         if self._self_iterator is None:
             self._self_iterator = self._self_stream()
@@ -106,59 +98,54 @@ class _StampedCall(wrapt.ObjectProxy[Any]):
         # Blocking while the caller awaits the next response, not while it
         # holds one; an abandoned iteration (GeneratorExit) leaves the call
         # to the done-callback, which sees its real trailing metadata.
-        call = self._self_outbound.call
         responses = self.__wrapped__.__aiter__()
         while True:
-            call.blocking = True
-            try:
-                response = await responses.__anext__()
-            except StopAsyncIteration:
-                break
-            except BaseException as exc:
-                await self._self_finish(exc)
-                raise
-            finally:
-                call.blocking = False
+            with waiting(self._self_outbound):
+                try:
+                    response = await responses.__anext__()
+                except StopAsyncIteration:
+                    break
+                except BaseException as exc:
+                    await self._self_finish(exc)
+                    raise
             yield response
         await self._self_finish()
 
     async def read(self) -> Any:
-        self._self_outbound.call.blocking = True
-        try:
-            message = await self.__wrapped__.read()
-        except BaseException as exc:
-            await self._self_finish(exc)
-            raise
-        finally:
-            self._self_outbound.call.blocking = False
+        with waiting(self._self_outbound):
+            try:
+                message = await self.__wrapped__.read()
+            except BaseException as exc:
+                await self._self_finish(exc)
+                raise
         if message is grpc.aio.EOF:  # type: ignore[attr-defined]
             await self._self_finish()
         return message
 
 
 class _AioClientBase:
-    def __init__(self, agent: Agent, peer: ChannelPeer) -> None:
-        self._agent = agent
+    def __init__(self, core: ProcessCore, peer: ChannelPeer, max_payload: int) -> None:
+        self._core = core
         self._peer = peer
+        self._max_payload = max_payload
 
     async def _intercept(self, continuation: Any, details: Any, request: Any, *, stream: bool) -> Any:
-        started = self._agent._begin_outbound(method_name(details.method), self._peer)
+        started = self._core.begin_call(method_name(details.method), self._peer)
         if started is None:
             return await continuation(details, request)
         outbound, stamp = started
         try:
             call = await continuation(_stamped_details(details, stamp), request)
         except BaseException as exc:
-            self._agent._end_outbound(outbound, None, _error_name(exc))
+            self._core.end_call(outbound, None, failure_name(exc))
             raise
+        outbound.call.blocking = False
         if stream:
-            outbound.call.blocking = False
-            return _StampedCall(call, self._agent, outbound)
+            return _StampedCall(call, self._core, outbound, self._max_payload)
         # grpc.aio runs done-callbacks when the status arrives, before it
         # wakes the coroutine awaiting the call, so finishing there merges the
         # clock before the application sees the response.
-        outbound.call.blocking = False
-        call.add_done_callback(functools.partial(_finish_done_call, self._agent, outbound))
+        call.add_done_callback(functools.partial(_finish_done_call, self._core, outbound, self._max_payload))
         return _AwaitedCall(call, outbound)
 
 
@@ -174,16 +161,11 @@ class _AwaitedCall(wrapt.ObjectProxy[Any]):
         return (yield from self.__wrapped__.__await__())
 
 
-def _finish_done_call(agent: Agent, outbound: Outbound, call: Any) -> None:
-    if outbound.finished:
-        return
-    metadata = _now(call.trailing_metadata())
-    failure: str | None = None
-    if find_stamp(metadata) is None:  # the status matters only without a stamped answer
+def _finish_done_call(core: ProcessCore, outbound: Outbound, max_payload: int, call: Any) -> None:
+    if not outbound.finished:
+        metadata = _now(call.trailing_metadata())
         code = _now(call.code())
-        if code != grpc.StatusCode.OK:
-            failure = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
-    agent._end_outbound(outbound, metadata, failure, lambda: _now(call.__await__()))
+        finish_outbound(core, outbound, metadata, code, lambda: _now(call.__await__()), max_payload)
 
 
 def _now(awaitable: Any) -> Any:
@@ -201,12 +183,6 @@ def _now(awaitable: Any) -> Any:
         return None
     awaitable.close()  # it wanted to wait: not finished after all
     return None
-
-
-def _error_name(error: BaseException) -> str:
-    if isinstance(error, grpc.aio.AioRpcError):
-        return error.code().name
-    return type(error).__name__
 
 
 class AioUnaryUnaryInterceptor(_AioClientBase, AioUnaryUnaryClientBase):
@@ -241,12 +217,12 @@ AioClientInterceptor: TypeAlias = (
 )
 
 
-def aio_client_interceptors(agent: Agent) -> list[AioClientInterceptor]:
+def aio_client_interceptors(core: ProcessCore, max_payload: int) -> list[AioClientInterceptor]:
     """One interceptor per call kind, sharing what they learn of the channel."""
     peer = ChannelPeer()
     return [
-        AioUnaryUnaryInterceptor(agent, peer),
-        AioUnaryStreamInterceptor(agent, peer),
-        AioStreamUnaryInterceptor(agent, peer),
-        AioStreamStreamInterceptor(agent, peer),
+        AioUnaryUnaryInterceptor(core, peer, max_payload),
+        AioUnaryStreamInterceptor(core, peer, max_payload),
+        AioStreamUnaryInterceptor(core, peer, max_payload),
+        AioStreamStreamInterceptor(core, peer, max_payload),
     ]

@@ -11,33 +11,31 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import grpc
 import grpc.aio
 import wrapt
 
-from cutwatch.agent._grpc_bases import AioServerInterceptorBase
 from cutwatch.agent._metadata import with_stamp
 from cutwatch.agent._server import HandlerCache, _HandlerWrapper, add_response_stamp, wrap_handler
-
-if TYPE_CHECKING:
-    from cutwatch.agent._agent import Agent, Inbound
+from cutwatch.core import Inbound, ProcessCore
+from cutwatch.proto import AioServerInterceptorBase
 
 
 class _StampingContext(wrapt.ObjectProxy[Any]):
     """The servicer context, with aborts that carry the response stamp."""
 
-    def __init__(self, context: Any, agent: Agent, inbound: Inbound | None) -> None:
+    def __init__(self, context: Any, core: ProcessCore, inbound: Inbound | None) -> None:
         super().__init__(context)
-        self._self_agent = agent
+        self._self_core = core
         self._self_inbound = inbound
 
     def _self_trailing(self, trailing_metadata: Any) -> Any:
         base = trailing_metadata or self.__wrapped__.trailing_metadata()
         if self._self_inbound is None:
             return base
-        stamp = self._self_agent._end_inbound(self._self_inbound)
+        stamp = self._self_core.end_handler(self._self_inbound)
         return with_stamp(base, stamp) if stamp is not None else base
 
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> NoReturn:
@@ -73,26 +71,26 @@ def _with_trailing_metadata(context: Any) -> Any:
 
 class _AioHandlerWrapper(_HandlerWrapper):
     def _begin(self, context: Any, request: Any) -> tuple[Inbound | None, Any]:
-        inbound = self.agent._begin_inbound(self.method, context.invocation_metadata(), self.pool, request)
-        return inbound, _StampingContext(context, self.agent, inbound)
+        inbound = self.begin(context, request)
+        return inbound, _StampingContext(context, self.core, inbound)
 
     def unary_response(self, behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
         if not inspect.iscoroutinefunction(behavior):
             handle_sync = super().unary_response(behavior)
             return lambda request, context: handle_sync(request, _with_trailing_metadata(context))
-        agent = self.agent
+        core = self.core
 
         async def handle(request_or_iterator: Any, context: Any) -> Any:
             inbound, proxied = self._begin(context, request_or_iterator)
             try:
                 return await behavior(request_or_iterator, proxied)
             finally:
-                add_response_stamp(agent, context, inbound)
+                add_response_stamp(core, context, inbound)
 
         return handle
 
     def stream_response(self, behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-        agent = self.agent
+        core = self.core
         if inspect.isasyncgenfunction(behavior):
 
             async def handle_stream(request_or_iterator: Any, context: Any) -> AsyncIterator[Any]:
@@ -101,7 +99,7 @@ class _AioHandlerWrapper(_HandlerWrapper):
                     async for response in behavior(request_or_iterator, proxied):
                         yield response
                 finally:
-                    add_response_stamp(agent, context, inbound)
+                    add_response_stamp(core, context, inbound)
 
             return handle_stream
         if inspect.iscoroutinefunction(behavior):  # writes with context.write()
@@ -111,7 +109,7 @@ class _AioHandlerWrapper(_HandlerWrapper):
                 try:
                     return await behavior(request_or_iterator, proxied)
                 finally:
-                    add_response_stamp(agent, context, inbound)
+                    add_response_stamp(core, context, inbound)
 
             return handle_writes
         stream_sync = super().stream_response(behavior)
@@ -121,9 +119,10 @@ class _AioHandlerWrapper(_HandlerWrapper):
 class AioServerInterceptor(AioServerInterceptorBase):
     """Created by ``Agent.aio_server_interceptor()``."""
 
-    def __init__(self, agent: Agent, pool: str) -> None:
-        self._agent = agent
+    def __init__(self, core: ProcessCore, pool: str, max_payload: int) -> None:
+        self._core = core
         self._pool = pool
+        self._max_payload = max_payload
         self._handlers = HandlerCache()
 
     # grpc.aio hands None for unknown methods; the stubs do not say so.
@@ -141,13 +140,9 @@ class AioServerInterceptor(AioServerInterceptorBase):
                 method,
                 handler,
                 lambda: wrap_handler(
-                    self._agent,
-                    self._pool,
-                    method,
-                    handler,
-                    _AioHandlerWrapper(self._agent, self._pool, method),
+                    handler, _AioHandlerWrapper(self._core, self._pool, method, self._max_payload)
                 ),
             )
         except Exception:
-            self._agent._internal_error("wrapping a method handler")
+            self._core.internal_error("wrapping a method handler")
             return handler

@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import grpc
 import wrapt
 
-from cutwatch.agent._agent import ChannelPeer
-from cutwatch.agent._grpc_bases import (
+from cutwatch.agent._calls import NOT_VISIBLE, STREAM_RESPONSE, failure_name, finish_outbound, waiting
+from cutwatch.agent._metadata import method_name, with_stamp
+from cutwatch.core import ChannelPeer, Outbound, ProcessCore
+from cutwatch.proto import (
     StreamStreamClientBase,
     StreamUnaryClientBase,
     UnaryStreamClientBase,
     UnaryUnaryClientBase,
 )
-from cutwatch.agent._metadata import find_stamp, method_name, with_stamp
-
-if TYPE_CHECKING:
-    from cutwatch.agent._agent import Agent, Outbound
 
 
 class _CallDetails(
@@ -76,69 +74,80 @@ def trailing_metadata_of(call: Any) -> Any:
     return metadata
 
 
-NOT_VISIBLE = "response not visible to cutwatch"
-STREAM_RESPONSE: dict[str, str] = {"cutwatch": "stream"}
-
-
-def call_failure(call: Any) -> str | None:
-    """None for a finished call that succeeded, else the name of its status."""
+def _code(call: Any) -> object:
+    """The status code of a finished sync call (an error when it cannot be read)."""
     try:
-        code = call.code()
-    except Exception:
-        return "UNKNOWN"
-    if code == grpc.StatusCode.OK:
-        return None
-    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+        return call.code()
+    except Exception as exc:
+        return exc
 
 
 def finish_call(
-    agent: Agent,
+    core: ProcessCore,
     outbound: Outbound,
     call: Any,
     response: Callable[[], object] | None,
+    max_payload: int,
     *,
     deferrable: bool = False,
 ) -> None:
     """The receive event of a finished sync call, from its trailers and status."""
-    if outbound.finished:  # set last, under the agent's locks: nothing is left to do
-        return
-    metadata = trailing_metadata_of(call)
-    # A stamped answer is delivered whatever its status; the status matters only without one.
-    failure = None if find_stamp(metadata) is not None else call_failure(call)
-    agent._end_outbound(outbound, metadata, failure, None if failure else response, deferrable=deferrable)
+    if not outbound.finished:
+        finish_outbound(
+            core,
+            outbound,
+            trailing_metadata_of(call),
+            _code(call),
+            response,
+            max_payload,
+            deferrable=deferrable,
+        )
 
 
-class _UnaryFuture(wrapt.ObjectProxy[Any]):
-    """The call future, finishing the outbound call before handing out results."""
+class _FinishingProxy(wrapt.ObjectProxy[Any]):
+    """A gRPC call object that finishes the outbound call before the application sees its end.
 
-    def __init__(self, call: Any, agent: Agent, outbound: Outbound) -> None:
+    A done-callback is the backstop for calls the application never reads.
+    """
+
+    def __init__(self, call: Any, core: ProcessCore, outbound: Outbound, max_payload: int) -> None:
         super().__init__(call)
-        self._self_agent = agent
+        self._self_core = core
         self._self_outbound = outbound
+        self._self_max_payload = max_payload
         outbound.call.blocking = False
         call.add_done_callback(self._self_on_done)
+
+    def _self_response(self) -> object:
+        return STREAM_RESPONSE
 
     def _self_on_done(self, _call: Any) -> None:
         if not self._self_outbound.finished:
             self._self_finish(deferrable=True)
 
     def _self_finish(self, *, deferrable: bool = False) -> None:
-        # Always through the agent, never on ``finished`` alone: the
+        # Always through the core, never on ``finished`` alone: the
         # done-callback may be finishing the call in a gRPC thread right now.
-        call = self.__wrapped__
         finish_call(
-            self._self_agent, self._self_outbound, call, lambda: call.result(0), deferrable=deferrable
+            self._self_core,
+            self._self_outbound,
+            self.__wrapped__,
+            self._self_response,
+            self._self_max_payload,
+            deferrable=deferrable,
         )
 
+
+class _UnaryFuture(_FinishingProxy):
+    """The call future, finishing the outbound call before handing out results."""
+
+    def _self_response(self) -> object:
+        return self.__wrapped__.result(0)
+
     def _self_wait(self, timeout: float | None) -> None:
-        self._self_outbound.call.blocking = True
-        try:
-            # The call's own failure reaches the caller from result() below.
-            with contextlib.suppress(grpc.RpcError, grpc.FutureCancelledError):
-                self.__wrapped__.exception(timeout)
-        except grpc.FutureTimeoutError:
-            self._self_outbound.call.blocking = False
-            raise
+        # The call's own failure reaches the caller from result() below.
+        with waiting(self._self_outbound), contextlib.suppress(grpc.RpcError, grpc.FutureCancelledError):
+            self.__wrapped__.exception(timeout)
         self._self_finish()
 
     def result(self, timeout: float | None = None) -> Any:
@@ -154,46 +163,19 @@ class _UnaryFuture(wrapt.ObjectProxy[Any]):
         return self.__wrapped__.traceback(timeout)
 
 
-class _ResponseStream(wrapt.ObjectProxy[Any]):
+class _ResponseStream(_FinishingProxy):
     """The response iterator, finishing the outbound call when it ends."""
-
-    def __init__(self, call: Any, agent: Agent, outbound: Outbound) -> None:
-        super().__init__(call)
-        self._self_agent = agent
-        self._self_outbound = outbound
-        outbound.call.blocking = False
-        call.add_done_callback(self._self_on_done)
-
-    def _self_on_done(self, _call: Any) -> None:
-        if not self._self_outbound.finished:
-            self._self_finish(deferrable=True)
-
-    def _self_finish(self, *, deferrable: bool = False) -> None:
-        # Always through the agent, never on ``finished`` alone: the
-        # done-callback may be finishing the call in a gRPC thread right now.
-        finish_call(
-            self._self_agent,
-            self._self_outbound,
-            self.__wrapped__,
-            lambda: STREAM_RESPONSE,
-            deferrable=deferrable,
-        )
 
     def __iter__(self) -> Iterator[Any]:
         return self
 
     def __next__(self) -> Any:
-        self._self_outbound.call.blocking = True
-        try:
-            return next(self.__wrapped__)
-        except StopIteration:
-            self._self_finish()
-            raise
-        except grpc.RpcError:
-            self._self_finish()
-            raise
-        finally:
-            self._self_outbound.call.blocking = False
+        with waiting(self._self_outbound):
+            try:
+                return next(self.__wrapped__)
+            except (StopIteration, grpc.RpcError):
+                self._self_finish()
+                raise
 
     def next(self) -> Any:
         return self.__next__()
@@ -207,54 +189,57 @@ class ClientInterceptor(
 ):
     """Created by ``Agent.client_interceptor()``; one per channel."""
 
-    def __init__(self, agent: Agent) -> None:
-        self._agent = agent
+    def __init__(self, core: ProcessCore, max_payload: int) -> None:
+        self._core = core
+        self._max_payload = max_payload
         self._peer = ChannelPeer()
 
-    def _unary_response(self, continuation: Callable[[Any, Any], Any], details: Any, request: Any) -> Any:
-        started = self._agent._begin_outbound(method_name(details.method), self._peer)
+    def _start(
+        self, continuation: Callable[[Any, Any], Any], details: Any, request: Any
+    ) -> tuple[Any, Outbound | None]:
+        """The call, sent with a stamp; its outbound record (None: the call goes untracked)."""
+        started = self._core.begin_call(method_name(details.method), self._peer)
         if started is None:
-            return continuation(details, request)
+            return continuation(details, request), None
         outbound, stamp = started
         try:
-            call = continuation(stamped_details(details, stamp), request)
+            return continuation(stamped_details(details, stamp), request), outbound
         except BaseException as exc:
-            self._agent._end_outbound(outbound, None, type(exc).__name__)
+            self._core.end_call(outbound, None, failure_name(exc))
             raise
-        if not hasattr(call, "add_done_callback"):  # an inner interceptor returned a plain value
-            self._agent._end_outbound(outbound, None, NOT_VISIBLE)
+
+    def _unary_response(self, continuation: Callable[[Any, Any], Any], details: Any, request: Any) -> Any:
+        call, outbound = self._start(continuation, details, request)
+        if outbound is None:
             return call
-        if call.done() and not self._agent._in_atomic():
+        if not hasattr(call, "add_done_callback"):  # an inner interceptor returned a plain value
+            self._core.end_call(outbound, None, NOT_VISIBLE)
+            return call
+        if call.done() and not self._core.in_atomic():
             # The blocking path (or a quick answer): finished here, before
             # gRPC hands the result to the application.
-            finish_call(self._agent, outbound, call, lambda: call.result(0))
+            finish_call(self._core, outbound, call, lambda: call.result(0), self._max_payload)
             return call
         # Inside atomic(), a call that is over already still goes through the
         # proxy: gRPC's blocking path reads the result through it, which is
         # when the application sees it, while a .future() waits for the block.
-        return _UnaryFuture(call, self._agent, outbound)
+        return _UnaryFuture(call, self._core, outbound, self._max_payload)
 
     def _stream_response(self, continuation: Callable[[Any, Any], Any], details: Any, request: Any) -> Any:
-        started = self._agent._begin_outbound(method_name(details.method), self._peer)
-        if started is None:
-            return continuation(details, request)
-        outbound, stamp = started
-        try:
-            call = continuation(stamped_details(details, stamp), request)
-        except BaseException as exc:
-            self._agent._end_outbound(outbound, None, type(exc).__name__)
-            raise
+        call, outbound = self._start(continuation, details, request)
+        if outbound is None:
+            return call
         if not hasattr(call, "add_done_callback"):
             # A bare iterator (an inner interceptor hid the call): its stamp
             # cannot be read, but the wait lasts until the stream ends.
             return self._untracked_stream(call, outbound)
-        return _ResponseStream(call, self._agent, outbound)
+        return _ResponseStream(call, self._core, outbound, self._max_payload)
 
     def _untracked_stream(self, responses: Iterator[Any], outbound: Outbound) -> Iterator[Any]:
         try:
             yield from responses
         finally:
-            self._agent._end_outbound(outbound, None, NOT_VISIBLE)
+            self._core.end_call(outbound, None, NOT_VISIBLE)
 
     def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return self._unary_response(continuation, client_call_details, request)

@@ -22,22 +22,34 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence, Sized
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
 
-from cutwatch.agent._events import event_to_message
-from cutwatch.agent._grpc_bases import rpc_error_parts
-from cutwatch.agent._snapshot import ChannelRecord, LocalSnapshot, SnapshotEvent
+from cutwatch.core import (
+    ChannelRecord,
+    Heartbeat,
+    LocalSnapshot,
+    Order,
+    Registered,
+    Registration,
+    SnapshotEvent,
+)
 from cutwatch.proto import collector_pb2 as pb
 from cutwatch.proto import collector_pb2_grpc as pb_grpc
+from cutwatch.proto import (
+    event_to_message,
+    heartbeat_to_pb,
+    order_from_pb,
+    registration_to_pb,
+    rpc_error_parts,
+)
 from cutwatch.security import CollectorCredentials
 
-__all__ = ["PROTOCOL_VERSION", "ControlClient", "ControlOptions", "ControlStats"]
+__all__ = ["ControlClient", "ControlOptions", "ControlStats"]
 
 _LOG = logging.getLogger("cutwatch.agent.control")
-PROTOCOL_VERSION = 1
 _REFUSALS = (
     grpc.StatusCode.UNAUTHENTICATED,
     grpc.StatusCode.PERMISSION_DENIED,
@@ -139,16 +151,16 @@ class _EventQueue:
 class ControlClient:
     """Keeps the agent registered with the collector at ``address``.
 
-    ``registration`` builds the registration message (it is called on every
-    connect, so that it carries the agent's current epoch); ``on_order`` runs
-    each message the collector sends.
+    ``registration`` builds the registration (it is called on every connect,
+    so that it carries the agent's current epoch); ``on_order`` carries out
+    each order the collector sends.
     """
 
     def __init__(
         self,
         address: str,
-        registration: Callable[[], pb.Registration],
-        on_order: Callable[[pb.ControlMessage], None],
+        registration: Callable[[], Registration],
+        on_order: Callable[[Order], None],
         options: ControlOptions | None = None,
         credentials: CollectorCredentials | None = None,
     ) -> None:
@@ -259,11 +271,14 @@ class ControlClient:
                 call.cancel()
                 return
             try:
-                for order in call:
-                    if order.WhichOneof("body") == "registered":
+                for message in call:
+                    order = order_from_pb(message)
+                    if isinstance(order, Registered):
                         self._connects += 1
                         self._connected.set()
                     self._orders += 1
+                    if order is None:
+                        continue  # an order of a newer collector: nothing this agent can do
                     try:
                         self._on_order(order)
                     except Exception:
@@ -274,9 +289,7 @@ class ControlClient:
 
     def _outgoing(self, over: threading.Event) -> Iterator[pb.AgentMessage]:
         """The request stream: registration, then events and heartbeats until the call ends."""
-        registration = self._registration()
-        registration.dropped = self._dropped
-        yield pb.AgentMessage(register=registration)
+        yield registration_to_pb(replace(self._registration(), dropped=self._dropped))
         heartbeat = self.options.heartbeat_seconds
 
         def done() -> bool:
@@ -292,9 +305,7 @@ class ControlClient:
                     self._queue.put_back(item)  # the next stream sends it
                 return
             if item is None:
-                yield pb.AgentMessage(
-                    heartbeat=pb.Heartbeat(unix_nanos=time.time_ns(), dropped=self._dropped)
-                )
+                yield heartbeat_to_pb(Heartbeat(self._dropped), time.time_ns())
                 continue
             seq, event, _ = item
             try:

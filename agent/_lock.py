@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from types import TracebackType
 
-from cutwatch.agent._tasks import Task, TaskRegistry
+from cutwatch.core import Task, TaskRegistry
 
 
 class _ThreadWaiter:
@@ -184,3 +184,19 @@ class CutwatchLock:
     def __repr__(self) -> str:
         holder = self._holder.task_id if self._holder else None
         return f"<CutwatchLock {self.name!r} holder={holder} waiters={len(self._waiters)}>"
+
+
+class LockRegistry:
+    """The named cutwatch locks of one agent: the same object for the same name."""
+
+    def __init__(self, tasks: TaskRegistry) -> None:
+        self._tasks = tasks
+        self._mutex = threading.Lock()
+        self._locks: dict[str, CutwatchLock] = {}
+
+    def get(self, name: str) -> CutwatchLock:
+        with self._mutex:
+            lock = self._locks.get(name)
+            if lock is None:
+                lock = self._locks[name] = CutwatchLock(name, self._tasks)
+            return lock

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from cutwatch.agent._stamp import STAMP_METADATA_KEY
+from cutwatch.core import STAMP_METADATA_KEY
 
 MetadataPairs = tuple[tuple[str, str | bytes], ...]
 

@@ -41,3 +41,22 @@ def lazy_message_json(message: Any, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) 
     if not isinstance(message, Message) and (hasattr(message, "__next__") or hasattr(message, "__aiter__")):
         return lambda: STREAM_PAYLOAD
     return lambda: message_json(message, max_bytes)
+
+
+def render_later(
+    response: Callable[[], object], max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+) -> Callable[[], str]:
+    """A function rendering the message ``response()`` returns, when a record needs it.
+
+    A response that cannot be read any more (its call failed) renders as a
+    marker instead of failing the record.
+    """
+
+    def render() -> str:
+        try:
+            message = response()
+        except Exception as exc:
+            return json.dumps({"cutwatch": "unrenderable", "error": type(exc).__name__})
+        return message_json(message, max_bytes)
+
+    return render

@@ -9,66 +9,87 @@ out.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
-from cutwatch.agent._grpc_bases import ServerInterceptorBase
+from cutwatch.agent._calls import begin_inbound
 from cutwatch.agent._metadata import with_stamp
-
-if TYPE_CHECKING:
-    from cutwatch.agent._agent import Agent, Inbound
+from cutwatch.core import Inbound, ProcessCore
+from cutwatch.proto import ServerInterceptorBase
 
 _MAX_CACHED_HANDLERS = 4096
 
 
-def add_response_stamp(agent: Agent, context: Any, inbound: Inbound | None) -> None:
+def add_response_stamp(core: ProcessCore, context: Any, inbound: Inbound | None) -> None:
     """Append the response stamp to the trailing metadata the app has set."""
     if inbound is None:
         return
-    stamp = agent._end_inbound(inbound)
+    stamp = core.end_handler(inbound)
     if stamp is None:
         return
     try:
         context.set_trailing_metadata(with_stamp(context.trailing_metadata(), stamp))
     except Exception:
-        agent._internal_error("attaching the response stamp")
+        core.internal_error("attaching the response stamp")
 
 
 class _HandlerWrapper:
     """Builds stamped versions of one handler's behaviour."""
 
-    def __init__(self, agent: Agent, pool: str, method: str) -> None:
-        self.agent = agent
+    def __init__(self, core: ProcessCore, pool: str, method: str, max_payload: int) -> None:
+        self.core = core
         self.pool = pool
         self.method = method
+        self.max_payload = max_payload
+
+    def begin(self, context: Any, request: Any) -> Inbound | None:
+        return begin_inbound(
+            self.core, self.method, context.invocation_metadata(), self.pool, request, self.max_payload
+        )
 
     def unary_response(self, behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-        agent, pool, method = self.agent, self.pool, self.method
+        core, begin = self.core, self.begin
 
         def handle(request_or_iterator: Any, context: Any) -> Any:
-            inbound = agent._begin_inbound(method, context.invocation_metadata(), pool, request_or_iterator)
+            inbound = begin(context, request_or_iterator)
             try:
                 return behavior(request_or_iterator, context)
             finally:
-                add_response_stamp(agent, context, inbound)
+                add_response_stamp(core, context, inbound)
 
         return handle
 
     def stream_response(
         self, behavior: Callable[[Any, Any], Iterator[Any]]
     ) -> Callable[[Any, Any], Iterator[Any]]:
-        agent, pool, method = self.agent, self.pool, self.method
+        core, begin = self.core, self.begin
 
         def handle(request_or_iterator: Any, context: Any) -> Iterator[Any]:
-            inbound = agent._begin_inbound(method, context.invocation_metadata(), pool, request_or_iterator)
+            inbound = begin(context, request_or_iterator)
             try:
                 yield from behavior(request_or_iterator, context)
             finally:
-                add_response_stamp(agent, context, inbound)
+                add_response_stamp(core, context, inbound)
 
         return handle
+
+
+class _ThreadPoolHandlerWrapper(_HandlerWrapper):
+    """The sync server's wrapper: the first handler learns its pool's capacity if it was not given."""
+
+    def __init__(
+        self, core: ProcessCore, pool: str, method: str, max_payload: int, probe: Callable[[], None]
+    ) -> None:
+        super().__init__(core, pool, method, max_payload)
+        self._probe = probe
+
+    def begin(self, context: Any, request: Any) -> Inbound | None:
+        inbound = super().begin(context, request)
+        self._probe()
+        return inbound
 
 
 _FACTORIES = {
@@ -89,9 +110,8 @@ def _replace_behavior(handler: Any, kind: str, behavior: Any) -> Any:
     )
 
 
-def wrap_handler(agent: Agent, pool: str, method: str, handler: Any, wrapper: Any = None) -> Any:
-    """A copy of ``handler`` whose behaviour is stamped."""
-    wrapper = wrapper or _HandlerWrapper(agent, pool, method)
+def wrap_handler(handler: Any, wrapper: _HandlerWrapper) -> Any:
+    """A copy of ``handler`` whose behaviour ``wrapper`` stamps."""
     for kind in ("unary_unary", "stream_unary"):
         behavior = getattr(handler, kind)
         if behavior is not None:
@@ -124,10 +144,22 @@ class HandlerCache:
 class ServerInterceptor(ServerInterceptorBase):
     """Created by ``Agent.server_interceptor()``."""
 
-    def __init__(self, agent: Agent, pool: str) -> None:
-        self._agent = agent
+    def __init__(self, core: ProcessCore, pool: str, max_payload: int) -> None:
+        self._core = core
         self._pool = pool
+        self._max_payload = max_payload
         self._handlers = HandlerCache()
+        self._probed = False
+
+    def _probe(self) -> None:
+        if not self._probed:
+            self._probed = True
+            capacity = _executor_capacity()
+            if capacity:
+                self._core.learn_pool_capacity(self._pool, capacity)
+
+    def _wrapper(self, method: str) -> _HandlerWrapper:
+        return _ThreadPoolHandlerWrapper(self._core, self._pool, method, self._max_payload, self._probe)
 
     def intercept_service(
         self,
@@ -140,8 +172,27 @@ class ServerInterceptor(ServerInterceptorBase):
         method = handler_call_details.method
         try:
             return self._handlers.get(  # type: ignore[no-any-return]
-                method, handler, lambda: wrap_handler(self._agent, self._pool, method, handler)
+                method, handler, lambda: wrap_handler(handler, self._wrapper(method))
             )
         except Exception:
-            self._agent._internal_error("wrapping a method handler")
+            self._core.internal_error("wrapping a method handler")
             return handler
+
+
+def _executor_capacity() -> int:
+    """``max_workers`` of the ThreadPoolExecutor running this thread, or 0.
+
+    CPython's pool threads carry a weak reference to their executor as their
+    first argument; this is how the capacity of ``grpc.server(pool)`` is
+    inferred when ``server_interceptor(max_workers=...)`` was not given.
+    """
+    args = getattr(threading.current_thread(), "_args", ())
+    if args and callable(args[0]):
+        try:
+            executor = args[0]()
+        except TypeError:
+            return 0
+        capacity = getattr(executor, "_max_workers", 0)
+        if isinstance(capacity, int):
+            return capacity
+    return 0

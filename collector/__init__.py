@@ -1,20 +1,36 @@
 """The collector: registers agents, runs snapshots, assembles and stores cuts, answers queries.
 
 Run one with ``cutwatch collector`` or :class:`CollectorServer`; read it
-with :class:`CollectorClient`.
+with :class:`CollectorClient`::
+
+    with CollectorServer("cuts.db", every=5.0) as server:
+        cut = CollectorClient(server.address).snapshot(timeout=10.0)
 """
 
-from cutwatch.collector._client import (
-    CheckResult,
-    CheckResults,
+from cutwatch.collector._client import CheckResult, CheckResults, CollectorClient, CutInfo
+from cutwatch.collector._coordinator import Coordinator
+from cutwatch.collector._limits import CollectorLimits
+from cutwatch.collector._records import (
+    CutStatus,
+    CutSummary,
+    StoredChannelState,
+    StoredCut,
+    StoredLocalState,
+    StoredResult,
+)
+from cutwatch.collector._service import DEFAULT_LISTEN, CollectorServer
+from cutwatch.collector._sqlite import SqliteCutStore
+from cutwatch.collector._store import CutStore
+from cutwatch.core import (
     CollectorAuthError,
-    CollectorClient,
     CollectorError,
     CollectorUnavailableError,
-    CutInfo,
+    Cut,
+    DuplicateEpochError,
+    InTransitMessage,
+    NoAgentsError,
+    StorageError,
 )
-from cutwatch.collector._cut import Cut, InTransitMessage
-from cutwatch.collector._service import DEFAULT_LISTEN, CollectorServer
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -23,9 +39,22 @@ __all__ = [
     "CollectorAuthError",
     "CollectorClient",
     "CollectorError",
+    "CollectorLimits",
     "CollectorServer",
     "CollectorUnavailableError",
+    "Coordinator",
     "Cut",
     "CutInfo",
+    "CutStatus",
+    "CutStore",
+    "CutSummary",
+    "DuplicateEpochError",
     "InTransitMessage",
+    "NoAgentsError",
+    "SqliteCutStore",
+    "StorageError",
+    "StoredChannelState",
+    "StoredCut",
+    "StoredLocalState",
+    "StoredResult",
 ]

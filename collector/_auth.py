@@ -15,9 +15,9 @@ from typing import Any
 
 import grpc
 
-from cutwatch.agent._grpc_bases import ServerInterceptorBase
+from cutwatch.proto import ServerInterceptorBase
 from cutwatch.proto import collector_pb2 as pb
-from cutwatch.security import _BEARER, AGENT_ROLE, AUTHORIZATION, READER_ROLE, CollectorSecurity
+from cutwatch.security import AGENT_ROLE, AUTHORIZATION, BEARER, READER_ROLE, CollectorSecurity
 
 __all__ = ["AuthInterceptor"]
 
@@ -86,8 +86,8 @@ class AuthInterceptor(ServerInterceptorBase):
 
 def _bearer_token(metadata: Any) -> str | None:
     for key, value in metadata or ():
-        if key == AUTHORIZATION and isinstance(value, str) and value.startswith(_BEARER):
-            return value[len(_BEARER) :]
+        if key == AUTHORIZATION and isinstance(value, str) and value.startswith(BEARER):
+            return value[len(BEARER) :]
     return None
 
 

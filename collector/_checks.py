@@ -25,8 +25,10 @@ from typing import Any, TypeVar
 
 from opentelemetry import trace
 
-from cutwatch.collector._cut import Cut, cut_from_stored
-from cutwatch.collector._storage import CutStore, StorageError, StoredCut, StoredResult
+from cutwatch.collector._records import StoredCut, StoredResult, cut_from_stored
+from cutwatch.collector._store import CutStore
+from cutwatch.core import Cut, StorageError
+from cutwatch.predicates import find_deadlocks, format_deadlocks
 
 __all__ = ["DEADLOCK_CHECK", "CheckEvent", "CutChecker", "Subscription"]
 
@@ -183,8 +185,6 @@ class CutChecker:
         return results
 
     def _deadlock_result(self, cut: Cut) -> StoredResult | None:
-        from cutwatch.predicates import find_deadlocks, format_deadlocks
-
         started = time.perf_counter()
         try:
             deadlocks = find_deadlocks(cut)

@@ -9,11 +9,10 @@ from typing import Any, NoReturn
 
 import grpc
 
-from cutwatch.agent._grpc_bases import rpc_error_parts
-from cutwatch.agent.exceptions import CutwatchError
-from cutwatch.collector._cut import Cut
+from cutwatch.core import CollectorAuthError, CollectorError, CollectorUnavailableError, Cut
 from cutwatch.proto import collector_pb2 as pb
 from cutwatch.proto import collector_pb2_grpc as pb_grpc
+from cutwatch.proto import rpc_error_parts
 from cutwatch.security import TOKEN_ENV, CollectorCredentials
 
 __all__ = [
@@ -27,18 +26,6 @@ __all__ = [
 ]
 
 DEADLOCK_CHECK = "cutwatch.deadlock"
-
-
-class CollectorError(CutwatchError):
-    """The collector refused or failed a request; the message says what to do."""
-
-
-class CollectorUnavailableError(CollectorError):
-    """The collector cannot be reached at the address given."""
-
-
-class CollectorAuthError(CollectorError):
-    """The collector refused the call's credentials: no token, a wrong one, or one of the wrong role."""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The snapshot coordinator: who is registered, which snapshots run, when each one ends.
 
-Pure of gRPC: the service feeds it registrations and agent messages and
-forwards what it queues for each agent. All state is guarded by one lock;
+Pure of gRPC and protobuf: the service (the gRPC edge) feeds it
+registrations and the messages of agents' streams as core records, and
+forwards the orders it queues for each agent. Time comes from ``clock``. All state is guarded by one lock;
 storing a finished cut happens outside it, so a slow disk never stalls the
 agents' streams.
 
@@ -15,7 +16,7 @@ A cut that contradicts itself (an inconsistent cut) is rejected: it is
 logged as a bug and stored as INCOMPLETE with the reason, never COMPLETE.
 Once every local snapshot of ``k`` is in, each participant is asked to
 flush: its marker comes behind every event it sent before, and ``k`` is not
-complete until all markers are in (see :mod:`cutwatch.agent._snapshot`).
+complete until all markers are in (see :mod:`cutwatch.core._participant`).
 
 Agents that register while ``k`` runs join at ``k`` without taking part.
 One that a message stamped ``k`` reached before it learnt that takes its
@@ -39,30 +40,45 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cutwatch.agent._events import EventFormatError, event_from_message
-from cutwatch.agent._snapshot import LocalSnapshot, RecordingStopped
-from cutwatch.agent.exceptions import CutwatchError
-from cutwatch.collector._assembly import AssembledCut, AssemblyError, CutAssembler
-from cutwatch.collector._storage import (
-    MAX_META_VALUE,
-    CutStore,
-    StorageError,
-    StoredCut,
-    stored_from_assembled,
+from cutwatch.collector._records import StoredCut, stored_from_assembled
+from cutwatch.collector._sessions import (
+    EXPECTED_KEY,
+    AgentSession,
+    Clock,
+    CoordinatorStats,
+    Departed,
+    expected_after_restart,
 )
-from cutwatch.proto import collector_pb2 as pb
-from cutwatch.security import shown
+from cutwatch.collector._store import MAX_META_VALUE, CutStore
+from cutwatch.core import (
+    AgentEvent,
+    AssembledCut,
+    AssemblyError,
+    CloseEpoch,
+    CutAssembler,
+    Flush,
+    Goodbye,
+    Heartbeat,
+    Invalid,
+    LocalSnapshot,
+    NoAgentsError,
+    RecordingStopped,
+    Registered,
+    Registration,
+    SnapshotEvent,
+    StorageError,
+    TakeSnapshot,
+    shown,
+)
 
-__all__ = ["AgentSession", "Coordinator", "CoordinatorStats", "NoAgentsError"]
+__all__ = ["AgentSession", "Clock", "Coordinator", "CoordinatorStats", "NoAgentsError"]
 
 _LOG = logging.getLogger("cutwatch.collector")
-_EXPECTED_KEY = "expected_processes"
 MAX_EPOCH = 1 << 62
 """Epochs stay far below protobuf's uint64 bound, whatever an agent reports."""
 REASON_DISCONNECTED = "disconnected from the collector"
@@ -70,46 +86,6 @@ REASON_EVENTS_LOST = "events lost on the way to the collector"
 REASON_REJECTED = "REJECTED (a cutwatch bug, please report it): "
 REASON_UNREGISTERED = "took part without being registered when the snapshot started"
 REASON_ABSENT = "not connected (its stream ended less than the rejoin grace ago; it may be reconnecting)"
-
-
-class NoAgentsError(CutwatchError):
-    """A snapshot was asked for while no agent is registered."""
-
-
-@dataclass(eq=False)
-class AgentSession:
-    """One agent's control stream, from registration until it ends."""
-
-    process: str
-    service: str
-    worker_pools: Mapping[str, int]
-    epoch: int
-    outbox: queue.Queue[pb.ControlMessage | None] = field(default_factory=queue.Queue)
-    connected_at: float = field(default_factory=time.time)
-    last_seen: float = field(default_factory=time.monotonic)
-    last_seq: int = 0
-    dropped: int = 0
-    invalid: int = 0
-    closed: bool = False
-    said_goodbye: bool = False
-
-    def send(self, message: pb.ControlMessage) -> None:
-        if not self.closed:
-            self.outbox.put(message)
-
-    def close(self) -> None:
-        self.closed = True
-        self.outbox.put(None)
-
-
-@dataclass(frozen=True)
-class _Departed:
-    """A process whose stream ended without a goodbye: it may come back."""
-
-    service: str
-    at: float
-    last_seq: int = 0
-    dropped: int = 0
 
 
 @dataclass
@@ -121,21 +97,6 @@ class _Run:
     services: dict[str, str]
     done: threading.Event = field(default_factory=threading.Event)
     result: StoredCut | None = None
-
-
-@dataclass(frozen=True)
-class CoordinatorStats:
-    agents: int
-    snapshots_started: int
-    complete: int
-    incomplete: int
-    rejected: int
-    events: int
-    events_invalid: int
-    events_late: int
-    events_foreign: int
-    """Snapshot pieces from agents that were not participants of that snapshot (they joined later)."""
-    store_errors: int
 
 
 class Coordinator:
@@ -153,8 +114,10 @@ class Coordinator:
         max_running: int = 8,
         rejoin_grace: float = 10.0,
         silent_after: float = 15.0,
+        clock: Clock = time,
     ) -> None:
         self.store = store
+        self.clock = clock
         self.snapshot_timeout = snapshot_timeout
         self.rejoin_grace = rejoin_grace
         self.silent_after = silent_after
@@ -165,7 +128,7 @@ class Coordinator:
         self._runs: dict[int, _Run] = {}
         self._finished: dict[int, StoredCut] = {}
         self._last_epoch = max(0, store.next_epoch() - 1)
-        self._departed: dict[str, _Departed] = self._expected_after_restart(store)
+        self._departed: dict[str, Departed] = expected_after_restart(store, clock.monotonic())
         self._expected_lock = threading.Lock()
         self._expected_written = ""
         self._stats = {
@@ -180,26 +143,6 @@ class Coordinator:
             "store_errors": 0,
         }
 
-    @staticmethod
-    def _expected_after_restart(store: CutStore) -> dict[str, _Departed]:
-        """After a restart, the processes registered before it, and those of the newest cut, are
-        expected back for a while."""
-        now = time.monotonic()
-        expected: dict[str, _Departed] = {}
-        newest = store.latest()
-        if newest is not None:
-            expected = {state.process: _Departed(state.service, now) for state in newest.states}
-            for process in newest.missing:
-                expected.setdefault(process, _Departed("", now))
-        try:
-            registered = json.loads(store.get_meta(_EXPECTED_KEY) or "{}")
-        except ValueError:
-            registered = {}
-        if isinstance(registered, dict):
-            for process, service in registered.items():
-                expected[str(process)] = _Departed(str(service), now)
-        return expected
-
     def _remember_expected(self) -> None:
         """Write down who is registered or expected back, for the next start (outside the lock)."""
         with self._expected_lock:
@@ -210,13 +153,13 @@ class Coordinator:
             if len(text) > MAX_META_VALUE or text == self._expected_written:
                 return
             try:
-                self.store.put_meta(_EXPECTED_KEY, text)
+                self.store.put_meta(EXPECTED_KEY, text)
                 self._expected_written = text
             except (StorageError, ValueError) as exc:
                 _LOG.error("could not write down the registered processes: %s", exc)
 
     # Agents -------------------------------------------------------------------------------------
-    def register(self, registration: pb.Registration) -> AgentSession:
+    def register(self, registration: Registration) -> AgentSession:
         """A new control stream; a second stream of the same process replaces the first."""
         process = registration.process_id
         if not process or len(process) > 256:
@@ -234,6 +177,8 @@ class Coordinator:
             service=registration.service,
             worker_pools=dict(registration.worker_pools),
             epoch=registration.epoch,
+            connected_at=self.clock.time(),
+            last_seen=self.clock.monotonic(),
         )
         with self._lock:
             old = self._sessions.get(process)
@@ -247,7 +192,7 @@ class Coordinator:
                 session.dropped = registration.dropped
             self._sessions[process] = session
             self._last_epoch = max(self._last_epoch, registration.epoch)
-            session.send(pb.ControlMessage(registered=pb.Registered(epoch=self._last_epoch)))
+            session.send(Registered(self._last_epoch))
         _LOG.info("agent %s (%s) registered", shown(process), shown(session.service))
         self._remember_expected()
         return session
@@ -265,8 +210,8 @@ class Coordinator:
         del self._sessions[session.process]
         finished = self._leave(session)
         if not session.said_goodbye:
-            self._departed[session.process] = _Departed(
-                session.service, time.monotonic(), session.last_seq, session.dropped
+            self._departed[session.process] = Departed(
+                session.service, self.clock.monotonic(), session.last_seq, session.dropped
             )
         _LOG.info("agent %s %s", shown(session.process), "left" if session.said_goodbye else "disconnected")
         return finished
@@ -283,62 +228,65 @@ class Coordinator:
                 ended += self._settle(run)
         return ended
 
-    def on_message(self, session: AgentSession, message: pb.AgentMessage) -> None:
-        """One message from an agent's stream; malformed ones are counted and dropped."""
+    def on_message(self, session: AgentSession, seq: int, body: AgentEvent | None) -> None:
+        """Message ``seq`` of an agent's stream (``body`` None: nothing to act on, but a sign of life).
+
+        Invalid messages are counted and dropped; a gap in the numbering
+        means events were lost on the way.
+        """
         finished: list[_Run] = []
         with self._lock:
-            session.last_seen = time.monotonic()
-            body = message.WhichOneof("body")
-            if body == "goodbye":
+            session.last_seen = self.clock.monotonic()
+            if isinstance(body, Goodbye):
                 session.said_goodbye = True
-            elif body == "heartbeat":
-                if message.heartbeat.dropped > session.dropped:
-                    session.dropped = message.heartbeat.dropped
+            elif isinstance(body, Heartbeat):
+                if body.dropped > session.dropped:
+                    session.dropped = body.dropped
                     finished += self._lost_events(session)
-            elif body is not None and body != "register":
+            elif body is not None:
                 self._stats["events"] += 1
-                if session.last_seq and message.seq > session.last_seq + 1:
+                if session.last_seq and seq > session.last_seq + 1:
                     finished += self._lost_events(session)
-                session.last_seq = max(session.last_seq, message.seq)
-                try:
-                    event = event_from_message(message, session.process)
-                except EventFormatError as exc:
+                session.last_seq = max(session.last_seq, seq)
+                if isinstance(body, Invalid):
                     self._stats["invalid"] += 1
                     session.invalid += 1
-                    _LOG.warning("dropped an invalid message from %s: %s", shown(session.process), shown(exc))
-                    event = None
-                if event is not None:
-                    # An epoch an agent took part in is never numbered again, even one this
-                    # collector never started (it was started before a crash).
-                    self._last_epoch = max(self._last_epoch, min(event.epoch, MAX_EPOCH))
-                    run = self._runs.get(event.epoch)
-                    if run is None:
-                        self._stats["late"] += 1
-                    elif session.process not in run.services:
-                        # Registered after k started (or again, after a collector restart) and
-                        # forced into k by a message stamped k before it learnt to join at k: its
-                        # pieces are not part of k, whose participants were fixed at the start,
-                        # but its state is part of the system, so k cannot be complete.
-                        self._stats["foreign"] += 1
-                        if isinstance(event, LocalSnapshot):
-                            run.assembler.add_stopped(
-                                RecordingStopped(run.epoch, session.process, REASON_UNREGISTERED, 0)
-                            )
-                            finished += self._settle(run)
-                    else:
-                        try:
-                            run.assembler.add(event)
-                        except AssemblyError as exc:
-                            finished += self._reject(run, exc)
-                        else:
-                            if run.assembler.flush_due():
-                                flush = pb.ControlMessage(flush=pb.Flush(epoch=run.epoch))
-                                for process in run.services:
-                                    target = self._sessions.get(process)
-                                    if target is not None:
-                                        target.send(flush)
-                            finished += self._settle(run)
+                    _LOG.warning(
+                        "dropped an invalid message from %s: %s", shown(session.process), shown(body.reason)
+                    )
+                else:
+                    finished += self._on_event(session, body)
         self._store_all(finished)
+
+    def _on_event(self, session: AgentSession, event: SnapshotEvent) -> list[_Run]:
+        """One snapshot event of a participant; holds the lock."""
+        # An epoch an agent took part in is never numbered again, even one this
+        # collector never started (it was started before a crash).
+        self._last_epoch = max(self._last_epoch, min(event.epoch, MAX_EPOCH))
+        run = self._runs.get(event.epoch)
+        if run is None:
+            self._stats["late"] += 1
+            return []
+        if session.process not in run.services:
+            # Registered after k started (or again, after a collector restart) and forced into k by a
+            # message stamped k before it learnt to join at k: its pieces are not part of k, whose
+            # participants were fixed at the start, but its state is part of the system, so k cannot
+            # be complete.
+            self._stats["foreign"] += 1
+            if not isinstance(event, LocalSnapshot):
+                return []
+            run.assembler.add_stopped(RecordingStopped(run.epoch, session.process, REASON_UNREGISTERED, 0))
+            return self._settle(run)
+        try:
+            run.assembler.add(event)
+        except AssemblyError as exc:
+            return self._reject(run, exc)
+        if run.assembler.flush_due():
+            for process in run.services:
+                target = self._sessions.get(process)
+                if target is not None:
+                    target.send(Flush(run.epoch))
+        return self._settle(run)
 
     def _lost_events(self, session: AgentSession) -> list[_Run]:
         ended: list[_Run] = []
@@ -369,7 +317,7 @@ class Coordinator:
             evicted += self._finish(self._runs[oldest], "too many snapshots running at once")
         epoch = max(self._last_epoch, *(s.epoch for s in sessions)) + 1
         self._last_epoch = epoch
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for process, departed in list(self._departed.items()):
             if now - departed.at >= self.rejoin_grace:
                 del self._departed[process]  # gone for good: a crash, or a shutdown without goodbye
@@ -377,27 +325,20 @@ class Coordinator:
         run = _Run(
             epoch=epoch,
             assembler=CutAssembler(epoch, [*(s.process for s in sessions), *absent]),
-            started=time.time(),
+            started=self.clock.time(),
             deadline=now + timeout,
             services={**absent, **{s.process: s.service for s in sessions}},
         )
         self._runs[epoch] = run
         self._stats["started"] += 1
         if absent:  # it cannot be complete: end it now, and spare the agents the work
-            cut = AssembledCut(
-                epoch=epoch,
-                status="INCOMPLETE",
-                states={},
-                clocks={},
-                in_transit=(),
-                missing=run.assembler.participants,
-                unsettled=(),
-                reasons=tuple(f"{REASON_ABSENT} at {process}" for process in sorted(absent)),
+            reasons = [f"{REASON_ABSENT} at {process}" for process in sorted(absent)]
+            evicted += self._complete(
+                run, AssembledCut.incomplete(epoch, run.assembler.participants, reasons)
             )
-            evicted += self._complete(run, cut)
             return epoch
         for session in sessions:
-            session.send(pb.ControlMessage(take_snapshot=pb.TakeSnapshot(epoch=epoch)))
+            session.send(TakeSnapshot(epoch))
         return epoch
 
     def wait(self, epoch: int, timeout: float | None = None) -> StoredCut | None:
@@ -413,7 +354,7 @@ class Coordinator:
 
     def expire(self, now: float | None = None) -> None:
         """Finish every snapshot past its deadline (called periodically)."""
-        now = time.monotonic() if now is None else now
+        now = self.clock.monotonic() if now is None else now
         finished: list[_Run] = []
         with self._lock:
             for session in list(self._sessions.values()):
@@ -435,7 +376,7 @@ class Coordinator:
 
     def absent(self) -> list[tuple[str, str, float]]:
         """Processes expected back: (process, service, seconds since they left), oldest first."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         with self._lock:
             return sorted(
                 (
@@ -492,16 +433,7 @@ class Coordinator:
     def _reject(self, run: _Run, exc: AssemblyError) -> list[_Run]:
         _LOG.error("cutwatch bug: snapshot %d rejected: %s", run.epoch, shown(exc, 2000))
         self._stats["rejected"] += 1
-        cut = AssembledCut(
-            epoch=run.epoch,
-            status="INCOMPLETE",
-            states={},
-            clocks={},
-            in_transit=(),
-            missing=run.assembler.participants,
-            unsettled=(),
-            reasons=(REASON_REJECTED + str(exc),),
-        )
+        cut = AssembledCut.incomplete(run.epoch, run.assembler.participants, [REASON_REJECTED + str(exc)])
         return self._complete(run, cut)
 
     def _finish(self, run: _Run, extra_reason: str) -> list[_Run]:
@@ -509,33 +441,20 @@ class Coordinator:
             cut = run.assembler.finish()
         except AssemblyError as exc:
             return self._reject(run, exc)
-        if extra_reason:
-            cut = AssembledCut(
-                epoch=cut.epoch,
-                status="INCOMPLETE",
-                states=cut.states,
-                clocks=cut.clocks,
-                in_transit=cut.in_transit,
-                missing=cut.missing,
-                unsettled=cut.unsettled,
-                reasons=(*cut.reasons, extra_reason),
-                duplicates=cut.duplicates,
-                locals=cut.locals,
-            )
-        return self._complete(run, cut)
+        return self._complete(run, cut.with_reason(extra_reason) if extra_reason else cut)
 
     def _complete(self, run: _Run, cut: AssembledCut) -> list[_Run]:
         """Take ``run`` out of the running set with its result; holds the lock."""
         self._runs.pop(run.epoch, None)
         self._stats["complete" if cut.status == "COMPLETE" else "incomplete"] += 1
         run.result = stored_from_assembled(
-            cut, run.started, max(run.started, time.time()), services=run.services
+            cut, run.started, max(run.started, self.clock.time()), services=run.services
         )
         self._finished[run.epoch] = run.result
         while len(self._finished) > 64:
             del self._finished[min(self._finished)]
         for session in self._sessions.values():
-            session.send(pb.ControlMessage(close_epoch=pb.CloseEpoch(epoch=run.epoch)))
+            session.send(CloseEpoch(run.epoch))
         return [run]
 
     def _store_all(self, runs: list[_Run]) -> None:

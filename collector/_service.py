@@ -27,13 +27,17 @@ import grpc
 
 from cutwatch.collector._auth import AuthInterceptor
 from cutwatch.collector._checks import CutChecker
-from cutwatch.collector._coordinator import AgentSession, Coordinator, NoAgentsError
-from cutwatch.collector._cut import cut_from_stored, summary_to_json
+from cutwatch.collector._coordinator import AgentSession, Coordinator
 from cutwatch.collector._limits import AgentMeter, CollectorLimits
-from cutwatch.collector._storage import MAX_LIST_LIMIT, CutStatus, CutStore, SqliteCutStore, StoredCut
+from cutwatch.collector._records import CutStatus, StoredCut, cut_from_stored, summary_to_json
+from cutwatch.collector._sqlite import SqliteCutStore
+from cutwatch.collector._store import MAX_LIST_LIMIT, CutStore
+from cutwatch.core import NoAgentsError, shown
+from cutwatch.predicates.engine import PredicateEngine
+from cutwatch.proto import agent_message_from_pb, order_to_pb, registration_from_pb
 from cutwatch.proto import collector_pb2 as pb
 from cutwatch.proto import collector_pb2_grpc as pb_grpc
-from cutwatch.security import CollectorSecurity, shown
+from cutwatch.security import CollectorSecurity
 
 __all__ = ["DEFAULT_LISTEN", "CollectorServer"]
 
@@ -86,7 +90,7 @@ class _Servicer(pb_grpc.CollectorServicer):
         if first is None or first.WhichOneof("body") != "register":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a control stream starts with a registration")
         try:
-            session = self._coordinator.register(first.register)
+            session = self._coordinator.register(registration_from_pb(first.register))
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         context.add_callback(session.close)
@@ -106,7 +110,7 @@ class _Servicer(pb_grpc.CollectorServicer):
                     continue
                 if message is None:
                     break
-                yield message
+                yield order_to_pb(message)
         finally:
             self._coordinator.unregister(session)
         if refusal:
@@ -123,7 +127,7 @@ class _Servicer(pb_grpc.CollectorServicer):
                     _LOG.warning("agent %s sent %s: its stream is ended", shown(session.process), over)
                     refusal.append(f"agent {shown(session.process)} sent {over}")
                     break
-                self._coordinator.on_message(session, message)
+                self._coordinator.on_message(session, *agent_message_from_pb(message, session.process))
         except grpc.RpcError:
             pass  # the stream ended: the agent went away or the server stops
         except Exception:
@@ -285,8 +289,6 @@ class CollectorServer:
             raise ValueError("snapshot_timeout must be positive and rejoin_grace not negative")
         engine = None
         if predicates:
-            from cutwatch.predicates import PredicateEngine
-
             engine = PredicateEngine(list(predicates), timeout=predicate_timeout)  # refuses bad files now
         try:
             self.store: CutStore = db if not isinstance(db, (str, os.PathLike)) else SqliteCutStore(db)

@@ -1,6 +1,6 @@
-"""Predicates over consistent cuts: user invariants, conservation, deadlocks.
+"""Writing invariants over consistent cuts: ``@invariant``, verdicts, helpers and the built-ins.
 
-Write an invariant as a function of a :class:`~cutwatch.collector.Cut`::
+Write an invariant as a function of a :class:`~cutwatch.core.Cut`::
 
     from cutwatch.predicates import conservation, invariant
 
@@ -8,10 +8,9 @@ Write an invariant as a function of a :class:`~cutwatch.collector.Cut`::
     def conserved(cut):
         return conservation(cut, state="balance", payload="amount", methods=["/bank.Bank/Credit"])
 
-:class:`PredicateEngine` loads such files or modules (named by the operator,
-never fetched) and evaluates them in a worker process that it can kill, so a
-predicate that raises, hangs or crashes is an ERROR result, not a collector
-down. See docs/predicates.md.
+Test it on a hand-built cut with :func:`check`. The collector runs such
+files in an isolated worker process (:mod:`cutwatch.predicates.engine`,
+what operators run). See docs/predicates.md.
 """
 
 from cutwatch.predicates._api import (
@@ -19,19 +18,14 @@ from cutwatch.predicates._api import (
     FAIL,
     PASS,
     Holds,
-    Invariant,
-    PredicateResult,
     Verdict,
     Violation,
-    check,
     holds,
     invariant,
-    invariants_of,
     memory,
     violation,
 )
 from cutwatch.predicates._deadlock import Deadlock, find_deadlocks, format_deadlocks
-from cutwatch.predicates._engine import PredicateEngine, PredicateInfo, PredicateWorkerError
 from cutwatch.predicates._helpers import (
     MISSING,
     as_number,
@@ -46,7 +40,7 @@ from cutwatch.predicates._helpers import (
     state_values,
     states_by_service,
 )
-from cutwatch.predicates._loader import PredicateLoadError, Source, resolve_source
+from cutwatch.predicates._results import PredicateResult, check
 
 __all__ = [
     "ERROR",
@@ -55,13 +49,7 @@ __all__ = [
     "PASS",
     "Deadlock",
     "Holds",
-    "Invariant",
-    "PredicateEngine",
-    "PredicateInfo",
-    "PredicateLoadError",
     "PredicateResult",
-    "PredicateWorkerError",
-    "Source",
     "Verdict",
     "Violation",
     "as_number",
@@ -72,14 +60,12 @@ __all__ = [
     "format_deadlocks",
     "holds",
     "invariant",
-    "invariants_of",
     "lock_holders",
     "lock_waiters",
     "lookup",
     "memory",
     "messages_by_channel",
     "messages_by_method",
-    "resolve_source",
     "service_of",
     "state_values",
     "states_by_service",

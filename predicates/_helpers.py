@@ -15,7 +15,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from cutwatch.collector import Cut, InTransitMessage
+from cutwatch.core import Cut, InTransitMessage
 from cutwatch.predicates._api import Holds, Violation
 from cutwatch.predicates._api import memory as _current_memory
 
@@ -112,12 +112,11 @@ def _tasks_by_lock(cut: Cut, holding: bool) -> dict[tuple[str, str], list[int]]:
     for process in sorted(cut.tasks):
         for task in cut.tasks[process]:
             if holding:
-                names = [str(n) for n in task.get("held_locks") or ()]
+                names: tuple[str, ...] = task.held_locks
             else:
-                waiting = task.get("waiting_lock")
-                names = [str(waiting)] if waiting else []
+                names = (task.waiting_lock,) if task.waiting_lock else ()
             for name in names:
-                out.setdefault((process, name), []).append(int(task.get("task_id", 0)))
+                out.setdefault((process, name), []).append(task.task_id)
     return out
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from cutwatch.agent.exceptions import CutwatchError
+from cutwatch.core import PredicateLoadError
 from cutwatch.predicates._api import Invariant, collecting, invariants_of
 
 __all__ = ["PredicateLoadError", "Source", "load_sources", "resolve_source"]
@@ -32,19 +32,6 @@ __all__ = ["PredicateLoadError", "Source", "load_sources", "resolve_source"]
 _MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 FILE = "file"
 MODULE = "module"
-
-
-class PredicateLoadError(CutwatchError):
-    """The predicates could not be loaded; ``source`` and ``line`` say where (line may be None)."""
-
-    def __init__(self, source: str, line: int | None, reason: str, details: str = "") -> None:
-        self.source = source
-        self.line = line
-        self.reason = reason
-        self.details = details
-        """The traceback, when user code raised."""
-        where = f"{source}:{line}" if line else source
-        super().__init__(f"{where}: {reason}")
 
 
 @dataclass(frozen=True)

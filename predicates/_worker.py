@@ -28,17 +28,16 @@ import threading
 import traceback
 from typing import IO, Any
 
-from cutwatch.collector import Cut
-from cutwatch.predicates._api import (
+from cutwatch.core import Cut, PredicateLoadError
+from cutwatch.predicates._api import ERROR, Invariant
+from cutwatch.predicates._loader import Source, load_sources
+from cutwatch.predicates._results import (
     DEFAULT_MAX_MEMORY_BYTES,
     DEFAULT_MAX_WITNESS_BYTES,
-    ERROR,
     MAX_ERROR_CHARS,
-    Invariant,
     PredicateResult,
     run_invariant,
 )
-from cutwatch.predicates._loader import PredicateLoadError, Source, load_sources
 
 PARENT_POLL_SECONDS = 0.5
 

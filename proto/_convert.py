@@ -1,4 +1,8 @@
-"""Snapshot events to and from the control stream's protobuf messages.
+"""The one conversion between the collector service's protobuf messages and core records.
+
+Snapshot events, registrations, heartbeats and orders cross the agent's
+control stream as ``collector.proto`` messages; everything on either side of
+the stream sees only the records of :mod:`cutwatch.core`.
 
 The agent converts on its background thread, never on the request path. The
 collector converts what arrives from the network and trusts none of it: the
@@ -18,27 +22,49 @@ from __future__ import annotations
 import json
 import math
 
-from cutwatch.agent._clock import VectorClock
-from cutwatch.agent._snapshot import (
+from cutwatch.core import (
     OUTCOME_FAILED,
     OUTCOME_UNSTAMPED,
     REQUEST,
     RESPONSE,
+    AgentEvent,
     Answering,
     CallOutcome,
     ChannelRecord,
+    CloseEpoch,
+    EventFormatError,
+    Flush,
     Flushed,
+    Goodbye,
+    Heartbeat,
+    Invalid,
     LocalSnapshot,
     MsgKey,
     OpenCall,
+    Order,
     RecordingStopped,
+    Registered,
+    Registration,
     SnapshotEvent,
+    TakeSnapshot,
+    TaskView,
+    VectorClock,
+    shown,
 )
-from cutwatch.agent.exceptions import CutwatchError
 from cutwatch.proto import collector_pb2 as pb
-from cutwatch.security import shown
 
-__all__ = ["MAX_JSON_DEPTH", "MAX_WORKER_POOLS", "EventFormatError", "event_from_message", "event_to_message"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "MAX_WORKER_POOLS",
+    "agent_message_from_pb",
+    "event_from_message",
+    "event_to_message",
+    "heartbeat_to_pb",
+    "order_from_pb",
+    "order_to_pb",
+    "registration_from_pb",
+    "registration_to_pb",
+]
 
 _KINDS = frozenset((REQUEST, RESPONSE))
 _OUTCOMES = frozenset((OUTCOME_FAILED, OUTCOME_UNSTAMPED))
@@ -47,10 +73,6 @@ MAX_JSON_DEPTH = 200
 MAX_WORKER_POOLS = 256
 """Worker pools of one local snapshot (one per instrumented server)."""
 _SHOWN = 100
-
-
-class EventFormatError(CutwatchError):
-    """A control-stream message that no correct agent sends."""
 
 
 def event_to_message(event: SnapshotEvent, seq: int) -> pb.AgentMessage:
@@ -62,7 +84,9 @@ def event_to_message(event: SnapshotEvent, seq: int) -> pb.AgentMessage:
                 process_id=event.process,
                 clock=dict(event.clock),
                 state_json=_state_json(event.state),
-                tasks_json=json.dumps(event.tasks, sort_keys=True, allow_nan=False),
+                tasks_json=json.dumps(
+                    [task.to_json() for task in event.tasks], sort_keys=True, allow_nan=False
+                ),
                 open_calls=[
                     pb.OpenCall(call_id=c.call_id, method=c.method, target=c.target, failed=c.failed)
                     for c in event.open_calls
@@ -180,9 +204,7 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
         state = _json(snap.state_json or "{}", "state_json")
         if not isinstance(state, dict):
             raise EventFormatError("state_json is not a JSON object of states by provider name")
-        tasks = _json(snap.tasks_json or "[]", "tasks_json")
-        if not isinstance(tasks, list) or not all(isinstance(task, dict) for task in tasks):
-            raise EventFormatError("tasks_json is not a JSON list of task objects")
+        tasks = _tasks(_json(snap.tasks_json or "[]", "tasks_json"))
         if len(snap.worker_pools) > MAX_WORKER_POOLS:
             raise EventFormatError(f"{len(snap.worker_pools)} worker pools, more than {MAX_WORKER_POOLS}")
         return LocalSnapshot(
@@ -227,4 +249,85 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
     if body == "recording_stopped":
         stop = message.recording_stopped
         return RecordingStopped(stop.epoch, process, stop.reason or "recording stopped", stop.dropped)
+    return None
+
+
+def _tasks(value: object) -> tuple[TaskView, ...]:
+    if not isinstance(value, list):
+        raise EventFormatError("tasks_json is not a JSON list of task objects")
+    try:
+        return tuple(TaskView.from_json(task) for task in value)
+    except ValueError as exc:
+        raise EventFormatError(f"tasks_json holds a task that is not one: {exc}") from None
+
+
+def agent_message_from_pb(message: pb.AgentMessage, process: str) -> tuple[int, AgentEvent | None]:
+    """The sequence number and body of one message on ``process``'s stream.
+
+    The body is None for what carries nothing to act on (an empty message, a
+    second registration); a message no correct agent sends becomes
+    :class:`~cutwatch.core.Invalid`, for the coordinator to count and drop.
+    """
+    body = message.WhichOneof("body")
+    if body == "heartbeat":
+        return message.seq, Heartbeat(message.heartbeat.dropped)
+    if body == "goodbye":
+        return message.seq, Goodbye()
+    if body is None or body == "register":
+        return message.seq, None
+    try:
+        return message.seq, event_from_message(message, process)
+    except EventFormatError as exc:
+        return message.seq, Invalid(str(exc))
+
+
+def heartbeat_to_pb(heartbeat: Heartbeat, unix_nanos: int) -> pb.AgentMessage:
+    return pb.AgentMessage(heartbeat=pb.Heartbeat(unix_nanos=unix_nanos, dropped=heartbeat.dropped))
+
+
+def registration_to_pb(registration: Registration) -> pb.AgentMessage:
+    return pb.AgentMessage(
+        register=pb.Registration(
+            process_id=registration.process_id,
+            service=registration.service,
+            protocol_version=registration.protocol_version,
+            worker_pools=dict(registration.worker_pools),
+            epoch=registration.epoch,
+            dropped=registration.dropped,
+        )
+    )
+
+
+def registration_from_pb(message: pb.Registration) -> Registration:
+    return Registration(
+        process_id=message.process_id,
+        service=message.service,
+        protocol_version=message.protocol_version,
+        worker_pools=dict(message.worker_pools),
+        epoch=message.epoch,
+        dropped=message.dropped,
+    )
+
+
+def order_to_pb(order: Order) -> pb.ControlMessage:
+    if isinstance(order, TakeSnapshot):
+        return pb.ControlMessage(take_snapshot=pb.TakeSnapshot(epoch=order.epoch))
+    if isinstance(order, Flush):
+        return pb.ControlMessage(flush=pb.Flush(epoch=order.epoch))
+    if isinstance(order, CloseEpoch):
+        return pb.ControlMessage(close_epoch=pb.CloseEpoch(epoch=order.epoch))
+    return pb.ControlMessage(registered=pb.Registered(epoch=order.epoch))
+
+
+def order_from_pb(message: pb.ControlMessage) -> Order | None:
+    """The order in ``message``; None for a kind this agent does not know (a newer collector's)."""
+    body = message.WhichOneof("body")
+    if body == "take_snapshot":
+        return TakeSnapshot(message.take_snapshot.epoch)
+    if body == "flush":
+        return Flush(message.flush.epoch)
+    if body == "close_epoch":
+        return CloseEpoch(message.close_epoch.epoch)
+    if body == "registered":
+        return Registered(message.registered.epoch)
     return None

@@ -2,7 +2,7 @@
 
 Pure code. A cut is COMPLETE only when every participant reported its local
 snapshot and then its flush marker, nobody stopped recording, every call open at a caller's cut is
-settled (see :mod:`cutwatch.agent._snapshot`: a request or response record,
+settled (see :mod:`cutwatch.core._participant`: a request or response record,
 the server still answering it, or an answer without a stamp) and the vector
 clocks agree that the cut is consistent (``VC_p[q] <= VC_q[q]`` for all p,
 q). The clock check is what catches a protocol bug; a cut that fails it
@@ -12,11 +12,11 @@ raises instead of producing a cut.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
-from cutwatch.agent._clock import VectorClock
-from cutwatch.agent._snapshot import (
+from cutwatch.core._clock import VectorClock
+from cutwatch.core._events import (
     OUTCOME_FAILED,
     OUTCOME_UNSTAMPED,
     CallOutcome,
@@ -27,7 +27,7 @@ from cutwatch.agent._snapshot import (
     RecordingStopped,
     SnapshotEvent,
 )
-from cutwatch.agent.exceptions import CutwatchError
+from cutwatch.core.errors import AssemblyError, InconsistentCutError, ProtocolViolationError
 
 __all__ = [
     "AssembledCut",
@@ -43,18 +43,6 @@ __all__ = [
 AssemblyStatus = Literal["COMPLETE", "PENDING", "INCOMPLETE"]
 REASON_NAME_LIMIT = 200
 """Characters of each name (method, target, failure) that a reason repeats from an unsettled call."""
-
-
-class AssemblyError(CutwatchError):
-    """A snapshot's pieces contradict each other; the cut is rejected."""
-
-
-class InconsistentCutError(AssemblyError):
-    """The vector clocks show a process knowing of events after another's cut."""
-
-
-class ProtocolViolationError(AssemblyError):
-    """Pieces that a correct participant cannot produce."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +96,24 @@ class AssembledCut:
     reasons: tuple[str, ...]
     duplicates: tuple[DuplicateDelivery, ...] = ()
     locals: Mapping[str, LocalSnapshot] | None = None
+
+    @classmethod
+    def incomplete(cls, epoch: int, missing: Iterable[str], reasons: Iterable[str]) -> AssembledCut:
+        """An INCOMPLETE cut with nothing in it: every participant ``missing``, for ``reasons``."""
+        return cls(
+            epoch=epoch,
+            status="INCOMPLETE",
+            states={},
+            clocks={},
+            in_transit=(),
+            missing=tuple(missing),
+            unsettled=(),
+            reasons=tuple(reasons),
+        )
+
+    def with_reason(self, reason: str) -> AssembledCut:
+        """This cut, INCOMPLETE for one more reason (what it holds stays)."""
+        return replace(self, status="INCOMPLETE", reasons=(*self.reasons, reason))
 
 
 class CutAssembler:

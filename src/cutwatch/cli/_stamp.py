@@ -1,17 +1,4 @@
-"""The ``cutwatch`` command line.
-
-``cutwatch collector`` runs a collector; ``cutwatch snapshot``, ``cuts``,
-``status``, ``check`` and ``deadlocks`` talk to one; ``cutwatch decode-stamp`` turns a
-``cutwatch-stamp-bin`` value copied from a log or a packet capture back into
-something a person can read; ``cutwatch demo`` runs a small bank and shop under cutwatch
-as real processes and checks what it sees.
-
-Exit codes (stable, see docs/collector.md): 0 success (``snapshot``: the cut
-is COMPLETE; ``check``: every check holds; ``deadlocks``: none), 1 the
-answer is negative (an INCOMPLETE cut, a violation, a deadlock), 2 bad
-usage, 3 the collector cannot be reached, 4 the collector refused the
-request, 5 a check could not run (a predicate raised or timed out).
-"""
+"""``cutwatch decode-stamp``: a ``cutwatch-stamp-bin`` value from a log or a capture, made readable."""
 
 from __future__ import annotations
 
@@ -24,11 +11,10 @@ from typing import Any
 
 import click
 
-import cutwatch
-from cutwatch.agent import StampCodec, StampError
-from cutwatch.cli_collector import register_collector_commands
-from cutwatch.demo.run import demo
+from cutwatch.core import StampCodec, StampError
 from cutwatch.proto import stamp_pb2
+
+__all__ = ["decode_stamp", "describe_stamp", "format_stamp", "parse_stamp_text"]
 
 _HEX_DIGITS = frozenset(string.hexdigits)
 _BASE64 = re.compile(r"^[A-Za-z0-9+/_-]*={0,2}$")
@@ -114,19 +100,7 @@ def format_stamp(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(cutwatch.__version__, prog_name="cutwatch")
-def main() -> None:
-    """cutwatch: vector clocks and consistent cuts for gRPC services."""
-
-
-@main.command()
-def version() -> None:
-    """Print the installed cutwatch version."""
-    click.echo(f"cutwatch {cutwatch.__version__}")
-
-
-@main.command("decode-stamp")
+@click.command("decode-stamp")
 @click.argument("stamp")
 @click.option(
     "--encoding",
@@ -147,13 +121,3 @@ def decode_stamp(stamp: str, encoding: str, as_json: bool) -> None:
         click.echo(json.dumps(info, indent=2, sort_keys=True))
     else:
         click.echo(format_stamp(info))
-
-
-register_collector_commands(main)
-main.add_command(demo)
-
-__all__ = ["describe_stamp", "format_stamp", "main", "parse_stamp_text"]
-
-
-if __name__ == "__main__":
-    main()

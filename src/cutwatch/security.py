@@ -22,6 +22,8 @@ from typing import Any
 
 import grpc
 
+from cutwatch.core import SecurityConfigError
+
 __all__ = [
     "AGENT_ROLE",
     "READER_ROLE",
@@ -37,24 +39,9 @@ TOKEN_ENV = "CUTWATCH_TOKEN"  # noqa: S105 - a variable's name, not a secret
 """The environment variable the command line reads a bearer token from."""
 
 AUTHORIZATION = "authorization"
-_BEARER = "Bearer "
+BEARER = "Bearer "
 _TOKEN = re.compile(r"[\x21-\x7e]{16,4096}")
 """Printable ASCII without spaces (it travels in a metadata value), long enough to be a secret."""
-
-
-def shown(text: object, limit: int = 200) -> str:
-    """Text from a peer, safe for a log line: control characters escaped, length capped.
-
-    Identifiers are stored exactly as received, but a terminal that shows a
-    log must not be steered by escape sequences or fooled by line breaks.
-    """
-    value = str(text)
-    safe = "".join(c if c.isprintable() else repr(c)[1:-1] for c in value[:limit])
-    return safe + ("..." if len(value) > limit else "")
-
-
-class SecurityConfigError(ValueError):
-    """A certificate, key or token cannot be used as given; the message says which and why."""
 
 
 def _check_token(token: str, what: str) -> str:
@@ -141,7 +128,7 @@ class CollectorCredentials:
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """The call metadata that carries the token (nothing without one)."""
-        return ((AUTHORIZATION, _BEARER + self.token),) if self.token else ()
+        return ((AUTHORIZATION, BEARER + self.token),) if self.token else ()
 
     def channel(self, address: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
         """A channel to the collector at ``address``: TLS when a CA is given, plaintext otherwise."""

@@ -1,4 +1,4 @@
-"""The public view of a cut: what ``CollectorClient`` returns and ``--json`` prints.
+"""The cut model: what ``CollectorClient`` returns, predicates read and ``--json`` prints.
 
 A :class:`Cut` is built from a stored cut and travels as one JSON document
 (the ``cut_json`` of the collector's replies); its layout is the stable,
@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cutwatch.collector._storage import CutSummary, StoredCut
+from cutwatch.core._tasks import TaskView
 
-__all__ = ["Cut", "InTransitMessage", "cut_from_stored", "summary_to_json"]
+__all__ = ["CUT_FORMAT", "Cut", "InTransitMessage"]
 
 CUT_FORMAT = 1
 
@@ -64,7 +64,7 @@ class Cut:
     states: Mapping[str, Mapping[str, Any]]
     in_transit: tuple[InTransitMessage, ...]
     clocks: Mapping[str, Mapping[str, int]]
-    tasks: Mapping[str, tuple[Mapping[str, Any], ...]] = field(default_factory=dict)
+    tasks: Mapping[str, tuple[TaskView, ...]] = field(default_factory=dict)
     reasons: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
     unsettled: tuple[Mapping[str, Any], ...] = ()
@@ -106,7 +106,7 @@ class Cut:
             "duplicates": [dict(d) for d in self.duplicates],
             "states": {p: dict(v) for p, v in self.states.items()},
             "clocks": {p: dict(v) for p, v in self.clocks.items()},
-            "tasks": {p: [dict(t) for t in v] for p, v in self.tasks.items()},
+            "tasks": {p: [t.to_json() for t in v] for p, v in self.tasks.items()},
             "counters": {p: {k: dict(c) for k, c in v.items()} for p, v in self.counters.items()},
             "pools": {p: dict(v) for p, v in self.pools.items()},
             "in_transit": [m.to_json() for m in self.in_transit],
@@ -130,7 +130,9 @@ class Cut:
                 duplicates=tuple(dict(d) for d in doc.get("duplicates", ())),
                 states={str(p): dict(v) for p, v in doc["states"].items()},
                 clocks={str(p): {str(q): int(n) for q, n in v.items()} for p, v in doc["clocks"].items()},
-                tasks={str(p): tuple(dict(t) for t in v) for p, v in doc.get("tasks", {}).items()},
+                tasks={
+                    str(p): tuple(TaskView.from_json(t) for t in v) for p, v in doc.get("tasks", {}).items()
+                },
                 counters={
                     str(p): {str(k): {str(q): int(n) for q, n in c.items()} for k, c in v.items()}
                     for p, v in doc.get("counters", {}).items()
@@ -157,49 +159,3 @@ class Cut:
     @classmethod
     def loads(cls, text: str) -> Cut:
         return cls.from_json(json.loads(text))
-
-
-def cut_from_stored(stored: StoredCut) -> Cut:
-    return Cut(
-        epoch=stored.epoch,
-        status=stored.status,
-        started=stored.started,
-        finished=stored.finished,
-        reasons=stored.reasons,
-        missing=stored.missing,
-        unsettled=tuple(
-            {
-                "caller": u.caller,
-                "call_id": u.call_id,
-                "method": u.method,
-                "target": u.target,
-                "failed": u.failed,
-            }
-            for u in stored.unsettled
-        ),
-        duplicates=tuple(
-            {"caller": d.caller, "call_id": d.call_id, "where": list(d.where)} for d in stored.duplicates
-        ),
-        states={s.process: {"service": s.service, "state": s.state} for s in stored.states},
-        clocks={s.process: dict(s.clock) for s in stored.states},
-        tasks={s.process: tuple(s.tasks) if isinstance(s.tasks, list) else () for s in stored.states},
-        counters={s.process: {"sent": dict(s.sent), "consumed": dict(s.consumed)} for s in stored.states},
-        pools={s.process: dict(s.pools) for s in stored.states},
-        in_transit=tuple(
-            InTransitMessage(c.sender, c.receiver, c.method, c.kind, c.call_id, c.attempt, c.payload)
-            for c in stored.in_transit
-        ),
-    )
-
-
-def summary_to_json(summary: CutSummary) -> dict[str, Any]:
-    return {
-        "epoch": summary.epoch,
-        "status": summary.status,
-        "started": summary.started,
-        "finished": summary.finished,
-        "processes": summary.processes,
-        "in_transit": summary.in_transit,
-        "missing": list(summary.missing),
-        "reasons": list(summary.reasons),
-    }

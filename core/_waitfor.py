@@ -44,10 +44,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cutwatch.agent._snapshot import REASON_TOO_MANY_CALLS, REASON_TOO_MANY_OPEN, REASON_TRUNCATED
+from cutwatch.core._events import STOPPED_REASONS
+from cutwatch.core._tasks import OutboundCall, TaskView
 
 if TYPE_CHECKING:
-    from cutwatch.collector._cut import Cut
+    from cutwatch.core._cut import Cut
 
 __all__ = [
     "NEED_CALL",
@@ -78,8 +79,6 @@ NEED_OTHER = 3
 RES_LOCK = 0
 RES_POOL = 1
 RES_OTHER = 2
-
-_STOPPED_REASONS = (REASON_TRUNCATED, REASON_TOO_MANY_OPEN, REASON_TOO_MANY_CALLS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +128,7 @@ class WaitForGraph:
         self,
         *,
         task_process: list[str],
-        task_info: Sequence[Mapping[str, Any] | None],
+        task_info: Sequence[TaskView | None],
         res_kind: list[int],
         res_process: list[str],
         res_name: list[str],
@@ -140,14 +139,14 @@ class WaitForGraph:
         need_start: list[int],
         need_alts: list[int],
         need_kind: list[int],
-        need_ref: list[Any],
+        need_ref: list[OutboundCall | str | None],
         need_note: list[QueuedCall | None],
         uncertain: list[UncertainWait],
     ) -> None:
         self.n_tasks = len(task_process)
         self.task_process = task_process
         self.task_info = task_info
-        """The task's JSON object from the cut (None in synthetic graphs)."""
+        """The task's record from the cut (None in synthetic graphs)."""
         self.res_kind = res_kind
         """Kind of resource ``n_tasks + j`` at index ``j`` (likewise the next three lists)."""
         self.res_process = res_process
@@ -163,7 +162,7 @@ class WaitForGraph:
         self.need_alts = need_alts
         self.need_kind = need_kind
         self.need_ref = need_ref
-        """The outbound call (a JSON object) of a call or worker need; the lock name of a lock need."""
+        """The outbound call of a call or worker need; the lock name of a lock need."""
         self.need_note = need_note
         """What a need rests on beyond the cut itself (None: nothing)."""
         self.uncertain = uncertain
@@ -252,7 +251,7 @@ def stopped_processes(cut: Cut) -> set[str]:
     """Processes where recording stopped (truncated, too many epochs or calls): their records are partial."""
     out: set[str] = set()
     for reason in cut.reasons:
-        for prefix in _STOPPED_REASONS:
+        for prefix in STOPPED_REASONS:
             head = prefix + " at "
             if reason.startswith(head):
                 out.add(reason[len(head) :])
@@ -272,14 +271,14 @@ def unflushed_processes(cut: Cut) -> set[str] | None:
 
 
 def graph_from_cut(cut: Cut) -> WaitForGraph:
-    """The wait-for graph of ``cut`` (a :class:`cutwatch.collector.Cut`), in time linear in its size."""
+    """The wait-for graph of ``cut`` (a :class:`cutwatch.core.Cut`), in time linear in its size."""
     processes = sorted(cut.tasks)
     reported = set(cut.states) | set(processes)
     missing = set(cut.missing)
     pools_by_process: Mapping[str, Mapping[str, int]] = cut.pools
 
     task_process: list[str] = []
-    task_info: list[Mapping[str, Any]] = []
+    task_info: list[TaskView] = []
     res_kind: list[int] = []
     res_process: list[str] = []
     res_name: list[str] = []
@@ -320,26 +319,24 @@ def graph_from_cut(cut: Cut) -> WaitForGraph:
             t = len(task_process)
             task_process.append(process)
             task_info.append(task)
-            if task.get("kind") == "server":
-                caller = task.get("caller")
+            if task.kind == "server":
+                caller = task.caller
                 if caller:
-                    key = (caller, task.get("call_id", 0))
+                    key = (caller, task.call_id)
                     if key in handlers:
                         extra_handlers.setdefault(key, []).append(t)
                     else:
                         handlers[key] = t
-                pool = task.get("pool")
+                pool = task.pool
                 if pool:
                     rid = res_ids.get((RES_POOL, process, pool))
                     if rid is None:
                         rid = resource(RES_POOL, process, pool, 0)
                     hold_res.append(rid)
-            held = task.get("held_locks")
-            if held:
-                for name in held:
-                    rid = resource(RES_LOCK, process, name, 1)
-                    hold_res.append(rid)
-                    lock_holders[rid] = lock_holders.get(rid, 0) + 1
+            for name in task.held_locks:
+                rid = resource(RES_LOCK, process, name, 1)
+                hold_res.append(rid)
+                lock_holders[rid] = lock_holders.get(rid, 0) + 1
             hold_start.append(len(hold_res))
     n = len(task_process)
     if n:
@@ -362,61 +359,59 @@ def graph_from_cut(cut: Cut) -> WaitForGraph:
     need_start = [0]
     need_alts: list[int] = []
     need_kind: list[int] = []
-    need_ref: list[Any] = []
+    need_ref: list[OutboundCall | str | None] = []
     need_note: list[QueuedCall | None] = []
     uncertain: list[UncertainWait] = []
 
     # Pass 2: what each task waits for.
     for t, task in enumerate(task_info):
         process = task_process[t]
-        outbound = task.get("outbound")
-        if outbound:
-            for call in outbound:
-                if not call.get("blocking", True):
-                    continue
-                call_id = call.get("call_id", 0)
-                key = (process, call_id)
-                handler = handlers.get(key)
-                if handler is not None:
-                    need_task.append(t)
-                    need_alts.append(handler)
-                    more = extra_handlers.get(key)
-                    if more:
-                        need_alts.extend(more)
-                    need_start.append(len(need_alts))
-                    need_kind.append(NEED_CALL)
-                    need_ref.append(call)
-                    need_note.append(None)
-                    continue
-                pending = unsettled.get(key)
-                if pending is None or key in requests_in_transit or key in responses_in_transit:
-                    continue  # answered, or progressing after the cut
-                if pending.get("failed"):
-                    continue  # the caller got its error and goes on
-                target = str(pending.get("target") or call.get("target") or "")
-                what = f"call {call.get('method', '')} #{call_id}"
-                why = _why_uncertain(target, process, reported, missing, stopped)
-                pools: list[int] = []
-                if not why:
-                    for rid in pools_of.get(target, ()):
-                        if res_capacity[rid] <= 0:
-                            why = f"the worker capacity of {target}'s pool {res_name[rid]} is unknown"
-                            break
-                        pools.append(rid + n)
-                    if not pools and not why:
-                        why = f"{target} reported no worker pool"
-                if why:
-                    uncertain.append(UncertainWait(t, what, why))
-                    continue
+        for call in task.outbound:
+            if not call.blocking:
+                continue
+            call_id = call.call_id
+            key = (process, call_id)
+            handler = handlers.get(key)
+            if handler is not None:
                 need_task.append(t)
-                need_alts.extend(pools)
+                need_alts.append(handler)
+                more = extra_handlers.get(key)
+                if more:
+                    need_alts.extend(more)
                 need_start.append(len(need_alts))
-                need_kind.append(NEED_WORKER)
+                need_kind.append(NEED_CALL)
                 need_ref.append(call)
-                no_flush = unflushed is None or process in unflushed or target in unflushed
-                method = str(pending.get("method") or call.get("method") or "")
-                need_note.append(QueuedCall(process, int(call_id), method, target, no_flush))
-        lock = task.get("waiting_lock")
+                need_note.append(None)
+                continue
+            pending = unsettled.get(key)
+            if pending is None or key in requests_in_transit or key in responses_in_transit:
+                continue  # answered, or progressing after the cut
+            if pending.get("failed"):
+                continue  # the caller got its error and goes on
+            target = str(pending.get("target") or call.target)
+            what = f"call {call.method} #{call_id}"
+            why = _why_uncertain(target, process, reported, missing, stopped)
+            pools: list[int] = []
+            if not why:
+                for rid in pools_of.get(target, ()):
+                    if res_capacity[rid] <= 0:
+                        why = f"the worker capacity of {target}'s pool {res_name[rid]} is unknown"
+                        break
+                    pools.append(rid + n)
+                if not pools and not why:
+                    why = f"{target} reported no worker pool"
+            if why:
+                uncertain.append(UncertainWait(t, what, why))
+                continue
+            need_task.append(t)
+            need_alts.extend(pools)
+            need_start.append(len(need_alts))
+            need_kind.append(NEED_WORKER)
+            need_ref.append(call)
+            no_flush = unflushed is None or process in unflushed or target in unflushed
+            method = str(pending.get("method") or call.method)
+            need_note.append(QueuedCall(process, int(call_id), method, target, no_flush))
+        lock = task.waiting_lock
         if lock:
             rid = res_ids.get((RES_LOCK, process, lock))
             holders = lock_holders.get(rid, 0) if rid is not None else 0

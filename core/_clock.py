@@ -1,7 +1,7 @@
 """Vector clocks: an immutable value type with the happened-before order.
 
 ``VectorClock`` is what the agent hands out (``agent.clock``) and what tests
-reason about. The agent's own running clock lives in ``_LocalClock``, a
+reason about. A process's own running clock is a ``LocalClock``, a
 mutable, append-only table whose insertion order is the dictionary order the
 stamp codec relies on (index 0 is the owning process).
 """
@@ -9,6 +9,8 @@ stamp codec relies on (index 0 is the owning process).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+
+__all__ = ["LocalClock", "VectorClock"]
 
 
 class VectorClock(Mapping[str, int]):
@@ -94,11 +96,11 @@ class VectorClock(Mapping[str, int]):
         return not (self <= other_clock) and not (other_clock <= self)
 
 
-class _LocalClock:
-    """The agent's own running clock; not thread-safe (the agent locks it).
+class LocalClock:
+    """A process's own running clock; not thread-safe (the process event core locks it).
 
     Entries are never removed, so the index of a process id is stable for
-    the life of the agent: the stamp codec sends values in this order.
+    the life of the process: the stamp codec sends values in this order.
     """
 
     __slots__ = ("_index", "names", "values")

@@ -1,4 +1,4 @@
-"""gRPC's types as the type checker and the error paths need them.
+"""gRPC's types as the type checker and the error paths of the agent's and collector's edges need them.
 
 grpc-stubs declares the interceptor bases generic while the runtime classes
 are not subscriptable, so the subclasses name them through these aliases.
@@ -10,6 +10,20 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
+
+__all__ = [
+    "AioServerInterceptorBase",
+    "AioStreamStreamClientBase",
+    "AioStreamUnaryClientBase",
+    "AioUnaryStreamClientBase",
+    "AioUnaryUnaryClientBase",
+    "ServerInterceptorBase",
+    "StreamStreamClientBase",
+    "StreamUnaryClientBase",
+    "UnaryStreamClientBase",
+    "UnaryUnaryClientBase",
+    "rpc_error_parts",
+]
 
 if TYPE_CHECKING:
     ServerInterceptorBase = grpc.ServerInterceptor[Any, Any]

@@ -20,8 +20,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from cutwatch.agent._wire import WireError, encode_with_prefix, parse_stamp, peer_tail, stamp_prefix
-from cutwatch.agent.exceptions import StampError
+from cutwatch.core._wire import WireError, encode_with_prefix, parse_stamp, peer_tail, stamp_prefix
+from cutwatch.core.errors import StampError
 
 STAMP_METADATA_KEY = "cutwatch-stamp-bin"
 STAMP_VERSION = 1

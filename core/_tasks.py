@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextvars
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,7 +59,7 @@ class Task:
 
 @dataclass(frozen=True, slots=True)
 class TaskView:
-    """A read-only copy of a task, as a snapshot or ``agent.tasks()`` sees it."""
+    """A read-only copy of a task: the typed task record of local snapshots, cuts and ``agent.tasks()``."""
 
     task_id: int
     kind: str
@@ -72,6 +72,34 @@ class TaskView:
     waiting_lock: str | None
     outbound: tuple[OutboundCall, ...]
     pool: str = ""
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> TaskView:
+        """The task in a JSON object of :meth:`to_json`'s form; raises ``ValueError`` on wrong types.
+
+        Missing fields take their defaults, unknown ones are ignored, so
+        that agents and collectors of neighbouring versions understand each
+        other.
+        """
+        if not isinstance(doc, Mapping):
+            raise ValueError("a task is a JSON object")
+        outbound = doc.get("outbound") or []
+        if not isinstance(outbound, list):
+            raise ValueError("a task's outbound calls are a list")
+        waiting = doc.get("waiting_lock")
+        return cls(
+            task_id=_int(doc, "task_id"),
+            kind=_text(doc, "kind"),
+            method=_text(doc, "method"),
+            caller=_text(doc, "caller"),
+            call_id=_int(doc, "call_id"),
+            trace_id=_text(doc, "trace_id"),
+            span_id=_text(doc, "span_id"),
+            held_locks=_texts(doc.get("held_locks") or [], "held_locks"),
+            waiting_lock=None if waiting is None else _text(doc, "waiting_lock"),
+            outbound=tuple(_outbound(call) for call in outbound),
+            pool=_text(doc, "pool"),
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The task as a JSON object, as it travels in a local snapshot."""
@@ -91,6 +119,35 @@ class TaskView:
                 for c in self.outbound
             ],
         }
+
+
+def _int(doc: Mapping[str, Any], key: str) -> int:
+    value = doc.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"a task's {key} is an integer, not {type(value).__name__}")
+    return value
+
+
+def _text(doc: Mapping[str, Any], key: str) -> str:
+    value = doc.get(key, "")
+    if not isinstance(value, str):
+        raise ValueError(f"a task's {key} is a string, not {type(value).__name__}")
+    return value
+
+
+def _texts(values: object, key: str) -> tuple[str, ...]:
+    if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+        raise ValueError(f"a task's {key} is a list of strings")
+    return tuple(values)
+
+
+def _outbound(doc: object) -> OutboundCall:
+    if not isinstance(doc, Mapping):
+        raise ValueError("a task's outbound call is a JSON object")
+    blocking = doc.get("blocking", True)
+    if not isinstance(blocking, bool):
+        raise ValueError("an outbound call's blocking is true or false")
+    return OutboundCall(_int(doc, "call_id"), _text(doc, "method"), _text(doc, "target"), blocking)
 
 
 class TaskRegistry:

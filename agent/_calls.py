@@ -1,0 +1,103 @@
+"""What every interceptor decides the same way, sync or aio, client or server.
+
+How a request's metadata starts a handler's task; how a finished call's
+trailers and status become the response's receive event (a stamped answer
+wins over the status: only a call answered without a stamp has an outcome
+of its own); and when a caller counts as blocked on its call, which is what
+makes a wait-for edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+
+from cutwatch.agent._metadata import find_attempt, find_stamp
+from cutwatch.agent._payload import lazy_message_json, render_later
+from cutwatch.core import Inbound, Outbound, ProcessCore
+
+__all__ = ["NOT_VISIBLE", "STREAM_RESPONSE", "begin_inbound", "failure_name", "finish_outbound", "waiting"]
+
+NOT_VISIBLE = "response not visible to cutwatch"
+"""The failure of a call whose answer an inner interceptor hid: its stamp cannot be read."""
+STREAM_RESPONSE: dict[str, str] = {"cutwatch": "stream"}
+"""What a response stream's record holds: its messages are not captured."""
+
+
+def begin_inbound(
+    core: ProcessCore,
+    method: str,
+    metadata: Iterable[Any] | None,
+    pool: str,
+    request: object,
+    max_payload: int,
+) -> Inbound | None:
+    """The receive event of a request reaching its handler (None: it runs untracked)."""
+    try:
+        stamp, attempt = find_stamp(metadata), find_attempt(metadata)
+    except Exception:
+        core.internal_error("reading a request's metadata")
+        return None
+    return core.begin_handler(method, stamp, attempt, pool, lazy_message_json(request, max_payload))
+
+
+def failure_name(status: object) -> str | None:
+    """None for a call that succeeded, else the name of how it failed.
+
+    ``status`` is a ``grpc.StatusCode``, an error (gRPC's carry their code),
+    a name, or None for success.
+    """
+    if status is None or status == grpc.StatusCode.OK:
+        return None
+    if isinstance(status, grpc.StatusCode):
+        return status.name
+    if isinstance(status, str):
+        return status
+    if isinstance(status, grpc.RpcError):
+        try:
+            code = status.code()
+        except Exception:
+            code = None
+        if isinstance(code, grpc.StatusCode):
+            return code.name
+    return type(status).__name__
+
+
+def finish_outbound(
+    core: ProcessCore,
+    outbound: Outbound,
+    metadata: Iterable[Any] | None,
+    status: object,
+    response: Callable[[], object] | None,
+    max_payload: int,
+    *,
+    deferrable: bool = False,
+) -> None:
+    """The receive event of a finished call, from its trailing metadata and status.
+
+    ``response`` returns the response message, rendered only if the response
+    is recorded in transit; ``deferrable`` as in ``ProcessCore.end_call``.
+    """
+    if outbound.finished:  # set last, under the core's locks: nothing is left to do
+        return
+    try:
+        stamp = find_stamp(metadata)
+    except Exception:
+        stamp = None
+    # A stamped answer is delivered whatever its status; the status matters only without one.
+    failure = None if stamp is not None else failure_name(status)
+    payload = render_later(response, max_payload) if response is not None and failure is None else None
+    core.end_call(outbound, stamp, failure, payload, deferrable=deferrable)
+
+
+@contextmanager
+def waiting(outbound: Outbound) -> Iterator[None]:
+    """The caller waits for its call: a wait-for edge while the block runs, none after."""
+    outbound.call.blocking = True
+    try:
+        yield
+    finally:
+        outbound.call.blocking = False

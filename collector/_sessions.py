@@ -1,0 +1,96 @@
+"""The coordinator's view of agents: their streams, those that may come back, and its clock."""
+
+from __future__ import annotations
+
+import json
+import queue
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cutwatch.collector._store import CutStore
+from cutwatch.core import Order
+
+__all__ = ["EXPECTED_KEY", "AgentSession", "Clock", "CoordinatorStats", "Departed", "expected_after_restart"]
+
+EXPECTED_KEY = "expected_processes"
+"""The store's metadata key under which the coordinator writes down who is registered."""
+
+
+class Clock(Protocol):
+    """Where the coordinator reads time: ``monotonic()`` for deadlines and graces, ``time()`` for
+    the timestamps of stored cuts. The :mod:`time` module is one."""
+
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
+
+
+@dataclass(eq=False)
+class AgentSession:
+    """One agent's control stream, from registration until it ends."""
+
+    process: str
+    service: str
+    worker_pools: Mapping[str, int]
+    epoch: int
+    connected_at: float
+    last_seen: float
+    outbox: queue.Queue[Order | None] = field(default_factory=queue.Queue)
+    last_seq: int = 0
+    dropped: int = 0
+    invalid: int = 0
+    closed: bool = False
+    said_goodbye: bool = False
+
+    def send(self, message: Order) -> None:
+        if not self.closed:
+            self.outbox.put(message)
+
+    def close(self) -> None:
+        self.closed = True
+        self.outbox.put(None)
+
+
+@dataclass(frozen=True)
+class Departed:
+    """A process whose stream ended without a goodbye: it may come back."""
+
+    service: str
+    at: float
+    last_seq: int = 0
+    dropped: int = 0
+
+
+@dataclass(frozen=True)
+class CoordinatorStats:
+    agents: int
+    snapshots_started: int
+    complete: int
+    incomplete: int
+    rejected: int
+    events: int
+    events_invalid: int
+    events_late: int
+    events_foreign: int
+    """Snapshot pieces from agents that were not participants of that snapshot (they joined later)."""
+    store_errors: int
+
+
+def expected_after_restart(store: CutStore, now: float) -> dict[str, Departed]:
+    """After a restart, the processes registered before it, and those of the newest cut, are
+    expected back for a while."""
+    expected: dict[str, Departed] = {}
+    newest = store.latest()
+    if newest is not None:
+        expected = {state.process: Departed(state.service, now) for state in newest.states}
+        for process in newest.missing:
+            expected.setdefault(process, Departed("", now))
+    try:
+        registered = json.loads(store.get_meta(EXPECTED_KEY) or "{}")
+    except ValueError:
+        registered = {}
+    if isinstance(registered, dict):
+        for process, service in registered.items():
+            expected[str(process)] = Departed(str(service), now)
+    return expected

@@ -1,0 +1,419 @@
+"""The SQLite store: :class:`~cutwatch.collector.CutStore` on one file, the embedded default.
+
+Every statement is parameterised; no text from a cut is ever part of SQL.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from cutwatch.collector._records import (
+    CutStatus,
+    CutSummary,
+    StoredChannelState,
+    StoredCut,
+    StoredLocalState,
+    StoredResult,
+    dumps,
+)
+from cutwatch.collector._rows import (
+    channel_row,
+    check_cut,
+    checked_json,
+    counters_from,
+    duplicates_from,
+    from_i64,
+    is_utf8,
+    local_row,
+    status_from,
+    storable_epoch,
+    strings_from,
+    unsettled_from,
+    utf8_text,
+)
+from cutwatch.collector._store import MAX_LIST_LIMIT, MAX_META_KEY, MAX_META_VALUE, CutStore
+from cutwatch.core import DuplicateEpochError, StorageError
+
+__all__ = ["SCHEMA_VERSION", "SqliteCutStore"]
+
+SCHEMA_VERSION = 2
+_RESULT_STATUSES: frozenset[str] = frozenset(("PASS", "FAIL", "ERROR"))
+
+
+_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        1,
+        (
+            """CREATE TABLE cuts (
+                epoch INTEGER PRIMARY KEY CHECK (epoch >= 1),
+                status TEXT NOT NULL CHECK (status IN ('COMPLETE', 'INCOMPLETE')),
+                started REAL NOT NULL,
+                finished REAL NOT NULL,
+                reasons_json TEXT NOT NULL,
+                missing_json TEXT NOT NULL,
+                unsettled_json TEXT NOT NULL,
+                duplicates_json TEXT NOT NULL
+            )""",
+            "CREATE INDEX cuts_by_finished ON cuts (finished)",
+            "CREATE INDEX cuts_by_status ON cuts (status, epoch)",
+            """CREATE TABLE local_states (
+                epoch INTEGER NOT NULL REFERENCES cuts (epoch) ON DELETE CASCADE,
+                process TEXT NOT NULL,
+                service TEXT NOT NULL,
+                clock_json TEXT NOT NULL,
+                state_json TEXT NOT NULL,
+                tasks_json TEXT NOT NULL,
+                sent_json TEXT NOT NULL,
+                consumed_json TEXT NOT NULL,
+                truncated INTEGER NOT NULL CHECK (truncated IN (0, 1)),
+                pools_json TEXT NOT NULL,
+                PRIMARY KEY (epoch, process)
+            )""",
+            """CREATE TABLE channel_states (
+                epoch INTEGER NOT NULL REFERENCES cuts (epoch) ON DELETE CASCADE,
+                seq INTEGER NOT NULL,
+                sender TEXT NOT NULL,
+                receiver TEXT NOT NULL,
+                method TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                call_id INTEGER NOT NULL,
+                attempt INTEGER NOT NULL,
+                payload_json TEXT NOT NULL,
+                PRIMARY KEY (epoch, seq)
+            )""",
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        ),
+    ),
+    (
+        2,
+        (
+            """CREATE TABLE results (
+                epoch INTEGER NOT NULL REFERENCES cuts (epoch) ON DELETE CASCADE,
+                name TEXT NOT NULL,
+                status TEXT NOT NULL CHECK (status IN ('PASS', 'FAIL', 'ERROR')),
+                message TEXT NOT NULL,
+                witness_json TEXT NOT NULL,
+                duration REAL NOT NULL,
+                PRIMARY KEY (epoch, name)
+            )""",
+            "CREATE INDEX results_by_status ON results (status, epoch)",
+        ),
+    ),
+)
+assert _MIGRATIONS[-1][0] == SCHEMA_VERSION
+
+_SELECT_CUT = (
+    "SELECT epoch, status, started, finished, reasons_json, missing_json, unsettled_json, duplicates_json "
+    "FROM cuts "
+)
+
+
+class SqliteCutStore:
+    """:class:`CutStore` on one SQLite file in WAL mode, one connection guarded by a lock.
+
+    Opening migrates the schema to :data:`SCHEMA_VERSION`; a file written by a
+    newer version is refused rather than misread.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 10.0) -> None:
+        self.path = os.fspath(path)
+        self._lock = threading.Lock()
+        try:
+            conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+        self._conn: sqlite3.Connection | None = conn
+        try:
+            self._setup()
+        except sqlite3.Error as exc:
+            self.close()
+            raise StorageError(f"{self.path}: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
+
+    # Setup ---------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        conn = self._require()
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = FULL")
+        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if str(mode).lower() != "wal" and self.path != ":memory:":
+            raise StorageError(f"{self.path}: cannot use WAL journal mode (got {mode})")
+        with self._transaction(conn):
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            current = int(row[0]) if row[0] is not None else 0
+            if current > SCHEMA_VERSION:
+                raise StorageError(
+                    f"{self.path}: schema version {current} is newer than this cutwatch ({SCHEMA_VERSION})"
+                )
+            for version, statements in _MIGRATIONS:
+                if version > current:
+                    for statement in statements:
+                        conn.execute(statement)
+            if current < SCHEMA_VERSION:
+                conn.execute("DELETE FROM schema_version")
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+
+    def _require(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StorageError(f"{self.path}: store is closed")
+        return self._conn
+
+    @contextmanager
+    def _transaction(self, conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[None]:
+        """One explicit transaction; anything raised inside rolls all of it back."""
+        conn.execute("BEGIN IMMEDIATE" if mode == "IMMEDIATE" else "BEGIN DEFERRED")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @contextmanager
+    def _locked(self, mode: str, failing: str = "") -> Iterator[sqlite3.Connection]:
+        """The connection, alone and in a transaction; SQLite's own errors surface as StorageError."""
+        with self._lock:
+            conn = self._require()
+            try:
+                with self._transaction(conn, mode):
+                    yield conn
+            except sqlite3.Error as exc:
+                raise StorageError(f"{self.path}: {failing}{exc}") from exc
+
+    # Writes --------------------------------------------------------------------------------
+    def save_cut(self, cut: StoredCut) -> None:
+        check_cut(cut)
+        with self._locked("IMMEDIATE", f"cut {cut.epoch} not stored: ") as conn:
+            if conn.execute("SELECT 1 FROM cuts WHERE epoch = ?", (cut.epoch,)).fetchone():
+                raise DuplicateEpochError(f"a cut with epoch {cut.epoch} is already stored")
+            conn.execute(
+                "INSERT INTO cuts (epoch, status, started, finished, reasons_json, missing_json, "
+                "unsettled_json, duplicates_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    cut.epoch,
+                    cut.status,
+                    cut.started,
+                    cut.finished,
+                    dumps(list(cut.reasons)),
+                    dumps(list(cut.missing)),
+                    dumps([[u.caller, u.call_id, u.method, u.target, u.failed] for u in cut.unsettled]),
+                    dumps([[d.caller, d.call_id, list(d.where)] for d in cut.duplicates]),
+                ),
+            )
+            for state in cut.states:
+                conn.execute(
+                    "INSERT INTO local_states (epoch, process, service, clock_json, state_json, "
+                    "tasks_json, sent_json, consumed_json, truncated, pools_json) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    local_row(cut.epoch, state),
+                )
+            for seq, channel in enumerate(cut.in_transit):
+                conn.execute(
+                    "INSERT INTO channel_states (epoch, seq, sender, receiver, method, kind, call_id, "
+                    "attempt, payload_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    channel_row(cut.epoch, seq, channel),
+                )
+
+    def put_meta(self, key: str, value: str) -> None:
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError("metadata keys and values are str")
+        if len(key) > MAX_META_KEY or len(value) > MAX_META_VALUE:
+            raise ValueError(
+                f"metadata is small: key <= {MAX_META_KEY}, value <= {MAX_META_VALUE} characters"
+            )
+        with self._locked("IMMEDIATE") as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def save_results(self, epoch: int, results: Sequence[StoredResult]) -> None:
+        """Store results; a message's lone surrogates (from names in a cut's JSON) are kept as escapes.
+
+        SQLite text is UTF-8 only, and a verdict refused for its wording would read as no verdict.
+        """
+        rows = []
+        for result in results:
+            if result.epoch != epoch or result.status not in _RESULT_STATUSES or not is_utf8(result.name):
+                raise ValueError(f"result {result.name!r} is not a valid result of cut {epoch}")
+            if not math.isfinite(result.duration):
+                raise ValueError("a result's duration must be finite")
+            rows.append(
+                (
+                    epoch,
+                    result.name,
+                    result.status,
+                    utf8_text(result.message),
+                    checked_json(result.witness_json),
+                    result.duration,
+                )
+            )
+        if not storable_epoch(epoch):
+            raise StorageError(f"no cut with epoch {epoch} to attach results to")
+        with self._locked("IMMEDIATE", f"results of cut {epoch} not stored: ") as conn:
+            if not conn.execute("SELECT 1 FROM cuts WHERE epoch = ?", (epoch,)).fetchone():
+                raise StorageError(f"no cut with epoch {epoch} to attach results to")
+            conn.executemany(
+                "INSERT INTO results (epoch, name, status, message, witness_json, duration) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (epoch, name) DO UPDATE SET status = excluded.status, "
+                "message = excluded.message, witness_json = excluded.witness_json, "
+                "duration = excluded.duration",
+                rows,
+            )
+
+    # Reads ---------------------------------------------------------------------------------
+    def results(self, epoch: int) -> list[StoredResult]:
+        if not storable_epoch(epoch):
+            return []
+        with self._locked("DEFERRED") as conn:
+            rows = conn.execute(
+                "SELECT name, status, message, witness_json, duration FROM results WHERE epoch = ? "
+                "ORDER BY name",
+                (epoch,),
+            ).fetchall()
+        out: list[StoredResult] = []
+        for name, status, message, witness, duration in rows:
+            if status not in _RESULT_STATUSES:
+                raise StorageError(f"corrupt store: unknown result status {status!r}")
+            out.append(StoredResult(epoch, str(name), status, str(message), str(witness), float(duration)))
+        return out
+
+    def latest_results_epoch(self, name: str | None = None) -> int | None:
+        with self._locked("DEFERRED") as conn:
+            (epoch,) = conn.execute(
+                "SELECT MAX(epoch) FROM results WHERE (? IS NULL OR name = ?)", (name, name)
+            ).fetchone()
+        return None if epoch is None else int(epoch)
+
+    def get_cut(self, epoch: int) -> StoredCut | None:
+        if not storable_epoch(epoch):
+            return None  # asked for from the network, say: no cut can have it
+        with self._locked("DEFERRED") as conn:
+            row = conn.execute(_SELECT_CUT + "WHERE epoch = ?", (epoch,)).fetchone()
+            return None if row is None else self._read_cut(conn, row)
+
+    def latest(self, status: CutStatus | None = None) -> StoredCut | None:
+        with self._locked("DEFERRED") as conn:
+            row = conn.execute(
+                _SELECT_CUT + "WHERE (? IS NULL OR status = ?) ORDER BY epoch DESC LIMIT 1",
+                (status, status),
+            ).fetchone()
+            return None if row is None else self._read_cut(conn, row)
+
+    def list_cuts(
+        self,
+        status: CutStatus | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+    ) -> list[CutSummary]:
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}")
+        with self._locked("DEFERRED") as conn:
+            rows = conn.execute(
+                "SELECT c.epoch, c.status, c.started, c.finished, "
+                "(SELECT COUNT(*) FROM local_states l WHERE l.epoch = c.epoch), "
+                "(SELECT COUNT(*) FROM channel_states s WHERE s.epoch = c.epoch), "
+                "c.missing_json, c.reasons_json FROM cuts c "
+                "WHERE (? IS NULL OR c.status = ?) AND (? IS NULL OR c.finished >= ?) "
+                "AND (? IS NULL OR c.finished < ?) ORDER BY c.epoch DESC LIMIT ?",
+                (status, status, since, since, until, until, limit),
+            ).fetchall()
+        return [
+            CutSummary(
+                epoch=int(epoch),
+                status=status_from(raw_status),
+                started=float(started),
+                finished=float(finished),
+                processes=int(processes),
+                in_transit=int(in_transit),
+                missing=strings_from(missing),
+                reasons=strings_from(reasons),
+            )
+            for epoch, raw_status, started, finished, processes, in_transit, missing, reasons in rows
+        ]
+
+    def next_epoch(self) -> int:
+        with self._locked("DEFERRED") as conn:
+            (highest,) = conn.execute("SELECT MAX(epoch) FROM cuts").fetchone()
+        return 1 if highest is None else int(highest) + 1
+
+    def get_meta(self, key: str) -> str | None:
+        with self._locked("DEFERRED") as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> SqliteCutStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _read_cut(self, conn: sqlite3.Connection, row: Sequence[Any]) -> StoredCut:
+        epoch, status, started, finished, reasons, missing, unsettled, duplicates = row
+        states = tuple(
+            StoredLocalState(
+                process=str(process),
+                service=str(service),
+                clock=counters_from(clock),
+                state_json=str(state),
+                tasks_json=str(tasks),
+                sent=counters_from(sent),
+                consumed=counters_from(consumed),
+                truncated=bool(truncated),
+                pools=counters_from(pools),
+            )
+            for process, service, clock, state, tasks, sent, consumed, truncated, pools in conn.execute(
+                "SELECT process, service, clock_json, state_json, tasks_json, sent_json, consumed_json, "
+                "truncated, pools_json FROM local_states WHERE epoch = ? ORDER BY process",
+                (epoch,),
+            )
+        )
+        in_transit = tuple(
+            StoredChannelState(
+                sender=str(sender),
+                receiver=str(receiver),
+                method=str(method),
+                kind=str(kind),
+                call_id=from_i64(call_id),
+                attempt=from_i64(attempt),
+                payload_json=str(payload),
+            )
+            for sender, receiver, method, kind, call_id, attempt, payload in conn.execute(
+                "SELECT sender, receiver, method, kind, call_id, attempt, payload_json FROM channel_states "
+                "WHERE epoch = ? ORDER BY seq",
+                (epoch,),
+            )
+        )
+        return StoredCut(
+            epoch=int(epoch),
+            status=status_from(status),
+            started=float(started),
+            finished=float(finished),
+            reasons=strings_from(reasons),
+            missing=strings_from(missing),
+            unsettled=unsettled_from(unsettled),
+            duplicates=duplicates_from(duplicates),
+            states=states,
+            in_transit=in_transit,
+        )
+
+
+if TYPE_CHECKING:  # SqliteCutStore implements the whole interface
+    _CHECK: CutStore = SqliteCutStore(":memory:")

@@ -1,0 +1,49 @@
+"""Handles of calls in flight: what the interceptors hold between a call's two events."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from cutwatch.core._tasks import OutboundCall, Task
+
+if TYPE_CHECKING:
+    import contextvars
+
+__all__ = ["ChannelPeer", "Inbound", "Outbound"]
+
+
+class ChannelPeer:
+    """What a client knows of the process behind its channel."""
+
+    __slots__ = ("server",)
+
+    def __init__(self) -> None:
+        self.server: str | None = None
+
+
+class Outbound:
+    """One outbound call in flight, from stamp to response."""
+
+    __slots__ = ("call", "channel", "finished", "finishing", "task")
+
+    def __init__(self, call: OutboundCall, task: Task, channel: ChannelPeer) -> None:
+        self.call = call
+        self.task = task
+        self.channel = channel
+        self.finished = False
+        # Held while the response is delivered: a second finisher (the
+        # done-callback racing the caller) waits until the clock is merged.
+        self.finishing = threading.Lock()
+
+
+class Inbound:
+    """One inbound call being handled: its task and context binding."""
+
+    __slots__ = ("caller", "finished", "task", "token")
+
+    def __init__(self, task: Task, caller: str | None) -> None:
+        self.task = task
+        self.caller = caller
+        self.finished = False
+        self.token: contextvars.Token[Task | None] | None = None

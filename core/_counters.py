@@ -1,0 +1,63 @@
+"""What a process counts about its own events: a frozen copy to read, a mutable twin to update."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+__all__ = ["Counters", "ProcessStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessStats:
+    """Counters of one process's events, as one consistent copy."""
+
+    requests_sent: int = 0
+    requests_received: int = 0
+    responses_sent: int = 0
+    responses_received: int = 0
+    untracked_missing: int = 0
+    """Messages that arrived without a stamp (uninstrumented peers)."""
+    untracked_malformed: int = 0
+    """Messages whose stamp failed to decode or broke a limit."""
+    unresolved_entries: int = 0
+    """Clock entries skipped because their process id was not known yet."""
+    stamps_degraded: int = 0
+    """Stamps cut short to fit the size limit."""
+    clock_entries_refused: int = 0
+    """New process ids not added because the clock is at ``max_clock_entries``."""
+    internal_errors: int = 0
+    """Failures inside cutwatch itself, caught before the application saw them."""
+    snapshots_taken: int = 0
+    snapshots_skipped: int = 0
+    """Snapshots given up because an ``atomic()`` block held the snapshot lock."""
+    state_errors: int = 0
+    """State providers that raised, returned non-JSON or too much; their value is an error marker."""
+
+    @property
+    def untracked(self) -> int:
+        return self.untracked_missing + self.untracked_malformed
+
+
+class Counters:
+    """Mutable twin of :class:`ProcessStats`; updated under the process's event lock."""
+
+    requests_sent: int
+    requests_received: int
+    responses_sent: int
+    responses_received: int
+    untracked_missing: int
+    untracked_malformed: int
+    unresolved_entries: int
+    stamps_degraded: int
+    clock_entries_refused: int
+    internal_errors: int
+    snapshots_taken: int
+    snapshots_skipped: int
+    state_errors: int
+
+    def __init__(self) -> None:
+        for f in fields(ProcessStats):
+            setattr(self, f.name, 0)
+
+    def freeze(self) -> ProcessStats:
+        return ProcessStats(**{f.name: getattr(self, f.name) for f in fields(ProcessStats)})

@@ -1,0 +1,178 @@
+"""The records of the snapshot protocol: what a process emits and what the collector assembles.
+
+Plain, typed values with no behaviour of their own. A participant
+(:mod:`cutwatch.core._participant`) emits them; ``cutwatch.proto`` turns them
+into protobuf messages and back; the cut assembler (:mod:`cutwatch.core._assembly`)
+reads them. The words (epoch, cut, in transit, settled) are those of
+docs/snapshot-design.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final, NamedTuple
+
+from cutwatch.core._clock import VectorClock
+from cutwatch.core._tasks import TaskView
+
+__all__ = [
+    "OUTCOME_FAILED",
+    "OUTCOME_UNSTAMPED",
+    "REASON_TOO_MANY_CALLS",
+    "REASON_TOO_MANY_OPEN",
+    "REASON_TRUNCATED",
+    "REQUEST",
+    "RESPONSE",
+    "STOPPED_REASONS",
+    "Answering",
+    "CallOutcome",
+    "Capture",
+    "ChannelRecord",
+    "Flushed",
+    "LocalSnapshot",
+    "MsgKey",
+    "OpenCall",
+    "Payload",
+    "RecordingStopped",
+    "SnapshotEvent",
+]
+
+REQUEST: Final = "request"
+RESPONSE: Final = "response"
+REASON_TRUNCATED: Final = "recording truncated"
+REASON_TOO_MANY_OPEN: Final = "too many open epochs"
+REASON_TOO_MANY_CALLS: Final = "too many calls in flight at the cut"
+STOPPED_REASONS: Final = (REASON_TRUNCATED, REASON_TOO_MANY_OPEN, REASON_TOO_MANY_CALLS)
+"""Why a participant stops recording an epoch on its own: its records of that epoch are partial."""
+OUTCOME_UNSTAMPED: Final = "unstamped"
+"""The call was answered without a stamp: the server is not instrumented, nothing can be recorded."""
+OUTCOME_FAILED: Final = "failed"
+"""The call failed without a stamped answer: whether its request reached a handler is unknown."""
+
+Payload = str | Callable[[], str]
+"""A message's payload as JSON, or a function that renders it (only called when it is recorded)."""
+
+
+class MsgKey(NamedTuple):
+    """Identity of one stamped message; equal keys are the same message delivered again.
+
+    ``call_id`` is the caller's: a request and its response share it.
+    """
+
+    sender: str
+    call_id: int
+    attempt: int
+    kind: str
+
+
+class Capture(NamedTuple):
+    """What a process captured for a local snapshot, under its snapshot lock."""
+
+    clock: Mapping[str, int]
+    state: object
+    tasks: tuple[TaskView, ...] = ()
+    pools: Mapping[str, int] = {}
+    state_bytes: int = 0
+    """The state's size as JSON, measured where it was serialised (for the agent's queue bound)."""
+
+
+class OpenCall(NamedTuple):
+    """A call in flight at the caller's cut; ``failed`` says why it ended without an answer."""
+
+    call_id: int
+    method: str = ""
+    target: str = ""
+    failed: str = ""
+
+
+class Answering(NamedTuple):
+    """A request ``caller``/``call_id`` consumed before the server's cut and not yet answered."""
+
+    caller: str
+    call_id: int
+
+
+@dataclass(frozen=True)
+class LocalSnapshot:
+    """Process ``process``'s local snapshot for ``epoch``.
+
+    ``open_calls`` and ``answering`` settle calls; the counters (cumulative,
+    per peer where the peer is known) are for reading.
+    """
+
+    epoch: int
+    process: str
+    clock: VectorClock
+    state: object
+    tasks: tuple[TaskView, ...] = ()
+    open_calls: tuple[OpenCall, ...] = ()
+    answering: tuple[Answering, ...] = ()
+    requests_sent: int = 0
+    responses_sent: Mapping[str, int] = field(default_factory=dict)
+    requests_consumed: Mapping[str, int] = field(default_factory=dict)
+    responses_consumed: Mapping[str, int] = field(default_factory=dict)
+    worker_pools: Mapping[str, int] = field(default_factory=dict)
+    """Capacity of each server's worker pool (0: unknown), for deadlock detection."""
+    state_bytes: int = field(default=0, compare=False)
+    """The state's size as JSON, from :attr:`Capture.state_bytes`; not part of what is sent."""
+
+
+@dataclass(frozen=True)
+class ChannelRecord:
+    """One message in transit on ``sender -> receiver`` in snapshot ``epoch``."""
+
+    epoch: int
+    sender: str
+    receiver: str
+    payload_json: str
+    msg_key: MsgKey
+    method: str = ""
+
+    @property
+    def kind(self) -> str:
+        return self.msg_key.kind
+
+    @property
+    def caller(self) -> str:
+        """The process that made the call this message belongs to."""
+        return self.sender if self.msg_key.kind == REQUEST else self.receiver
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    """How ``process``'s call ``call_id``, open at its cut for ``epoch``, ended without a stamped answer."""
+
+    epoch: int
+    process: str
+    call_id: int
+    outcome: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class RecordingStopped:
+    """``process`` stopped recording ``epoch`` before it was closed: the cut cannot be complete."""
+
+    epoch: int
+    process: str
+    reason: str
+    dropped: int
+
+
+@dataclass(frozen=True)
+class Flushed:
+    """``process`` has sent everything it emitted before the collector asked it to flush ``epoch``.
+
+    Agents send events to the collector in order, so every record emitted
+    before this marker has arrived when the marker does. The collector asks
+    for it once all local snapshots of ``epoch`` are in; see
+    :mod:`cutwatch.core._participant` for why completion waits for it.
+    """
+
+    epoch: int
+    process: str
+
+
+SnapshotEvent = LocalSnapshot | ChannelRecord | CallOutcome | RecordingStopped | Flushed
+"""Everything a participant emits for the collector, in the order it emits it."""

@@ -1,0 +1,456 @@
+"""The process's event core: every event of one process of the model, in the order the protocol needs.
+
+:class:`ProcessCore` owns what makes a process a process of the model: its
+vector clock, its stamp codec, its snapshot participant, its tasks, its
+state providers and worker pools. The agent's interceptors drive it through
+four events (:meth:`~ProcessCore.begin_call` / :meth:`~ProcessCore.end_call`
+on the client side, :meth:`~ProcessCore.begin_handler` /
+:meth:`~ProcessCore.end_handler` on the server side) and the collector's
+orders through plain method calls (:meth:`~ProcessCore.take_snapshot`,
+:meth:`~ProcessCore.flush`, :meth:`~ProcessCore.close_epoch`,
+:meth:`~ProcessCore.join`). The simulation tests drive this very object.
+
+Stamps come in and go out as bytes; gRPC metadata, protobuf messages and the
+collector's stream stay at the edges. What the participant emits goes to
+``emit`` (the agent's queue to the collector), what happens to ``observer``
+(the agent's event log), and time comes from ``monotonic``.
+
+Two locks order everything. The *snapshot lock* is held by ``atomic()``
+blocks and by local snapshots, so that every state change is wholly before
+or wholly after a cut; the *event lock* guards the clock, the codec, the
+participant and the counters. The snapshot lock is always taken first.
+Nothing here raises into the application: a failure is counted, logged, and
+the call goes on untracked.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+
+from cutwatch.core._calls import ChannelPeer, Inbound, Outbound
+from cutwatch.core._clock import VectorClock
+from cutwatch.core._control import CloseEpoch, Flush, Order, TakeSnapshot
+from cutwatch.core._counters import Counters, ProcessStats
+from cutwatch.core._events import (
+    OUTCOME_FAILED,
+    OUTCOME_UNSTAMPED,
+    REQUEST,
+    Capture,
+    MsgKey,
+    Payload,
+    RecordingStopped,
+    SnapshotEvent,
+)
+from cutwatch.core._gate import SnapshotGate
+from cutwatch.core._participant import Delivery, SnapshotParticipant, SnapshotStats
+from cutwatch.core._stamp import DEFAULT_MAX_CLOCK_ENTRIES, DEFAULT_MAX_STAMP_BYTES
+from cutwatch.core._stamped_clock import StampedClock
+from cutwatch.core._states import DEFAULT_MAX_STATE_BYTES, StateProviders
+from cutwatch.core._tasks import OutboundCall, TaskRegistry
+
+__all__ = [
+    "REASON_ATOMIC_TIMEOUT",
+    "REASON_ATOMIC_WAIT",
+    "ChannelPeer",
+    "Inbound",
+    "Outbound",
+    "ProcessCore",
+]
+
+_LOG = logging.getLogger("cutwatch.agent")
+REASON_ATOMIC_WAIT = "a snapshot was due while an atomic() block waited for a response"
+REASON_ATOMIC_TIMEOUT = "an atomic() block held the snapshot lock too long"
+
+Emit = Callable[[Sequence[SnapshotEvent]], None]
+Observer = Callable[[str, Mapping[str, int], str], None]
+"""Told of every send and receive: (process id, clock after the event, what happened)."""
+
+
+def no_span() -> tuple[bytes, bytes]:
+    return b"", b""
+
+
+class ProcessCore:
+    """The events of process ``process_id``; thread-safe.
+
+    ``max_records``, ``max_seen_messages`` and ``abandoned_grace`` go to the
+    snapshot participant, ``max_stamp_bytes`` and ``max_clock_entries`` to the
+    stamp codec, ``max_state_bytes`` bounds each state provider's value;
+    ``atomic_timeout`` is how long a snapshot waits for an ``atomic()`` block
+    before it gives that snapshot up. ``span_ids`` returns the active span's
+    (trace id, span id), carried in stamps and tasks.
+    """
+
+    def __init__(
+        self,
+        process_id: str,
+        *,
+        max_stamp_bytes: int = DEFAULT_MAX_STAMP_BYTES,
+        max_clock_entries: int = DEFAULT_MAX_CLOCK_ENTRIES,
+        max_records: int = 10_000,
+        max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
+        max_seen_messages: int = 100_000,
+        atomic_timeout: float = 5.0,
+        abandoned_grace: float = 2.0,
+        emit: Emit | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        span_ids: Callable[[], tuple[bytes, bytes]] = no_span,
+    ) -> None:
+        self.process_id = process_id
+        self.observer: Observer | None = None
+        self._emit_to = emit
+        self._now = monotonic
+        self._span_ids = span_ids
+        self._lock = threading.RLock()
+        self._gate = SnapshotGate(atomic_timeout)
+        self._counters = Counters()
+        self._clock = StampedClock(
+            process_id, self._counters, max_stamp_bytes=max_stamp_bytes, max_clock_entries=max_clock_entries
+        )
+        self._part = SnapshotParticipant(
+            process_id,
+            max_records=max_records,
+            max_seen_keys=max_seen_messages,
+            abandoned_grace=abandoned_grace,
+        )
+        self.tasks = TaskRegistry()
+        self._call_ids = itertools.count(1)
+        self._states = StateProviders(max_state_bytes)
+        self._worker_pools: dict[str, int] = {}
+
+    # Views ------------------------------------------------------------------------------------
+    @property
+    def clock(self) -> VectorClock:
+        """The current vector clock (a read-only copy)."""
+        with self._lock:
+            return self._clock.snapshot()
+
+    @property
+    def epoch(self) -> int:
+        """The newest snapshot epoch this process has taken part in (or joined at)."""
+        with self._lock:
+            return self._part.epoch
+
+    def stats(self) -> ProcessStats:
+        with self._lock:
+            return self._counters.freeze()
+
+    def snapshot_stats(self) -> SnapshotStats:
+        with self._lock:
+            return self._part.stats()
+
+    @property
+    def worker_pools(self) -> dict[str, int]:
+        """Worker capacity by server name (0: not known)."""
+        with self._lock:
+            return dict(self._worker_pools)
+
+    # What a local snapshot captures -------------------------------------------------------------
+    def register_state(self, name: str, provider: Callable[[], object]) -> None:
+        """Capture ``provider()`` under ``name`` in every local snapshot (see :class:`StateProviders`)."""
+        with self._gate.held():
+            self._states.register(name, provider)
+
+    def register_pool(self, capacity: int | None) -> str:
+        """A new server's worker pool of ``capacity`` workers (None: not known yet); returns its name."""
+        if capacity is not None and capacity < 1:
+            raise ValueError("max_workers must be at least 1")
+        with self._lock:
+            name = f"server-{len(self._worker_pools) + 1}"
+            self._worker_pools[name] = capacity or 0
+            return name
+
+    def learn_pool_capacity(self, pool: str, capacity: int) -> None:
+        """The capacity of a pool registered without one, once it is known."""
+        with self._lock:
+            if not self._worker_pools.get(pool):
+                self._worker_pools[pool] = capacity
+
+    def local_event(self, description: str) -> None:
+        """An event of the process's own (the event log's first line): ticks the clock."""
+        with self._lock:
+            self._clock.tick()
+            self._observe(description)
+
+    # atomic() -----------------------------------------------------------------------------------
+    def atomic(self) -> AbstractContextManager[None]:
+        """A state change no snapshot splits, which consumes the current request (``Agent.atomic``)."""
+        return self._gate.atomic(self._consume_current)
+
+    def in_atomic(self) -> bool:
+        """Whether this thread is inside an ``atomic()`` block of this process."""
+        return self._gate.inside()
+
+    def _consume_current(self) -> None:
+        task = self.tasks.current()
+        delivery = task.delivery if task is not None else None
+        if isinstance(delivery, Delivery) and not delivery.consumed:
+            try:
+                with self._lock:
+                    self._part.on_consume(delivery)
+            except Exception:
+                self.internal_error("consuming a request")
+
+    # Client side --------------------------------------------------------------------------------
+    def begin_call(self, method: str, channel: ChannelPeer) -> tuple[Outbound, bytes] | None:
+        """Send event of a request; returns the call in flight and its stamp (None: send it untracked)."""
+        try:
+            trace_id, span_id = self._span_ids()
+            task = self.tasks.current_or_app_task()
+            with self._lock:
+                call_id = next(self._call_ids)
+                self._clock.tick()
+                epoch = self._part.on_call(call_id, method, channel.server or "")
+                stamp = self._clock.encode(channel.server, epoch, call_id, trace_id, span_id)
+                self._counters.requests_sent += 1
+                if self.observer is not None:
+                    self._observe(f"send request {method} call={call_id}")
+            call = OutboundCall(call_id=call_id, method=method, target=channel.server or "")
+            # The span the task now waits in (e.g. the handler's own server span).
+            self.tasks.add_outbound(task, call, trace_id, span_id)
+            return Outbound(call, task, channel), stamp
+        except Exception:
+            self.internal_error("preparing an outbound call")
+            return None
+
+    def end_call(
+        self,
+        outbound: Outbound,
+        stamp: bytes | str | None,
+        failure: str | None = None,
+        response: Payload | None = None,
+        *,
+        deferrable: bool = False,
+    ) -> None:
+        """Receive event of a response (idempotent); ``stamp`` is the answer's, None when it had none.
+
+        ``failure`` names the status of a call that did not succeed;
+        ``response`` renders the response, for the record of a response that
+        is in transit at a cut. ``deferrable`` marks a finish that cutwatch
+        starts on its own (a done-callback), not one the application asked
+        for by reading the result: inside an ``atomic()`` block it waits
+        until the block ends, so that a call started with ``.future()`` in
+        the block never forces a snapshot in its middle.
+        """
+        if deferrable and self.in_atomic():
+            self._gate.defer(lambda: self.end_call(outbound, stamp, failure, response))
+            return
+        try:
+            with outbound.finishing, self._lock:
+                if outbound.finished:  # set last: the call is wholly finished
+                    return
+                decoded = self._clock.decode(stamp)
+                call_id = outbound.call.call_id
+                if decoded is not None and decoded.call_id != call_id:
+                    decoded = None  # not the answer to this call (a proxy replayed trailers)
+                    self._counters.untracked_malformed += 1
+                if decoded is not None and decoded.epoch > self._part.epoch:
+                    self._snapshot_unlocked(decoded.epoch)
+                if decoded is not None:
+                    self._part.on_response(
+                        decoded.sender,
+                        decoded.epoch,
+                        "null" if response is None else response,
+                        call_id,
+                        self._capture,
+                        method=outbound.call.method,
+                        now=self._now(),
+                    )
+                    outbound.channel.server = decoded.sender
+                else:
+                    outcome = OUTCOME_FAILED if failure else OUTCOME_UNSTAMPED
+                    self._part.on_call_ended(call_id, outcome, failure or "", now=self._now())
+                self._clock.receive(decoded)
+                self._counters.responses_received += 1
+                if self.observer is not None:
+                    sender = decoded.sender if decoded is not None else "untracked peer"
+                    self._observe(f"receive response {outbound.call.method} call={call_id} from {sender}")
+                self._emit()
+                # Under the lock: a caller finishing the same call waits here
+                # until the call has left its task.
+                self.tasks.remove_outbound(outbound.task, call_id)
+                outbound.finished = True
+        except Exception:
+            self.internal_error("finishing an outbound call")
+
+    # Server side --------------------------------------------------------------------------------
+    def begin_handler(
+        self, method: str, stamp: bytes | str | None, attempt: int, pool: str, request: Payload
+    ) -> Inbound | None:
+        """Receive event of a request: merge its clock, start its task and bind it to this context.
+
+        ``attempt`` tells a retried or hedged attempt from the first (gRPC's
+        ``grpc-previous-rpc-attempts``); ``request`` renders the request, for
+        its record when it is in transit at a cut.
+        """
+        try:
+            delivery: Delivery | None = None
+            with self._lock:
+                decoded = self._clock.decode(stamp)
+                if decoded is not None and decoded.epoch > self._part.epoch:
+                    self._snapshot_unlocked(decoded.epoch)
+                caller = decoded.sender if decoded else None
+                call_id = decoded.call_id if decoded else 0
+                if decoded is not None:
+                    delivery = self._part.on_deliver(
+                        decoded.sender,
+                        decoded.epoch,
+                        request,
+                        MsgKey(decoded.sender, call_id, attempt, REQUEST),
+                        self._capture,
+                        method=method,
+                        now=self._now(),
+                    )
+                self._clock.receive(decoded)
+                self._counters.requests_received += 1
+                if self.observer is not None:
+                    self._observe(
+                        f"receive request {method} call={call_id} from {caller or 'untracked peer'}"
+                    )
+                self._emit()
+            task = self.tasks.start("server", method=method, caller=caller or "", call_id=call_id, pool=pool)
+            task.delivery = delivery
+            trace_id, span_id = self._span_ids()
+            if trace_id:
+                task.trace_id, task.span_id = trace_id, span_id
+            elif decoded is not None and decoded.trace_id:
+                task.trace_id, task.span_id = decoded.trace_id, decoded.span_id
+            inbound = Inbound(task, caller)
+            inbound.token = self.tasks.bind(task)
+            return inbound
+        except Exception:
+            self.internal_error("starting an inbound call")
+            return None
+
+    def end_handler(self, inbound: Inbound) -> bytes | None:
+        """Send event of the response; ends the task. Returns the response's stamp, once."""
+        try:
+            if inbound.finished:
+                return None
+            inbound.finished = True
+            self.tasks.end(inbound.task)
+            if inbound.token is not None:
+                self.tasks.unbind(inbound.token, inbound.task)
+                inbound.token = None
+            trace_id, span_id = self._span_ids()
+            task = inbound.task
+            with self._lock:
+                self._clock.tick()
+                delivery = task.delivery
+                epoch = self._part.on_reply(delivery) if isinstance(delivery, Delivery) else self._part.epoch
+                stamp = self._clock.encode(
+                    inbound.caller, epoch, task.call_id, trace_id or task.trace_id, span_id or task.span_id
+                )
+                self._counters.responses_sent += 1
+                if self.observer is not None:
+                    self._observe(f"send response {task.method} call={task.call_id}")
+            return stamp
+        except Exception:
+            self.internal_error("finishing an inbound call")
+            return None
+
+    # The collector's orders -------------------------------------------------------------------
+    def take_snapshot(self, epoch: int) -> None:
+        """Take local snapshots up to ``epoch`` now, or give them up; never waits past the timeout.
+
+        Called without the event lock. Inside an ``atomic()`` block of this
+        very thread (a response awaited in the block) the block is half done,
+        so the snapshots are given up rather than taken mid-change.
+        """
+        if self.in_atomic():
+            self._skip_snapshots(epoch, REASON_ATOMIC_WAIT)
+            return
+        if not self._gate.enter():
+            self._skip_snapshots(epoch, REASON_ATOMIC_TIMEOUT)
+            return
+        try:
+            with self._lock:
+                if epoch > self._part.epoch:
+                    taken = self._part.take_snapshot(epoch, self._capture(), now=self._now())
+                    self._counters.snapshots_taken += len(taken)
+                    self._emit()
+        finally:
+            self._gate.leave()
+
+    def flush(self, epoch: int) -> None:
+        """Emit the flush marker of ``epoch`` behind everything emitted so far."""
+        with self._lock:
+            self._part.flush(epoch)
+            self._emit()
+
+    def close_epoch(self, epoch: int) -> None:
+        """The collector is done with ``epoch``: stop recording it."""
+        with self._lock:
+            self._part.close_epoch(epoch)
+
+    def join(self, epoch: int) -> None:
+        """Number snapshots from ``epoch`` on without taking part in it (the collector's newest)."""
+        with self._lock:
+            self._part.join(epoch)
+
+    def carry_out(self, order: Order) -> None:
+        """Do what the collector orders (on the agent's control thread)."""
+        if isinstance(order, TakeSnapshot):
+            self.take_snapshot(order.epoch)
+        elif isinstance(order, Flush):
+            self.flush(order.epoch)
+        elif isinstance(order, CloseEpoch):
+            self.close_epoch(order.epoch)
+        else:
+            self.join(order.epoch)
+
+    # Internals ----------------------------------------------------------------------------------
+    def _snapshot_unlocked(self, epoch: int) -> None:
+        """:meth:`take_snapshot` from a thread that holds the event lock once: let it go meanwhile.
+
+        The snapshot lock is always taken before the event lock, never after.
+        """
+        self._lock.release()
+        try:
+            self.take_snapshot(epoch)
+        finally:
+            self._lock.acquire()
+
+    def _skip_snapshots(self, epoch: int, reason: str) -> None:
+        with self._lock:
+            first = self._part.epoch + 1
+            if epoch < first:
+                return
+            self._part.join(epoch)
+            self._counters.snapshots_skipped += epoch - first + 1
+            if self._emit_to is not None:
+                self._emit_to(
+                    [RecordingStopped(k, self.process_id, reason, 0) for k in range(first, epoch + 1)]
+                )
+        _LOG.warning("cutwatch: snapshots %d..%d given up: %s", first, epoch, reason)
+
+    def _capture(self) -> Capture:
+        """The local snapshot's contents; caller holds both locks. The snapshot is an event: it ticks."""
+        self._clock.tick()
+        state, state_bytes, errors = self._states.capture()
+        self._counters.state_errors += errors
+        clock = self._clock.as_dict()
+        return Capture(clock, state, tuple(self.tasks.views()), dict(self._worker_pools), state_bytes)
+
+    def _emit(self) -> None:
+        """Hand what the participant emitted to ``emit``; caller holds the event lock."""
+        if self._part.has_events:
+            events = self._part.drain()
+            if self._emit_to is not None:
+                self._emit_to(events)
+
+    def _observe(self, description: str) -> None:
+        observer = self.observer
+        if observer is not None:
+            observer(self.process_id, self._clock.as_dict(), description)
+
+    def internal_error(self, what: str) -> None:
+        """A failure inside cutwatch: counted and logged, never raised into the application."""
+        with self._lock:
+            self._counters.internal_errors += 1
+        _LOG.exception("cutwatch internal error while %s; the call proceeds untracked", what)

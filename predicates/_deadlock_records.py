@@ -1,0 +1,159 @@
+"""The deadlock report's records: plain named tuples and one frozen dataclass, with their JSON.
+
+Report records are named tuples of plain values: immutable, cheap to make,
+and left alone by the garbage collector, which matters when one deadlock
+names 10^5 tasks. The JSON keys are documented in
+:mod:`cutwatch.predicates._deadlock` and only ever added to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+__all__ = ["CycleStep", "Deadlock", "DeadlockedTask", "Wait"]
+
+
+class Wait(NamedTuple):
+    """One unmet wait of a deadlocked task.
+
+    Report records are named tuples of plain values: immutable, cheap to make, and left alone by
+    the garbage collector, which matters when one deadlock names 10^5 tasks.
+    """
+
+    kind: str
+    """``call`` (a handler is running it), ``worker`` (queued for a worker) or ``lock``."""
+    text: str
+    method: str = ""
+    call_id: int | None = None
+    target: str = ""
+    """The process it waits on: the callee of a call, the lock's process."""
+    lock: str = ""
+    pools: tuple[str, ...] = ()
+    waits_on: tuple[tuple[str, int], ...] = ()
+    """(process, task_id) of the tasks it waits on: handler, lock holder, busy workers."""
+    assumption: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "text": self.text,
+            "method": self.method,
+            "call_id": self.call_id,
+            "target": self.target,
+            "lock": self.lock,
+            "pools": list(self.pools),
+            "waits_on": [{"process": p, "task_id": t} for p, t in self.waits_on],
+            "assumption": self.assumption,
+        }
+
+
+class DeadlockedTask(NamedTuple):
+    process: str
+    service: str
+    task_id: int
+    kind: str
+    method: str
+    pool: str
+    caller: str
+    call_id: int
+    trace_id: str
+    span_id: str
+    held_locks: tuple[str, ...]
+    waits_for: tuple[Wait, ...]
+    on_cycle: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.process}#{self.task_id}"
+
+    @property
+    def holds(self) -> tuple[str, ...]:
+        out = [f"lock {name}" for name in self.held_locks]
+        if self.kind == "server" and self.pool:
+            out.append(f"a worker of pool {self.pool}")
+        return tuple(out)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "process": self.process,
+            "service": self.service,
+            "task_id": self.task_id,
+            "kind": self.kind,
+            "method": self.method,
+            "pool": self.pool,
+            "caller": self.caller,
+            "call_id": self.call_id,
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "held_locks": list(self.held_locks),
+            "holds": list(self.holds),
+            "waits_for": [w.to_json() for w in self.waits_for],
+            "on_cycle": self.on_cycle,
+        }
+
+
+class CycleStep(NamedTuple):
+    process: str
+    task_id: int
+    task: str
+    """The task in brief (method, held locks)."""
+    edge: str
+    """How this task waits for the next step (the last one's for the first)."""
+
+
+@dataclass(frozen=True)
+class Deadlock:
+    """One group of deadlocked tasks (connected through what they wait for), with a cycle inside it."""
+
+    epoch: int
+    cut_status: str
+    tasks: tuple[DeadlockedTask, ...]
+    cycle: tuple[CycleStep, ...]
+    rests_on: tuple[str, ...] = ()
+
+    @property
+    def processes(self) -> tuple[str, ...]:
+        return tuple(sorted({t.process for t in self.tasks}))
+
+    def summary(self) -> str:
+        processes = self.processes
+        where = ", ".join(processes[:5]) + (f" and {len(processes) - 5} more" if len(processes) > 5 else "")
+        return (
+            f"deadlock of {len(self.tasks)} task{'s' if len(self.tasks) != 1 else ''} in "
+            f"{len(processes)} process{'es' if len(processes) != 1 else ''} ({where})"
+        )
+
+    def chain(self, limit: int | None = None) -> str:
+        """The cycle as one readable line; ``limit`` shows only that many steps of a long one."""
+        steps = self.cycle
+        if not steps:
+            return ""
+        parts: list[str] = []
+        shown = steps if limit is None or len(steps) <= limit else steps[: limit - 3]
+        for step in shown:
+            parts.append(f"{step.process}#{step.task_id} [{step.task}]")
+            parts.append(step.edge)
+        if len(shown) < len(steps):
+            parts.append(f"... {len(steps) - len(shown) - 2} more steps ...")
+            for step in steps[-2:]:
+                parts.append(f"{step.process}#{step.task_id} [{step.task}]")
+                parts.append(step.edge)
+        first = steps[0]
+        parts.append(f"{first.process}#{first.task_id}")
+        return " -> ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "cut_status": self.cut_status,
+            "summary": self.summary(),
+            "processes": list(self.processes),
+            "tasks": [t.to_json() for t in self.tasks],
+            "cycle": [
+                {"process": s.process, "task_id": s.task_id, "task": s.task, "edge": s.edge}
+                for s in self.cycle
+            ],
+            "chain": self.chain(),
+            "rests_on": list(self.rests_on),
+        }

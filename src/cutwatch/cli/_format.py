@@ -1,0 +1,65 @@
+"""How the commands print cuts and check results for a person (``--json`` prints the documents)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any
+
+from cutwatch.collector import CheckResults, Cut
+from cutwatch.core import shown
+
+__all__ = ["format_cut", "format_results", "short", "when"]
+
+
+def when(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc).strftime(
+        "%Y-%m-%d %H:%M:%S UTC"
+    )
+
+
+def short(value: Any, width: int = 70) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def format_cut(cut: Cut) -> str:
+    """A cut as a person reads it: status and why, states, messages in transit."""
+    took = (cut.finished - cut.started) * 1000
+    lines = [
+        f"snapshot {cut.epoch}: {cut.status}  ({len(cut.states)} processes, "
+        f"{len(cut.in_transit)} messages in transit, {took:.0f} ms, {when(cut.started)})"
+    ]
+    for reason in cut.reasons:
+        lines.append(f"  why: {shown(reason, 2000)}")
+    if cut.states:
+        lines.append("processes")
+        width = max(len(shown(p)) for p in cut.states)
+        for process, entry in sorted(cut.states.items()):
+            tasks = len(cut.tasks.get(process, ()))
+            service = shown(entry.get("service", ""))
+            name = shown(process)
+            lines.append(f"  {name:<{width}}  {service:<12} tasks {tasks:<3} {short(entry.get('state'))}")
+    if cut.in_transit:
+        lines.append("in transit")
+        for m in cut.in_transit:
+            what = f"{m.kind} {shown(m.method or '?')} #{m.call_id}"
+            lines.append(f"  {shown(m.sender)} -> {shown(m.receiver)}  {what}  {short(m.payload, 50)}")
+    if cut.duplicates:
+        lines.append("duplicate deliveries (retries or hedging)")
+        for d in cut.duplicates:
+            lines.append(f"  call #{d['call_id']} from {shown(d['caller'])}: {shown(', '.join(d['where']))}")
+    return "\n".join(lines)
+
+
+def format_results(checked: CheckResults) -> str:
+    """Check results as a person reads them: one line each, the failures' messages below."""
+    lines = [f"checks of snapshot {checked.epoch} ({checked.cut_status})"]
+    for result in checked.results:
+        lines.append(f"  {result.status:<5}  {result.name}")
+    for result in checked.results:
+        if result.status != "PASS" and result.message:
+            lines.append("")
+            lines.append(f"{result.name}: {result.status}")
+            lines.extend("  " + line for line in result.message.splitlines())
+    return "\n".join(lines)
