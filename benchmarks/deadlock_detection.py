@@ -36,9 +36,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cutwatch.collector import Cut, InTransitMessage
-from cutwatch.predicates._deadlock import Reduction, deadlocks_from, reduce_graph
-from cutwatch.predicates._waitfor import WaitForGraph, graph_from_cut
+from cutwatch.core import (
+    Cut,
+    InTransitMessage,
+    Reduction,
+    TaskView,
+    WaitForGraph,
+    graph_from_cut,
+    reduce_graph,
+)
+from cutwatch.predicates._deadlock import deadlocks_from
 
 _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:  # loaded by path, as the smoke tests do
@@ -98,7 +105,7 @@ def _cut(
         states={p: {"service": p.split(":", 1)[0], "state": {}} for p in tasks},
         in_transit=tuple(in_transit),
         clocks={},
-        tasks={p: tuple(ts) for p, ts in tasks.items()},
+        tasks={p: tuple(TaskView.from_json(t) for t in ts) for p, ts in tasks.items()},
         reasons=("calls in flight at the cut not accounted for",) if unsettled else (),
         unsettled=tuple(unsettled),
         pools=pools,

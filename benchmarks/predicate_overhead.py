@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from cutwatch.collector import Cut, InTransitMessage
-from cutwatch.predicates import PASS, PredicateEngine, check, conservation, invariant
+from cutwatch.predicates import PASS, check, conservation, invariant
+from cutwatch.predicates.engine import PredicateEngine
 
 _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:  # loaded by path, as the smoke tests do

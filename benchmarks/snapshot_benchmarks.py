@@ -49,9 +49,15 @@ import grpc
 from google.protobuf.struct_pb2 import Struct
 
 import cutwatch
-from cutwatch.collector import CollectorClient, CollectorServer
+from cutwatch.collector import (
+    CollectorClient,
+    CollectorServer,
+    CutStatus,
+    CutSummary,
+    SqliteCutStore,
+    StoredCut,
+)
 from cutwatch.collector._coordinator import AgentSession, Coordinator
-from cutwatch.collector._storage import CutStatus, CutSummary, SqliteCutStore, StoredCut
 from cutwatch.proto import collector_pb2 as pb
 
 _HERE = str(Path(__file__).resolve().parent)

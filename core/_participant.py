@@ -88,7 +88,7 @@ from cutwatch.core._events import (
     SnapshotEvent,
 )
 
-__all__ = ["Delivery", "SnapshotParticipant", "SnapshotStats"]
+__all__ = ["DEFAULT_MAX_OPEN_EPOCHS", "Delivery", "SnapshotParticipant", "SnapshotStats"]
 
 _KINDS = frozenset((REQUEST, RESPONSE))
 _MAX_SKIP_NOTICES: Final = 1024

@@ -47,7 +47,7 @@ from cutwatch.core._events import (
     SnapshotEvent,
 )
 from cutwatch.core._gate import SnapshotGate
-from cutwatch.core._participant import Delivery, SnapshotParticipant, SnapshotStats
+from cutwatch.core._participant import DEFAULT_MAX_OPEN_EPOCHS, Delivery, SnapshotParticipant, SnapshotStats
 from cutwatch.core._stamp import DEFAULT_MAX_CLOCK_ENTRIES, DEFAULT_MAX_STAMP_BYTES
 from cutwatch.core._stamped_clock import StampedClock
 from cutwatch.core._states import DEFAULT_MAX_STATE_BYTES, StateProviders
@@ -78,8 +78,8 @@ def no_span() -> tuple[bytes, bytes]:
 class ProcessCore:
     """The events of process ``process_id``; thread-safe.
 
-    ``max_records``, ``max_seen_messages`` and ``abandoned_grace`` go to the
-    snapshot participant, ``max_stamp_bytes`` and ``max_clock_entries`` to the
+    ``max_records``, ``max_seen_messages``, ``max_open_epochs`` and
+    ``abandoned_grace`` go to the snapshot participant, ``max_stamp_bytes`` and ``max_clock_entries`` to the
     stamp codec, ``max_state_bytes`` bounds each state provider's value;
     ``atomic_timeout`` is how long a snapshot waits for an ``atomic()`` block
     before it gives that snapshot up. ``span_ids`` returns the active span's
@@ -95,6 +95,7 @@ class ProcessCore:
         max_records: int = 10_000,
         max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
         max_seen_messages: int = 100_000,
+        max_open_epochs: int = DEFAULT_MAX_OPEN_EPOCHS,
         atomic_timeout: float = 5.0,
         abandoned_grace: float = 2.0,
         emit: Emit | None = None,
@@ -115,6 +116,7 @@ class ProcessCore:
         self._part = SnapshotParticipant(
             process_id,
             max_records=max_records,
+            max_open_epochs=max_open_epochs,
             max_seen_keys=max_seen_messages,
             abandoned_grace=abandoned_grace,
         )

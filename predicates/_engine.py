@@ -28,7 +28,7 @@ from cutwatch.core import Cut, PredicateLoadError, PredicateWorkerError
 from cutwatch.predicates._api import ERROR, FAIL, PASS
 from cutwatch.predicates._loader import Source, resolve_source
 from cutwatch.predicates._results import DEFAULT_MAX_MEMORY_BYTES, DEFAULT_MAX_WITNESS_BYTES, PredicateResult
-from cutwatch.predicates._worker_process import Worker, WorkerDied
+from cutwatch.predicates._worker_process import Worker, _WorkerDied
 
 __all__ = ["PredicateEngine", "PredicateInfo", "PredicateWorkerError"]
 
@@ -227,7 +227,7 @@ class PredicateEngine:
                     return worker, infos
                 else:
                     raise PredicateLoadError(current, None, f"unexpected reply from the worker: {reply}")
-        except WorkerDied as exc:
+        except _WorkerDied as exc:
             worker.kill()
             raise PredicateLoadError(current, None, f"could not be loaded: {exc}") from None
         except BaseException:
@@ -295,7 +295,7 @@ class PredicateEngine:
                 for info in list(pending):
                     error(info, f"the predicate worker could not read cut {cut.epoch}: {why}")
                 return worker
-        except WorkerDied as exc:
+        except _WorkerDied as exc:
             self._drop_worker(worker)
             for info in list(pending):
                 error(info, exc.during(f"while it was sent cut {cut.epoch}"))
@@ -304,7 +304,7 @@ class PredicateEngine:
             started = time.monotonic()
             try:
                 reply = worker.read(started + info.timeout)
-            except WorkerDied as exc:
+            except _WorkerDied as exc:
                 self._drop_worker(worker)
                 error(info, exc.during("while evaluating this predicate"), time.monotonic() - started)
                 return worker

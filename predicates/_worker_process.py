@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from cutwatch.core import PredicateWorkerError
 
-__all__ = ["Worker", "WorkerDied"]
+__all__ = ["Worker"]
 
 _LOG = logging.getLogger("cutwatch.predicates")
 _STDERR_TAIL = 2000
@@ -28,7 +28,7 @@ _CLOSE_GRACE = 2.0
 _READ_CHUNK = 1 << 16
 
 
-class WorkerDied(PredicateWorkerError):
+class _WorkerDied(PredicateWorkerError):
     def __init__(self, what: str, output: str) -> None:
         self.what = what
         self.output = output
@@ -101,7 +101,7 @@ class Worker:
             raise self._died("stopped reading its requests") from None
 
     def read(self, deadline: float) -> dict[str, Any] | None:
-        """The next reply, or None once ``deadline`` (monotonic) passes. Raises ``WorkerDied``."""
+        """The next reply, or None once ``deadline`` (monotonic) passes. Raises ``_WorkerDied``."""
         while True:
             newline = self._buffer.find(b"\n")
             if newline >= 0:
@@ -149,7 +149,7 @@ class Worker:
             _LOG.info("predicate worker %d: %s", self.pid, text)
             self._stderr_tail = (self._stderr_tail + text + "\n")[-_STDERR_TAIL:]
 
-    def _died(self, what: str) -> WorkerDied:
+    def _died(self, what: str) -> _WorkerDied:
         """Kill for good (if not dead yet) and describe how the worker ended."""
         self.signal_kill()
         with contextlib.suppress(subprocess.TimeoutExpired, OSError):
@@ -164,7 +164,7 @@ class Worker:
         code = self.process.returncode
         how = f"exit code {code}" if code is None or code >= 0 else f"killed by signal {-code}"
         tail = (self._stderr_tail + self._err_line.decode("utf-8", "replace")).strip()
-        return WorkerDied(f"the predicate worker {what} ({how})", tail)
+        return _WorkerDied(f"the predicate worker {what} ({how})", tail)
 
     def signal_kill(self) -> None:
         """SIGKILL the process, touching nothing else (safe while another thread reads the pipes)."""

@@ -35,7 +35,9 @@ else:  # pragma: no cover - Python 3.10 reads pyproject only when tomli is insta
         toml = None
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE_FOLDERS = ("agent", "collector", "predicates", "integrations", "proto")
+SOURCE_FOLDERS = ("agent", "collector", "core", "predicates", "integrations", "proto")
+ROOT_PACKAGE_FOLDER = "src/cutwatch"
+"""The root package's folder: under src/, so a Python started at the repository root does not find it."""
 
 
 def _setuptools_config() -> dict[str, Any]:
@@ -71,7 +73,7 @@ def test_every_package_folder_is_listed_and_every_listed_package_exists() -> Non
 
 def test_package_dir_maps_the_source_folders_into_cutwatch() -> None:
     package_dir = _setuptools_config()["package-dir"]
-    assert package_dir["cutwatch"] == "cutwatch"
+    assert package_dir["cutwatch"] == ROOT_PACKAGE_FOLDER
     for folder in SOURCE_FOLDERS:
         assert package_dir[f"cutwatch.{folder}"] == folder
     assert all(name == "cutwatch" or name.startswith("cutwatch.") for name in package_dir)
@@ -141,7 +143,7 @@ def test_source_folder_names_are_not_importable_at_top_level(name: str, tmp_path
 @pytest.mark.parametrize("package", ["cutwatch", *(f"cutwatch.{folder}" for folder in SOURCE_FOLDERS)])
 def test_every_package_is_typed(package: str) -> None:
     assert importlib.resources.files(package).joinpath("py.typed").is_file()
-    folder = "cutwatch" if package == "cutwatch" else package.removeprefix("cutwatch.")
+    folder = ROOT_PACKAGE_FOLDER if package == "cutwatch" else package.removeprefix("cutwatch.")
     assert (ROOT / folder / "py.typed").is_file()
 
 
@@ -170,7 +172,10 @@ def test_all_is_sorted_and_complete(module: types.ModuleType) -> None:
     exported = list(module.__all__)
     assert exported == sorted(exported, key=_isort_key)
     assert len(set(exported)) == len(exported)
-    assert {name for name in exported if not name.startswith("_")} == _public_names(module)
+    # The root package is lazy (PEP 562): what it exports is what its __getattr__ serves.
+    lazy: dict[str, str] | None = getattr(module, "_WHERE", None)
+    public = set(lazy) if lazy is not None else _public_names(module)
+    assert {name for name in exported if not name.startswith("_")} == public
     for name in exported:
         assert hasattr(module, name), f"{module.__name__}.__all__ names {name}, which does not exist"
 

@@ -7,7 +7,7 @@ from typing import Any
 from echo_service import EchoServicer, EchoStub
 
 from cutwatch.agent import STAMP_METADATA_KEY, StampCodec
-from cutwatch.agent._stamp import DEFAULT_MAX_STAMP_BYTES
+from cutwatch.core import DEFAULT_MAX_STAMP_BYTES
 
 TIMEOUT = 30.0
 SENDERS = 20

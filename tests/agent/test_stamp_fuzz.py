@@ -47,9 +47,9 @@ from hypothesis import strategies as st
 
 import cutwatch
 from cutwatch.agent import STAMP_METADATA_KEY
-from cutwatch.agent._snapshot import DEFAULT_MAX_OPEN_EPOCHS
-from cutwatch.agent._stamp import DEFAULT_MAX_EPOCH_AHEAD, DEFAULT_MAX_STAMP_BYTES, DecodedStamp, StampCodec
-from cutwatch.agent.exceptions import StampError
+from cutwatch.core import DEFAULT_MAX_STAMP_BYTES, DecodedStamp, StampCodec, StampError
+from cutwatch.core._participant import DEFAULT_MAX_OPEN_EPOCHS
+from cutwatch.core._stamp import DEFAULT_MAX_EPOCH_AHEAD
 from cutwatch.proto import stamp_pb2
 
 TIMEOUT = 30.0

@@ -20,7 +20,7 @@ from polling import wait_until
 
 from cutwatch.cli import main as cli_main
 from cutwatch.collector import CollectorClient, CollectorServer
-from cutwatch.predicates import PredicateLoadError
+from cutwatch.core import PredicateLoadError
 
 TIMEOUT = 30.0
 

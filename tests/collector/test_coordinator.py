@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 from polling import wait_until
 
-from cutwatch.agent._clock import VectorClock
-from cutwatch.agent._events import event_to_message
-from cutwatch.agent._snapshot import REQUEST, ChannelRecord, Flushed, LocalSnapshot, MsgKey, SnapshotEvent
+from cutwatch.collector import SqliteCutStore
 from cutwatch.collector._coordinator import (
     REASON_ABSENT,
     REASON_EVENTS_LOST,
@@ -18,8 +16,9 @@ from cutwatch.collector._coordinator import (
     AgentSession,
     Coordinator,
 )
-from cutwatch.collector._storage import SqliteCutStore
+from cutwatch.core import REQUEST, ChannelRecord, Flushed, LocalSnapshot, MsgKey, SnapshotEvent, VectorClock
 from cutwatch.proto import collector_pb2 as pb
+from cutwatch.proto import event_to_message
 
 
 @pytest.fixture

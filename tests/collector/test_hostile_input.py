@@ -31,9 +31,9 @@ from hypothesis import strategies as st
 from polling import wait_until
 
 import cutwatch
-from cutwatch.agent._events import MAX_JSON_DEPTH, MAX_WORKER_POOLS, event_from_message, event_to_message
-from cutwatch.agent._snapshot import REQUEST, ChannelRecord, MsgKey
 from cutwatch.collector import CollectorClient, CollectorServer, Cut
+from cutwatch.core import REQUEST, ChannelRecord, MsgKey
+from cutwatch.proto import MAX_JSON_DEPTH, MAX_WORKER_POOLS, event_from_message, event_to_message
 from cutwatch.proto import collector_pb2 as pb
 from cutwatch.proto import collector_pb2_grpc as pb_grpc
 

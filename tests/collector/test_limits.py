@@ -11,9 +11,9 @@ from ledger_service import Ledger
 from polling import wait_until
 
 from cutwatch.agent._control import ControlClient, ControlOptions, approximate_size
-from cutwatch.agent._snapshot import ChannelRecord, MsgKey
 from cutwatch.collector import CollectorClient, CollectorServer, Cut
 from cutwatch.collector._limits import AgentMeter, CollectorLimits
+from cutwatch.core import ChannelRecord, MsgKey
 from cutwatch.proto import collector_pb2 as pb
 from cutwatch.proto import collector_pb2_grpc as pb_grpc
 

@@ -306,7 +306,7 @@ def test_a_refused_agent_keeps_serving_its_application(
 
 
 def test_text_from_peers_is_escaped_for_logs_and_terminals() -> None:
-    from cutwatch.security import shown
+    from cutwatch.core import shown
 
     assert shown("bank:a.12") == "bank:a.12"
     assert shown("é😀") == "é😀"

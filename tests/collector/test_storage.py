@@ -13,31 +13,32 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cutwatch.agent._clock import VectorClock
-from cutwatch.agent._snapshot import (
+from cutwatch.collector import (
+    SqliteCutStore,
+    StoredChannelState,
+    StoredCut,
+    StoredLocalState,
+    StoredResult,
+    _sqlite,
+)
+from cutwatch.collector._records import stored_from_assembled
+from cutwatch.collector._sqlite import _MIGRATIONS, SCHEMA_VERSION
+from cutwatch.core import (
     OUTCOME_FAILED,
     Answering,
     CallOutcome,
     ChannelRecord,
+    CutAssembler,
+    DuplicateDelivery,
+    DuplicateEpochError,
     Flushed,
     LocalSnapshot,
     MsgKey,
     OpenCall,
     RecordingStopped,
-)
-from cutwatch.collector import _storage
-from cutwatch.collector._assembly import CutAssembler, DuplicateDelivery, UnsettledCall
-from cutwatch.collector._storage import (
-    _MIGRATIONS,
-    SCHEMA_VERSION,
-    DuplicateEpochError,
-    SqliteCutStore,
     StorageError,
-    StoredChannelState,
-    StoredCut,
-    StoredLocalState,
-    StoredResult,
-    stored_from_assembled,
+    UnsettledCall,
+    VectorClock,
 )
 
 TABLES = {"schema_version", "cuts", "local_states", "channel_states", "meta", "results"}
@@ -327,7 +328,7 @@ def test_an_exception_between_inserts_rolls_the_cut_back(
 ) -> None:
     path = tmp_path / "cuts.db"
     store = open_store(path)
-    real_row = _storage._channel_row
+    real_row = _sqlite.channel_row
     calls: list[int] = []
 
     def failing_row(epoch: int, seq: int, channel: StoredChannelState) -> tuple[object, ...]:
@@ -339,7 +340,7 @@ def test_an_exception_between_inserts_rolls_the_cut_back(
             raise RuntimeError("disk on fire")
         return real_row(epoch, seq, channel)
 
-    monkeypatch.setattr(_storage, "_channel_row", failing_row)
+    monkeypatch.setattr(_sqlite, "channel_row", failing_row)
     with pytest.raises(RuntimeError, match="disk on fire"):
         store.save_cut(make_cut(1))
     assert calls == [0, 1]

@@ -39,6 +39,7 @@ from polling import wait_until
 from processes import START_TIMEOUT, Proc, cutwatch_command, listening_address, spawn, stop_all
 
 from cutwatch import CollectorClient, Cut
+from cutwatch.core import TaskView
 from cutwatch.predicates import find_deadlocks
 
 SHOP_SCRIPT = Path(__file__).resolve().parent / "shop_service.py"
@@ -488,23 +489,23 @@ class NaiveDetector:
 
     def read_once(self) -> Cut:
         started = time.time()
-        tasks: dict[str, tuple[dict[str, Any], ...]] = {}
+        tasks: dict[str, tuple[TaskView, ...]] = {}
         pools: dict[str, dict[str, int]] = {}
         states: dict[str, dict[str, Any]] = {}
         for name in self.services:  # one process after another, as fast as the reads go
             read = self.shops.admin_call(name, "Tasks")
             process = read["process"]
-            tasks[process] = tuple(json.loads(read["tasks_json"]))
+            tasks[process] = tuple(TaskView.from_json(t) for t in json.loads(read["tasks_json"]))
             pools[process] = {pool: int(n) for pool, n in read["pools"].items()}
             states[process] = {"service": name, "state": {}}
             time.sleep(READ_PAUSE)
-        handlers = {(t["caller"], t["call_id"]) for ts in tasks.values() for t in ts if t["kind"] == "server"}
+        handlers = {(t.caller, t.call_id) for ts in tasks.values() for t in ts if t.kind == "server"}
         queued = [
-            {"caller": p, "call_id": c["call_id"], "method": c["method"], "target": c["target"], "failed": ""}
+            {"caller": p, "call_id": c.call_id, "method": c.method, "target": c.target, "failed": ""}
             for p, ts in tasks.items()
             for t in ts
-            for c in t["outbound"]
-            if c["blocking"] and (p, c["call_id"]) not in handlers
+            for c in t.outbound
+            if c.blocking and (p, c.call_id) not in handlers
         ]
         self.reads += 1
         return Cut(

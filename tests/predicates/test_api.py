@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cutwatch.collector import Cut, InTransitMessage
+from cutwatch.core import Cut, InTransitMessage, TaskView
 from cutwatch.predicates import (
     ERROR,
     FAIL,
@@ -25,7 +25,6 @@ from cutwatch.predicates import (
     conservation,
     holds,
     invariant,
-    invariants_of,
     lock_holders,
     lock_waiters,
     lookup,
@@ -37,7 +36,8 @@ from cutwatch.predicates import (
     states_by_service,
     violation,
 )
-from cutwatch.predicates._api import collecting, run_invariant
+from cutwatch.predicates._api import collecting
+from cutwatch.predicates.engine import invariants_of, run_invariant
 
 CREDIT = "/bank.Bank/Credit"
 
@@ -58,7 +58,7 @@ def make_cut(
         states={p: {"service": s, "state": dict(v)} for p, (s, v) in states.items()},
         in_transit=tuple(in_transit),
         clocks={p: {p: 1} for p in states},
-        tasks={p: tuple(t) for p, t in (tasks or {}).items()},
+        tasks={p: tuple(TaskView.from_json(t) for t in ts) for p, ts in (tasks or {}).items()},
     )
 
 

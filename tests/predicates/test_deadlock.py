@@ -9,10 +9,8 @@ from typing import Any
 
 import pytest
 
-from cutwatch.collector import Cut, InTransitMessage
+from cutwatch.core import Cut, InTransitMessage, TaskView, graph_from_cut, reduce_graph
 from cutwatch.predicates import Deadlock, find_deadlocks, format_deadlocks
-from cutwatch.predicates._deadlock import reduce_graph
-from cutwatch.predicates._waitfor import graph_from_cut
 
 A, B, C = "orders:a1", "inventory:b2", "billing:c3"
 SERVICES = {A: "orders", B: "inventory", C: "billing"}
@@ -84,7 +82,7 @@ def make_cut(
         states={p: {"service": SERVICES[p], "state": {}} for p in tasks},
         in_transit=tuple(in_transit),
         clocks={p: {p: 1} for p in tasks},
-        tasks={p: tuple(ts) for p, ts in tasks.items()},
+        tasks={p: tuple(TaskView.from_json(t) for t in ts) for p, ts in tasks.items()},
         reasons=tuple(why),
         missing=tuple(missing),
         unsettled=queued,

@@ -21,15 +21,9 @@ from pathlib import Path
 import pytest
 
 from cutwatch.collector import Cut, InTransitMessage
-from cutwatch.predicates import (
-    ERROR,
-    FAIL,
-    PASS,
-    PredicateEngine,
-    PredicateLoadError,
-    PredicateResult,
-    resolve_source,
-)
+from cutwatch.core import PredicateLoadError
+from cutwatch.predicates import ERROR, FAIL, PASS, PredicateResult
+from cutwatch.predicates.engine import PredicateEngine, resolve_source
 
 CREDIT = "/bank.Bank/Credit"
 
@@ -394,8 +388,8 @@ def test_the_worker_exits_when_the_collector_is_killed(tmp_path: Path) -> None:
     script = f"""
 import sys
 sys.path[:0] = {sys.path!r}
-from cutwatch.collector import Cut
-from cutwatch.predicates import PredicateEngine
+from cutwatch.core import Cut
+from cutwatch.predicates.engine import PredicateEngine
 engine = PredicateEngine([{source!r}], timeout=600)
 print(engine.worker_pid, flush=True)
 engine.evaluate(Cut(1, "COMPLETE", 0.0, 1.0, {{}}, (), {{}}))

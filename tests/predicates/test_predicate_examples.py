@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from cutwatch.collector import Cut, InTransitMessage
-from cutwatch.predicates import ERROR, FAIL, PASS, PredicateEngine, check
+from cutwatch.predicates import ERROR, FAIL, PASS, check
+from cutwatch.predicates.engine import PredicateEngine
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "predicates"

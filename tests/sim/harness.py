@@ -46,27 +46,28 @@ from dataclasses import dataclass, field
 from queue import Empty
 from unittest import mock
 
-from cutwatch.agent._clock import VectorClock
-from cutwatch.agent._events import event_to_message
-from cutwatch.agent._snapshot import (
+from cutwatch.collector import SqliteCutStore, StoredCut
+from cutwatch.collector import _coordinator as _coordinator_module
+from cutwatch.collector._coordinator import AgentSession, Coordinator
+from cutwatch.core import (
     OUTCOME_FAILED,
     OUTCOME_UNSTAMPED,
     REQUEST,
     RESPONSE,
+    AssembledCut,
     Capture,
     ChannelRecord,
+    CutAssembler,
     Delivery,
     Flushed,
     LocalSnapshot,
     MsgKey,
     SnapshotEvent,
     SnapshotParticipant,
+    VectorClock,
 )
-from cutwatch.collector import _coordinator as _coordinator_module
-from cutwatch.collector._assembly import AssembledCut, CutAssembler
-from cutwatch.collector._coordinator import AgentSession, Coordinator
-from cutwatch.collector._storage import SqliteCutStore, StoredCut
 from cutwatch.proto import collector_pb2 as pb
+from cutwatch.proto import event_to_message
 
 CallMsg = tuple[str, str, int]
 """A message's identity in the ground truth: (kind, calling process, call id)."""

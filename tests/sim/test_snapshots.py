@@ -27,7 +27,7 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
-from sim.harness import (
+from sim.world import (
     FAILURE,
     METHOD,
     SimConfig,
@@ -38,33 +38,31 @@ from sim.harness import (
     token_sum,
 )
 
-from cutwatch.agent._clock import VectorClock
-from cutwatch.agent._snapshot import (
+from cutwatch.core import (
     OUTCOME_FAILED,
     OUTCOME_UNSTAMPED,
     REASON_TOO_MANY_CALLS,
     REASON_TOO_MANY_OPEN,
     REASON_TRUNCATED,
     Answering,
+    AssembledCut,
+    AssemblyError,
     CallOutcome,
     Capture,
     ChannelRecord,
+    CutAssembler,
+    DuplicateDelivery,
     Flushed,
+    InconsistentCutError,
     LocalSnapshot,
     MsgKey,
     OpenCall,
+    ProtocolViolationError,
     RecordingStopped,
     SnapshotEvent,
     SnapshotParticipant,
-)
-from cutwatch.collector._assembly import (
-    AssembledCut,
-    AssemblyError,
-    CutAssembler,
-    DuplicateDelivery,
-    InconsistentCutError,
-    ProtocolViolationError,
     UnsettledCall,
+    VectorClock,
 )
 
 STOPS = (REASON_TRUNCATED, REASON_TOO_MANY_OPEN, REASON_TOO_MANY_CALLS)
@@ -251,7 +249,7 @@ def test_stuck_messages_keep_the_cuts_they_span_incomplete_and_are_named(
     for epoch, cut in result.cuts.items():
         # Nobody notices a stuck call: it spans every cut after the stuck message's send (an answer
         # is stamped no earlier than its request), and each such cut names it.
-        spanning = {(msg.caller, msg.key.call_id) for msg in result.stuck if msg.epoch < epoch}
+        spanning = {(msg.caller, msg.call_id) for msg in result.stuck if msg.epoch < epoch}
         assert cut.status == ("INCOMPLETE" if spanning else "COMPLETE")
         assert {(call.caller, call.call_id) for call in cut.unsettled} == spanning
         assert all(call.failed == "" for call in cut.unsettled)  # nobody saw these calls fail
@@ -385,7 +383,7 @@ def test_without_flush_markers_a_failed_calls_late_record_is_missed() -> None:
         n=3, steps=90, initial=40, max_epochs=5, snapshot_percent=8, lose_percent=35, notice_delay=6,
         abandoned_grace=3, flush_barrier=False,
     )  # fmt: skip
-    for seed in (507, 2728):
+    for seed in (2728, 5385):
         result = simulate(lossy, random.Random(seed))
         with pytest.raises(AssertionError):
             assert_cuts(result)

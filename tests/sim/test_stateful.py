@@ -62,7 +62,7 @@ from cutwatch.collector._coordinator import (
     REASON_REJECTED,
     REASON_UNREGISTERED,
 )
-from cutwatch.collector._cut import cut_from_stored
+from cutwatch.collector._records import cut_from_stored
 from cutwatch.predicates import find_deadlocks
 
 EXAMPLES = 300

@@ -7,7 +7,8 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cutwatch.agent._wire import WireError, encode_stamp, parse_stamp
+from cutwatch.core._stamp import WireError, parse_stamp
+from cutwatch.core._wire import encode_stamp
 from cutwatch.proto import stamp_pb2
 
 u32 = st.integers(0, 2**32 - 1)

@@ -19,14 +19,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from cutwatch.agent._clock import _LocalClock
-from cutwatch.agent._stamp import (
-    MAX_PROCESS_ID_LENGTH,
-    DecodedStamp,
-    StampCodec,
-    fingerprint,
-)
-from cutwatch.agent.exceptions import StampError
+from cutwatch.core import MAX_PROCESS_ID_LENGTH, DecodedStamp, LocalClock, StampCodec, StampError
+from cutwatch.core._stamp import fingerprint
 from cutwatch.proto import stamp_pb2
 
 PIDS = ("front:0a1b", "cart:2c3d", "pay:4e5f", "stock:6a7b")
@@ -63,7 +57,7 @@ class Sent:
 class Process:
     pid: str
     codec: StampCodec
-    clock: _LocalClock
+    clock: LocalClock
     # Model: indexes of each sender's dictionary whose names reached us.
     known: dict[str, set[int]] = field(default_factory=dict)
     # Model: the latest acknowledgement delivered from each peer.
@@ -105,7 +99,7 @@ class Network:
         self.exact = max_peers >= len(PIDS)
         # Epochs here are arbitrary 64-bit values, so no window on how far ahead they may run.
         self.procs = {
-            pid: Process(pid, StampCodec(pid, max_peers=max_peers, max_epoch_ahead=2**64), _LocalClock(pid))
+            pid: Process(pid, StampCodec(pid, max_peers=max_peers, max_epoch_ahead=2**64), LocalClock(pid))
             for pid in PIDS
         }
         self.in_flight: list[Sent] = []
@@ -257,7 +251,7 @@ def test_long_random_runs_decode_exactly(
     event(f"names skipped thanks to an acknowledgement: {net.skipped_names > 0}")
 
 
-def _exchange(a: StampCodec, a_clock: _LocalClock, b: StampCodec, b_clock: _LocalClock) -> None:
+def _exchange(a: StampCodec, a_clock: LocalClock, b: StampCodec, b_clock: LocalClock) -> None:
     """A request a -> b and its response b -> a."""
     a_clock.tick()
     got = b.decode(a.encode(a_clock.names, a_clock.values, peer=b.owner).data)
@@ -270,7 +264,7 @@ def _exchange(a: StampCodec, a_clock: _LocalClock, b: StampCodec, b_clock: _Loca
 
 def test_acknowledged_names_are_not_sent_again() -> None:
     a, b = StampCodec("a:1"), StampCodec("b:2")
-    a_clock, b_clock = _LocalClock("a:1"), _LocalClock("b:2")
+    a_clock, b_clock = LocalClock("a:1"), LocalClock("b:2")
     a_clock.merge([(f"x-{i}:0", i + 1) for i in range(20)])
     first = parse(a.encode(a_clock.names, a_clock.values, peer="b:2").data)
     assert list(first.names) == a_clock.names[1:]
@@ -295,7 +289,7 @@ def test_acknowledged_names_are_not_sent_again() -> None:
 
 def test_a_peer_that_forgot_us_gets_the_names_again() -> None:
     a, b = StampCodec("a:1"), StampCodec("b:2")
-    a_clock, b_clock = _LocalClock("a:1"), _LocalClock("b:2")
+    a_clock, b_clock = LocalClock("a:1"), LocalClock("b:2")
     a_clock.merge([("x:1", 4), ("y:2", 5)])
     _exchange(a, a_clock, b, b_clock)
     _exchange(a, a_clock, b, b_clock)  # b also acknowledges its own name, learnt by a in the first

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cutwatch.agent._clock import VectorClock, _LocalClock
+from cutwatch.core import LocalClock as LocalClock
+from cutwatch.core import VectorClock
 
 PIDS = ("a:1", "b:2", "c:3", "d:4")
 pids = st.sampled_from(PIDS)
@@ -141,7 +142,7 @@ def test_vector_clock_is_a_read_only_mapping() -> None:
     assert repr(clock) == "VectorClock({'a:1': 2})"
 
 
-# _LocalClock ------------------------------------------------------------------
+# LocalClock ------------------------------------------------------------------
 
 merges = st.lists(st.lists(st.tuples(pids, st.integers(min_value=0, max_value=6)), max_size=6), max_size=8)
 
@@ -152,7 +153,7 @@ def test_local_clock_merge_matches_vector_clock(
     batches: list[list[tuple[str, int]]], ticks: list[bool]
 ) -> None:
     owner = "a:1"
-    local = _LocalClock(owner)
+    local = LocalClock(owner)
     model = VectorClock()
     first_seen: list[str] = [owner]
     for i, batch in enumerate(batches):
@@ -175,7 +176,7 @@ def test_local_clock_merge_matches_vector_clock(
 
 
 def test_local_clock_owner_is_index_zero_and_ticks() -> None:
-    local = _LocalClock("me:1")
+    local = LocalClock("me:1")
     assert local.index_of("me:1") == 0
     assert local.snapshot() == VectorClock()
     local.tick()

@@ -14,10 +14,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cutwatch.collector import Cut, InTransitMessage
+from cutwatch.core import Cut, InTransitMessage, TaskView, build_graph, graph_from_cut, reduce_graph
 from cutwatch.predicates import find_deadlocks
-from cutwatch.predicates._deadlock import deadlocks_from, reduce_graph
-from cutwatch.predicates._waitfor import build_graph, graph_from_cut
+from cutwatch.predicates._deadlock import deadlocks_from
 
 Graph = tuple[int, list[int], list[tuple[int, int]], list[list[int]], list[int]]
 EMPTY_CUT = Cut(epoch=1, status="COMPLETE", started=0.0, finished=0.0, states={}, in_transit=(), clocks={})
@@ -179,7 +178,7 @@ def cuts(draw: st.DrawFn) -> Cut:
         states={p: {"service": p.split(":")[0], "state": {}} for p in PROCESSES},
         in_transit=tuple(in_transit),
         clocks={p: {p: 1} for p in PROCESSES},
-        tasks={p: tuple(ts) for p, ts in tasks.items()},
+        tasks={p: tuple(TaskView.from_json(t) for t in ts) for p, ts in tasks.items()},
         unsettled=tuple(unsettled),
         pools=pools,
     )
@@ -187,7 +186,7 @@ def cuts(draw: st.DrawFn) -> Cut:
 
 def naive_stuck(cut: Cut) -> set[tuple[str, int]]:
     """The cut's rules read literally, evaluated by the same exhaustive search."""
-    everyone = [(p, t) for p in sorted(cut.tasks) for t in cut.tasks[p]]
+    everyone = [(p, t.to_json()) for p in sorted(cut.tasks) for t in cut.tasks[p]]
     n = len(everyone)
     names = sorted({(p, name) for p, t in everyone for name in t["held_locks"]})
     pools = sorted((p, name) for p in cut.pools for name in cut.pools[p])

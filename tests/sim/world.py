@@ -1,0 +1,604 @@
+"""A seeded, deterministic world of processes, a non-FIFO network and a snapshot collector.
+
+Every choice comes from one ``random.Random``: a seeded one for fixed runs,
+or hypothesis' ``st.randoms(use_true_random=False)`` so that hypothesis
+explores schedules and shrinks failures. The network is a multiset: any
+application or control message may be delivered next. Reports to the
+collector travel in order per process, as on an agent's one gRPC stream,
+but the streams of different processes interleave arbitrarily. Delivery and
+consumption are separate steps, like a handler that has not reached
+``atomic()`` yet. The processes are the real event core
+(:class:`sim.process.SimProcess`); the collector is the real cut assembler.
+
+The workload passes tokens over calls: a transfer debits and sends a
+request in one atomic step; applying the request credits the amount; the
+server later answers with a response that refunds part of its balance
+(debit and send in one step), credited when the caller receives it. Time is
+the step counter.
+
+The network may also lose a message for good (``lose_percent``): the caller
+notices some steps later and its call fails. Servers in ``uninstrumented``
+are not participants: they apply requests without any bookkeeping, never
+call anyone, and answer without a stamp, so the caller's call ends
+unstamped. Tokens they receive leave the system and their refunds enter it
+when received.
+
+Besides running the world, the simulation keeps the ground truth the tests
+compare every cut with: the tokens a cut must hold, the messages in transit
+and the calls no participant can settle (:meth:`Simulation.expected_unsettled`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+from sim.process import METHOD, Handler, SimProcess, without_epoch
+
+from cutwatch.core import (
+    REQUEST,
+    RESPONSE,
+    AssembledCut,
+    ChannelRecord,
+    CutAssembler,
+    Flushed,
+    LocalSnapshot,
+    Outbound,
+    SnapshotEvent,
+)
+
+__all__ = ["FAILURE", "METHOD", "SimConfig", "SimResult", "conserved", "record_truth", "simulate", "token_sum"]
+
+CallMsg = tuple[str, str, int]
+"""A message's identity in the ground truth: (kind, calling process, call id)."""
+CallRef = tuple[str, int]
+"""A call's identity: (calling process, call id)."""
+
+FAILURE = "DEADLINE_EXCEEDED"
+UNSTAMPED = -1
+"""The epoch of a message without a stamp (an uninstrumented server's answer)."""
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """One simulated world. ``stalled`` channels never deliver; ``lazy`` processes never apply requests.
+
+    ``balanced`` addresses each request to a random group of servers, one of
+    which the network picks at delivery. ``lose_percent`` of first deliveries
+    are lost instead; the caller notices 1..``notice_delay`` steps later, and
+    its participant keeps the failed call open for ``abandoned_grace`` steps.
+    ``uninstrumented`` processes serve without an agent; ``lazy`` applies
+    to instrumented processes only. ``report_deadline`` bounds how many steps
+    a report takes to reach the collector (unbounded when None); correctness
+    must not depend on it.
+
+    ``consumption_rule=False`` models the bug the rule prevents: a request
+    counts as consumed at delivery (the handler enters ``atomic()`` before it
+    applies anything) while its credit comes later. ``honour_stamp_epoch=False``
+    models an agent that ignores the epoch in stamps (no snapshot before
+    delivering a post-cut message). ``flush_barrier=False`` models a
+    collector that completes a cut without waiting for the flush markers.
+    """
+
+    n: int = 3
+    steps: int = 100
+    initial: int = 100
+    max_epochs: int = 4
+    snapshot_percent: int = 5
+    duplicate_percent: int = 0
+    lose_percent: int = 0
+    notice_delay: int = 20
+    abandoned_grace: int = 30
+    consumption_rule: bool = True
+    honour_stamp_epoch: bool = True
+    stalled: frozenset[tuple[int, int]] = frozenset()
+    lazy: frozenset[int] = frozenset()
+    uninstrumented: frozenset[int] = frozenset()
+    max_records: int = 10_000
+    max_open_epochs: int = 8
+    balanced: bool = False
+    report_deadline: int | None = None
+    flush_barrier: bool = True
+
+
+@dataclass(eq=False)
+class AppMsg:
+    """A request (``receiver`` empty until the network picks one of ``targets``) or a response.
+
+    ``stamp`` is what travels in the message's metadata (None: no stamp);
+    ``epoch`` and ``tick`` are the sender's epoch and own clock entry at the
+    send, for the ground truth.
+    """
+
+    sender: str
+    targets: tuple[str, ...]
+    amount: int
+    epoch: int
+    tick: int
+    kind: str
+    call_id: int
+    stamp: bytes | None
+    receiver: str = ""
+    delivered: bool = False
+    lost: bool = False
+
+    @property
+    def stamped(self) -> bool:
+        return self.stamp is not None
+
+    @property
+    def caller(self) -> str:
+        return self.sender if self.kind == REQUEST else self.receiver
+
+    @property
+    def truth(self) -> CallMsg:
+        return (self.kind, self.caller, self.call_id)
+
+
+@dataclass
+class CallTruth:
+    """What really happened to one call.
+
+    ``ended_epoch`` is the caller's epoch when the call ended for its
+    participant (stamped answer received, unstamped answer received, or
+    failure noticed at step ``failed_at``); ``blocked`` lists (kind, epoch) of
+    its messages that were lost or stuck.
+    """
+
+    caller: str
+    call_id: int
+    sent_epoch: int
+    outbound: Outbound
+    ended_epoch: int | None = None
+    failed_at: int | None = None
+    blocked: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Control:
+    receiver: str
+    epoch: int
+    close: bool = False
+    flush: bool = False
+
+
+@dataclass(eq=False)
+class Report:
+    event: SnapshotEvent
+    sent_at: int
+
+
+Item = AppMsg | Control
+
+
+@dataclass(eq=False)
+class Proc:
+    """An instrumented process and what its handlers are doing: delivered, not yet applied (``waiting``)
+    and applied, not yet answered (``replies``)."""
+
+    process: SimProcess
+    waiting: list[tuple[Handler, AppMsg]] = field(default_factory=list)
+    replies: list[tuple[Handler, AppMsg]] = field(default_factory=list)
+
+    @property
+    def pid(self) -> str:
+        return self.process.pid
+
+
+@dataclass(eq=False)
+class External:
+    """An uninstrumented server: applies requests at once, answers later without a stamp."""
+
+    pid: str
+    balance: int
+    replies: list[AppMsg] = field(default_factory=list)
+
+
+@dataclass
+class SimResult:
+    config: SimConfig
+    participants: tuple[str, ...]
+    total: int
+    cuts: dict[int, AssembledCut]
+    started: int
+    duplicates_injected: int
+    duplicates_reported: int
+    expected_in_transit: dict[int, set[CallMsg]]
+    expected_tokens: dict[int, int]
+    expected_unsettled: dict[int, set[CallRef]]
+    failed_calls: set[CallRef]
+    stuck: list[AppMsg]
+    lost: list[AppMsg]
+    balanced_deliveries: int
+    unstamped_calls: int
+
+
+def record_truth(record: ChannelRecord) -> CallMsg:
+    """The ground-truth identity of a recorded message."""
+    return (record.kind, record.caller, record.msg_key.call_id)
+
+
+def token_sum(cut: AssembledCut) -> int:
+    """Balances in the cut's states plus the amounts recorded in transit."""
+    total = 0
+    for state in cut.states.values():
+        assert isinstance(state, dict) and isinstance(state.get("balance"), int), state
+        total += state["balance"]
+    return total + sum(int(json.loads(record.payload_json)) for record in cut.in_transit)
+
+
+def conserved(cut: AssembledCut, result: SimResult) -> bool:
+    """Balances plus tokens in transit equal what the participants hold by the ground truth."""
+    return token_sum(cut) == result.expected_tokens[cut.epoch]
+
+
+class Simulation:
+    """Runs one world to the end; :meth:`run` returns what the collector assembled."""
+
+    def __init__(self, config: SimConfig, rng: random.Random) -> None:
+        if len(config.uninstrumented) >= config.n:
+            raise ValueError("at least one process must be instrumented")
+        self.cfg = config
+        self.rng = rng
+        self.now = 0
+        self.procs = [
+            Proc(
+                SimProcess(
+                    f"p{i}",
+                    config.initial,
+                    now=lambda: float(self.now),
+                    max_records=config.max_records,
+                    max_open_epochs=config.max_open_epochs,
+                    abandoned_grace=config.abandoned_grace,
+                )
+            )
+            for i in range(config.n)
+            if i not in config.uninstrumented
+        ]
+        self.externals = {f"p{i}": External(f"p{i}", config.initial) for i in sorted(config.uninstrumented)}
+        self.by_pid = {proc.pid: proc for proc in self.procs}
+        self.all_pids = [f"p{i}" for i in range(config.n)]
+        self.network: list[Item] = []
+        # Each process's stream to the collector: in order, at a pace of its own.
+        self.reports: dict[str, deque[Report]] = {proc.pid: deque() for proc in self.procs}
+        self.stuck: list[AppMsg] = []
+        self.lost: list[AppMsg] = []
+        self.assemblers: dict[int, CutAssembler] = {}
+        self.cuts: dict[int, AssembledCut] = {}
+        self.next_epoch = 1
+        self.notices: list[tuple[int, str, int]] = []
+        self.duplicates_injected = 0
+        self.balanced_deliveries = 0
+        self.unstamped_calls = 0
+        self.stalled = {(f"p{a}", f"p{b}") for a, b in config.stalled}
+        self.lazy = {f"p{i}" for i in config.lazy}
+        # Ground truth: every stamped message, the receiver's epoch when it was counted consumed,
+        # every call, when each process took each cut, and tokens crossing the system's border.
+        self.messages: dict[CallMsg, AppMsg] = {}
+        self.consumed_epoch: dict[CallMsg, int] = {}
+        self.calls: dict[CallRef, CallTruth] = {}
+        self.cut_at: dict[str, dict[int, int]] = {proc.pid: {} for proc in self.procs}
+        self.outflow: list[tuple[int, int]] = []  # (request epoch, amount) of requests applied outside
+        self.inflow: list[tuple[int, int]] = []  # (caller's epoch, amount) of unstamped refunds received
+
+    # Driving ---------------------------------------------------------------------------
+    def run(self) -> SimResult:
+        for _ in range(self.cfg.steps):
+            self._step(workload=True)
+        while self._step(workload=False):
+            pass
+        for epoch, assembler in self.assemblers.items():
+            if epoch not in self.cuts:
+                self.cuts[epoch] = assembler.finish()
+        return SimResult(
+            config=self.cfg,
+            participants=tuple(self.by_pid),
+            total=self.cfg.initial * len(self.procs),
+            cuts=dict(sorted(self.cuts.items())),
+            started=self.next_epoch - 1,
+            duplicates_injected=self.duplicates_injected,
+            duplicates_reported=sum(proc.process.core.snapshot_stats().duplicates for proc in self.procs),
+            expected_in_transit={k: self.expected_in_transit(k) for k in self.cuts},
+            expected_tokens={k: self.expected_tokens(k) for k in self.cuts},
+            expected_unsettled={k: self.expected_unsettled(k) for k in self.cuts},
+            failed_calls={ref for ref, call in self.calls.items() if call.failed_at is not None},
+            stuck=self.stuck,
+            lost=self.lost,
+            balanced_deliveries=self.balanced_deliveries,
+            unstamped_calls=self.unstamped_calls,
+        )
+
+    def _step(self, *, workload: bool) -> bool:
+        """One scheduler step; False when nothing at all can happen (only when draining)."""
+        self.now += 1
+        self._deliver_overdue_reports()
+        self._notice_failures()
+        starting = workload and self.next_epoch <= self.cfg.max_epochs
+        if starting and self.rng.randrange(100) < self.cfg.snapshot_percent:
+            self._start_snapshot()
+            return True
+        consumers = [p for p in self.procs if p.waiting and p.pid not in self.lazy]
+        responders: list[Proc | External] = [p for p in self.procs if p.replies]
+        responders += [e for e in self.externals.values() if e.replies]
+        options: list[str] = []
+        if self.network:
+            options += ["deliver"] * 4
+        streams = [pid for pid, queue in self.reports.items() if queue]
+        if streams:
+            options += ["report"] * 2
+        if consumers:
+            options += ["consume"] * 2
+        if responders:
+            options += ["respond"] * 2
+        if workload:
+            options += ["transfer"] * 3
+        if not options:
+            if not self.notices:
+                return False
+            self.now = min(due for due, _, _ in self.notices)  # nothing else happens until then
+            self._notice_failures()
+            return True
+        action = self.rng.choice(options)
+        if action == "deliver":
+            self._deliver(self.network.pop(self.rng.randrange(len(self.network))))
+        elif action == "report":
+            self._collect(self.reports[self.rng.choice(streams)].popleft().event)
+        elif action == "consume":
+            proc = self.rng.choice(consumers)
+            self._consume(proc, *proc.waiting.pop(self.rng.randrange(len(proc.waiting))))
+        elif action == "respond":
+            server = self.rng.choice(responders)
+            if isinstance(server, External):
+                self._respond_unstamped(server, server.replies.pop(self.rng.randrange(len(server.replies))))
+            else:
+                self._respond(server, *server.replies.pop(self.rng.randrange(len(server.replies))))
+        else:
+            self._transfer()
+        return True
+
+    # Application --------------------------------------------------------------------------
+    def _transfer(self) -> None:
+        proc = self.rng.choice(self.procs)
+        if proc.process.balance <= 0 or self.cfg.n < 2:
+            return
+        others = [pid for pid in self.all_pids if pid != proc.pid]
+        if self.cfg.balanced:
+            targets = tuple(self.rng.sample(others, self.rng.randint(1, len(others))))
+        else:
+            targets = (self.rng.choice(others),)
+        amount = self.rng.randint(1, proc.process.balance)
+        outbound, stamp = proc.process.send(targets, amount)
+        call_id = outbound.call.call_id
+        epoch = proc.process.epoch
+        msg = AppMsg(proc.pid, targets, amount, epoch, proc.process.tick, REQUEST, call_id, stamp)
+        self.calls[(proc.pid, call_id)] = CallTruth(proc.pid, call_id, epoch, outbound)
+        self.messages[msg.truth] = msg
+        self.network.append(msg)
+        self._flush(proc)
+
+    def _respond(self, server: Proc, handler: Handler, request: AppMsg) -> None:
+        """The handler's answer: refund part of the balance to the caller, debit and send at once."""
+        refund = self.rng.randint(0, max(server.process.balance, 0))
+        stamp = server.process.answer(handler, refund)
+        assert stamp is not None
+        msg = AppMsg(
+            server.pid,
+            (request.sender,),
+            refund,
+            server.process.epoch,
+            server.process.tick,
+            RESPONSE,
+            request.call_id,
+            stamp,
+            receiver=request.sender,
+        )
+        self.messages[msg.truth] = msg
+        self.network.append(msg)
+        self._flush(server)
+
+    def _respond_unstamped(self, server: External, request: AppMsg) -> None:
+        refund = self.rng.randint(0, max(server.balance, 0))
+        server.balance -= refund
+        caller = request.sender
+        self.network.append(
+            AppMsg(server.pid, (caller,), refund, UNSTAMPED, 0, RESPONSE, request.call_id, None, caller)
+        )
+
+    def _deliver_app(self, msg: AppMsg) -> None:
+        if not msg.delivered and self.rng.randrange(100) < self.cfg.lose_percent:
+            self._lose(msg)
+            return
+        if not msg.receiver:
+            msg.receiver = self.rng.choice(msg.targets)  # the load balancer's pick
+            self.balanced_deliveries += len(msg.targets) > 1
+        if (msg.sender, msg.receiver) in self.stalled:
+            self.stuck.append(msg)
+            self._call(msg).blocked.append((msg.kind, msg.epoch))
+            return
+        first = not msg.delivered
+        msg.delivered = True
+        external = self.externals.get(msg.receiver)
+        if external is not None:
+            # Applied at once, no bookkeeping: the tokens leave the participants.
+            external.balance += msg.amount
+            self.outflow.append((msg.epoch, msg.amount))
+            external.replies.append(msg)
+            return
+        proc = self.by_pid[msg.receiver]
+        stamp = msg.stamp
+        if stamp is not None and not self.cfg.honour_stamp_epoch:
+            stamp = without_epoch(stamp)
+        before = proc.process.epoch
+        if msg.kind == RESPONSE:
+            call = self._call(msg)
+            proc.process.receive(call.outbound, stamp, msg.amount)
+            call.ended_epoch = proc.process.epoch
+            if msg.stamped:
+                self.consumed_epoch[msg.truth] = proc.process.epoch
+            else:
+                # The caller's interceptor sees an answer without a stamp: the tokens enter now.
+                self.unstamped_calls += 1
+                self.inflow.append((proc.process.epoch, msg.amount))
+            self._note_cuts(proc, before)
+            self._flush(proc)
+            return
+        handler = proc.process.deliver(stamp, json.dumps(msg.amount))
+        self._note_cuts(proc, before)
+        if not self.cfg.consumption_rule:
+            proc.process.apply(handler, 0)  # enters atomic() at once: consumed before it is applied
+            self._count_consumed(proc, handler, msg)
+        proc.waiting.append((handler, msg))
+        if first and self.rng.randrange(100) < self.cfg.duplicate_percent:
+            # The transport repeats the message to the same process (a retry elsewhere is not modelled).
+            self.duplicates_injected += 1
+            self.network.append(msg)
+        self._flush(proc)
+
+    def _lose(self, msg: AppMsg) -> None:
+        """Gone for good; the caller notices later, as a deadline would."""
+        msg.lost = True
+        self.lost.append(msg)
+        self._call(msg).blocked.append((msg.kind, msg.epoch))
+        due = self.now + self.rng.randint(1, self.cfg.notice_delay)
+        self.notices.append((due, msg.caller, msg.call_id))
+
+    def _notice_failures(self) -> None:
+        due = [notice for notice in self.notices if notice[0] <= self.now]
+        if not due:
+            return
+        self.notices = [notice for notice in self.notices if notice[0] > self.now]
+        for _, caller, call_id in due:
+            proc = self.by_pid[caller]
+            call = self.calls[(caller, call_id)]
+            proc.process.fail(call.outbound, FAILURE)
+            call.ended_epoch, call.failed_at = proc.process.epoch, self.now
+            self._flush(proc)
+
+    def _consume(self, proc: Proc, handler: Handler, msg: AppMsg) -> None:
+        if handler.duplicate:
+            # The handler is idempotent per call id: it applies nothing, and its answer goes nowhere.
+            proc.process.apply(handler, 0)
+            proc.process.answer(handler, 0)
+        else:
+            proc.process.apply(handler, msg.amount)
+            if self.cfg.consumption_rule:
+                self._count_consumed(proc, handler, msg)
+            proc.replies.append((handler, msg))
+        self._flush(proc)
+
+    def _count_consumed(self, proc: Proc, handler: Handler, msg: AppMsg) -> None:
+        if not handler.duplicate:
+            self.consumed_epoch[msg.truth] = proc.process.epoch
+
+    def _call(self, msg: AppMsg) -> CallTruth:
+        return self.calls[(msg.caller, msg.call_id)]
+
+    # Snapshot protocol ------------------------------------------------------------------------
+    def _start_snapshot(self) -> None:
+        epoch = self.next_epoch
+        self.next_epoch += 1
+        self.assemblers[epoch] = CutAssembler(epoch, self.by_pid)
+        self.network.extend(Control(proc.pid, epoch) for proc in self.procs)
+
+    def _deliver(self, item: Item) -> None:
+        if isinstance(item, AppMsg):
+            self._deliver_app(item)
+            return
+        proc = self.by_pid[item.receiver]
+        core = proc.process.core
+        if item.close:
+            core.close_epoch(item.epoch)
+        elif item.flush:
+            core.flush(item.epoch)
+        else:
+            before = core.epoch
+            core.take_snapshot(item.epoch)
+            self._note_cuts(proc, before)
+        self._flush(proc)
+
+    def _note_cuts(self, proc: Proc, before: int) -> None:
+        for epoch in range(before + 1, proc.process.epoch + 1):
+            self.cut_at[proc.pid][epoch] = self.now
+
+    def _flush(self, proc: Proc) -> None:
+        self.reports[proc.pid].extend(Report(event, self.now) for event in proc.process.drain())
+
+    def _deliver_overdue_reports(self) -> None:
+        """With ``report_deadline``, every report reaches the collector that many steps after it was sent."""
+        deadline = self.cfg.report_deadline
+        if deadline is None:
+            return
+        for queue in self.reports.values():
+            while queue and self.now - queue[0].sent_at >= deadline:
+                self._collect(queue.popleft().event)
+
+    def _collect(self, event: SnapshotEvent) -> None:
+        if event.epoch in self.cuts:
+            return  # finished already: late pieces are ignored
+        assembler = self.assemblers[event.epoch]
+        assembler.add(event)
+        if not self.cfg.flush_barrier and isinstance(event, LocalSnapshot):
+            assembler.add(Flushed(event.epoch, event.process))
+        if assembler.flush_due():
+            self.network.extend(Control(pid, event.epoch, flush=True) for pid in assembler.participants)
+        if assembler.status() != "PENDING":
+            self.cuts[event.epoch] = assembler.finish()
+            self.network.extend(Control(proc.pid, event.epoch, close=True) for proc in self.procs)
+
+    # Ground truth -------------------------------------------------------------------------------
+    def expected_in_transit(self, k: int) -> set[CallMsg]:
+        """Stamped messages between participants, sent before the sender's cut k, not lost, and not
+        consumed before the receiver's cut k."""
+        return {
+            key
+            for key, msg in self.messages.items()
+            if msg.epoch < k
+            and not msg.lost
+            and msg.receiver not in self.externals
+            and self.consumed_epoch.get(key, k) >= k
+        }
+
+    def expected_tokens(self, k: int) -> int:
+        """What cut k must hold: the tokens minted, less those lost or paid outside before the
+        senders' cuts, plus the refunds from outside received before the callers' cuts."""
+        lost = sum(msg.amount for msg in self.lost if msg.stamped and msg.epoch < k)
+        out = sum(amount for epoch, amount in self.outflow if epoch < k)
+        into = sum(amount for epoch, amount in self.inflow if epoch < k)
+        return self.cfg.initial * len(self.procs) - lost - out + into
+
+    def open_at_cut(self, call: CallTruth, k: int) -> bool:
+        """Whether the call is among its caller's open calls at the caller's cut k.
+
+        Sent before the cut and not ended before it, or failed before it less
+        than the grace earlier.
+        """
+        if call.sent_epoch >= k:
+            return False
+        if call.ended_epoch is None or call.ended_epoch >= k:
+            return True
+        if call.failed_at is None:
+            return False
+        cut_at = self.cut_at[call.caller].get(k)
+        return cut_at is not None and cut_at - call.failed_at < self.cfg.abandoned_grace
+
+    def expected_unsettled(self, k: int) -> set[CallRef]:
+        """Calls open at their caller's cut k that no participant can settle.
+
+        A call is settled by a record of its request, of its response, the
+        server still answering it, or an unstamped answer; none of these
+        exists when its request never arrived, or when its answer, sent before
+        the server's cut k (or unstamped), never arrived.
+        """
+        return {
+            (call.caller, call.call_id)
+            for call in self.calls.values()
+            if call.blocked
+            and self.open_at_cut(call, k)
+            and any(kind == REQUEST or epoch < k for kind, epoch in call.blocked)
+        }
+
+
+def simulate(config: SimConfig, rng: random.Random) -> SimResult:
+    return Simulation(config, rng).run()
