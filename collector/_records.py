@@ -169,7 +169,7 @@ def stored_from_assembled(
                 service=services.get(process, process.partition(":")[0]),
                 clock=dict(cut.clocks.get(process, {})),
                 state_json=dumps(cut.states[process]),
-                tasks_json=dumps(snap.tasks if snap is not None else []),
+                tasks_json=dumps([task.to_json() for task in snap.tasks] if snap is not None else []),
                 sent=_sent_counters(snap) if snap else {},
                 consumed=_consumed_counters(snap) if snap else {},
                 truncated=f"{REASON_TRUNCATED} at {process}" in truncated,

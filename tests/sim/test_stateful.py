@@ -1,6 +1,6 @@
 """A stateful test of snapshots under the real collector: crashes, restarts, broken streams, repeats.
 
-Hypothesis drives a :class:`sim.harness.Cluster` step by step: transfers,
+Hypothesis drives a :class:`sim.cluster.Cluster` step by step: transfers,
 deliveries in any order, lost messages, requests repeated by the transport,
 handlers that apply and answer, reports and orders on the agents' streams,
 snapshots, processes that crash or shut down, streams that break, a
@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import ClassVar
 
 import pytest
@@ -53,7 +53,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sim.harness import MAX_RUNNING, Cluster, Finished, Run, stepped_time
+from sim.cluster import MAX_RUNNING, Cluster, Finished, Run
 
 from cutwatch.collector._coordinator import (
     REASON_ABSENT,
@@ -257,7 +257,7 @@ class ClusterMachine(RuleBasedStateMachine):
         # The collector expects back exactly the processes the model says it must.
         assert run.absent == {p for p, _, _ in self.c.coordinator.absent()} - run.members
         SEEN["snapshots while a process may be reconnecting"] += bool(run.absent)
-        if any(self.c.nodes[pid].part.epoch >= run.epoch for pid in run.members):
+        if any(self.c.nodes[pid].process.epoch >= run.epoch for pid in run.members):
             self.ahead.add((run.generation, run.epoch))
 
     @rule(process=INDEX)
@@ -383,12 +383,6 @@ def machine_settings(examples: int, steps: int) -> settings:
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         print_blob=True,
     )
-
-
-@pytest.fixture(autouse=True)
-def _stepped_time() -> Iterator[None]:
-    with stepped_time():
-        yield
 
 
 def test_cuts_stay_exact_through_crashes_restarts_and_repeats() -> None:
@@ -565,7 +559,7 @@ def test_a_snapshot_is_numbered_above_an_epoch_an_agent_reported_after_a_collect
         cluster.tick()
         cluster.deliver(0)  # p0 takes its cut for 1 before it delivers: the new collector hears of it
         cluster.sync()
-        assert cluster.nodes["p0"].part.epoch == 1
+        assert cluster.nodes["p0"].process.epoch == 1
         cluster.tick(cluster.rejoin)  # p2, registered before the crash, is expected back until now
         run = cluster.start_snapshot()
         assert run is not None
