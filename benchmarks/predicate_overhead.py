@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cutwatch.collector import Cut, InTransitMessage
+from cutwatch.core import Cut, InTransitMessage, TaskView
 from cutwatch.predicates import PASS, check, conservation, invariant
 from cutwatch.predicates.engine import PredicateEngine
 
@@ -81,19 +81,21 @@ def make_cut(epoch: int, processes: int, in_transit: int, clock_entries: int, rn
         known = [names[(i + k) % processes] for k in range(entries)]
         clocks[name] = {q: rng.randint(1, 1 << 20) for q in known}
         tasks[name] = tuple(
-            {
-                "task_id": t + 1,
-                "kind": "server",
-                "method": CREDIT,
-                "caller": names[(i + t + 1) % processes],
-                "call_id": t + 1,
-                "pool": "0",
-                "trace_id": "",
-                "span_id": "",
-                "held_locks": [],
-                "waiting_lock": None,
-                "outbound": [],
-            }
+            TaskView.from_json(
+                {
+                    "task_id": t + 1,
+                    "kind": "server",
+                    "method": CREDIT,
+                    "caller": names[(i + t + 1) % processes],
+                    "call_id": t + 1,
+                    "pool": "0",
+                    "trace_id": "",
+                    "span_id": "",
+                    "held_locks": [],
+                    "waiting_lock": None,
+                    "outbound": [],
+                }
+            )
             for t in range(2)
         )
     return Cut(

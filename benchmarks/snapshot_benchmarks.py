@@ -58,6 +58,8 @@ from cutwatch.collector import (
     StoredCut,
 )
 from cutwatch.collector._coordinator import AgentSession, Coordinator
+from cutwatch.core import AgentEvent, LocalSnapshot, Registration
+from cutwatch.proto import agent_message_from_pb
 from cutwatch.proto import collector_pb2 as pb
 
 _HERE = str(Path(__file__).resolve().parent)
@@ -481,10 +483,10 @@ class Arrivals:
         self.by_epoch: dict[int, list[float]] = {}
         original = coordinator.on_message
 
-        def on_message(session: AgentSession, message: pb.AgentMessage) -> None:
-            if message.WhichOneof("body") == "local_snapshot":
-                self.by_epoch.setdefault(message.local_snapshot.epoch, []).append(time.time())
-            original(session, message)
+        def on_message(session: AgentSession, seq: int, body: AgentEvent | None) -> None:
+            if isinstance(body, LocalSnapshot):
+                self.by_epoch.setdefault(body.epoch, []).append(time.time())
+            original(session, seq, body)
 
         coordinator.on_message = on_message  # type: ignore[method-assign]
 
@@ -733,7 +735,7 @@ def measure_ingest(agents: int, cuts: int, open_calls: int, workdir: Path) -> In
     try:
         processes = [f"bank:w{i % WORKERS}a{i // WORKERS}.{i:04x}" for i in range(agents)]
         sessions = {
-            p: coordinator.register(pb.Registration(process_id=p, service="bank", protocol_version=1))
+            p: coordinator.register(Registration(p, "bank"))
             for p in processes
         }
         seqs = dict.fromkeys(processes, 0)
@@ -788,7 +790,8 @@ def measure_ingest(agents: int, cuts: int, open_calls: int, workdir: Path) -> In
                 spent = [0] * len(pieces)
                 for n, (process, message) in enumerate(pieces):
                     t0 = clock()
-                    coordinator.on_message(sessions[process], message)
+                    # What the collector's servicer does with each message: convert, then hand over.
+                    coordinator.on_message(sessions[process], *agent_message_from_pb(message, process))
                     spent[n] = clock() - t0
                 total = clock() - started
                 cut = coordinator.wait(epoch, 0)

@@ -253,7 +253,7 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
 
 
 def _tasks(value: object) -> tuple[TaskView, ...]:
-    if not isinstance(value, list):
+    if not isinstance(value, list) or not all(isinstance(task, dict) for task in value):
         raise EventFormatError("tasks_json is not a JSON list of task objects")
     try:
         return tuple(TaskView.from_json(task) for task in value)

@@ -1,6 +1,6 @@
 """Collectors and bank processes as real OS processes, for the tests that cross processes.
 
-A bank process (``cutwatch/demo/bank.py`` or a test wrapper of it) writes a
+A bank process (``src/cutwatch/demo/bank.py`` or a test wrapper of it) writes a
 ready file with its address once it serves and is registered, then waits
 for the peers file and transfers money with its peers. The cluster starts
 them, introduces them to each other, waits for traffic, and ends every

@@ -1,6 +1,6 @@
 """Every Python sample in README.md and docs/*.md is real code.
 
-A ```python block is either part of a file in examples/ or cutwatch/demo/
+A ```python block is either part of a file in examples/ or src/cutwatch/demo/
 (its lines appear there, in order; ``...`` lines stand for what it leaves
 out, and a first line ``# from PATH`` names the file), or it runs as it is,
 in a fresh interpreter from the repository root. Console, sh and text blocks
@@ -19,7 +19,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-SOURCES = [*sorted((ROOT / "examples").rglob("*.py")), *sorted((ROOT / "cutwatch" / "demo").glob("*.py"))]
+SOURCES = [
+    *sorted((ROOT / "examples").rglob("*.py")),
+    *sorted((ROOT / "src" / "cutwatch" / "demo").glob("*.py")),
+]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 MARKER = re.compile(r"^#\s*(?:from\s+)?(?P<path>[\w./-]+\.py)\s*$")
 
@@ -73,7 +76,7 @@ def test_the_docs_have_python_samples_and_the_getting_started_page_has_several()
 def test_python_sample_is_part_of_an_example_or_runs(where: str, block: str, tmp_path: Path) -> None:
     marked = _marked_file(block)
     if marked is not None:
-        assert marked in SOURCES, f"{where} names {marked}, not a file in examples/ or cutwatch/demo/"
+        assert marked in SOURCES, f"{where} names {marked}, not a file in examples/ or src/cutwatch/demo/"
         body = block.split("\n", 1)[1]
         assert _code_lines(body), f"{where} is empty"
         assert _appears_in(body, marked), f"{where} is not verbatim part of {marked.relative_to(ROOT)}"

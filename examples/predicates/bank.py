@@ -2,7 +2,7 @@
 
 Every bank process (service ``bank``) registers its balance as a state
 provider and moves money with a ``Credit`` RPC whose request carries the
-``amount`` (cutwatch/demo/bank.py, the bank of ``cutwatch demo``, is such a bank)::
+``amount`` (src/cutwatch/demo/bank.py, the bank of ``cutwatch demo``, is such a bank)::
 
     agent.register_state("balance", lambda: self.balance)
 

@@ -25,8 +25,9 @@ def break_codec(agent: cutwatch.Agent, monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("injected failure inside cutwatch")
 
-    monkeypatch.setattr(agent._codec, "encode", fail)
-    monkeypatch.setattr(agent._codec, "decode", fail)
+    codec = agent._core._clock._codec  # the stamp codec inside the agent's event core
+    monkeypatch.setattr(codec, "encode", fail)
+    monkeypatch.setattr(codec, "decode", fail)
 
 
 def test_sync_calls_succeed_when_cutwatch_fails_inside(

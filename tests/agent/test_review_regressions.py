@@ -33,7 +33,7 @@ def test_future_result_never_shows_its_call_still_in_flight(
     a, b = make_agent("a"), make_agent("b")
     stub = EchoStub(open_channel(serve(EchoServicer(), b), a))
     main = threading.main_thread()
-    remove_outbound = a._tasks.remove_outbound
+    remove_outbound = a._core.tasks.remove_outbound
 
     def slow_in_grpc_threads(task: Any, call_id: int) -> None:
         # Widen the window between the callback thread marking the call
@@ -42,7 +42,7 @@ def test_future_result_never_shows_its_call_still_in_flight(
             time.sleep(0.05)
         remove_outbound(task, call_id)
 
-    a._tasks.remove_outbound = slow_in_grpc_threads  # type: ignore[method-assign]
+    a._core.tasks.remove_outbound = slow_in_grpc_threads  # type: ignore[method-assign]
     stale = []
     for _ in range(10):
         future = stub.unary_unary.future(b"x", timeout=TIMEOUT)
@@ -56,16 +56,17 @@ def test_ending_an_inbound_call_from_another_context_keeps_that_context_binding(
     """A handler generator closed by the garbage collector ends its call in whatever
     context is running; that context's own task binding must survive."""
     agent = make_agent("a")
-    inbound = contextvars.Context().run(agent._begin_inbound, UNARY_UNARY, (), "server-1")
+    core = agent._core
+    inbound = contextvars.Context().run(core.begin_handler, UNARY_UNARY, None, 0, "server-1", "null")
     assert inbound is not None
 
     def other_handler() -> tuple[bool, bool]:
-        own = agent._begin_inbound(UNARY_UNARY, (), "server-1")
+        own = core.begin_handler(UNARY_UNARY, None, 0, "server-1", "null")
         assert own is not None
-        agent._end_inbound(inbound)  # the foreign generator's finally runs here
-        still_bound = agent._tasks.current() is own.task
-        agent._end_inbound(own)
-        return still_bound, agent._tasks.current() is None
+        core.end_handler(inbound)  # the foreign generator's finally runs here
+        still_bound = core.tasks.current() is own.task
+        core.end_handler(own)
+        return still_bound, core.tasks.current() is None
 
     still_bound, cleared_after = contextvars.Context().run(other_handler)
     assert still_bound
@@ -132,9 +133,9 @@ def test_a_peer_cannot_grow_our_clock_past_its_limit() -> None:
     for round_ in range(4):
         names = [f"forger:{round_}"] + [f"ghost:{round_}-{i}" for i in range(3)]
         stamp = StampCodec(names[0]).encode(names, [1, 2, 3, 4], peer=None).data
-        inbound = agent._begin_inbound("/x.Y/Z", ((STAMP_METADATA_KEY, stamp),), "server-1")
+        inbound = agent._core.begin_handler("/x.Y/Z", stamp, 0, "server-1", "null")
         assert inbound is not None
-        agent._end_inbound(inbound)
+        agent._core.end_handler(inbound)
     assert len(agent.clock) <= 5
     stats = agent.stats()
     assert stats.clock_entries_refused == 4 * 4 - 4  # own entry + 4 admitted, the rest refused

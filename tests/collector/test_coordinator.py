@@ -16,9 +16,29 @@ from cutwatch.collector._coordinator import (
     AgentSession,
     Coordinator,
 )
-from cutwatch.core import REQUEST, ChannelRecord, Flushed, LocalSnapshot, MsgKey, SnapshotEvent, VectorClock
-from cutwatch.proto import collector_pb2 as pb
-from cutwatch.proto import event_to_message
+from cutwatch.core import (
+    REQUEST,
+    ChannelRecord,
+    CloseEpoch,
+    Flush,
+    Flushed,
+    Goodbye,
+    Heartbeat,
+    LocalSnapshot,
+    MsgKey,
+    Registered,
+    Registration,
+    SnapshotEvent,
+    TakeSnapshot,
+    VectorClock,
+)
+
+ORDER_NAMES = {
+    Registered: "registered",
+    TakeSnapshot: "take_snapshot",
+    Flush: "flush",
+    CloseEpoch: "close_epoch",
+}
 
 
 @pytest.fixture
@@ -33,22 +53,20 @@ def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
 
 
 def register(coordinator: Coordinator, process: str, epoch: int = 0) -> AgentSession:
-    return coordinator.register(
-        pb.Registration(process_id=process, service="bank", protocol_version=1, epoch=epoch)
-    )
+    return coordinator.register(Registration(process, "bank", epoch=epoch))
 
 
 def send(coordinator: Coordinator, session: AgentSession, event: SnapshotEvent, seq: int) -> None:
-    coordinator.on_message(session, event_to_message(event, seq))
+    coordinator.on_message(session, seq, event)
 
 
 def orders(session: AgentSession) -> list[str]:
-    """The kinds of the messages queued for an agent, oldest first (consumed)."""
+    """The kinds of the orders queued for an agent, oldest first (consumed)."""
     kinds: list[str] = []
     while not session.outbox.empty():
-        message = session.outbox.get_nowait()
-        if message is not None:
-            kinds.append(str(message.WhichOneof("body")))
+        order = session.outbox.get_nowait()
+        if order is not None:
+            kinds.append(ORDER_NAMES[type(order)])
     return kinds
 
 
@@ -113,7 +131,7 @@ def test_a_gap_in_an_agents_events_makes_its_snapshots_incomplete(coordinator: C
 def test_a_heartbeat_reporting_drops_makes_running_snapshots_incomplete(coordinator: Coordinator) -> None:
     a = register(coordinator, "bank:a")
     epoch = coordinator.start_snapshot()
-    coordinator.on_message(a, pb.AgentMessage(heartbeat=pb.Heartbeat(unix_nanos=1, dropped=2)))
+    coordinator.on_message(a, 0, Heartbeat(dropped=2))
     cut = coordinator.wait(epoch, 10.0)
     assert cut is not None and cut.status == "INCOMPLETE"
     assert any(REASON_EVENTS_LOST in reason for reason in cut.reasons), cut.reasons
@@ -185,7 +203,7 @@ def test_a_process_that_said_goodbye_or_outstayed_the_grace_is_not_waited_for(tm
     coordinator = Coordinator(store, snapshot_timeout=30.0, rejoin_grace=0.2)
     try:
         a, b, c = (register(coordinator, f"bank:{name}") for name in "abc")
-        coordinator.on_message(b, pb.AgentMessage(goodbye=pb.Goodbye()))
+        coordinator.on_message(b, 0, Goodbye())
         coordinator.unregister(b)
         coordinator.unregister(c)
         assert [process for process, _, _ in coordinator.absent()] == ["bank:c"]
@@ -254,11 +272,9 @@ def test_drops_before_an_agent_met_this_collector_do_not_spoil_its_snapshots(
     coordinator: Coordinator,
 ) -> None:
     # An agent that dropped 7 events while its previous collector was away registers here.
-    old_hand = coordinator.register(
-        pb.Registration(process_id="bank:a", service="bank", protocol_version=1, dropped=7)
-    )
+    old_hand = coordinator.register(Registration("bank:a", "bank", dropped=7))
     epoch = coordinator.start_snapshot()
-    coordinator.on_message(old_hand, pb.AgentMessage(heartbeat=pb.Heartbeat(unix_nanos=1, dropped=7)))
+    coordinator.on_message(old_hand, 0, Heartbeat(dropped=7))
     assert coordinator.running() == (epoch,)  # no new drop: the snapshot goes on
-    coordinator.on_message(old_hand, pb.AgentMessage(heartbeat=pb.Heartbeat(unix_nanos=2, dropped=8)))
+    coordinator.on_message(old_hand, 0, Heartbeat(dropped=8))
     assert f"{REASON_EVENTS_LOST} at bank:a" in reasons_of(coordinator, epoch)

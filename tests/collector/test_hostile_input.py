@@ -615,7 +615,7 @@ def test_hostile_values_in_every_piece_of_a_snapshot_are_stored_exactly(world: W
     assert cut.status == "COMPLETE", [reason[:200] for reason in cut.reasons]
     assert set(cut.states) == {me, normal}
     assert cut.state_of(me) == state
-    assert cut.tasks[me] == tuple(tasks)
+    assert tuple(task.to_json() for task in cut.tasks[me]) == tuple(tasks)
     assert cut.clocks[me] == clock
     assert cut.pools[me] == pools
     consumed = dict(requests_consumed)
@@ -1095,8 +1095,8 @@ def test_hostile_values_through_the_public_agent_api(world: World) -> None:
         row = stored_local(world, cut.epoch, agent.process_id)
         assert row["process"].encode() == agent.process_id.encode()
         assert json.loads(row["state"]) == {"hostile": values}
-    (task,) = [t for t in cut.tasks[holder.process_id] if t["held_locks"]]
-    assert task["held_locks"] == lock_names
+    (task,) = [t for t in cut.tasks[holder.process_id] if t.held_locks]
+    assert list(task.held_locks) == lock_names
     world.serves_and_holds_exactly()
 
 

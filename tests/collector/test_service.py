@@ -251,7 +251,7 @@ def test_applications_do_not_notice_a_missing_collector() -> None:
         assert b.balance == 105
         # Orders would come from the collector; given directly, their events queue and overflow.
         for epoch in range(1, 6):
-            a.agent._on_order(pb.ControlMessage(take_snapshot=pb.TakeSnapshot(epoch=epoch)))
+            a.agent._core.take_snapshot(epoch)
         stats = a.agent.stats()
         assert stats.snapshots_taken == 5
         assert not stats.collector_connected
@@ -267,7 +267,7 @@ def test_a_message_from_a_newer_epoch_forces_the_snapshot_before_delivery() -> N
     seen: list[int] = []
     b.on_credit = lambda: seen.append(b.agent.epoch)
     try:
-        a.agent._on_order(pb.ControlMessage(take_snapshot=pb.TakeSnapshot(epoch=3)))
+        a.agent._core.take_snapshot(3)
         assert (a.agent.epoch, b.agent.epoch) == (3, 0)
         a.transfer(a.stub(b), 1).result(TIMEOUT)
         assert seen == [3]
@@ -290,7 +290,7 @@ def test_a_snapshot_gives_up_on_a_long_atomic_block_and_the_application_goes_on(
     thread.start()
     try:
         assert inside.wait(TIMEOUT)
-        a.agent._on_order(pb.ControlMessage(take_snapshot=pb.TakeSnapshot(epoch=1)))
+        a.agent._core.take_snapshot(1)
         stats = a.agent.stats()
         assert (stats.snapshots_taken, stats.snapshots_skipped, a.agent.epoch) == (0, 1, 1)
     finally:
@@ -302,7 +302,7 @@ def test_a_snapshot_gives_up_on_a_long_atomic_block_and_the_application_goes_on(
 def test_waiting_for_a_newer_response_inside_atomic_gives_the_snapshot_up_without_deadlock() -> None:
     a, b = Ledger("a", None), Ledger("b", None)
     try:
-        b.agent._on_order(pb.ControlMessage(take_snapshot=pb.TakeSnapshot(epoch=2)))
+        b.agent._core.take_snapshot(2)
         stub = a.stub(b)
         with a.agent.atomic():
             a.balance -= 1

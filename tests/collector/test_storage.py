@@ -37,6 +37,7 @@ from cutwatch.core import (
     OpenCall,
     RecordingStopped,
     StorageError,
+    TaskView,
     UnsettledCall,
     VectorClock,
 )
@@ -154,12 +155,13 @@ def test_assembled_cut_is_stored_with_counters_services_calls_and_truncation(
 ) -> None:
     a, b = "bank:a1", "ledger:b1"
     clock_a, clock_b = VectorClock({a: 3}), VectorClock({a: 1, b: 2})
+    task = TaskView.from_json({"task_id": 7, "kind": "app", "held_locks": ["t"]})
     snap_a = LocalSnapshot(
         4,
         a,
         clock_a,
         {"x": 1},
-        ["t"],
+        (task,),
         open_calls=(OpenCall(1, "/m/Credit", b), OpenCall(2, "/m/Credit", b)),
         requests_sent=2,
         responses_consumed={b: 1},
@@ -185,7 +187,7 @@ def test_assembled_cut_is_stored_with_counters_services_calls_and_truncation(
 
     first, second = stored.states
     assert (first.process, first.service, first.state, first.tasks, first.sent, first.consumed) == (
-        a, "bank", {"x": 1}, ["t"], {"*": 2}, {b: 1},
+        a, "bank", {"x": 1}, [task.to_json()], {"*": 2}, {b: 1},
     )  # fmt: skip
     assert first.truncated is False
     assert (second.service, second.state, second.tasks, second.clock, second.sent, second.consumed) == (

@@ -60,17 +60,17 @@ class FaultBank(Bank):
 
     def _count_submitted(self) -> None:
         """Count every event the agent hands to its collector queue: the figure the agent's own must match."""
-        control = self.agent._control
-        if control is None:
+        core = self.agent._core
+        submit = core._emit_to  # the agent's queue to its collector
+        if submit is None:
             return
-        submit = control.submit
 
         def counting(events: Any) -> None:
             with self._submitted_lock:
                 self._submitted += len(events)
             submit(events)
 
-        control.submit = counting  # type: ignore[method-assign]
+        core._emit_to = counting
 
     def _trigger(self, kind: str) -> float | None:
         """The number in ``NAME.kind`` if that file exists (it is then used up), else None."""

@@ -571,7 +571,9 @@ class Cluster:
         refund = min(refund, max(process.balance, 0))
         stamp = process.answer(serving.handler, refund)
         assert stamp is not None
-        msg = Message(pid, request.sender, refund, process.epoch, process.tick, RESPONSE, request.call_id, stamp)
+        msg = Message(
+            pid, request.sender, refund, process.epoch, process.tick, RESPONSE, request.call_id, stamp
+        )
         self.messages.append(msg)
         if self.nodes[request.sender].alive:
             self.network.append(Packet(msg))

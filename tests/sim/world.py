@@ -49,7 +49,16 @@ from cutwatch.core import (
     SnapshotEvent,
 )
 
-__all__ = ["FAILURE", "METHOD", "SimConfig", "SimResult", "conserved", "record_truth", "simulate", "token_sum"]
+__all__ = [
+    "FAILURE",
+    "METHOD",
+    "SimConfig",
+    "SimResult",
+    "conserved",
+    "record_truth",
+    "simulate",
+    "token_sum",
+]
 
 CallMsg = tuple[str, str, int]
 """A message's identity in the ground truth: (kind, calling process, call id)."""
