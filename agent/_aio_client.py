@@ -84,7 +84,7 @@ class _StampedCall(wrapt.ObjectProxy[Any]):
             self._self_core,
             self._self_outbound,
             metadata,
-            error,
+            lambda: error,
             lambda: STREAM_RESPONSE,
             self._self_max_payload,
         )
@@ -164,8 +164,9 @@ class _AwaitedCall(wrapt.ObjectProxy[Any]):
 def _finish_done_call(core: ProcessCore, outbound: Outbound, max_payload: int, call: Any) -> None:
     if not outbound.finished:
         metadata = _now(call.trailing_metadata())
-        code = _now(call.code())
-        finish_outbound(core, outbound, metadata, code, lambda: _now(call.__await__()), max_payload)
+        finish_outbound(
+            core, outbound, metadata, lambda: _now(call.code()), lambda: _now(call.__await__()), max_payload
+        )
 
 
 def _now(awaitable: Any) -> Any:

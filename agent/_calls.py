@@ -70,7 +70,7 @@ def finish_outbound(
     core: ProcessCore,
     outbound: Outbound,
     metadata: Iterable[Any] | None,
-    status: object,
+    status: Callable[[], object],
     response: Callable[[], object] | None,
     max_payload: int,
     *,
@@ -78,8 +78,11 @@ def finish_outbound(
 ) -> None:
     """The receive event of a finished call, from its trailing metadata and status.
 
-    ``response`` returns the response message, rendered only if the response
-    is recorded in transit; ``deferrable`` as in ``ProcessCore.end_call``.
+    ``status`` returns the call's status (see :func:`failure_name`; an error
+    it raises is the status); it is asked only for a call answered without a
+    stamp. ``response`` returns the
+    response message, rendered only if the response is recorded in transit;
+    ``deferrable`` as in ``ProcessCore.end_call``.
     """
     if outbound.finished:  # set last, under the core's locks: nothing is left to do
         return
@@ -88,9 +91,16 @@ def finish_outbound(
     except Exception:
         stamp = None
     # A stamped answer is delivered whatever its status; the status matters only without one.
-    failure = None if stamp is not None else failure_name(status)
+    failure = None if stamp is not None else failure_name(_status(status))
     payload = render_later(response, max_payload) if response is not None and failure is None else None
     core.end_call(outbound, stamp, failure, payload, deferrable=deferrable)
+
+
+def _status(status: Callable[[], object]) -> object:
+    try:
+        return status()
+    except Exception as exc:
+        return exc
 
 
 @contextmanager

@@ -74,14 +74,6 @@ def trailing_metadata_of(call: Any) -> Any:
     return metadata
 
 
-def _code(call: Any) -> object:
-    """The status code of a finished sync call (an error when it cannot be read)."""
-    try:
-        return call.code()
-    except Exception as exc:
-        return exc
-
-
 def finish_call(
     core: ProcessCore,
     outbound: Outbound,
@@ -97,7 +89,7 @@ def finish_call(
             core,
             outbound,
             trailing_metadata_of(call),
-            _code(call),
+            call.code,
             response,
             max_payload,
             deferrable=deferrable,

@@ -8,7 +8,7 @@ the collector sees the gap and knows which snapshots cannot be complete.
 
 The thread keeps one bidirectional ``Control`` stream open: it registers,
 sends queued events and heartbeats, and executes what the collector orders
-(take a snapshot, close an epoch). When the collector is away or the stream
+(take a snapshot, flush, close an epoch). When the collector is away or the stream
 breaks it reconnects with capped, jittered exponential backoff; the agent
 needs no listening port of its own.
 """

@@ -39,16 +39,28 @@ def add_response_stamp(core: ProcessCore, context: Any, inbound: Inbound | None)
 class _HandlerWrapper:
     """Builds stamped versions of one handler's behaviour."""
 
-    def __init__(self, core: ProcessCore, pool: str, method: str, max_payload: int) -> None:
+    def __init__(
+        self,
+        core: ProcessCore,
+        pool: str,
+        method: str,
+        max_payload: int,
+        probe: Callable[[], None] | None = None,
+    ) -> None:
         self.core = core
         self.pool = pool
         self.method = method
         self.max_payload = max_payload
+        self.probe = probe
+        """Called once a handler runs: the sync server learns its pool's capacity there."""
 
     def begin(self, context: Any, request: Any) -> Inbound | None:
-        return begin_inbound(
+        inbound = begin_inbound(
             self.core, self.method, context.invocation_metadata(), self.pool, request, self.max_payload
         )
+        if self.probe is not None:
+            self.probe()
+        return inbound
 
     def unary_response(self, behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
         core, begin = self.core, self.begin
@@ -75,21 +87,6 @@ class _HandlerWrapper:
                 add_response_stamp(core, context, inbound)
 
         return handle
-
-
-class _ThreadPoolHandlerWrapper(_HandlerWrapper):
-    """The sync server's wrapper: the first handler learns its pool's capacity if it was not given."""
-
-    def __init__(
-        self, core: ProcessCore, pool: str, method: str, max_payload: int, probe: Callable[[], None]
-    ) -> None:
-        super().__init__(core, pool, method, max_payload)
-        self._probe = probe
-
-    def begin(self, context: Any, request: Any) -> Inbound | None:
-        inbound = super().begin(context, request)
-        self._probe()
-        return inbound
 
 
 _FACTORIES = {
@@ -159,7 +156,7 @@ class ServerInterceptor(ServerInterceptorBase):
                 self._core.learn_pool_capacity(self._pool, capacity)
 
     def _wrapper(self, method: str) -> _HandlerWrapper:
-        return _ThreadPoolHandlerWrapper(self._core, self._pool, method, self._max_payload, self._probe)
+        return _HandlerWrapper(self._core, self._pool, method, self._max_payload, self._probe)
 
     def intercept_service(
         self,

@@ -2,9 +2,9 @@
 
 Pure of gRPC and protobuf: the service (the gRPC edge) feeds it
 registrations and the messages of agents' streams as core records, and
-forwards the orders it queues for each agent. Time comes from ``clock``. All state is guarded by one lock;
-storing a finished cut happens outside it, so a slow disk never stalls the
-agents' streams.
+forwards the orders it queues for each agent; time comes from ``clock``.
+All state is guarded by one lock; storing a finished cut happens outside
+it, so a slow disk never stalls the agents' streams.
 
 Life of snapshot ``k``: :meth:`Coordinator.start_snapshot` picks ``k``
 above every epoch any agent has reported, fixes the participants (the
@@ -38,23 +38,23 @@ stream ended, so events lost with a broken stream show as a gap.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cutwatch.collector._records import StoredCut, stored_from_assembled
 from cutwatch.collector._sessions import (
-    EXPECTED_KEY,
     AgentSession,
     Clock,
     CoordinatorStats,
     Departed,
+    Roster,
     expected_after_restart,
 )
-from cutwatch.collector._store import MAX_META_VALUE, CutStore
+from cutwatch.collector._store import CutStore
 from cutwatch.core import (
     AgentEvent,
     AssembledCut,
@@ -129,34 +129,19 @@ class Coordinator:
         self._finished: dict[int, StoredCut] = {}
         self._last_epoch = max(0, store.next_epoch() - 1)
         self._departed: dict[str, Departed] = expected_after_restart(store, clock.monotonic())
-        self._expected_lock = threading.Lock()
-        self._expected_written = ""
-        self._stats = {
-            "started": 0,
-            "complete": 0,
-            "incomplete": 0,
-            "rejected": 0,
-            "events": 0,
-            "invalid": 0,
-            "late": 0,
-            "foreign": 0,
-            "store_errors": 0,
-        }
+        self._roster = Roster(store)
+        self._stats: Counter[str] = Counter()
 
     def _remember_expected(self) -> None:
         """Write down who is registered or expected back, for the next start (outside the lock)."""
-        with self._expected_lock:
+
+        def expected() -> dict[str, str]:
             with self._lock:
-                expected = {p: d.service for p, d in self._departed.items()}
-                expected.update((p, s.service) for p, s in self._sessions.items())
-            text = json.dumps(expected, sort_keys=True)
-            if len(text) > MAX_META_VALUE or text == self._expected_written:
-                return
-            try:
-                self.store.put_meta(EXPECTED_KEY, text)
-                self._expected_written = text
-            except (StorageError, ValueError) as exc:
-                _LOG.error("could not write down the registered processes: %s", exc)
+                out = {p: d.service for p, d in self._departed.items()}
+                out.update((p, s.service) for p, s in self._sessions.items())
+                return out
+
+        self._roster.write(expected)
 
     # Agents -------------------------------------------------------------------------------------
     def register(self, registration: Registration) -> AgentSession:

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import json
+import logging
 import queue
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cutwatch.collector._store import CutStore
-from cutwatch.core import Order
+from cutwatch.collector._store import MAX_META_VALUE, CutStore
+from cutwatch.core import Order, StorageError
 
-__all__ = ["EXPECTED_KEY", "AgentSession", "Clock", "CoordinatorStats", "Departed", "expected_after_restart"]
+__all__ = [
+    "EXPECTED_KEY",
+    "AgentSession",
+    "Clock",
+    "CoordinatorStats",
+    "Departed",
+    "Roster",
+    "expected_after_restart",
+]
+
+_LOG = logging.getLogger("cutwatch.collector")
 
 EXPECTED_KEY = "expected_processes"
 """The store's metadata key under which the coordinator writes down who is registered."""
@@ -94,3 +106,28 @@ def expected_after_restart(store: CutStore, now: float) -> dict[str, Departed]:
         for process, service in registered.items():
             expected[str(process)] = Departed(str(service), now)
     return expected
+
+
+class Roster:
+    """Writes down in the store who is registered or expected back, for a collector's next start.
+
+    Written outside the coordinator's lock, one writer at a time, and only when it changed; a
+    roster too large for the store's metadata is not written (the newest cut still names them).
+    """
+
+    def __init__(self, store: CutStore) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._written = ""
+
+    def write(self, expected: Callable[[], dict[str, str]]) -> None:
+        """Write what ``expected()`` returns (process -> service), read under this writer's lock."""
+        with self._lock:
+            text = json.dumps(expected(), sort_keys=True)
+            if len(text) > MAX_META_VALUE or text == self._written:
+                return
+            try:
+                self._store.put_meta(EXPECTED_KEY, text)
+                self._written = text
+            except (StorageError, ValueError) as exc:
+                _LOG.error("could not write down the registered processes: %s", exc)

@@ -109,6 +109,8 @@ class ProcessCore:
         self._span_ids = span_ids
         self._lock = threading.RLock()
         self._gate = SnapshotGate(atomic_timeout)
+        self.in_atomic = self._gate.inside
+        """Whether this thread is inside an ``atomic()`` block of this process."""
         self._counters = Counters()
         self._clock = StampedClock(
             process_id, self._counters, max_stamp_bytes=max_stamp_bytes, max_clock_entries=max_clock_entries
@@ -183,10 +185,6 @@ class ProcessCore:
     def atomic(self) -> AbstractContextManager[None]:
         """A state change no snapshot splits, which consumes the current request (``Agent.atomic``)."""
         return self._gate.atomic(self._consume_current)
-
-    def in_atomic(self) -> bool:
-        """Whether this thread is inside an ``atomic()`` block of this process."""
-        return self._gate.inside()
 
     def _consume_current(self) -> None:
         task = self.tasks.current()

@@ -52,9 +52,9 @@ class PredicateEngine:
     """Load predicates from operator-named local sources; evaluate them on each complete cut.
 
     ``sources`` are ``.py`` files or module names (see
-    :func:`~cutwatch.predicates.resolve_source`). Loading happens at
+    :func:`~cutwatch.predicates.engine.resolve_source`). Loading happens at
     construction, in the worker, and any problem raises
-    :class:`~cutwatch.predicates.PredicateLoadError` naming the file and line.
+    :class:`~cutwatch.core.errors.PredicateLoadError` naming the file and line.
     ``timeout`` is the default seconds per predicate per cut
     (``@invariant(name, timeout=...)`` overrides it); ``load_timeout`` bounds
     starting a worker and importing the sources, and reading a cut.

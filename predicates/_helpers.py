@@ -1,6 +1,6 @@
 """Views over a cut and the helpers that make common invariants one-liners with witnesses.
 
-The views group what a :class:`~cutwatch.collector.Cut` holds the ways
+The views group what a :class:`~cutwatch.core.Cut` holds the ways
 invariants read it: states by service, in-transit messages by channel and
 by RPC method, lock holders and waiters. The helpers (:func:`conservation`,
 :func:`at_most_one`) return :class:`Holds`/:class:`Violation`, so a

@@ -1,7 +1,8 @@
 """The predicate worker: a separate OS process that imports and runs the user's predicates.
 
-Started by :class:`~cutwatch.predicates.PredicateEngine` as ``python -m
-cutwatch.predicates._worker``. It speaks JSON lines on private copies of
+Started by :class:`~cutwatch.predicates.engine.PredicateEngine` with the
+collector's interpreter and import path (see
+:mod:`cutwatch.predicates._worker_process`). It speaks JSON lines on private copies of
 its stdin and stdout; the real fd 0 reads from /dev/null and fd 1 goes to
 stderr, so a predicate that prints or reads input cannot corrupt the
 protocol. Requests and replies:

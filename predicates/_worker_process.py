@@ -64,7 +64,7 @@ class Worker:
     def __init__(self, max_line_bytes: int) -> None:
         self._max_line = max_line_bytes
         # The worker gets exactly the collector's import path: ``python -m`` would put the current
-        # directory first, where a source checkout's ``cutwatch/`` folder would shadow the package.
+        # directory first, where a folder of the same name could shadow a package.
         self.process: subprocess.Popen[bytes] = subprocess.Popen(  # noqa: S603 - our own interpreter and code
             [sys.executable, "-c", _BOOT],
             stdin=subprocess.PIPE,
