@@ -79,8 +79,9 @@ class ProcessCore:
     """The events of process ``process_id``; thread-safe.
 
     ``max_records``, ``max_seen_messages``, ``max_open_epochs`` and
-    ``abandoned_grace`` go to the snapshot participant, ``max_stamp_bytes`` and ``max_clock_entries`` to the
-    stamp codec, ``max_state_bytes`` bounds each state provider's value;
+    ``abandoned_grace`` go to the snapshot participant, ``max_stamp_bytes``
+    and ``max_clock_entries`` to the stamp codec, ``max_state_bytes`` bounds
+    each state provider's value;
     ``atomic_timeout`` is how long a snapshot waits for an ``atomic()`` block
     before it gives that snapshot up. ``span_ids`` returns the active span's
     (trace id, span id), carried in stamps and tasks.
