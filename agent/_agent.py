@@ -83,8 +83,9 @@ class Agent:
     dropped and counted;
     ``atomic_timeout`` is how long a snapshot waits for an ``atomic()`` block
     before it gives up on that snapshot (which then ends INCOMPLETE);
-    ``abandoned_grace`` how long a call that failed without an answer keeps
-    snapshots from completing unless its request is accounted for.
+    ``abandoned_grace`` how long at most a call that failed without an answer
+    is remembered until a snapshot fences it (snapshots fence failed calls
+    in their flush round; see docs/snapshot-design.md).
     ``collector_credentials`` are the token and certificates the collector
     demands, if it demands any.
     """
@@ -105,7 +106,7 @@ class Agent:
         event_queue: int = 10_000,
         event_queue_bytes: int = 64 * 1024 * 1024,
         atomic_timeout: float = 5.0,
-        abandoned_grace: float = 2.0,
+        abandoned_grace: float = 600.0,
         control_options: ControlOptions | None = None,
         collector_credentials: CollectorCredentials | None = None,
     ) -> None:

@@ -266,11 +266,13 @@ class Coordinator:
             run.assembler.add(event)
         except AssemblyError as exc:
             return self._reject(run, exc)
-        if run.assembler.flush_due():
+        flush = run.assembler.next_flush()
+        if flush is not None:
+            order = Flush(run.epoch, *flush)
             for process in run.services:
                 target = self._sessions.get(process)
                 if target is not None:
-                    target.send(Flush(run.epoch))
+                    target.send(order)
         return self._settle(run)
 
     def _lost_events(self, session: AgentSession) -> list[_Run]:
@@ -438,8 +440,9 @@ class Coordinator:
         self._finished[run.epoch] = run.result
         while len(self._finished) > 64:
             del self._finished[min(self._finished)]
-        for session in self._sessions.values():
-            session.send(CloseEpoch(run.epoch))
+        fenced = run.assembler.fenced()
+        for process, session in self._sessions.items():
+            session.send(CloseEpoch(run.epoch, fenced.get(process, ())))
         return [run]
 
     def _store_all(self, runs: list[_Run]) -> None:

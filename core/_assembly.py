@@ -1,12 +1,19 @@
 """Assembling one snapshot epoch from the pieces the agents send, and deciding if it is complete.
 
 Pure code. A cut is COMPLETE only when every participant reported its local
-snapshot and then its flush marker, nobody stopped recording, every call open at a caller's cut is
-settled (see :mod:`cutwatch.core._participant`: a request or response record,
-the server still answering it, or an answer without a stamp) and the vector
+snapshot and then its flush marker of the latest flush round, nobody
+stopped recording, every call open at a caller's cut is settled (see
+:mod:`cutwatch.core._participant`: a request or response record, the server
+still answering it, an answer without a stamp, or, for a call that failed
+at its caller, a fence every participant has acknowledged) and the vector
 clocks agree that the cut is consistent (``VC_p[q] <= VC_q[q]`` for all p,
 q). The clock check is what catches a protocol bug; a cut that fails it
 raises instead of producing a cut.
+
+Flush rounds: once every local snapshot is in, :meth:`CutAssembler.next_flush`
+asks for round 1, fencing every failed call still unsettled; a call that
+fails later (its caller's :class:`CallOutcome` arrives) asks for another
+round. Only the markers of the latest round count.
 """
 
 from __future__ import annotations
@@ -143,8 +150,14 @@ class CutAssembler:
         self._waiting: set[tuple[str, int]] = set()
         self._failures: dict[tuple[str, int], str] = {}
         self._stopped: list[RecordingStopped] = []
+        self._round = 0
+        """The latest flush round asked for (0: none yet)."""
         self._flushed: set[str] = set()
-        self._flush_asked = False
+        """Participants whose marker of round ``_round`` is in."""
+        self._fenced: dict[tuple[str, int], int] = {}
+        """Failed calls fenced, and in which round."""
+        self._acked = 0
+        """The latest round every participant has flushed."""
         self.foreign_records = 0
 
     # Input ---------------------------------------------------------------------------------
@@ -158,8 +171,11 @@ class CutAssembler:
             raise ProtocolViolationError(f"epoch {self.epoch}: two local snapshots from {snap.process}")
         self._locals[snap.process] = snap
         for call in snap.open_calls:
-            if (snap.process, call.call_id) not in self._settled:
-                self._waiting.add((snap.process, call.call_id))
+            key = (snap.process, call.call_id)
+            if key not in self._settled:
+                self._waiting.add(key)
+                if call.failed:
+                    self._failures.setdefault(key, call.failed)
         for caller, call_id in snap.answering:
             self._settle(caller, call_id, f"handler at {snap.process}")
 
@@ -191,15 +207,41 @@ class CutAssembler:
 
     def add_flushed(self, marker: Flushed) -> None:
         self._check_epoch(marker.epoch)
-        if marker.process in self._members:
-            self._flushed.add(marker.process)
+        if marker.process not in self._members or marker.round != self._round or self._round == 0:
+            return  # a marker of an earlier round: the participant has more to say
+        self._flushed.add(marker.process)
+        if len(self._flushed) == len(self.participants) and self._acked < self._round:
+            # Every participant applied the fences of this round and of all before it, and sent every
+            # record it made before: a fenced call still waiting was delivered nowhere, and never will be.
+            self._acked = self._round
+            for key, fenced_in in self._fenced.items():
+                if fenced_in <= self._acked and key in self._waiting:
+                    self._settle(*key, "failed at its caller; fenced, delivered nowhere")
 
-    def flush_due(self) -> bool:
-        """True once, when every local snapshot is in: time to ask the participants to flush."""
-        if self._flush_asked or len(self._locals) < len(self.participants):
-            return False
-        self._flush_asked = True
-        return True
+    def next_flush(self) -> tuple[int, tuple[tuple[str, int], ...]] | None:
+        """The flush round to ask for now, with the calls to fence in it; None when none is due.
+
+        The first round is due once every local snapshot is in; another one
+        whenever a call that is still unsettled has failed since.
+        """
+        if len(self._locals) < len(self.participants):
+            return None
+        fence = tuple(sorted(k for k in self._waiting if k in self._failures and k not in self._fenced))
+        if self._round and not fence:
+            return None
+        self._round += 1
+        self._flushed = set()
+        for key in fence:
+            self._fenced[key] = self._round
+        return self._round, fence
+
+    def fenced(self) -> dict[str, tuple[int, ...]]:
+        """The calls of each caller that every participant has fenced (the callers may forget them)."""
+        out: dict[str, list[int]] = {}
+        for (caller, call_id), fenced_in in sorted(self._fenced.items()):
+            if fenced_in <= self._acked:
+                out.setdefault(caller, []).append(call_id)
+        return {caller: tuple(ids) for caller, ids in out.items()}
 
     def add(self, event: SnapshotEvent) -> None:
         """Dispatch any event a participant emits."""
@@ -230,7 +272,7 @@ class CutAssembler:
             return "INCOMPLETE"
         if len(self._locals) < len(self.participants) or self._waiting:
             return "PENDING"
-        if len(self._flushed) < len(self.participants):
+        if self._round == 0 or len(self._flushed) < len(self.participants):
             return "PENDING"
         return "COMPLETE"
 

@@ -10,7 +10,7 @@ from cutwatch.core._tasks import OutboundCall, Task
 if TYPE_CHECKING:
     import contextvars
 
-__all__ = ["ChannelPeer", "Inbound", "Outbound"]
+__all__ = ["REFUSED", "ChannelPeer", "Inbound", "Outbound", "Refused"]
 
 
 class ChannelPeer:
@@ -47,3 +47,17 @@ class Inbound:
         self.caller = caller
         self.finished = False
         self.token: contextvars.Token[Task | None] | None = None
+
+
+class Refused:
+    """What ``ProcessCore.begin_handler`` returns for a request it must not deliver."""
+
+    __slots__ = ()
+
+    reason = "cutwatch: the caller gave this call up and a snapshot fenced it; it was not run"
+
+    def __repr__(self) -> str:
+        return "REFUSED"
+
+
+REFUSED = Refused()

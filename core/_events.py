@@ -172,6 +172,8 @@ class Flushed:
 
     epoch: int
     process: str
+    round: int = 0
+    """Which flush round of ``epoch`` this marker answers (each round may fence more calls)."""
 
 
 SnapshotEvent = LocalSnapshot | ChannelRecord | CallOutcome | RecordingStopped | Flushed

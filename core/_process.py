@@ -29,10 +29,10 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 
-from cutwatch.core._calls import ChannelPeer, Inbound, Outbound
+from cutwatch.core._calls import REFUSED, ChannelPeer, Inbound, Outbound, Refused
 from cutwatch.core._clock import VectorClock
 from cutwatch.core._control import CloseEpoch, Flush, Order, TakeSnapshot
 from cutwatch.core._counters import Counters, ProcessStats
@@ -98,7 +98,7 @@ class ProcessCore:
         max_seen_messages: int = 100_000,
         max_open_epochs: int = DEFAULT_MAX_OPEN_EPOCHS,
         atomic_timeout: float = 5.0,
-        abandoned_grace: float = 2.0,
+        abandoned_grace: float = 600.0,
         emit: Emit | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         span_ids: Callable[[], tuple[bytes, bytes]] = no_span,
@@ -282,12 +282,16 @@ class ProcessCore:
     # Server side --------------------------------------------------------------------------------
     def begin_handler(
         self, method: str, stamp: bytes | str | None, attempt: int, pool: str, request: Payload
-    ) -> Inbound | None:
+    ) -> Inbound | Refused | None:
         """Receive event of a request: merge its clock, start its task and bind it to this context.
 
         ``attempt`` tells a retried or hedged attempt from the first (gRPC's
         ``grpc-previous-rpc-attempts``); ``request`` renders the request, for
-        its record when it is in transit at a cut.
+        its record when it is in transit at a cut. Returns None when the
+        request goes untracked, and :data:`REFUSED` when its caller gave the
+        call up and a snapshot fenced it: the handler must not run (the
+        caller has its failure already; running it could change state that
+        a stored cut says never changed).
         """
         try:
             delivery: Delivery | None = None
@@ -307,6 +311,9 @@ class ProcessCore:
                         method=method,
                         now=self._now(),
                     )
+                    if delivery.refused:
+                        self._counters.requests_refused += 1
+                        return REFUSED
                 self._clock.receive(decoded)
                 self._counters.requests_received += 1
                 if self.observer is not None:
@@ -378,16 +385,17 @@ class ProcessCore:
         finally:
             self._gate.leave()
 
-    def flush(self, epoch: int) -> None:
-        """Emit the flush marker of ``epoch`` behind everything emitted so far."""
+    def flush(self, epoch: int, round_: int = 0, fence: Iterable[tuple[str, int]] = ()) -> None:
+        """Refuse the calls in ``fence`` from now on, then emit the flush marker of round ``round_``
+        of ``epoch`` behind everything emitted so far."""
         with self._lock:
-            self._part.flush(epoch)
+            self._part.flush(epoch, round_, fence)
             self._emit()
 
-    def close_epoch(self, epoch: int) -> None:
-        """The collector is done with ``epoch``: stop recording it."""
+    def close_epoch(self, epoch: int, forget: Iterable[int] = ()) -> None:
+        """The collector is done with ``epoch``: stop recording it, forget our fenced failed calls."""
         with self._lock:
-            self._part.close_epoch(epoch)
+            self._part.close_epoch(epoch, forget)
 
     def join(self, epoch: int) -> None:
         """Number snapshots from ``epoch`` on without taking part in it (the collector's newest)."""
@@ -399,9 +407,9 @@ class ProcessCore:
         if isinstance(order, TakeSnapshot):
             self.take_snapshot(order.epoch)
         elif isinstance(order, Flush):
-            self.flush(order.epoch)
+            self.flush(order.epoch, order.round, order.fence)
         elif isinstance(order, CloseEpoch):
-            self.close_epoch(order.epoch)
+            self.close_epoch(order.epoch, order.forget)
         else:
             self.join(order.epoch)
 

@@ -122,7 +122,7 @@ def event_to_message(event: SnapshotEvent, seq: int) -> pb.AgentMessage:
             ),
         )
     if isinstance(event, Flushed):
-        return pb.AgentMessage(seq=seq, flushed=pb.Flushed(epoch=event.epoch))
+        return pb.AgentMessage(seq=seq, flushed=pb.Flushed(epoch=event.epoch, round=event.round))
     return pb.AgentMessage(
         seq=seq,
         recording_stopped=pb.RecordingStopped(epoch=event.epoch, reason=event.reason, dropped=event.dropped),
@@ -245,7 +245,7 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
             raise EventFormatError(f"unknown call outcome {shown(out.outcome, _SHOWN)!r}")
         return CallOutcome(out.epoch, process, out.call_id, out.outcome, out.detail)
     if body == "flushed":
-        return Flushed(message.flushed.epoch, process)
+        return Flushed(message.flushed.epoch, process, message.flushed.round)
     if body == "recording_stopped":
         stop = message.recording_stopped
         return RecordingStopped(stop.epoch, process, stop.reason or "recording stopped", stop.dropped)
@@ -313,9 +313,10 @@ def order_to_pb(order: Order) -> pb.ControlMessage:
     if isinstance(order, TakeSnapshot):
         return pb.ControlMessage(take_snapshot=pb.TakeSnapshot(epoch=order.epoch))
     if isinstance(order, Flush):
-        return pb.ControlMessage(flush=pb.Flush(epoch=order.epoch))
+        fence = [pb.CallRef(caller=caller, call_id=call_id) for caller, call_id in order.fence]
+        return pb.ControlMessage(flush=pb.Flush(epoch=order.epoch, round=order.round, fence=fence))
     if isinstance(order, CloseEpoch):
-        return pb.ControlMessage(close_epoch=pb.CloseEpoch(epoch=order.epoch))
+        return pb.ControlMessage(close_epoch=pb.CloseEpoch(epoch=order.epoch, forget=order.forget))
     return pb.ControlMessage(registered=pb.Registered(epoch=order.epoch))
 
 
@@ -325,9 +326,10 @@ def order_from_pb(message: pb.ControlMessage) -> Order | None:
     if body == "take_snapshot":
         return TakeSnapshot(message.take_snapshot.epoch)
     if body == "flush":
-        return Flush(message.flush.epoch)
+        flush = message.flush
+        return Flush(flush.epoch, flush.round, tuple((ref.caller, ref.call_id) for ref in flush.fence))
     if body == "close_epoch":
-        return CloseEpoch(message.close_epoch.epoch)
+        return CloseEpoch(message.close_epoch.epoch, tuple(message.close_epoch.forget))
     if body == "registered":
         return Registered(message.registered.epoch)
     return None

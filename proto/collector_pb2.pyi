@@ -88,22 +88,38 @@ class TakeSnapshot(_message.Message):
     def __init__(self, epoch: _Optional[int] = ...) -> None: ...
 
 class CloseEpoch(_message.Message):
-    __slots__ = ("epoch",)
+    __slots__ = ("epoch", "forget")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    FORGET_FIELD_NUMBER: _ClassVar[int]
     epoch: int
-    def __init__(self, epoch: _Optional[int] = ...) -> None: ...
+    forget: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, epoch: _Optional[int] = ..., forget: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class CallRef(_message.Message):
+    __slots__ = ("caller", "call_id")
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    caller: str
+    call_id: int
+    def __init__(self, caller: _Optional[str] = ..., call_id: _Optional[int] = ...) -> None: ...
 
 class Flush(_message.Message):
-    __slots__ = ("epoch",)
+    __slots__ = ("epoch", "round", "fence")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
     epoch: int
-    def __init__(self, epoch: _Optional[int] = ...) -> None: ...
+    round: int
+    fence: _containers.RepeatedCompositeFieldContainer[CallRef]
+    def __init__(self, epoch: _Optional[int] = ..., round: _Optional[int] = ..., fence: _Optional[_Iterable[_Union[CallRef, _Mapping]]] = ...) -> None: ...
 
 class Flushed(_message.Message):
-    __slots__ = ("epoch",)
+    __slots__ = ("epoch", "round")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
     epoch: int
-    def __init__(self, epoch: _Optional[int] = ...) -> None: ...
+    round: int
+    def __init__(self, epoch: _Optional[int] = ..., round: _Optional[int] = ...) -> None: ...
 
 class OpenCall(_message.Message):
     __slots__ = ("call_id", "method", "target", "failed")

@@ -27,8 +27,6 @@ from cutwatch import CollectorClient, Cut
 BANK_SCRIPT = Path(__file__).resolve().parent / "bank_service.py"
 INITIAL = 1000
 SNAPSHOT_TIMEOUT = 30.0
-ABANDONED_GRACE = 2.0
-"""The agent's default ``abandoned_grace``: how long a failed call keeps cuts that span it open."""
 
 
 class Cluster(BankCluster):
@@ -180,14 +178,13 @@ def test_bank_killed_during_a_snapshot(cluster: Cluster, tmp_path: Path) -> None
             cut.reasons
         )
 
-        # The survivors drop the dead peer at their first failed Credit to it; once the failed
-        # calls are older than the grace, nothing of the dead bank holds a cut open.
+        # The survivors drop the dead peer at their first failed Credit to it; the next snapshot fences
+        # those failed calls, so nothing of the dead bank holds a cut open.
         for bank in survivors:
             wait_until(
                 lambda bank=bank: cluster.stats(bank)["peers_alive"] == len(survivors) - 1,
                 f"{bank.name} to drop the dead peer",
             )
-        time.sleep(ABANDONED_GRACE + 1.0)
         after = client.snapshot(timeout=SNAPSHOT_TIMEOUT)
         status = client.status()
     assert after.complete, (after.reasons, after.unsettled)

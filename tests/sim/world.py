@@ -16,8 +16,11 @@ server later answers with a response that refunds part of its balance
 (debit and send in one step), credited when the caller receives it. Time is
 the step counter.
 
-The network may also lose a message for good (``lose_percent``): the caller
-notices some steps later and its call fails. Servers in ``uninstrumented``
+The network may also lose a message (``lose_percent``): the caller notices
+some steps later and its call fails; snapshots then fence the call. Of the
+lost requests, ``late_percent`` are only held (by a proxy, say) and come back
+some steps after the caller gave up: the receiver delivers one that no
+snapshot fenced yet, and refuses one that was fenced. Servers in ``uninstrumented``
 are not participants: they apply requests without any bookkeeping, never
 call anyone, and answer without a stamp, so the caller's call ends
 unstamped. Tokens they receive leave the system and their refunds enter it
@@ -44,7 +47,6 @@ from cutwatch.core import (
     ChannelRecord,
     CutAssembler,
     Flushed,
-    LocalSnapshot,
     Outbound,
     SnapshotEvent,
 )
@@ -77,7 +79,9 @@ class SimConfig:
     ``balanced`` addresses each request to a random group of servers, one of
     which the network picks at delivery. ``lose_percent`` of first deliveries
     are lost instead; the caller notices 1..``notice_delay`` steps later, and
-    its participant keeps the failed call open for ``abandoned_grace`` steps.
+    its participant keeps the failed call open until a snapshot fences it (at
+    most ``abandoned_grace`` steps). ``late_percent`` of the lost requests come
+    back 1..``late_delay`` steps after the caller noticed.
     ``uninstrumented`` processes serve without an agent; ``lazy`` applies
     to instrumented processes only. ``report_deadline`` bounds how many steps
     a report takes to reach the collector (unbounded when None); correctness
@@ -88,7 +92,9 @@ class SimConfig:
     applies anything) while its credit comes later. ``honour_stamp_epoch=False``
     models an agent that ignores the epoch in stamps (no snapshot before
     delivering a post-cut message). ``flush_barrier=False`` models a
-    collector that completes a cut without waiting for the flush markers.
+    collector that completes a cut without waiting for the flush markers;
+    ``fences=False`` one that settles failed calls without fencing them (the
+    receivers are never told to refuse them).
     """
 
     n: int = 3
@@ -98,8 +104,10 @@ class SimConfig:
     snapshot_percent: int = 5
     duplicate_percent: int = 0
     lose_percent: int = 0
+    late_percent: int = 0
+    late_delay: int = 30
     notice_delay: int = 20
-    abandoned_grace: int = 30
+    abandoned_grace: int = 1_000_000
     consumption_rule: bool = True
     honour_stamp_epoch: bool = True
     stalled: frozenset[tuple[int, int]] = frozenset()
@@ -110,6 +118,7 @@ class SimConfig:
     balanced: bool = False
     report_deadline: int | None = None
     flush_barrier: bool = True
+    fences: bool = True
 
 
 @dataclass(eq=False)
@@ -132,6 +141,8 @@ class AppMsg:
     receiver: str = ""
     delivered: bool = False
     lost: bool = False
+    held: bool = False
+    """Lost, but held somewhere: it comes back once its caller gave up."""
 
     @property
     def stamped(self) -> bool:
@@ -153,7 +164,7 @@ class CallTruth:
     ``ended_epoch`` is the caller's epoch when the call ended for its
     participant (stamped answer received, unstamped answer received, or
     failure noticed at step ``failed_at``); ``blocked`` lists (kind, epoch) of
-    its messages that were lost or stuck.
+    its messages that are stuck (never delivered, and the caller never notices).
     """
 
     caller: str
@@ -167,10 +178,16 @@ class CallTruth:
 
 @dataclass(eq=False)
 class Control:
+    """An order of the collector to one process: take a snapshot, flush a round (fencing calls), or
+    close an epoch (forgetting fenced calls)."""
+
     receiver: str
     epoch: int
     close: bool = False
     flush: bool = False
+    round: int = 0
+    fence: tuple[tuple[str, int], ...] = ()
+    forget: tuple[int, ...] = ()
 
 
 @dataclass(eq=False)
@@ -222,6 +239,10 @@ class SimResult:
     lost: list[AppMsg]
     balanced_deliveries: int
     unstamped_calls: int
+    refused: int
+    """Late requests refused because a snapshot had fenced their calls."""
+    late_delivered: int
+    """Late requests delivered because no snapshot had fenced their calls yet."""
 
 
 def record_truth(record: ChannelRecord) -> CallMsg:
@@ -278,6 +299,9 @@ class Simulation:
         self.cuts: dict[int, AssembledCut] = {}
         self.next_epoch = 1
         self.notices: list[tuple[int, str, int]] = []
+        self.held: list[tuple[int, AppMsg]] = []  # (step it comes back, message) of held requests
+        self.refused = 0
+        self.late_delivered = 0
         self.duplicates_injected = 0
         self.balanced_deliveries = 0
         self.unstamped_calls = 0
@@ -317,6 +341,8 @@ class Simulation:
             lost=self.lost,
             balanced_deliveries=self.balanced_deliveries,
             unstamped_calls=self.unstamped_calls,
+            refused=self.refused,
+            late_delivered=self.late_delivered,
         )
 
     def _step(self, *, workload: bool) -> bool:
@@ -324,6 +350,7 @@ class Simulation:
         self.now += 1
         self._deliver_overdue_reports()
         self._notice_failures()
+        self._release_held()
         starting = workload and self.next_epoch <= self.cfg.max_epochs
         if starting and self.rng.randrange(100) < self.cfg.snapshot_percent:
             self._start_snapshot()
@@ -344,10 +371,12 @@ class Simulation:
         if workload:
             options += ["transfer"] * 3
         if not options:
-            if not self.notices:
+            waits = [due for due, _, _ in self.notices] + [due for due, _ in self.held]
+            if not waits:
                 return False
-            self.now = min(due for due, _, _ in self.notices)  # nothing else happens until then
+            self.now = max(self.now, min(waits))  # nothing else happens until then
             self._notice_failures()
+            self._release_held()
             return True
         action = self.rng.choice(options)
         if action == "deliver":
@@ -416,21 +445,28 @@ class Simulation:
         )
 
     def _deliver_app(self, msg: AppMsg) -> None:
-        if not msg.delivered and self.rng.randrange(100) < self.cfg.lose_percent:
+        if not msg.delivered and not msg.held and self.rng.randrange(100) < self.cfg.lose_percent:
             self._lose(msg)
             return
         if not msg.receiver:
             msg.receiver = self.rng.choice(msg.targets)  # the load balancer's pick
             self.balanced_deliveries += len(msg.targets) > 1
         if (msg.sender, msg.receiver) in self.stalled:
+            if msg.held:
+                return  # it stays lost
             self.stuck.append(msg)
             self._call(msg).blocked.append((msg.kind, msg.epoch))
+            return
+        if msg.kind == RESPONSE and self._call(msg).failed_at is not None:
+            # The caller's call failed already: gRPC hands the application no late answer.
+            self._lose_for_good(msg)
             return
         first = not msg.delivered
         msg.delivered = True
         external = self.externals.get(msg.receiver)
         if external is not None:
-            # Applied at once, no bookkeeping: the tokens leave the participants.
+            # Applied at once, no bookkeeping (and no fence): the tokens leave the participants.
+            self._came_back(msg)
             external.balance += msg.amount
             self.outflow.append((msg.epoch, msg.amount))
             external.replies.append(msg)
@@ -455,6 +491,12 @@ class Simulation:
             return
         handler = proc.process.deliver(stamp, json.dumps(msg.amount))
         self._note_cuts(proc, before)
+        if handler.refused:
+            # A late request whose call a snapshot fenced: never run, its tokens are gone.
+            self.refused += 1
+            self._flush(proc)
+            return
+        self._came_back(msg)
         if not self.cfg.consumption_rule:
             proc.process.apply(handler, 0)  # enters atomic() at once: consumed before it is applied
             self._count_consumed(proc, handler, msg)
@@ -466,12 +508,32 @@ class Simulation:
         self._flush(proc)
 
     def _lose(self, msg: AppMsg) -> None:
-        """Gone for good; the caller notices later, as a deadline would."""
-        msg.lost = True
-        self.lost.append(msg)
-        self._call(msg).blocked.append((msg.kind, msg.epoch))
+        """Gone, or held somewhere until after its caller gave it up; the caller notices later, as a
+        deadline would."""
+        self._lose_for_good(msg)
         due = self.now + self.rng.randint(1, self.cfg.notice_delay)
         self.notices.append((due, msg.caller, msg.call_id))
+        if msg.kind == REQUEST and self.rng.randrange(100) < self.cfg.late_percent:
+            msg.held = True
+            self.held.append((due + self.rng.randint(1, self.cfg.late_delay), msg))
+
+    def _came_back(self, msg: AppMsg) -> None:
+        """A held request is delivered after all: an ordinary (late) delivery, not a loss."""
+        if msg.lost:
+            msg.lost = False
+            self.lost.remove(msg)
+            self.late_delivered += 1
+
+    def _lose_for_good(self, msg: AppMsg) -> None:
+        msg.lost = True
+        self.lost.append(msg)
+
+    def _release_held(self) -> None:
+        """Held requests whose time has come go back on the network."""
+        if self.held:
+            due = [msg for when, msg in self.held if when <= self.now]
+            self.held = [(when, msg) for when, msg in self.held if when > self.now]
+            self.network.extend(due)
 
     def _notice_failures(self) -> None:
         due = [notice for notice in self.notices if notice[0] <= self.now]
@@ -518,9 +580,9 @@ class Simulation:
         proc = self.by_pid[item.receiver]
         core = proc.process.core
         if item.close:
-            core.close_epoch(item.epoch)
+            core.close_epoch(item.epoch, item.forget)
         elif item.flush:
-            core.flush(item.epoch)
+            core.flush(item.epoch, item.round, item.fence)
         else:
             before = core.epoch
             core.take_snapshot(item.epoch)
@@ -548,13 +610,24 @@ class Simulation:
             return  # finished already: late pieces are ignored
         assembler = self.assemblers[event.epoch]
         assembler.add(event)
-        if not self.cfg.flush_barrier and isinstance(event, LocalSnapshot):
-            assembler.add(Flushed(event.epoch, event.process))
-        if assembler.flush_due():
-            self.network.extend(Control(pid, event.epoch, flush=True) for pid in assembler.participants)
+        due = assembler.next_flush()
+        if due is not None:
+            round_, fence = due
+            fence = fence if self.cfg.fences else ()
+            self.network.extend(
+                Control(pid, event.epoch, flush=True, round=round_, fence=fence)
+                for pid in assembler.participants
+            )
+            if not self.cfg.flush_barrier:  # a collector that does not wait for the markers
+                for pid in assembler.participants:
+                    assembler.add(Flushed(event.epoch, pid, round_))
         if assembler.status() != "PENDING":
             self.cuts[event.epoch] = assembler.finish()
-            self.network.extend(Control(proc.pid, event.epoch, close=True) for proc in self.procs)
+            fenced = assembler.fenced()
+            self.network.extend(
+                Control(proc.pid, event.epoch, close=True, forget=fenced.get(proc.pid, ()))
+                for proc in self.procs
+            )
 
     # Ground truth -------------------------------------------------------------------------------
     def expected_in_transit(self, k: int) -> set[CallMsg]:
@@ -577,34 +650,21 @@ class Simulation:
         into = sum(amount for epoch, amount in self.inflow if epoch < k)
         return self.cfg.initial * len(self.procs) - lost - out + into
 
-    def open_at_cut(self, call: CallTruth, k: int) -> bool:
-        """Whether the call is among its caller's open calls at the caller's cut k.
-
-        Sent before the cut and not ended before it, or failed before it less
-        than the grace earlier.
-        """
-        if call.sent_epoch >= k:
-            return False
-        if call.ended_epoch is None or call.ended_epoch >= k:
-            return True
-        if call.failed_at is None:
-            return False
-        cut_at = self.cut_at[call.caller].get(k)
-        return cut_at is not None and cut_at - call.failed_at < self.cfg.abandoned_grace
-
     def expected_unsettled(self, k: int) -> set[CallRef]:
         """Calls open at their caller's cut k that no participant can settle.
 
         A call is settled by a record of its request, of its response, the
-        server still answering it, or an unstamped answer; none of these
-        exists when its request never arrived, or when its answer, sent before
-        the server's cut k (or unstamped), never arrived.
+        server still answering it, an unstamped answer, or, once its caller
+        saw it fail, a fence; none of these exists for a call stuck for good
+        (its caller never notices) when its request never arrived, or when its
+        answer, sent before the server's cut k, never arrived.
         """
         return {
             (call.caller, call.call_id)
             for call in self.calls.values()
             if call.blocked
-            and self.open_at_cut(call, k)
+            and call.sent_epoch < k
+            and call.ended_epoch is None
             and any(kind == REQUEST or epoch < k for kind, epoch in call.blocked)
         }
 
