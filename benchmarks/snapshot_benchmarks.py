@@ -781,7 +781,7 @@ def measure_ingest(agents: int, cuts: int, open_calls: int, workdir: Path) -> In
                 # Where the protocol has it, each agent answers the collector's Flush with a marker
                 # sent behind its records; the cut completes with the last marker.
                 markers = [
-                    (p, pb.AgentMessage(seq=next_seq(p), flushed=pb.Flushed(epoch=epoch)))
+                    (p, pb.AgentMessage(seq=next_seq(p), flushed=pb.Flushed(epoch=epoch, round=1)))
                     for p in processes
                     if FLUSH_ROUND
                 ]

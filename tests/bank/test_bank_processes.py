@@ -185,6 +185,7 @@ def test_bank_killed_during_a_snapshot(cluster: Cluster, tmp_path: Path) -> None
                 lambda bank=bank: cluster.stats(bank)["peers_alive"] == len(survivors) - 1,
                 f"{bank.name} to drop the dead peer",
             )
+        wait_until(lambda: not client.status()["absent"], "the collector to stop expecting the victim back")
         after = client.snapshot(timeout=SNAPSHOT_TIMEOUT)
         status = client.status()
     assert after.complete, (after.reasons, after.unsettled)

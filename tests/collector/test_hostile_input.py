@@ -184,7 +184,7 @@ class RawAgent:
                 return
             body = order.WhichOneof("body")
             if body == "flush" and order.flush.epoch == epoch:
-                self.send(flushed=pb.Flushed(epoch=epoch))
+                self.send(flushed=pb.Flushed(epoch=epoch, round=order.flush.round))
                 return
             if body == "close_epoch" and order.close_epoch.epoch == epoch:
                 return

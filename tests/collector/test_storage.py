@@ -172,14 +172,15 @@ def test_assembled_cut_is_stored_with_counters_services_calls_and_truncation(
     # Call 1's first attempt is being answered at b while its retry is in transit to b: a duplicate.
     record = ChannelRecord(4, a, b, '{"z": 1, "a": [1, 2]}', MsgKey(a, 1, 2, "request"), "/m/Credit")
     assembler = CutAssembler(4, [a, b])
+    assembler.add(snap_a)
+    assembler.add(snap_b)
+    assert assembler.next_flush() == (1, ())  # the collector asks for a flush round
     for event in (
-        snap_a,
-        snap_b,
         record,
-        CallOutcome(4, a, 2, OUTCOME_FAILED, "UNAVAILABLE"),
+        CallOutcome(4, a, 2, OUTCOME_FAILED, "UNAVAILABLE"),  # failed after it: not fenced yet
         RecordingStopped(4, b, "recording truncated", 3),
-        Flushed(4, a),
-        Flushed(4, b),
+        Flushed(4, a, 1),
+        Flushed(4, b, 1),
     ):
         assembler.add(event)
     assembled = assembler.finish()
