@@ -30,6 +30,7 @@ from cutwatch.collector._rows import (
     duplicates_from,
     from_i64,
     is_utf8,
+    left_out_from,
     local_row,
     status_from,
     storable_epoch,
@@ -42,7 +43,7 @@ from cutwatch.core import DuplicateEpochError, StorageError
 
 __all__ = ["SCHEMA_VERSION", "SqliteCutStore"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _RESULT_STATUSES: frozenset[str] = frozenset(("PASS", "FAIL", "ERROR"))
 
 
@@ -105,11 +106,20 @@ _MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX results_by_status ON results (status, epoch)",
         ),
     ),
+    (
+        3,
+        (
+            # Which processes a cut covers and which it left out; cuts stored before have '[]'.
+            "ALTER TABLE cuts ADD COLUMN covers_json TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE cuts ADD COLUMN left_out_json TEXT NOT NULL DEFAULT '[]'",
+        ),
+    ),
 )
 assert _MIGRATIONS[-1][0] == SCHEMA_VERSION
 
 _SELECT_CUT = (
-    "SELECT epoch, status, started, finished, reasons_json, missing_json, unsettled_json, duplicates_json "
+    "SELECT epoch, status, started, finished, reasons_json, missing_json, unsettled_json, duplicates_json, "
+    "covers_json, left_out_json "
     "FROM cuts "
 )
 
@@ -197,7 +207,8 @@ class SqliteCutStore:
                 raise DuplicateEpochError(f"a cut with epoch {cut.epoch} is already stored")
             conn.execute(
                 "INSERT INTO cuts (epoch, status, started, finished, reasons_json, missing_json, "
-                "unsettled_json, duplicates_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "unsettled_json, duplicates_json, covers_json, left_out_json) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     cut.epoch,
                     cut.status,
@@ -207,6 +218,8 @@ class SqliteCutStore:
                     dumps(list(cut.missing)),
                     dumps([[u.caller, u.call_id, u.method, u.target, u.failed] for u in cut.unsettled]),
                     dumps([[d.caller, d.call_id, list(d.where)] for d in cut.duplicates]),
+                    dumps(list(cut.covers)),
+                    dumps([[o.process, o.service, o.why] for o in cut.left_out]),
                 ),
             )
             for state in cut.states:
@@ -366,7 +379,7 @@ class SqliteCutStore:
         self.close()
 
     def _read_cut(self, conn: sqlite3.Connection, row: Sequence[Any]) -> StoredCut:
-        epoch, status, started, finished, reasons, missing, unsettled, duplicates = row
+        epoch, status, started, finished, reasons, missing, unsettled, duplicates, covers, left_out = row
         states = tuple(
             StoredLocalState(
                 process=str(process),
@@ -412,6 +425,8 @@ class SqliteCutStore:
             duplicates=duplicates_from(duplicates),
             states=states,
             in_transit=in_transit,
+            covers=strings_from(covers),
+            left_out=left_out_from(left_out),
         )
 
 

@@ -103,19 +103,23 @@ class AssembledCut:
     reasons: tuple[str, ...]
     duplicates: tuple[DuplicateDelivery, ...] = ()
     locals: Mapping[str, LocalSnapshot] | None = None
+    covers: tuple[str, ...] = ()
+    """The participants: every process the cut is of, whether it reported or not."""
 
     @classmethod
     def incomplete(cls, epoch: int, missing: Iterable[str], reasons: Iterable[str]) -> AssembledCut:
         """An INCOMPLETE cut with nothing in it: every participant ``missing``, for ``reasons``."""
+        participants = tuple(missing)
         return cls(
             epoch=epoch,
             status="INCOMPLETE",
             states={},
             clocks={},
             in_transit=(),
-            missing=tuple(missing),
+            missing=participants,
             unsettled=(),
             reasons=tuple(reasons),
+            covers=participants,
         )
 
     def with_reason(self, reason: str) -> AssembledCut:
@@ -222,18 +226,21 @@ class CutAssembler:
         """The flush round to ask for now, with the calls to fence in it; None when none is due.
 
         The first round is due once every local snapshot is in; another one
-        whenever a call that is still unsettled has failed since.
+        whenever a call that is still unsettled has failed since. Each round
+        fences every call fenced so far, so that a marker of round r says that
+        all of them are fenced at its sender, whatever the order in which the
+        rounds reached it.
         """
         if len(self._locals) < len(self.participants):
             return None
-        fence = tuple(sorted(k for k in self._waiting if k in self._failures and k not in self._fenced))
-        if self._round and not fence:
+        new = [k for k in self._waiting if k in self._failures and k not in self._fenced]
+        if self._round and not new:
             return None
         self._round += 1
         self._flushed = set()
-        for key in fence:
+        for key in new:
             self._fenced[key] = self._round
-        return self._round, fence
+        return self._round, tuple(sorted(self._fenced))
 
     def fenced(self) -> dict[str, tuple[int, ...]]:
         """The calls of each caller that every participant has fenced (the callers may forget them)."""
@@ -308,6 +315,7 @@ class CutAssembler:
             reasons=tuple(reasons),
             duplicates=self._duplicates(),
             locals=dict(sorted(self._locals.items())),
+            covers=self.participants,
         )
 
     # Checks --------------------------------------------------------------------------------

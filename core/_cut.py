@@ -72,6 +72,13 @@ class Cut:
     counters: Mapping[str, Mapping[str, Mapping[str, int]]] = field(default_factory=dict)
     pools: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     """Worker capacity of each server (interceptor) of each process; 0 when unknown."""
+    covers: tuple[str, ...] = ()
+    """The processes the cut is of: those that reported (``states``) and those that did not
+    (``missing``)."""
+    left_out: tuple[Mapping[str, Any], ...] = ()
+    """Processes the collector knew of that the cut does not cover: ``{"process", "service", "why"}``
+    (registered after the snapshot started, or gone without a goodbye and not back). A COMPLETE cut is
+    complete for what it covers."""
 
     @property
     def complete(self) -> bool:
@@ -110,6 +117,8 @@ class Cut:
             "counters": {p: {k: dict(c) for k, c in v.items()} for p, v in self.counters.items()},
             "pools": {p: dict(v) for p, v in self.pools.items()},
             "in_transit": [m.to_json() for m in self.in_transit],
+            "covers": list(self.covers),
+            "left_out": [dict(o) for o in self.left_out],
         }
 
     def dumps(self) -> str:
@@ -140,6 +149,8 @@ class Cut:
                 pools={
                     str(p): {str(k): int(n) for k, n in v.items()} for p, v in doc.get("pools", {}).items()
                 },
+                covers=tuple(str(p) for p in doc.get("covers", ())),
+                left_out=tuple(dict(o) for o in doc.get("left_out", ())),
                 in_transit=tuple(
                     InTransitMessage(
                         sender=str(m["sender"]),

@@ -553,7 +553,7 @@ def test_a_failed_call_is_settled_by_a_record_or_by_a_fence_every_participant_ac
     assert assembler.next_flush() == (1, (("a", 1),))  # the first round fences what failed so far
     assert assembler.next_flush() is None
     assembler.add_outcome(CallOutcome(1, "a", 2, OUTCOME_FAILED, "UNAVAILABLE"))
-    assert assembler.next_flush() == (2, (("a", 2),))  # a later failure: another round
+    assert assembler.next_flush() == (2, (("a", 1), ("a", 2)))  # a later failure: another round, of all
     assert assembler.status() == "PENDING"  # a failure settles nothing: the request may be queued somewhere
     cut = assembler.finish()
     assert cut.status == "INCOMPLETE"
