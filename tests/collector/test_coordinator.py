@@ -16,6 +16,7 @@ from cutwatch.collector._coordinator import (
     AgentSession,
     Coordinator,
 )
+from cutwatch.collector._records import cut_from_stored
 from cutwatch.core import (
     REQUEST,
     ChannelRecord,
@@ -215,9 +216,34 @@ def test_a_process_that_said_goodbye_or_outstayed_the_grace_is_not_waited_for(tm
         send(coordinator, a, Flushed(epoch, "bank:a", 1), 2)
         cut = coordinator.wait(epoch, 5.0)
         assert cut is not None and cut.status == "COMPLETE", cut
+        # Complete for what it covers, and it says so: c left without a goodbye and did not come back,
+        # so it is named; b said goodbye, so it is not.
+        assert cut.covers == ("bank:a",)
+        (gone,) = cut.left_out
+        assert (gone.process, gone.service) == ("bank:c", "bank") and "without a goodbye" in gone.why
+        assert store.get_cut(epoch) == cut  # kept as it was
+        document = cut_from_stored(cut).to_json()
+        assert document["covers"] == ["bank:a"]
+        assert document["left_out"] == [{"process": "bank:c", "service": "bank", "why": gone.why}]
     finally:
         coordinator.close()
         store.close()
+
+
+def test_a_process_that_registers_while_a_snapshot_runs_is_named_left_out(
+    coordinator: Coordinator,
+) -> None:
+    a = register(coordinator, "bank:a")
+    epoch = coordinator.start_snapshot()
+    register(coordinator, "bank:late")
+    send(coordinator, a, local(epoch, "bank:a", {"bank:a": 1}), 1)
+    send(coordinator, a, Flushed(epoch, "bank:a", 1), 2)
+    cut = coordinator.wait(epoch, 5.0)
+    assert cut is not None and cut.status == "COMPLETE"
+    assert cut.covers == ("bank:a",)
+    assert [(o.process, o.why) for o in cut.left_out] == [
+        ("bank:late", "registered after the snapshot started")
+    ]
 
 
 def test_a_restarted_coordinator_expects_the_processes_of_the_newest_cut(tmp_path: Path) -> None:
