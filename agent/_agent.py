@@ -296,6 +296,7 @@ class Agent:
             service=self.service,
             worker_pools=dict(list(pools.items())[:_MAX_REGISTERED_POOLS]),
             epoch=self._core.epoch,
+            untracked_changes=self._core.stats().untracked_changes,
         )
 
     def _on_order(self, order: Order) -> None:

@@ -66,6 +66,7 @@ from cutwatch.core import (
     CloseEpoch,
     CutAssembler,
     Flush,
+    Flushed,
     Goodbye,
     Heartbeat,
     Invalid,
@@ -161,6 +162,7 @@ class Coordinator:
             service=registration.service,
             worker_pools=dict(registration.worker_pools),
             epoch=registration.epoch,
+            untracked_seen=registration.untracked_changes,
             connected_at=self.clock.time(),
             last_seen=self.clock.monotonic(),
         )
@@ -247,6 +249,8 @@ class Coordinator:
         # An epoch an agent took part in is never numbered again, even one this
         # collector never started (it was started before a crash).
         self._last_epoch = max(self._last_epoch, min(event.epoch, MAX_EPOCH))
+        if isinstance(event, LocalSnapshot | Flushed):
+            session.untracked_seen = max(session.untracked_seen, event.untracked_changes)
         run = self._runs.get(event.epoch)
         if run is None:
             self._stats["late"] += 1
@@ -316,7 +320,11 @@ class Coordinator:
         absent = {p: d.service for p, d in self._departed.items() if p not in self._sessions}
         run = _Run(
             epoch=epoch,
-            assembler=CutAssembler(epoch, [*(s.process for s in sessions), *absent]),
+            assembler=CutAssembler(
+                epoch,
+                [*(s.process for s in sessions), *absent],
+                untracked_before={s.process: s.untracked_seen for s in sessions},
+            ),
             started=self.clock.time(),
             deadline=now + timeout,
             services={**absent, **{s.process: s.service for s in sessions}},

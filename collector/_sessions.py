@@ -55,6 +55,9 @@ class AgentSession:
     last_seq: int = 0
     dropped: int = 0
     invalid: int = 0
+    untracked_seen: int = 0
+    """The agent's latest count of untracked state changes (see ``LocalSnapshot``): a snapshot
+    started now counts the changes beyond it."""
     closed: bool = False
     said_goodbye: bool = False
 

@@ -14,12 +14,22 @@ Flush rounds: once every local snapshot is in, :meth:`CutAssembler.next_flush`
 asks for round 1, fencing every failed call still unsettled; a call that
 fails later (its caller's :class:`CallOutcome` arrives) asks for another
 round. Only the markers of the latest round count.
+
+Untracked changes: each agent counts the state changes no cut can place
+(a request without a stamp that changed state; an answer without a stamp on a
+channel that led to an agent). The assembler starts from each participant's
+count as last seen before the snapshot started and takes the highest count
+its local snapshot and flush markers report; a cut over which any count
+grew is INCOMPLETE, since such a change may be the far end of a message the
+cut does not see. An answer without a stamp to a call open at the cut asks
+for one more flush round, so that the count of the server that handled it
+is read after it did.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from cutwatch.core._clock import VectorClock
@@ -105,6 +115,8 @@ class AssembledCut:
     locals: Mapping[str, LocalSnapshot] | None = None
     covers: tuple[str, ...] = ()
     """The participants: every process the cut is of, whether it reported or not."""
+    untracked: Mapping[str, int] = field(default_factory=dict)
+    """Participants whose untracked state changes grew during the snapshot, and by how many."""
 
     @classmethod
     def incomplete(cls, epoch: int, missing: Iterable[str], reasons: Iterable[str]) -> AssembledCut:
@@ -134,7 +146,9 @@ class CutAssembler:
     ``foreign_records`` and left out: only participants' calls are settled.
     """
 
-    def __init__(self, epoch: int, participants: Iterable[str]) -> None:
+    def __init__(
+        self, epoch: int, participants: Iterable[str], untracked_before: Mapping[str, int] | None = None
+    ) -> None:
         self.epoch = epoch
         self.participants: tuple[str, ...] = tuple(sorted(set(participants)))
         if not self.participants:
@@ -162,6 +176,12 @@ class CutAssembler:
         """Failed calls fenced, and in which round."""
         self._acked = 0
         """The latest round every participant has flushed."""
+        self._untracked_before = dict(untracked_before or {})
+        """Each participant's untracked changes before the snapshot started (missing: 0)."""
+        self._untracked_now: dict[str, int] = {}
+        """The highest count each participant reported since."""
+        self._recount = False
+        """An answer without a stamp came after the latest round was asked: ask another."""
         self.foreign_records = 0
 
     # Input ---------------------------------------------------------------------------------
@@ -174,6 +194,7 @@ class CutAssembler:
         if snap.process in self._locals:
             raise ProtocolViolationError(f"epoch {self.epoch}: two local snapshots from {snap.process}")
         self._locals[snap.process] = snap
+        self._see_untracked(snap.process, snap.untracked_changes)
         for call in snap.open_calls:
             key = (snap.process, call.call_id)
             if key not in self._settled:
@@ -202,6 +223,8 @@ class CutAssembler:
         self._check_epoch(outcome.epoch)
         if outcome.outcome == OUTCOME_UNSTAMPED:
             self._settle(outcome.process, outcome.call_id, "answered by an uninstrumented server")
+            # Or by a participant, through a hop that strips stamps: its count must be read again.
+            self._recount = self._recount or self._round > 0
         elif outcome.outcome == OUTCOME_FAILED:
             self._failures[(outcome.process, outcome.call_id)] = outcome.detail or "failed"
 
@@ -211,6 +234,8 @@ class CutAssembler:
 
     def add_flushed(self, marker: Flushed) -> None:
         self._check_epoch(marker.epoch)
+        if marker.process in self._members:
+            self._see_untracked(marker.process, marker.untracked_changes)
         if marker.process not in self._members or marker.round != self._round or self._round == 0:
             return  # a marker of an earlier round: the participant has more to say
         self._flushed.add(marker.process)
@@ -226,7 +251,8 @@ class CutAssembler:
         """The flush round to ask for now, with the calls to fence in it; None when none is due.
 
         The first round is due once every local snapshot is in; another one
-        whenever a call that is still unsettled has failed since. Each round
+        whenever a call that is still unsettled has failed since, or an answer
+        without a stamp has settled a call since the latest round. Each round
         fences every call fenced so far, so that a marker of round r says that
         all of them are fenced at its sender, whatever the order in which the
         rounds reached it.
@@ -234,9 +260,10 @@ class CutAssembler:
         if len(self._locals) < len(self.participants):
             return None
         new = [k for k in self._waiting if k in self._failures and k not in self._fenced]
-        if self._round and not new:
+        if self._round and not new and not self._recount:
             return None
         self._round += 1
+        self._recount = False
         self._flushed = set()
         for key in new:
             self._fenced[key] = self._round
@@ -275,7 +302,7 @@ class CutAssembler:
         Raises :class:`AssemblyError` when what has arrived is contradictory.
         """
         self._check_clocks()
-        if self._stopped:
+        if self._stopped or self.untracked():
             return "INCOMPLETE"
         if len(self._locals) < len(self.participants) or self._waiting:
             return "PENDING"
@@ -299,6 +326,13 @@ class CutAssembler:
             shown = ", ".join(call.describe(REASON_NAME_LIMIT) for call in unsettled[:10])
             more = f" and {len(unsettled) - 10} more" if len(unsettled) > 10 else ""
             reasons.append(f"calls in flight at the cut not accounted for: {shown}{more}")
+        untracked = self.untracked()
+        if untracked:
+            shown = ", ".join(f"{p} ({n})" for p, n in untracked.items())
+            reasons.append(
+                f"state changed without a stamp during the snapshot at {shown}: a hop that strips stamps "
+                "or a client without an agent; such a change cannot be placed on either side of the cut"
+            )
         for notice in self._stopped:
             reasons.append(f"{notice.reason} at {notice.process}")
         in_transit = tuple(
@@ -316,12 +350,22 @@ class CutAssembler:
             duplicates=self._duplicates(),
             locals=dict(sorted(self._locals.items())),
             covers=self.participants,
+            untracked=untracked,
         )
+
+    def untracked(self) -> dict[str, int]:
+        """Participants whose untracked changes grew since the snapshot started, and by how many."""
+        grown = {p: n - self._untracked_before.get(p, 0) for p, n in sorted(self._untracked_now.items())}
+        return {p: n for p, n in grown.items() if n > 0}
 
     # Checks --------------------------------------------------------------------------------
     def _check_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             raise ProtocolViolationError(f"piece of epoch {epoch} given to the assembler of {self.epoch}")
+
+    def _see_untracked(self, process: str, count: int) -> None:
+        if count > self._untracked_now.get(process, 0):
+            self._untracked_now[process] = count
 
     def _settle(self, caller: str, call_id: int, how: str) -> None:
         self._settled.setdefault((caller, call_id), []).append(how)

@@ -43,6 +43,8 @@ class Registration:
     epoch: int = 0
     dropped: int = 0
     """Events the agent dropped so far (its queue to the collector overflowed)."""
+    untracked_changes: int = 0
+    """State changes so far that no cut can place (the baseline of the next snapshot's count)."""
 
 
 @dataclass(frozen=True)

@@ -374,6 +374,7 @@ class SnapshotParticipant:
                 requests_consumed=requests_consumed,
                 responses_consumed=responses_consumed,
                 worker_pools=dict(capture.pools),
+                untracked_changes=capture.untracked_changes,
                 state_bytes=capture.state_bytes,
             )
             taken.append(snap)
@@ -383,11 +384,13 @@ class SnapshotParticipant:
                 self._record(epoch, delivery)
         return taken
 
-    def flush(self, k: int, round_: int = 0, fence: Iterable[tuple[str, int]] = ()) -> None:
+    def flush(
+        self, k: int, round_: int = 0, fence: Iterable[tuple[str, int]] = (), untracked_changes: int = 0
+    ) -> None:
         """Refuse the calls in ``fence`` from now on, then emit the :class:`Flushed` marker of round
-        ``round_`` of ``k`` behind everything emitted so far."""
+        ``round_`` of ``k`` behind everything emitted so far (with the untracked changes so far)."""
         self._fences.add(fence)
-        self._outbox.append(Flushed(k, self.process, round_))
+        self._outbox.append(Flushed(k, self.process, round_, untracked_changes))
 
     def close_epoch(self, k: int, forget: Iterable[int] = ()) -> None:
         """The collector is done with ``k`` (complete or given up): stop recording it, free it, and

@@ -189,13 +189,21 @@ class ProcessCore:
 
     def _consume_current(self) -> None:
         task = self.tasks.current()
-        delivery = task.delivery if task is not None else None
+        if task is None:
+            return
+        delivery = task.delivery
         if isinstance(delivery, Delivery) and not delivery.consumed:
             try:
                 with self._lock:
                     self._part.on_consume(delivery)
             except Exception:
                 self.internal_error("consuming a request")
+        elif task.untracked:
+            # A request without a stamp changed state: no cut can tell on which side of it its sender
+            # sent it (nor, for an answer, on which side its caller receives it). Every block counts,
+            # so that the cuts around any of them are not called COMPLETE.
+            with self._lock:
+                self._counters.untracked_changes += 1
 
     # Client side --------------------------------------------------------------------------------
     def begin_call(self, method: str, channel: ChannelPeer) -> tuple[Outbound, bytes] | None:
@@ -247,8 +255,11 @@ class ProcessCore:
                     return
                 decoded = self._clock.decode(stamp)
                 call_id = outbound.call.call_id
+                from_agent = outbound.channel.server is not None
                 if decoded is not None and decoded.call_id != call_id:
-                    decoded = None  # not the answer to this call (a proxy replayed trailers)
+                    # Not the answer to this call (a proxy replayed trailers, or stripped the request's
+                    # stamp): an agent answered, though.
+                    decoded, from_agent = None, True
                     self._counters.untracked_malformed += 1
                 if decoded is not None and decoded.epoch > self._part.epoch:
                     self._snapshot_unlocked(decoded.epoch)
@@ -266,6 +277,11 @@ class ProcessCore:
                 else:
                     outcome = OUTCOME_FAILED if failure else OUTCOME_UNSTAMPED
                     self._part.on_call_ended(call_id, outcome, failure or "", now=self._now())
+                    if not failure and from_agent:
+                        # An agent is behind this channel (it answered with a stamp before, or this
+                        # answer's stamp is another call's): a hop strips stamps, and the answer is a
+                        # message no cut can place.
+                        self._counters.untracked_changes += 1
                 self._clock.receive(decoded)
                 self._counters.responses_received += 1
                 if self.observer is not None:
@@ -323,6 +339,7 @@ class ProcessCore:
                 self._emit()
             task = self.tasks.start("server", method=method, caller=caller or "", call_id=call_id, pool=pool)
             task.delivery = delivery
+            task.untracked = decoded is None
             trace_id, span_id = self._span_ids()
             if trace_id:
                 task.trace_id, task.span_id = trace_id, span_id
@@ -389,7 +406,7 @@ class ProcessCore:
         """Refuse the calls in ``fence`` from now on, then emit the flush marker of round ``round_``
         of ``epoch`` behind everything emitted so far."""
         with self._lock:
-            self._part.flush(epoch, round_, fence)
+            self._part.flush(epoch, round_, fence, self._counters.untracked_changes)
             self._emit()
 
     def close_epoch(self, epoch: int, forget: Iterable[int] = ()) -> None:
@@ -444,7 +461,14 @@ class ProcessCore:
         state, state_bytes, errors = self._states.capture()
         self._counters.state_errors += errors
         clock = self._clock.as_dict()
-        return Capture(clock, state, tuple(self.tasks.views()), dict(self._worker_pools), state_bytes)
+        return Capture(
+            clock,
+            state,
+            tuple(self.tasks.views()),
+            dict(self._worker_pools),
+            state_bytes,
+            self._counters.untracked_changes,
+        )
 
     def _emit(self) -> None:
         """Hand what the participant emitted to ``emit``; caller holds the event lock."""

@@ -97,6 +97,7 @@ def event_to_message(event: SnapshotEvent, seq: int) -> pb.AgentMessage:
                 requests_consumed=dict(event.requests_consumed),
                 responses_consumed=dict(event.responses_consumed),
                 worker_pools=dict(event.worker_pools),
+                untracked_changes=event.untracked_changes,
             ),
         )
     if isinstance(event, ChannelRecord):
@@ -122,7 +123,12 @@ def event_to_message(event: SnapshotEvent, seq: int) -> pb.AgentMessage:
             ),
         )
     if isinstance(event, Flushed):
-        return pb.AgentMessage(seq=seq, flushed=pb.Flushed(epoch=event.epoch, round=event.round))
+        return pb.AgentMessage(
+            seq=seq,
+            flushed=pb.Flushed(
+                epoch=event.epoch, round=event.round, untracked_changes=event.untracked_changes
+            ),
+        )
     return pb.AgentMessage(
         seq=seq,
         recording_stopped=pb.RecordingStopped(epoch=event.epoch, reason=event.reason, dropped=event.dropped),
@@ -220,6 +226,7 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
             requests_consumed=dict(snap.requests_consumed),
             responses_consumed=dict(snap.responses_consumed),
             worker_pools=dict(snap.worker_pools),
+            untracked_changes=snap.untracked_changes,
         )
     if body == "channel_record":
         rec = message.channel_record
@@ -245,7 +252,8 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
             raise EventFormatError(f"unknown call outcome {shown(out.outcome, _SHOWN)!r}")
         return CallOutcome(out.epoch, process, out.call_id, out.outcome, out.detail)
     if body == "flushed":
-        return Flushed(message.flushed.epoch, process, message.flushed.round)
+        flushed = message.flushed
+        return Flushed(flushed.epoch, process, flushed.round, flushed.untracked_changes)
     if body == "recording_stopped":
         stop = message.recording_stopped
         return RecordingStopped(stop.epoch, process, stop.reason or "recording stopped", stop.dropped)
@@ -294,6 +302,7 @@ def registration_to_pb(registration: Registration) -> pb.AgentMessage:
             worker_pools=dict(registration.worker_pools),
             epoch=registration.epoch,
             dropped=registration.dropped,
+            untracked_changes=registration.untracked_changes,
         )
     )
 
@@ -306,6 +315,7 @@ def registration_from_pb(message: pb.Registration) -> Registration:
         worker_pools=dict(message.worker_pools),
         epoch=message.epoch,
         dropped=message.dropped,
+        untracked_changes=message.untracked_changes,
     )
 
 

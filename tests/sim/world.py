@@ -24,7 +24,11 @@ snapshot fenced yet, and refuses one that was fenced. Servers in ``uninstrumente
 are not participants: they apply requests without any bookkeeping, never
 call anyone, and answer without a stamp, so the caller's call ends
 unstamped. Tokens they receive leave the system and their refunds enter it
-when received.
+when received. Routes in ``strip`` pass through a hop that drops stamps (a
+proxy that drops headers it does not know), both ways: the receiver sees a
+message without a stamp, as from an uninstrumented peer, and no cut can
+place it; the agents count the state changes it causes and the collector
+leaves the cuts they fall in INCOMPLETE.
 
 Besides running the world, the simulation keeps the ground truth the tests
 compare every cut with: the tokens a cut must hold, the messages in transit
@@ -33,6 +37,7 @@ and the calls no participant can settle (:meth:`Simulation.expected_unsettled`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections import deque
@@ -47,6 +52,7 @@ from cutwatch.core import (
     ChannelRecord,
     CutAssembler,
     Flushed,
+    LocalSnapshot,
     Outbound,
     SnapshotEvent,
 )
@@ -94,7 +100,12 @@ class SimConfig:
     delivering a post-cut message). ``flush_barrier=False`` models a
     collector that completes a cut without waiting for the flush markers;
     ``fences=False`` one that settles failed calls without fencing them (the
-    receivers are never told to refuse them).
+    receivers are never told to refuse them). ``strip`` lists (caller,
+    server) routes whose hop strips stamps; ``untracked_check=False`` models
+    a collector that ignores the agents' counts of untracked changes. A lost
+    request on such a route is held (``late_percent``) only with
+    ``late_stripped``: nothing identifies it to refuse it, which is the one
+    case a cut can still miss (docs/snapshot-design.md).
     """
 
     n: int = 3
@@ -119,6 +130,9 @@ class SimConfig:
     report_deadline: int | None = None
     flush_barrier: bool = True
     fences: bool = True
+    strip: frozenset[tuple[int, int]] = frozenset()
+    untracked_check: bool = True
+    late_stripped: bool = False
 
 
 @dataclass(eq=False)
@@ -143,6 +157,8 @@ class AppMsg:
     lost: bool = False
     held: bool = False
     """Lost, but held somewhere: it comes back once its caller gave up."""
+    stripped: bool = False
+    """A hop dropped its stamp on the way: no participant can place it."""
 
     @property
     def stamped(self) -> bool:
@@ -174,6 +190,8 @@ class CallTruth:
     ended_epoch: int | None = None
     failed_at: int | None = None
     blocked: list[tuple[str, int]] = field(default_factory=list)
+    stripped: bool = False
+    """Its request lost its stamp: its server never says it is answering it."""
 
 
 @dataclass(eq=False)
@@ -243,6 +261,8 @@ class SimResult:
     """Late requests refused because a snapshot had fenced their calls."""
     late_delivered: int
     """Late requests delivered because no snapshot had fenced their calls yet."""
+    stripped: int
+    """Messages whose stamp a hop dropped."""
 
 
 def record_truth(record: ChannelRecord) -> CallMsg:
@@ -306,6 +326,9 @@ class Simulation:
         self.balanced_deliveries = 0
         self.unstamped_calls = 0
         self.stalled = {(f"p{a}", f"p{b}") for a, b in config.stalled}
+        self.strip = {(f"p{a}", f"p{b}") for a, b in config.strip}
+        self.stripped = 0
+        self.untracked_seen: dict[str, int] = {}  # the collector's latest count of each agent
         self.lazy = {f"p{i}" for i in config.lazy}
         # Ground truth: every stamped message, the receiver's epoch when it was counted consumed,
         # every call, when each process took each cut, and tokens crossing the system's border.
@@ -343,6 +366,7 @@ class Simulation:
             unstamped_calls=self.unstamped_calls,
             refused=self.refused,
             late_delivered=self.late_delivered,
+            stripped=self.stripped,
         )
 
     def _step(self, *, workload: bool) -> bool:
@@ -463,6 +487,8 @@ class Simulation:
             return
         first = not msg.delivered
         msg.delivered = True
+        if msg.stamped and (msg.caller, msg.receiver if msg.kind == REQUEST else msg.sender) in self.strip:
+            self._strip(msg)
         external = self.externals.get(msg.receiver)
         if external is not None:
             # Applied at once, no bookkeeping (and no fence): the tokens leave the participants.
@@ -482,6 +508,8 @@ class Simulation:
             call.ended_epoch = proc.process.epoch
             if msg.stamped:
                 self.consumed_epoch[msg.truth] = proc.process.epoch
+            elif msg.stripped:
+                pass  # tokens between participants, that no cut can place
             else:
                 # The caller's interceptor sees an answer without a stamp: the tokens enter now.
                 self.unstamped_calls += 1
@@ -501,11 +529,18 @@ class Simulation:
             proc.process.apply(handler, 0)  # enters atomic() at once: consumed before it is applied
             self._count_consumed(proc, handler, msg)
         proc.waiting.append((handler, msg))
-        if first and self.rng.randrange(100) < self.cfg.duplicate_percent:
+        if first and not msg.stripped and self.rng.randrange(100) < self.cfg.duplicate_percent:
             # The transport repeats the message to the same process (a retry elsewhere is not modelled).
             self.duplicates_injected += 1
             self.network.append(msg)
         self._flush(proc)
+
+    def _strip(self, msg: AppMsg) -> None:
+        """The hop drops the stamp; the message goes on as one from an uninstrumented peer."""
+        msg.stamp, msg.stripped = None, True
+        self.stripped += 1
+        if msg.kind == REQUEST:
+            self._call(msg).stripped = True
 
     def _lose(self, msg: AppMsg) -> None:
         """Gone, or held somewhere until after its caller gave it up; the caller notices later, as a
@@ -513,9 +548,14 @@ class Simulation:
         self._lose_for_good(msg)
         due = self.now + self.rng.randint(1, self.cfg.notice_delay)
         self.notices.append((due, msg.caller, msg.call_id))
-        if msg.kind == REQUEST and self.rng.randrange(100) < self.cfg.late_percent:
+        if msg.kind == REQUEST and self.rng.randrange(100) < self.cfg.late_percent and self._fenceable(msg):
             msg.held = True
             self.held.append((due + self.rng.randint(1, self.cfg.late_delay), msg))
+
+    def _fenceable(self, msg: AppMsg) -> bool:
+        """Whether a late delivery of this request could be refused: not when a hop on a route it may
+        take strips its stamp (a known gap, modelled only with ``late_stripped``)."""
+        return self.cfg.late_stripped or not any((msg.sender, target) in self.strip for target in msg.targets)
 
     def _came_back(self, msg: AppMsg) -> None:
         """A held request is delivered after all: an ordinary (late) delivery, not a loss."""
@@ -570,7 +610,7 @@ class Simulation:
     def _start_snapshot(self) -> None:
         epoch = self.next_epoch
         self.next_epoch += 1
-        self.assemblers[epoch] = CutAssembler(epoch, self.by_pid)
+        self.assemblers[epoch] = CutAssembler(epoch, self.by_pid, dict(self.untracked_seen))
         self.network.extend(Control(proc.pid, epoch) for proc in self.procs)
 
     def _deliver(self, item: Item) -> None:
@@ -606,6 +646,11 @@ class Simulation:
                 self._collect(queue.popleft().event)
 
     def _collect(self, event: SnapshotEvent) -> None:
+        if isinstance(event, LocalSnapshot | Flushed):
+            if not self.cfg.untracked_check:
+                event = dataclasses.replace(event, untracked_changes=0)
+            seen = self.untracked_seen.get(event.process, 0)
+            self.untracked_seen[event.process] = max(seen, event.untracked_changes)
         if event.epoch in self.cuts:
             return  # finished already: late pieces are ignored
         assembler = self.assemblers[event.epoch]
@@ -638,6 +683,7 @@ class Simulation:
             for key, msg in self.messages.items()
             if msg.epoch < k
             and not msg.lost
+            and not msg.stripped
             and msg.receiver not in self.externals
             and self.consumed_epoch.get(key, k) >= k
         }
@@ -657,15 +703,16 @@ class Simulation:
         server still answering it, an unstamped answer, or, once its caller
         saw it fail, a fence; none of these exists for a call stuck for good
         (its caller never notices) when its request never arrived, or when its
-        answer, sent before the server's cut k, never arrived.
+        answer, sent before the server's cut k, never arrived. A call whose
+        request lost its stamp is settled only by its answer, which may never
+        come (the server never applies it, or the answer is stuck).
         """
         return {
             (call.caller, call.call_id)
             for call in self.calls.values()
-            if call.blocked
-            and call.sent_epoch < k
+            if call.sent_epoch < k
             and call.ended_epoch is None
-            and any(kind == REQUEST or epoch < k for kind, epoch in call.blocked)
+            and (call.stripped or any(kind == REQUEST or epoch < k for kind, epoch in call.blocked))
         }
 
 
