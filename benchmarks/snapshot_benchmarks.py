@@ -734,10 +734,7 @@ def measure_ingest(agents: int, cuts: int, open_calls: int, workdir: Path) -> In
     clock = time.perf_counter_ns
     try:
         processes = [f"bank:w{i % WORKERS}a{i // WORKERS}.{i:04x}" for i in range(agents)]
-        sessions = {
-            p: coordinator.register(Registration(p, "bank"))
-            for p in processes
-        }
+        sessions = {p: coordinator.register(Registration(p, "bank")) for p in processes}
         seqs = dict.fromkeys(processes, 0)
 
         def next_seq(process: str) -> int:

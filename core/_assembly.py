@@ -297,18 +297,20 @@ class CutAssembler:
 
     # Output --------------------------------------------------------------------------------
     def status(self) -> AssemblyStatus:
-        """COMPLETE, PENDING (may still complete) or INCOMPLETE (never can: recording stopped).
+        """COMPLETE, PENDING (may still complete) or INCOMPLETE (never can: recording stopped, or
+        everything is in but an untracked change may have crossed the cut).
 
         Raises :class:`AssemblyError` when what has arrived is contradictory.
         """
         self._check_clocks()
-        if self._stopped or self.untracked():
+        if self._stopped:
             return "INCOMPLETE"
         if len(self._locals) < len(self.participants) or self._waiting:
             return "PENDING"
-        if self._round == 0 or len(self._flushed) < len(self.participants):
+        if self._round == 0 or self._recount or len(self._flushed) < len(self.participants):
             return "PENDING"
-        return "COMPLETE"
+        # Everything is in: the cut is whole, but a change no cut can place may have crossed it.
+        return "INCOMPLETE" if self.untracked() else "COMPLETE"
 
     def finish(self) -> AssembledCut:
         """The cut as it stands: COMPLETE if it is, else INCOMPLETE with what is missing and why."""
@@ -321,11 +323,8 @@ class CutAssembler:
         unflushed = [p for p in self.participants if p in self._locals and p not in self._flushed]
         if unflushed and not missing:
             reasons.append("no flush marker from " + ", ".join(unflushed))
-        if unsettled:
-            # A summary: an agent's megabyte method name or failure is kept once, in ``unsettled``.
-            shown = ", ".join(call.describe(REASON_NAME_LIMIT) for call in unsettled[:10])
-            more = f" and {len(unsettled) - 10} more" if len(unsettled) > 10 else ""
-            reasons.append(f"calls in flight at the cut not accounted for: {shown}{more}")
+        elif self._recount:
+            reasons.append("no flush round read the untracked changes after an answer without a stamp")
         untracked = self.untracked()
         if untracked:
             shown = ", ".join(f"{p} ({n})" for p, n in untracked.items())
@@ -333,6 +332,11 @@ class CutAssembler:
                 f"state changed without a stamp during the snapshot at {shown}: a hop that strips stamps "
                 "or a client without an agent; such a change cannot be placed on either side of the cut"
             )
+        if unsettled:
+            # A summary: an agent's megabyte method name or failure is kept once, in ``unsettled``.
+            shown = ", ".join(call.describe(REASON_NAME_LIMIT) for call in unsettled[:10])
+            more = f" and {len(unsettled) - 10} more" if len(unsettled) > 10 else ""
+            reasons.append(f"calls in flight at the cut not accounted for: {shown}{more}")
         for notice in self._stopped:
             reasons.append(f"{notice.reason} at {notice.process}")
         in_transit = tuple(

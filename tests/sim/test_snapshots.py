@@ -185,7 +185,7 @@ UNTRACKED = "state changed without a stamp during the snapshot at "
 
 
 def untracked(cut: AssembledCut) -> bool:
-    """Left INCOMPLETE (as soon as it showed) for state changes no cut can place."""
+    """Left INCOMPLETE, once everything else was in, for state changes no cut can place."""
     return bool(cut.untracked)
 
 
@@ -226,7 +226,6 @@ def assert_cuts(result: SimResult) -> None:
             assert result.stripped or (cfg.balanced and cfg.uninstrumented)
             assert cut.status == "INCOMPLETE"
             assert any(reason.startswith(UNTRACKED) for reason in cut.reasons), cut.reasons
-            continue
         if stopped(cut):
             assert cut.status == "INCOMPLETE"
             continue
@@ -234,7 +233,7 @@ def assert_cuts(result: SimResult) -> None:
         expected = result.expected_unsettled[epoch]
         assert cut.missing == ()
         assert {(call.caller, call.call_id) for call in cut.unsettled} == expected
-        assert cut.status == ("INCOMPLETE" if expected else "COMPLETE")
+        assert cut.status == ("INCOMPLETE" if expected or untracked(cut) else "COMPLETE")
         for call in cut.unsettled:
             assert call.failed == ""  # a call its caller saw fail is fenced, and so settled
             assert call.method == METHOD
@@ -618,7 +617,11 @@ def test_an_open_call_is_settled_by_each_of_the_four_ways(way: str) -> None:
     assert waiting.unsettled == (UnsettledCall("a", 1, METHOD, "b"),)
     assert f"{METHOD} #1 from a to b" in waiting.reasons[-1]
     assembler.add(settler)
-    if isinstance(settler, LocalSnapshot):
+    if isinstance(settler, CallOutcome):
+        # Settled, but the server may be a participant behind a hop that strips stamps: one more
+        # round reads every count of untracked changes after the server answered.
+        assert assembler.status() == "PENDING"
+    if isinstance(settler, LocalSnapshot | CallOutcome):
         flush_all(assembler)
     assert assembler.status() == "COMPLETE"
     cut = assembler.finish()
