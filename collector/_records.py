@@ -116,6 +116,8 @@ class StoredCut:
     """The processes the snapshot was taken of (its participants); empty for cuts stored before it was
     kept, whose coverage is their states and ``missing``."""
     left_out: tuple[LeftOut, ...] = ()
+    untracked: Mapping[str, int] = field(default_factory=dict)
+    """As :attr:`cutwatch.core.Cut.untracked`."""
 
     def __post_init__(self) -> None:
         # The order a store reads back in, so that what is saved compares equal to what is read.
@@ -220,6 +222,7 @@ def stored_from_assembled(
         duplicates=cut.duplicates,
         covers=cut.covers,
         left_out=tuple(left_out),
+        untracked=dict(cut.untracked),
     )
 
 
@@ -263,6 +266,7 @@ def cut_from_stored(stored: StoredCut) -> Cut:
         ),
         covers=stored.covers or tuple(sorted({*(s.process for s in stored.states), *stored.missing})),
         left_out=tuple({"process": o.process, "service": o.service, "why": o.why} for o in stored.left_out),
+        untracked=dict(stored.untracked),
         states={s.process: {"service": s.service, "state": s.state} for s in stored.states},
         clocks={s.process: dict(s.clock) for s in stored.states},
         tasks={s.process: _tasks(s) for s in stored.states},

@@ -20,10 +20,12 @@ Untracked changes: each agent counts the state changes no cut can place
 channel that led to an agent). The assembler starts from each participant's
 count as last seen before the snapshot started and takes the highest count
 its local snapshot and flush markers report; a cut over which any count
-grew is INCOMPLETE, since such a change may be the far end of a message the
-cut does not see. An answer without a stamp to a call open at the cut asks
-for one more flush round, so that the count of the server that handled it
-is read after it did.
+grew is flagged with those counts (:attr:`AssembledCut.untracked`): it is
+consistent for every message that kept its stamp, and its task graph is
+exact, but its states may hold the far end of a message it does not see, so
+sums over them are inconclusive. An answer without a stamp to a call open at
+the cut asks for one more flush round, so that the count of the server that
+handled it is read after it did.
 """
 
 from __future__ import annotations
@@ -116,7 +118,8 @@ class AssembledCut:
     covers: tuple[str, ...] = ()
     """The participants: every process the cut is of, whether it reported or not."""
     untracked: Mapping[str, int] = field(default_factory=dict)
-    """Participants whose untracked state changes grew during the snapshot, and by how many."""
+    """Participants whose untracked state changes grew during the snapshot, and by how many: the
+    cut's states may hold changes it cannot place (see the module docstring)."""
 
     @classmethod
     def incomplete(cls, epoch: int, missing: Iterable[str], reasons: Iterable[str]) -> AssembledCut:
@@ -297,8 +300,7 @@ class CutAssembler:
 
     # Output --------------------------------------------------------------------------------
     def status(self) -> AssemblyStatus:
-        """COMPLETE, PENDING (may still complete) or INCOMPLETE (never can: recording stopped, or
-        everything is in but an untracked change may have crossed the cut).
+        """COMPLETE, PENDING (may still complete) or INCOMPLETE (never can: recording stopped).
 
         Raises :class:`AssemblyError` when what has arrived is contradictory.
         """
@@ -309,8 +311,7 @@ class CutAssembler:
             return "PENDING"
         if self._round == 0 or self._recount or len(self._flushed) < len(self.participants):
             return "PENDING"
-        # Everything is in: the cut is whole, but a change no cut can place may have crossed it.
-        return "INCOMPLETE" if self.untracked() else "COMPLETE"
+        return "COMPLETE"
 
     def finish(self) -> AssembledCut:
         """The cut as it stands: COMPLETE if it is, else INCOMPLETE with what is missing and why."""
@@ -325,13 +326,6 @@ class CutAssembler:
             reasons.append("no flush marker from " + ", ".join(unflushed))
         elif self._recount:
             reasons.append("no flush round read the untracked changes after an answer without a stamp")
-        untracked = self.untracked()
-        if untracked:
-            shown = ", ".join(f"{p} ({n})" for p, n in untracked.items())
-            reasons.append(
-                f"state changed without a stamp during the snapshot at {shown}: a hop that strips stamps "
-                "or a client without an agent; such a change cannot be placed on either side of the cut"
-            )
         if unsettled:
             # A summary: an agent's megabyte method name or failure is kept once, in ``unsettled``.
             shown = ", ".join(call.describe(REASON_NAME_LIMIT) for call in unsettled[:10])
@@ -354,7 +348,7 @@ class CutAssembler:
             duplicates=self._duplicates(),
             locals=dict(sorted(self._locals.items())),
             covers=self.participants,
-            untracked=untracked,
+            untracked=self.untracked(),
         )
 
     def untracked(self) -> dict[str, int]:

@@ -14,12 +14,19 @@ __all__ = ["REFUSED", "ChannelPeer", "Inbound", "Outbound", "Refused"]
 
 
 class ChannelPeer:
-    """What a client knows of the process behind its channel."""
+    """What a client knows of the process behind its channel.
 
-    __slots__ = ("server",)
+    ``uninstrumented``: the application says the channel leads to a service
+    without an agent, so that its answers without a stamp are expected; on
+    any other channel such an answer may have lost its stamp on the way and
+    counts as an untracked change.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("server", "uninstrumented")
+
+    def __init__(self, *, uninstrumented: bool = False) -> None:
         self.server: str | None = None
+        self.uninstrumented = uninstrumented
 
 
 class Outbound:

@@ -79,10 +79,21 @@ class Cut:
     """Processes the collector knew of that the cut does not cover: ``{"process", "service", "why"}``
     (registered after the snapshot started, or gone without a goodbye and not back). A COMPLETE cut is
     complete for what it covers."""
+    untracked: Mapping[str, int] = field(default_factory=dict)
+    """Processes whose state changed, during the snapshot, by requests that came without a stamp (a
+    hop that strips stamps, a client without an agent), and how many times. Such a change cannot be
+    placed on either side of the cut: the cut is consistent for every message that kept its stamp,
+    and its tasks are exact, but a sum over its states is inconclusive."""
 
     @property
     def complete(self) -> bool:
         return self.status == "COMPLETE"
+
+    @property
+    def conclusive(self) -> bool:
+        """COMPLETE, and no state change in it that it cannot place (``untracked`` is empty): what
+        its states and messages in transit add up to is exact."""
+        return self.complete and not self.untracked
 
     @property
     def processes(self) -> tuple[str, ...]:
@@ -119,6 +130,7 @@ class Cut:
             "in_transit": [m.to_json() for m in self.in_transit],
             "covers": list(self.covers),
             "left_out": [dict(o) for o in self.left_out],
+            "untracked": dict(self.untracked),
         }
 
     def dumps(self) -> str:
@@ -151,6 +163,7 @@ class Cut:
                 },
                 covers=tuple(str(p) for p in doc.get("covers", ())),
                 left_out=tuple(dict(o) for o in doc.get("left_out", ())),
+                untracked={str(p): int(n) for p, n in doc.get("untracked", {}).items()},
                 in_transit=tuple(
                     InTransitMessage(
                         sender=str(m["sender"]),

@@ -127,6 +127,7 @@ class ProcessCore:
         self._call_ids = itertools.count(1)
         self._states = StateProviders(max_state_bytes)
         self._worker_pools: dict[str, int] = {}
+        self._edge_pools: set[str] = set()
 
     # Views ------------------------------------------------------------------------------------
     @property
@@ -161,13 +162,19 @@ class ProcessCore:
         with self._gate.held():
             self._states.register(name, provider)
 
-    def register_pool(self, capacity: int | None) -> str:
-        """A new server's worker pool of ``capacity`` workers (None: not known yet); returns its name."""
+    def register_pool(self, capacity: int | None, *, edge: bool = False) -> str:
+        """A new server's worker pool of ``capacity`` workers (None: not known yet); returns its name.
+
+        ``edge``: the server faces clients without an agent; what requests without a stamp change
+        there is input, not untracked (see ``ProcessStats.untracked_changes``).
+        """
         if capacity is not None and capacity < 1:
             raise ValueError("max_workers must be at least 1")
         with self._lock:
             name = f"server-{len(self._worker_pools) + 1}"
             self._worker_pools[name] = capacity or 0
+            if edge:
+                self._edge_pools.add(name)
             return name
 
     def learn_pool_capacity(self, pool: str, capacity: int) -> None:
@@ -255,11 +262,14 @@ class ProcessCore:
                     return
                 decoded = self._clock.decode(stamp)
                 call_id = outbound.call.call_id
-                from_agent = outbound.channel.server is not None
+                # An answer without a stamp is untracked unless the application said that no agent
+                # runs behind this channel, and that channel never answered with a stamp.
+                channel = outbound.channel
+                expected = channel.uninstrumented and channel.server is None
                 if decoded is not None and decoded.call_id != call_id:
                     # Not the answer to this call (a proxy replayed trailers, or stripped the request's
                     # stamp): an agent answered, though.
-                    decoded, from_agent = None, True
+                    decoded, expected = None, False
                     self._counters.untracked_malformed += 1
                 if decoded is not None and decoded.epoch > self._part.epoch:
                     self._snapshot_unlocked(decoded.epoch)
@@ -277,10 +287,8 @@ class ProcessCore:
                 else:
                     outcome = OUTCOME_FAILED if failure else OUTCOME_UNSTAMPED
                     self._part.on_call_ended(call_id, outcome, failure or "", now=self._now())
-                    if not failure and from_agent:
-                        # An agent is behind this channel (it answered with a stamp before, or this
-                        # answer's stamp is another call's): a hop strips stamps, and the answer is a
-                        # message no cut can place.
+                    if not failure and not expected:
+                        # Maybe an agent's answer whose stamp a hop dropped: a message no cut can place.
                         self._counters.untracked_changes += 1
                 self._clock.receive(decoded)
                 self._counters.responses_received += 1
@@ -339,7 +347,7 @@ class ProcessCore:
                 self._emit()
             task = self.tasks.start("server", method=method, caller=caller or "", call_id=call_id, pool=pool)
             task.delivery = delivery
-            task.untracked = decoded is None
+            task.untracked = decoded is None and pool not in self._edge_pools
             trace_id, span_id = self._span_ids()
             if trace_id:
                 task.trace_id, task.span_id = trace_id, span_id

@@ -92,11 +92,14 @@ class SimProcess:
         return out
 
     # The application and its gRPC calls ------------------------------------------------------
-    def send(self, targets: tuple[str, ...], amount: int) -> tuple[Outbound, bytes]:
+    def send(
+        self, targets: tuple[str, ...], amount: int, *, uninstrumented: bool = False
+    ) -> tuple[Outbound, bytes]:
         """A transfer: debit ``amount`` and send a request to one of ``targets`` in one ``atomic()``
         block, from an application thread of its own; the channel is ``targets``' (a load
-        balancer picks the server)."""
-        channel = self._channels.setdefault(targets, ChannelPeer())
+        balancer picks the server), ``uninstrumented`` when the application knows no agent runs
+        behind it."""
+        channel = self._channels.setdefault(targets, ChannelPeer(uninstrumented=uninstrumented))
 
         def transfer() -> tuple[Outbound, bytes] | None:
             with self.core.atomic():

@@ -431,7 +431,11 @@ class Simulation:
         else:
             targets = (self.rng.choice(others),)
         amount = self.rng.randint(1, proc.process.balance)
-        outbound, stamp = proc.process.send(targets, amount)
+        # The application knows which services run without an agent (its calls to them expect answers
+        # without a stamp), but not which hops strip stamps.
+        outbound, stamp = proc.process.send(
+            targets, amount, uninstrumented=set(targets) <= set(self.externals)
+        )
         call_id = outbound.call.call_id
         epoch = proc.process.epoch
         msg = AppMsg(proc.pid, targets, amount, epoch, proc.process.tick, REQUEST, call_id, stamp)
