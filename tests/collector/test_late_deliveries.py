@@ -9,7 +9,6 @@ the server refuses it instead of changing state the cut says never changed.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,15 +21,6 @@ from polling import wait_until
 from cutwatch.collector import CollectorClient, CollectorServer, Cut
 
 TIMEOUT = 30.0
-
-
-@pytest.fixture
-def collector(tmp_path: Path) -> Iterator[CollectorServer]:
-    server = CollectorServer(tmp_path / "cuts.db", listen="127.0.0.1:0", snapshot_timeout=10.0).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

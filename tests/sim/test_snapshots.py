@@ -446,16 +446,21 @@ def wrong(example: tuple[SimConfig, int]) -> bool:
     return False
 
 
-def test_without_fences_hypothesis_finds_a_late_request_that_a_complete_cut_missed() -> None:
-    """A collector that settles failed calls without having the receivers refuse them: a request held
-    past its caller's failure and applied after the cut is missing from it."""
-    worlds = configs(lossy=True, fences=False, late_percent=st.integers(50, 100))
-    cfg, seed = find(
+def find_wrong_world(worlds: st.SearchStrategy[SimConfig]) -> tuple[SimConfig, int]:
+    """A world of ``worlds`` and a seed whose run the oracle rejects, found (and shrunk) by hypothesis."""
+    return find(
         st.tuples(worlds, st.integers(0, 2**32 - 1)),
         wrong,
         settings=settings(max_examples=2000, database=None, deadline=None),
         random=random.Random(0),
     )
+
+
+def test_without_fences_hypothesis_finds_a_late_request_that_a_complete_cut_missed() -> None:
+    """A collector that settles failed calls without having the receivers refuse them: a request held
+    past its caller's failure and applied after the cut is missing from it."""
+    worlds = configs(lossy=True, fences=False, late_percent=st.integers(50, 100))
+    cfg, seed = find_wrong_world(worlds)
     result = simulate(cfg, random.Random(seed))
     assert result.late_delivered > 0  # what it missed is a request delivered late, not refused
     # The same world with fences is exact: the late request is refused, or recorded before the cut ends.
@@ -466,12 +471,7 @@ def test_without_untracked_counts_hypothesis_finds_a_stripped_message_a_complete
     """A collector that ignores the agents' counts of untracked changes: a message whose stamp a hop
     dropped crosses a cut unseen, and the cut is COMPLETE and wrong."""
     worlds = configs(stripping=True, untracked_check=False)
-    cfg, seed = find(
-        st.tuples(worlds, st.integers(0, 2**32 - 1)),
-        wrong,
-        settings=settings(max_examples=2000, database=None, deadline=None),
-        random=random.Random(0),
-    )
+    cfg, seed = find_wrong_world(worlds)
     result = simulate(cfg, random.Random(seed))
     assert result.stripped > 0 and violates_conservation(result)
     # The same world, counts read: exact.
@@ -484,12 +484,7 @@ def test_a_stripped_request_delivered_after_its_caller_gave_up_is_the_gap_that_r
     settled the call by that fence misses its credit. Its change is counted at its receiver, after
     the cut; hypothesis finds such a world only when held requests may take a stripping route."""
     worlds = configs(stripping=True, lossy=True, late_stripped=True, late_percent=st.integers(50, 100))
-    cfg, seed = find(
-        st.tuples(worlds, st.integers(0, 2**32 - 1)),
-        wrong,
-        settings=settings(max_examples=2000, database=None, deadline=None),
-        random=random.Random(0),
-    )
+    cfg, seed = find_wrong_world(worlds)
     result = simulate(cfg, random.Random(seed))
     assert result.late_delivered > 0 and result.stripped > 0
     # Unflagged: the change came after the cut had completed.
