@@ -83,8 +83,9 @@ class Agent:
     dropped and counted;
     ``atomic_timeout`` is how long a snapshot waits for an ``atomic()`` block
     before it gives up on that snapshot (which then ends INCOMPLETE);
-    ``abandoned_grace`` how long a call that failed without an answer keeps
-    snapshots from completing unless its request is accounted for.
+    ``abandoned_grace`` how long at most a call that failed without an answer
+    is remembered until a snapshot fences it (snapshots fence failed calls
+    in their flush round; see docs/snapshot-design.md).
     ``collector_credentials`` are the token and certificates the collector
     demands, if it demands any.
     """
@@ -105,7 +106,7 @@ class Agent:
         event_queue: int = 10_000,
         event_queue_bytes: int = 64 * 1024 * 1024,
         atomic_timeout: float = 5.0,
-        abandoned_grace: float = 2.0,
+        abandoned_grace: float = 600.0,
         control_options: ControlOptions | None = None,
         collector_credentials: CollectorCredentials | None = None,
     ) -> None:
@@ -257,35 +258,49 @@ class Agent:
         return self._locks.get(name)
 
     # Interceptor factories ---------------------------------------------------
-    def server_interceptor(self, max_workers: int | None = None) -> ServerInterceptor:
+    def server_interceptor(self, max_workers: int | None = None, *, edge: bool = False) -> ServerInterceptor:
         """A ``grpc.ServerInterceptor`` for ``grpc.server(..., interceptors=[...])``.
 
         ``max_workers`` is the size of the server's thread pool; without it the
         agent reads it from the executor of the first handler thread it sees.
+        ``edge=True`` says that this server faces clients without an agent (the
+        system's front door): what their requests change is input from outside,
+        not a message that lost its stamp, and does not flag cuts as untracked.
         """
         from cutwatch.agent._server import ServerInterceptor
 
-        return ServerInterceptor(self._core, self._core.register_pool(max_workers), self.max_payload_bytes)
+        pool = self._core.register_pool(max_workers, edge=edge)
+        return ServerInterceptor(self._core, pool, self.max_payload_bytes)
 
-    def client_interceptor(self) -> ClientInterceptor:
-        """An interceptor for ``grpc.intercept_channel``; use one per channel."""
+    def client_interceptor(self, *, uninstrumented: bool = False) -> ClientInterceptor:
+        """An interceptor for ``grpc.intercept_channel``; use one per channel.
+
+        ``uninstrumented=True`` says that no agent runs behind the channel (a
+        third-party API, a database proxy): its answers come without a stamp,
+        as expected. On other channels an answer without a stamp may have lost
+        it on the way (a proxy that drops headers), which flags the cuts it
+        falls in as untracked.
+        """
         from cutwatch.agent._client import ClientInterceptor
 
-        return ClientInterceptor(self._core, self.max_payload_bytes)
+        return ClientInterceptor(self._core, self.max_payload_bytes, uninstrumented=uninstrumented)
 
-    def aio_server_interceptor(self, max_concurrency: int | None = None) -> AioServerInterceptor:
-        """A ``grpc.aio.ServerInterceptor``; ``max_concurrency`` as given to the server."""
+    def aio_server_interceptor(
+        self, max_concurrency: int | None = None, *, edge: bool = False
+    ) -> AioServerInterceptor:
+        """A ``grpc.aio.ServerInterceptor``; ``max_concurrency`` as given to the server, ``edge`` as in
+        :meth:`server_interceptor`."""
         from cutwatch.agent._aio_server import AioServerInterceptor
 
-        return AioServerInterceptor(
-            self._core, self._core.register_pool(max_concurrency), self.max_payload_bytes
-        )
+        pool = self._core.register_pool(max_concurrency, edge=edge)
+        return AioServerInterceptor(self._core, pool, self.max_payload_bytes)
 
-    def aio_client_interceptors(self) -> list[AioClientInterceptor]:
-        """Interceptors for ``grpc.aio.insecure_channel(..., interceptors=...)``."""
+    def aio_client_interceptors(self, *, uninstrumented: bool = False) -> list[AioClientInterceptor]:
+        """Interceptors for ``grpc.aio.insecure_channel(..., interceptors=...)``; ``uninstrumented`` as
+        in :meth:`client_interceptor`."""
         from cutwatch.agent._aio_client import aio_client_interceptors
 
-        return aio_client_interceptors(self._core, self.max_payload_bytes)
+        return aio_client_interceptors(self._core, self.max_payload_bytes, uninstrumented=uninstrumented)
 
     # The collector's side ---------------------------------------------------------------
     def _registration(self) -> Registration:
@@ -295,6 +310,7 @@ class Agent:
             service=self.service,
             worker_pools=dict(list(pools.items())[:_MAX_REGISTERED_POOLS]),
             epoch=self._core.epoch,
+            untracked_changes=self._core.stats().untracked_changes,
         )
 
     def _on_order(self, order: Order) -> None:

@@ -218,9 +218,11 @@ AioClientInterceptor: TypeAlias = (
 )
 
 
-def aio_client_interceptors(core: ProcessCore, max_payload: int) -> list[AioClientInterceptor]:
+def aio_client_interceptors(
+    core: ProcessCore, max_payload: int, *, uninstrumented: bool = False
+) -> list[AioClientInterceptor]:
     """One interceptor per call kind, sharing what they learn of the channel."""
-    peer = ChannelPeer()
+    peer = ChannelPeer(uninstrumented=uninstrumented)
     return [
         AioUnaryUnaryInterceptor(core, peer, max_payload),
         AioUnaryStreamInterceptor(core, peer, max_payload),

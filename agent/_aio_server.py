@@ -19,7 +19,7 @@ import wrapt
 
 from cutwatch.agent._metadata import with_stamp
 from cutwatch.agent._server import HandlerCache, _HandlerWrapper, add_response_stamp, wrap_handler
-from cutwatch.core import Inbound, ProcessCore
+from cutwatch.core import Inbound, ProcessCore, Refused
 from cutwatch.proto import AioServerInterceptorBase
 
 
@@ -70,8 +70,11 @@ def _with_trailing_metadata(context: Any) -> Any:
 
 
 class _AioHandlerWrapper(_HandlerWrapper):
-    def _begin(self, context: Any, request: Any) -> tuple[Inbound | None, Any]:
-        inbound = self.begin(context, request)
+    async def _begin(self, context: Any, request: Any) -> tuple[Inbound | None, Any]:
+        inbound = self.start(context, request)
+        if isinstance(inbound, Refused):
+            await context.abort(grpc.StatusCode.ABORTED, inbound.reason)
+            raise AssertionError("unreachable: abort raises")  # pragma: no cover
         return inbound, _StampingContext(context, self.core, inbound)
 
     def unary_response(self, behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
@@ -81,7 +84,7 @@ class _AioHandlerWrapper(_HandlerWrapper):
         core = self.core
 
         async def handle(request_or_iterator: Any, context: Any) -> Any:
-            inbound, proxied = self._begin(context, request_or_iterator)
+            inbound, proxied = await self._begin(context, request_or_iterator)
             try:
                 return await behavior(request_or_iterator, proxied)
             finally:
@@ -94,7 +97,7 @@ class _AioHandlerWrapper(_HandlerWrapper):
         if inspect.isasyncgenfunction(behavior):
 
             async def handle_stream(request_or_iterator: Any, context: Any) -> AsyncIterator[Any]:
-                inbound, proxied = self._begin(context, request_or_iterator)
+                inbound, proxied = await self._begin(context, request_or_iterator)
                 try:
                     async for response in behavior(request_or_iterator, proxied):
                         yield response
@@ -105,7 +108,7 @@ class _AioHandlerWrapper(_HandlerWrapper):
         if inspect.iscoroutinefunction(behavior):  # writes with context.write()
 
             async def handle_writes(request_or_iterator: Any, context: Any) -> Any:
-                inbound, proxied = self._begin(context, request_or_iterator)
+                inbound, proxied = await self._begin(context, request_or_iterator)
                 try:
                     return await behavior(request_or_iterator, proxied)
                 finally:

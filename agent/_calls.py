@@ -17,7 +17,7 @@ import grpc
 
 from cutwatch.agent._metadata import find_attempt, find_stamp
 from cutwatch.agent._payload import lazy_message_json, render_later
-from cutwatch.core import Inbound, Outbound, ProcessCore
+from cutwatch.core import Inbound, Outbound, ProcessCore, Refused
 
 __all__ = ["NOT_VISIBLE", "STREAM_RESPONSE", "begin_inbound", "failure_name", "finish_outbound", "waiting"]
 
@@ -34,8 +34,9 @@ def begin_inbound(
     pool: str,
     request: object,
     max_payload: int,
-) -> Inbound | None:
-    """The receive event of a request reaching its handler (None: it runs untracked)."""
+) -> Inbound | Refused | None:
+    """The receive event of a request reaching its handler (None: it runs untracked; :data:`REFUSED`:
+    it must not run, see ``ProcessCore.begin_handler``)."""
     try:
         stamp, attempt = find_stamp(metadata), find_attempt(metadata)
     except Exception:

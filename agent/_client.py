@@ -181,10 +181,10 @@ class ClientInterceptor(
 ):
     """Created by ``Agent.client_interceptor()``; one per channel."""
 
-    def __init__(self, core: ProcessCore, max_payload: int) -> None:
+    def __init__(self, core: ProcessCore, max_payload: int, *, uninstrumented: bool = False) -> None:
         self._core = core
         self._max_payload = max_payload
-        self._peer = ChannelPeer()
+        self._peer = ChannelPeer(uninstrumented=uninstrumented)
 
     def _start(
         self, continuation: Callable[[Any, Any], Any], details: Any, request: Any

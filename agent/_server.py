@@ -17,7 +17,7 @@ import grpc
 
 from cutwatch.agent._calls import begin_inbound
 from cutwatch.agent._metadata import with_stamp
-from cutwatch.core import Inbound, ProcessCore
+from cutwatch.core import Inbound, ProcessCore, Refused
 from cutwatch.proto import ServerInterceptorBase
 
 _MAX_CACHED_HANDLERS = 4096
@@ -54,12 +54,21 @@ class _HandlerWrapper:
         self.probe = probe
         """Called once a handler runs: the sync server learns its pool's capacity there."""
 
-    def begin(self, context: Any, request: Any) -> Inbound | None:
+    def start(self, context: Any, request: Any) -> Inbound | Refused | None:
+        """The request's receive event (None: untracked; :data:`REFUSED`: it must not run)."""
         inbound = begin_inbound(
             self.core, self.method, context.invocation_metadata(), self.pool, request, self.max_payload
         )
         if self.probe is not None:
             self.probe()
+        return inbound
+
+    def begin(self, context: Any, request: Any) -> Inbound | None:
+        """:meth:`start` for a handler that runs in a thread: a refused request is aborted here."""
+        inbound = self.start(context, request)
+        if isinstance(inbound, Refused):
+            context.abort(grpc.StatusCode.ABORTED, inbound.reason)
+            raise AssertionError("unreachable: abort raises")  # pragma: no cover
         return inbound
 
     def unary_response(self, behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:

@@ -734,10 +734,7 @@ def measure_ingest(agents: int, cuts: int, open_calls: int, workdir: Path) -> In
     clock = time.perf_counter_ns
     try:
         processes = [f"bank:w{i % WORKERS}a{i // WORKERS}.{i:04x}" for i in range(agents)]
-        sessions = {
-            p: coordinator.register(Registration(p, "bank"))
-            for p in processes
-        }
+        sessions = {p: coordinator.register(Registration(p, "bank")) for p in processes}
         seqs = dict.fromkeys(processes, 0)
 
         def next_seq(process: str) -> int:
@@ -781,7 +778,7 @@ def measure_ingest(agents: int, cuts: int, open_calls: int, workdir: Path) -> In
                 # Where the protocol has it, each agent answers the collector's Flush with a marker
                 # sent behind its records; the cut completes with the last marker.
                 markers = [
-                    (p, pb.AgentMessage(seq=next_seq(p), flushed=pb.Flushed(epoch=epoch)))
+                    (p, pb.AgentMessage(seq=next_seq(p), flushed=pb.Flushed(epoch=epoch, round=1)))
                     for p in processes
                     if FLUSH_ROUND
                 ]

@@ -212,7 +212,7 @@ class CutChecker:
             event.set()
 
     def _publish(self, results: Sequence[StoredResult]) -> None:
-        failures = [r for r in results if r.status != "PASS"]
+        failures = [r for r in results if r.status in ("FAIL", "ERROR")]
         if not failures:
             return
         events = [CheckEvent(r.epoch, r.name, r.status, r.message, r.witness) for r in failures]

@@ -44,7 +44,8 @@ class CutInfo:
 
 @dataclass(frozen=True)
 class CheckResult:
-    """One check's verdict on a cut: ``PASS``, ``FAIL`` (with a witness) or ``ERROR`` (it could not run)."""
+    """One check's verdict on a cut: ``PASS``, ``FAIL`` (with a witness), ``ERROR`` (it could not run)
+    or ``INCONCLUSIVE`` (not run: the cut's states hold changes it cannot place)."""
 
     name: str
     status: str
@@ -70,6 +71,10 @@ class CheckResults:
     @property
     def errors(self) -> tuple[CheckResult, ...]:
         return tuple(r for r in self.results if r.status == "ERROR")
+
+    @property
+    def inconclusive(self) -> tuple[CheckResult, ...]:
+        return tuple(r for r in self.results if r.status == "INCONCLUSIVE")
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -29,8 +29,10 @@ A process whose stream broke may be reconnecting, and its state is still
 part of the system: for ``rejoin_grace`` seconds after it left (or after the
 collector started, for the processes registered before and those of the
 newest stored cut) every new snapshot is INCOMPLETE, naming it, rather than
-a COMPLETE cut of the rest. An epoch any agent reports is never numbered
-again, even one started by a collector that crashed.
+a COMPLETE cut of the rest; past the grace it is named on every cut as left
+out (for ``forget_after`` seconds), as are agents that registered after a
+snapshot started. An epoch any agent reports is never numbered again, even
+one started by a collector that crashed.
 An agent that shuts down on purpose says goodbye and is forgotten at once.
 A process that comes back continues its event numbering where its last
 stream ended, so events lost with a broken stream show as a gap.
@@ -52,7 +54,9 @@ from cutwatch.collector._sessions import (
     CoordinatorStats,
     Departed,
     Roster,
+    check_registration,
     expected_after_restart,
+    left_out,
 )
 from cutwatch.collector._store import CutStore
 from cutwatch.core import (
@@ -62,6 +66,7 @@ from cutwatch.core import (
     CloseEpoch,
     CutAssembler,
     Flush,
+    Flushed,
     Goodbye,
     Heartbeat,
     Invalid,
@@ -114,6 +119,7 @@ class Coordinator:
         max_running: int = 8,
         rejoin_grace: float = 10.0,
         silent_after: float = 15.0,
+        forget_after: float = 3600.0,
         clock: Clock = time,
     ) -> None:
         self.store = store
@@ -121,6 +127,7 @@ class Coordinator:
         self.snapshot_timeout = snapshot_timeout
         self.rejoin_grace = rejoin_grace
         self.silent_after = silent_after
+        self.forget_after = forget_after
         self._on_finished = on_finished
         self._max_running = max_running
         self._lock = threading.Lock()
@@ -129,6 +136,8 @@ class Coordinator:
         self._finished: dict[int, StoredCut] = {}
         self._last_epoch = max(0, store.next_epoch() - 1)
         self._departed: dict[str, Departed] = expected_after_restart(store, clock.monotonic())
+        self._gone: dict[str, Departed] = {}
+        """Processes that left without a goodbye and did not come back within the rejoin grace."""
         self._roster = Roster(store)
         self._stats: Counter[str] = Counter()
 
@@ -146,22 +155,14 @@ class Coordinator:
     # Agents -------------------------------------------------------------------------------------
     def register(self, registration: Registration) -> AgentSession:
         """A new control stream; a second stream of the same process replaces the first."""
+        check_registration(registration, MAX_EPOCH)
         process = registration.process_id
-        if not process or len(process) > 256:
-            raise ValueError("a registration needs a process id of at most 256 characters")
-        if registration.epoch > MAX_EPOCH:
-            raise ValueError(
-                f"epoch {registration.epoch} is beyond any this collector numbers (at most {MAX_EPOCH})"
-            )
-        if len(registration.service) > 256:
-            raise ValueError("a service name has at most 256 characters")
-        if len(registration.worker_pools) > 64 or any(len(name) > 256 for name in registration.worker_pools):
-            raise ValueError("a registration names at most 64 worker pools, of at most 256 characters each")
         session = AgentSession(
             process=process,
             service=registration.service,
             worker_pools=dict(registration.worker_pools),
             epoch=registration.epoch,
+            untracked_seen=registration.untracked_changes,
             connected_at=self.clock.time(),
             last_seen=self.clock.monotonic(),
         )
@@ -248,6 +249,8 @@ class Coordinator:
         # An epoch an agent took part in is never numbered again, even one this
         # collector never started (it was started before a crash).
         self._last_epoch = max(self._last_epoch, min(event.epoch, MAX_EPOCH))
+        if isinstance(event, LocalSnapshot | Flushed):
+            session.untracked_seen = max(session.untracked_seen, event.untracked_changes)
         run = self._runs.get(event.epoch)
         if run is None:
             self._stats["late"] += 1
@@ -266,11 +269,13 @@ class Coordinator:
             run.assembler.add(event)
         except AssemblyError as exc:
             return self._reject(run, exc)
-        if run.assembler.flush_due():
+        flush = run.assembler.next_flush()
+        if flush is not None:
+            order = Flush(run.epoch, *flush)
             for process in run.services:
                 target = self._sessions.get(process)
                 if target is not None:
-                    target.send(Flush(run.epoch))
+                    target.send(order)
         return self._settle(run)
 
     def _lost_events(self, session: AgentSession) -> list[_Run]:
@@ -305,11 +310,21 @@ class Coordinator:
         now = self.clock.monotonic()
         for process, departed in list(self._departed.items()):
             if now - departed.at >= self.rejoin_grace:
-                del self._departed[process]  # gone for good: a crash, or a shutdown without goodbye
+                # Gone for good, it seems (a crash, a partition, or a shutdown without goodbye): no longer
+                # waited for, but named on every cut as left out until it comes back or is forgotten.
+                del self._departed[process]
+                self._gone[process] = departed
+        for process, departed in list(self._gone.items()):
+            if now - departed.at >= self.forget_after or process in self._sessions:
+                del self._gone[process]
         absent = {p: d.service for p, d in self._departed.items() if p not in self._sessions}
         run = _Run(
             epoch=epoch,
-            assembler=CutAssembler(epoch, [*(s.process for s in sessions), *absent]),
+            assembler=CutAssembler(
+                epoch,
+                [*(s.process for s in sessions), *absent],
+                untracked_before={s.process: s.untracked_seen for s in sessions},
+            ),
             started=self.clock.time(),
             deadline=now + timeout,
             services={**absent, **{s.process: s.service for s in sessions}},
@@ -378,19 +393,7 @@ class Coordinator:
 
     def stats(self) -> CoordinatorStats:
         with self._lock:
-            s = self._stats
-            return CoordinatorStats(
-                agents=len(self._sessions),
-                snapshots_started=s["started"],
-                complete=s["complete"],
-                incomplete=s["incomplete"],
-                rejected=s["rejected"],
-                events=s["events"],
-                events_invalid=s["invalid"],
-                events_late=s["late"],
-                events_foreign=s["foreign"],
-                store_errors=s["store_errors"],
-            )
+            return CoordinatorStats.of(len(self._sessions), self._stats)
 
     def close(self) -> None:
         """End every session and give up on running snapshots (they are stored INCOMPLETE)."""
@@ -433,13 +436,18 @@ class Coordinator:
         self._runs.pop(run.epoch, None)
         self._stats["complete" if cut.status == "COMPLETE" else "incomplete"] += 1
         run.result = stored_from_assembled(
-            cut, run.started, max(run.started, self.clock.time()), services=run.services
+            cut,
+            run.started,
+            max(run.started, self.clock.time()),
+            services=run.services,
+            left_out=left_out(run.services, self._sessions, self._gone, self.clock.monotonic()),
         )
         self._finished[run.epoch] = run.result
         while len(self._finished) > 64:
             del self._finished[min(self._finished)]
-        for session in self._sessions.values():
-            session.send(CloseEpoch(run.epoch))
+        fenced = run.assembler.fenced()
+        for process, session in self._sessions.items():
+            session.send(CloseEpoch(run.epoch, fenced.get(process, ())))
         return [run]
 
     def _store_all(self, runs: list[_Run]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,6 +31,7 @@ __all__ = [
     "ANY_RECEIVER",
     "CutStatus",
     "CutSummary",
+    "LeftOut",
     "ResultStatus",
     "StoredChannelState",
     "StoredCut",
@@ -89,6 +90,15 @@ class StoredChannelState:
 
 
 @dataclass(frozen=True)
+class LeftOut:
+    """A process the collector knew of that a cut does not cover, and why."""
+
+    process: str
+    service: str
+    why: str
+
+
+@dataclass(frozen=True)
 class StoredCut:
     """A finished cut as stored; ``states`` sorted by process, ``in_transit`` in recorded order."""
 
@@ -102,11 +112,17 @@ class StoredCut:
     states: tuple[StoredLocalState, ...]
     in_transit: tuple[StoredChannelState, ...]
     duplicates: tuple[DuplicateDelivery, ...] = ()
+    covers: tuple[str, ...] = ()
+    """The processes the snapshot was taken of (its participants); empty for cuts stored before it was
+    kept, whose coverage is their states and ``missing``."""
+    left_out: tuple[LeftOut, ...] = ()
+    untracked: Mapping[str, int] = field(default_factory=dict)
+    """As :attr:`cutwatch.core.Cut.untracked`."""
 
     def __post_init__(self) -> None:
         # The order a store reads back in, so that what is saved compares equal to what is read.
         object.__setattr__(self, "states", tuple(sorted(self.states, key=lambda state: state.process)))
-        for name in ("reasons", "missing", "unsettled", "in_transit", "duplicates"):
+        for name in ("reasons", "missing", "unsettled", "in_transit", "duplicates", "covers", "left_out"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
 
@@ -146,7 +162,12 @@ def dumps(value: object) -> str:
 
 
 def stored_from_assembled(
-    cut: AssembledCut, started: float, finished: float, *, services: Mapping[str, str] | None = None
+    cut: AssembledCut,
+    started: float,
+    finished: float,
+    *,
+    services: Mapping[str, str] | None = None,
+    left_out: Sequence[LeftOut] = (),
 ) -> StoredCut:
     """The storable form of an assembled cut.
 
@@ -199,6 +220,9 @@ def stored_from_assembled(
         states=tuple(states),
         in_transit=in_transit,
         duplicates=cut.duplicates,
+        covers=cut.covers,
+        left_out=tuple(left_out),
+        untracked=dict(cut.untracked),
     )
 
 
@@ -240,6 +264,9 @@ def cut_from_stored(stored: StoredCut) -> Cut:
         duplicates=tuple(
             {"caller": d.caller, "call_id": d.call_id, "where": list(d.where)} for d in stored.duplicates
         ),
+        covers=stored.covers or tuple(sorted({*(s.process for s in stored.states), *stored.missing})),
+        left_out=tuple({"process": o.process, "service": o.service, "why": o.why} for o in stored.left_out),
+        untracked=dict(stored.untracked),
         states={s.process: {"service": s.service, "state": s.state} for s in stored.states},
         clocks={s.process: dict(s.clock) for s in stored.states},
         tasks={s.process: _tasks(s) for s in stored.states},

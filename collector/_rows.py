@@ -13,7 +13,14 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from cutwatch.collector._records import CutStatus, StoredChannelState, StoredCut, StoredLocalState, dumps
+from cutwatch.collector._records import (
+    CutStatus,
+    LeftOut,
+    StoredChannelState,
+    StoredCut,
+    StoredLocalState,
+    dumps,
+)
 from cutwatch.core import DuplicateDelivery, StorageError, UnsettledCall
 
 __all__ = [
@@ -28,6 +35,7 @@ __all__ = [
     "is_unsettled",
     "is_utf8",
     "json_from",
+    "left_out_from",
     "local_row",
     "status_from",
     "storable_epoch",
@@ -169,6 +177,16 @@ def is_unsettled(item: object) -> bool:
         and not isinstance(item[1], bool)
         and all(isinstance(part, str) for part in (item[0], *item[2:]))
     )
+
+
+def left_out_from(text: object) -> tuple[LeftOut, ...]:
+    value = json_from(text)
+    if not isinstance(value, list) or not all(
+        isinstance(item, list) and len(item) == 3 and all(isinstance(part, str) for part in item)
+        for item in value
+    ):
+        raise StorageError("corrupt store: expected left-out processes as [process, service, why]")
+    return tuple(LeftOut(*item) for item in value)
 
 
 def duplicates_from(text: object) -> tuple[DuplicateDelivery, ...]:

@@ -10,8 +10,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from cutwatch.collector._records import LeftOut
 from cutwatch.collector._store import MAX_META_VALUE, CutStore
-from cutwatch.core import Order, StorageError
+from cutwatch.core import Order, Registration, StorageError
 
 __all__ = [
     "EXPECTED_KEY",
@@ -20,7 +21,9 @@ __all__ = [
     "CoordinatorStats",
     "Departed",
     "Roster",
+    "check_registration",
     "expected_after_restart",
+    "left_out",
 ]
 
 _LOG = logging.getLogger("cutwatch.collector")
@@ -52,6 +55,9 @@ class AgentSession:
     last_seq: int = 0
     dropped: int = 0
     invalid: int = 0
+    untracked_seen: int = 0
+    """The agent's latest count of untracked state changes (see ``LocalSnapshot``): a snapshot
+    started now counts the changes beyond it."""
     closed: bool = False
     said_goodbye: bool = False
 
@@ -87,6 +93,22 @@ class CoordinatorStats:
     events_foreign: int
     """Snapshot pieces from agents that were not participants of that snapshot (they joined later)."""
     store_errors: int
+
+    @classmethod
+    def of(cls, agents: int, counts: Mapping[str, int]) -> CoordinatorStats:
+        """The stats from the coordinator's counts by short name."""
+        return cls(
+            agents=agents,
+            snapshots_started=counts.get("started", 0),
+            complete=counts.get("complete", 0),
+            incomplete=counts.get("incomplete", 0),
+            rejected=counts.get("rejected", 0),
+            events=counts.get("events", 0),
+            events_invalid=counts.get("invalid", 0),
+            events_late=counts.get("late", 0),
+            events_foreign=counts.get("foreign", 0),
+            store_errors=counts.get("store_errors", 0),
+        )
 
 
 def expected_after_restart(store: CutStore, now: float) -> dict[str, Departed]:
@@ -131,3 +153,39 @@ class Roster:
                 self._written = text
             except (StorageError, ValueError) as exc:
                 _LOG.error("could not write down the registered processes: %s", exc)
+
+
+def left_out(
+    covers: Mapping[str, str], sessions: Mapping[str, AgentSession], gone: Mapping[str, Departed], now: float
+) -> list[LeftOut]:
+    """The processes the collector knows of that a cut covering ``covers`` leaves out, and why."""
+    out = [
+        LeftOut(process, session.service, "registered after the snapshot started")
+        for process, session in sorted(sessions.items())
+        if process not in covers
+    ]
+    out += [
+        LeftOut(
+            process,
+            departed.service,
+            f"its stream ended {now - departed.at:.0f} s ago without a goodbye and it did not come back "
+            "within the rejoin grace (dead, or cut off from the collector)",
+        )
+        for process, departed in sorted(gone.items())
+        if process not in covers and process not in sessions
+    ]
+    return out
+
+
+def check_registration(registration: Registration, max_epoch: int) -> None:
+    """Refuse, with ``ValueError``, a registration no collector can keep (all of it is the peer's word)."""
+    if not registration.process_id or len(registration.process_id) > 256:
+        raise ValueError("a registration needs a process id of at most 256 characters")
+    if registration.epoch > max_epoch:
+        raise ValueError(
+            f"epoch {registration.epoch} is beyond any this collector numbers (at most {max_epoch})"
+        )
+    if len(registration.service) > 256:
+        raise ValueError("a service name has at most 256 characters")
+    if len(registration.worker_pools) > 64 or any(len(name) > 256 for name in registration.worker_pools):
+        raise ValueError("a registration names at most 64 worker pools, of at most 256 characters each")

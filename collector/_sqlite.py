@@ -25,11 +25,13 @@ from cutwatch.collector._records import (
 from cutwatch.collector._rows import (
     channel_row,
     check_cut,
+    checked_counters,
     checked_json,
     counters_from,
     duplicates_from,
     from_i64,
     is_utf8,
+    left_out_from,
     local_row,
     status_from,
     storable_epoch,
@@ -42,8 +44,8 @@ from cutwatch.core import DuplicateEpochError, StorageError
 
 __all__ = ["SCHEMA_VERSION", "SqliteCutStore"]
 
-SCHEMA_VERSION = 2
-_RESULT_STATUSES: frozenset[str] = frozenset(("PASS", "FAIL", "ERROR"))
+SCHEMA_VERSION = 3
+_RESULT_STATUSES: frozenset[str] = frozenset(("PASS", "FAIL", "ERROR", "INCONCLUSIVE"))
 
 
 _MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
@@ -105,11 +107,36 @@ _MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX results_by_status ON results (status, epoch)",
         ),
     ),
+    (
+        3,
+        (
+            # Which processes a cut covers and which it left out, and the untracked changes in its
+            # states; cuts stored before have none.
+            "ALTER TABLE cuts ADD COLUMN covers_json TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE cuts ADD COLUMN left_out_json TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE cuts ADD COLUMN untracked_json TEXT NOT NULL DEFAULT '{}'",
+            # A predicate on a cut with untracked changes is INCONCLUSIVE: a CHECK is rebuilt, not altered.
+            """CREATE TABLE results_3 (
+                epoch INTEGER NOT NULL REFERENCES cuts (epoch) ON DELETE CASCADE,
+                name TEXT NOT NULL,
+                status TEXT NOT NULL CHECK (status IN ('PASS', 'FAIL', 'ERROR', 'INCONCLUSIVE')),
+                message TEXT NOT NULL,
+                witness_json TEXT NOT NULL,
+                duration REAL NOT NULL,
+                PRIMARY KEY (epoch, name)
+            )""",
+            "INSERT INTO results_3 SELECT epoch, name, status, message, witness_json, duration FROM results",
+            "DROP TABLE results",
+            "ALTER TABLE results_3 RENAME TO results",
+            "CREATE INDEX results_by_status ON results (status, epoch)",
+        ),
+    ),
 )
 assert _MIGRATIONS[-1][0] == SCHEMA_VERSION
 
 _SELECT_CUT = (
-    "SELECT epoch, status, started, finished, reasons_json, missing_json, unsettled_json, duplicates_json "
+    "SELECT epoch, status, started, finished, reasons_json, missing_json, unsettled_json, duplicates_json, "
+    "covers_json, left_out_json, untracked_json "
     "FROM cuts "
 )
 
@@ -197,7 +224,8 @@ class SqliteCutStore:
                 raise DuplicateEpochError(f"a cut with epoch {cut.epoch} is already stored")
             conn.execute(
                 "INSERT INTO cuts (epoch, status, started, finished, reasons_json, missing_json, "
-                "unsettled_json, duplicates_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "unsettled_json, duplicates_json, covers_json, left_out_json, untracked_json) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     cut.epoch,
                     cut.status,
@@ -207,6 +235,9 @@ class SqliteCutStore:
                     dumps(list(cut.missing)),
                     dumps([[u.caller, u.call_id, u.method, u.target, u.failed] for u in cut.unsettled]),
                     dumps([[d.caller, d.call_id, list(d.where)] for d in cut.duplicates]),
+                    dumps(list(cut.covers)),
+                    dumps([[o.process, o.service, o.why] for o in cut.left_out]),
+                    dumps(checked_counters(cut.untracked)),
                 ),
             )
             for state in cut.states:
@@ -366,7 +397,8 @@ class SqliteCutStore:
         self.close()
 
     def _read_cut(self, conn: sqlite3.Connection, row: Sequence[Any]) -> StoredCut:
-        epoch, status, started, finished, reasons, missing, unsettled, duplicates = row
+        epoch, status, started, finished, reasons, missing, unsettled, duplicates, covers, left_out = row[:10]
+        untracked = row[10]
         states = tuple(
             StoredLocalState(
                 process=str(process),
@@ -412,6 +444,9 @@ class SqliteCutStore:
             duplicates=duplicates_from(duplicates),
             states=states,
             in_transit=in_transit,
+            covers=strings_from(covers),
+            left_out=left_out_from(left_out),
+            untracked=counters_from(untracked),
         )
 
 

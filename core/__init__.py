@@ -22,7 +22,7 @@ from cutwatch.core._assembly import (
     DuplicateDelivery,
     UnsettledCall,
 )
-from cutwatch.core._calls import ChannelPeer, Inbound, Outbound
+from cutwatch.core._calls import REFUSED, ChannelPeer, Inbound, Outbound, Refused
 from cutwatch.core._clock import LocalClock, VectorClock
 from cutwatch.core._control import (
     PROTOCOL_VERSION,
@@ -128,6 +128,7 @@ __all__ = [
     "REASON_TOO_MANY_CALLS",
     "REASON_TOO_MANY_OPEN",
     "REASON_TRUNCATED",
+    "REFUSED",
     "REQUEST",
     "RESPONSE",
     "RES_LOCK",
@@ -183,6 +184,7 @@ __all__ = [
     "QueuedCall",
     "RecordingStopped",
     "Reduction",
+    "Refused",
     "Registered",
     "Registration",
     "SecurityConfigError",

@@ -1,18 +1,37 @@
 """Assembling one snapshot epoch from the pieces the agents send, and deciding if it is complete.
 
 Pure code. A cut is COMPLETE only when every participant reported its local
-snapshot and then its flush marker, nobody stopped recording, every call open at a caller's cut is
-settled (see :mod:`cutwatch.core._participant`: a request or response record,
-the server still answering it, or an answer without a stamp) and the vector
+snapshot and then its flush marker of the latest flush round, nobody
+stopped recording, every call open at a caller's cut is settled (see
+:mod:`cutwatch.core._participant`: a request or response record, the server
+still answering it, an answer without a stamp, or, for a call that failed
+at its caller, a fence every participant has acknowledged) and the vector
 clocks agree that the cut is consistent (``VC_p[q] <= VC_q[q]`` for all p,
 q). The clock check is what catches a protocol bug; a cut that fails it
 raises instead of producing a cut.
+
+Flush rounds: once every local snapshot is in, :meth:`CutAssembler.next_flush`
+asks for round 1, fencing every failed call still unsettled; a call that
+fails later (its caller's :class:`CallOutcome` arrives) asks for another
+round. Only the markers of the latest round count.
+
+Untracked changes: each agent counts the state changes no cut can place
+(a request without a stamp that changed state; an answer without a stamp on a
+channel that led to an agent). The assembler starts from each participant's
+count as last seen before the snapshot started and takes the highest count
+its local snapshot and flush markers report; a cut over which any count
+grew is flagged with those counts (:attr:`AssembledCut.untracked`): it is
+consistent for every message that kept its stamp, and its task graph is
+exact, but its states may hold the far end of a message it does not see, so
+sums over them are inconclusive. An answer without a stamp to a call open at
+the cut asks for one more flush round, so that the count of the server that
+handled it is read after it did.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from cutwatch.core._clock import VectorClock
@@ -96,19 +115,26 @@ class AssembledCut:
     reasons: tuple[str, ...]
     duplicates: tuple[DuplicateDelivery, ...] = ()
     locals: Mapping[str, LocalSnapshot] | None = None
+    covers: tuple[str, ...] = ()
+    """The participants: every process the cut is of, whether it reported or not."""
+    untracked: Mapping[str, int] = field(default_factory=dict)
+    """Participants whose untracked state changes grew during the snapshot, and by how many: the
+    cut's states may hold changes it cannot place (see the module docstring)."""
 
     @classmethod
     def incomplete(cls, epoch: int, missing: Iterable[str], reasons: Iterable[str]) -> AssembledCut:
         """An INCOMPLETE cut with nothing in it: every participant ``missing``, for ``reasons``."""
+        participants = tuple(missing)
         return cls(
             epoch=epoch,
             status="INCOMPLETE",
             states={},
             clocks={},
             in_transit=(),
-            missing=tuple(missing),
+            missing=participants,
             unsettled=(),
             reasons=tuple(reasons),
+            covers=participants,
         )
 
     def with_reason(self, reason: str) -> AssembledCut:
@@ -123,7 +149,9 @@ class CutAssembler:
     ``foreign_records`` and left out: only participants' calls are settled.
     """
 
-    def __init__(self, epoch: int, participants: Iterable[str]) -> None:
+    def __init__(
+        self, epoch: int, participants: Iterable[str], untracked_before: Mapping[str, int] | None = None
+    ) -> None:
         self.epoch = epoch
         self.participants: tuple[str, ...] = tuple(sorted(set(participants)))
         if not self.participants:
@@ -143,8 +171,20 @@ class CutAssembler:
         self._waiting: set[tuple[str, int]] = set()
         self._failures: dict[tuple[str, int], str] = {}
         self._stopped: list[RecordingStopped] = []
+        self._round = 0
+        """The latest flush round asked for (0: none yet)."""
         self._flushed: set[str] = set()
-        self._flush_asked = False
+        """Participants whose marker of round ``_round`` is in."""
+        self._fenced: dict[tuple[str, int], int] = {}
+        """Failed calls fenced, and in which round."""
+        self._acked = 0
+        """The latest round every participant has flushed."""
+        self._untracked_before = dict(untracked_before or {})
+        """Each participant's untracked changes before the snapshot started (missing: 0)."""
+        self._untracked_now: dict[str, int] = {}
+        """The highest count each participant reported since."""
+        self._recount = False
+        """An answer without a stamp came after the latest round was asked: ask another."""
         self.foreign_records = 0
 
     # Input ---------------------------------------------------------------------------------
@@ -157,9 +197,13 @@ class CutAssembler:
         if snap.process in self._locals:
             raise ProtocolViolationError(f"epoch {self.epoch}: two local snapshots from {snap.process}")
         self._locals[snap.process] = snap
+        self._see_untracked(snap.process, snap.untracked_changes)
         for call in snap.open_calls:
-            if (snap.process, call.call_id) not in self._settled:
-                self._waiting.add((snap.process, call.call_id))
+            key = (snap.process, call.call_id)
+            if key not in self._settled:
+                self._waiting.add(key)
+                if call.failed:
+                    self._failures.setdefault(key, call.failed)
         for caller, call_id in snap.answering:
             self._settle(caller, call_id, f"handler at {snap.process}")
 
@@ -182,6 +226,8 @@ class CutAssembler:
         self._check_epoch(outcome.epoch)
         if outcome.outcome == OUTCOME_UNSTAMPED:
             self._settle(outcome.process, outcome.call_id, "answered by an uninstrumented server")
+            # Or by a participant, through a hop that strips stamps: its count must be read again.
+            self._recount = self._recount or self._round > 0
         elif outcome.outcome == OUTCOME_FAILED:
             self._failures[(outcome.process, outcome.call_id)] = outcome.detail or "failed"
 
@@ -192,14 +238,47 @@ class CutAssembler:
     def add_flushed(self, marker: Flushed) -> None:
         self._check_epoch(marker.epoch)
         if marker.process in self._members:
-            self._flushed.add(marker.process)
+            self._see_untracked(marker.process, marker.untracked_changes)
+        if marker.process not in self._members or marker.round != self._round or self._round == 0:
+            return  # a marker of an earlier round: the participant has more to say
+        self._flushed.add(marker.process)
+        if len(self._flushed) == len(self.participants) and self._acked < self._round:
+            # Every participant applied the fences of this round and of all before it, and sent every
+            # record it made before: a fenced call still waiting was delivered nowhere, and never will be.
+            self._acked = self._round
+            for key, fenced_in in self._fenced.items():
+                if fenced_in <= self._acked and key in self._waiting:
+                    self._settle(*key, "failed at its caller; fenced, delivered nowhere")
 
-    def flush_due(self) -> bool:
-        """True once, when every local snapshot is in: time to ask the participants to flush."""
-        if self._flush_asked or len(self._locals) < len(self.participants):
-            return False
-        self._flush_asked = True
-        return True
+    def next_flush(self) -> tuple[int, tuple[tuple[str, int], ...]] | None:
+        """The flush round to ask for now, with the calls to fence in it; None when none is due.
+
+        The first round is due once every local snapshot is in; another one
+        whenever a call that is still unsettled has failed since, or an answer
+        without a stamp has settled a call since the latest round. Each round
+        fences every call fenced so far, so that a marker of round r says that
+        all of them are fenced at its sender, whatever the order in which the
+        rounds reached it.
+        """
+        if len(self._locals) < len(self.participants):
+            return None
+        new = [k for k in self._waiting if k in self._failures and k not in self._fenced]
+        if self._round and not new and not self._recount:
+            return None
+        self._round += 1
+        self._recount = False
+        self._flushed = set()
+        for key in new:
+            self._fenced[key] = self._round
+        return self._round, tuple(sorted(self._fenced))
+
+    def fenced(self) -> dict[str, tuple[int, ...]]:
+        """The calls of each caller that every participant has fenced (the callers may forget them)."""
+        out: dict[str, list[int]] = {}
+        for (caller, call_id), fenced_in in sorted(self._fenced.items()):
+            if fenced_in <= self._acked:
+                out.setdefault(caller, []).append(call_id)
+        return {caller: tuple(ids) for caller, ids in out.items()}
 
     def add(self, event: SnapshotEvent) -> None:
         """Dispatch any event a participant emits."""
@@ -230,7 +309,7 @@ class CutAssembler:
             return "INCOMPLETE"
         if len(self._locals) < len(self.participants) or self._waiting:
             return "PENDING"
-        if len(self._flushed) < len(self.participants):
+        if self._round == 0 or self._recount or len(self._flushed) < len(self.participants):
             return "PENDING"
         return "COMPLETE"
 
@@ -245,6 +324,8 @@ class CutAssembler:
         unflushed = [p for p in self.participants if p in self._locals and p not in self._flushed]
         if unflushed and not missing:
             reasons.append("no flush marker from " + ", ".join(unflushed))
+        elif self._recount:
+            reasons.append("no flush round read the untracked changes after an answer without a stamp")
         if unsettled:
             # A summary: an agent's megabyte method name or failure is kept once, in ``unsettled``.
             shown = ", ".join(call.describe(REASON_NAME_LIMIT) for call in unsettled[:10])
@@ -266,12 +347,23 @@ class CutAssembler:
             reasons=tuple(reasons),
             duplicates=self._duplicates(),
             locals=dict(sorted(self._locals.items())),
+            covers=self.participants,
+            untracked=self.untracked(),
         )
+
+    def untracked(self) -> dict[str, int]:
+        """Participants whose untracked changes grew since the snapshot started, and by how many."""
+        grown = {p: n - self._untracked_before.get(p, 0) for p, n in sorted(self._untracked_now.items())}
+        return {p: n for p, n in grown.items() if n > 0}
 
     # Checks --------------------------------------------------------------------------------
     def _check_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             raise ProtocolViolationError(f"piece of epoch {epoch} given to the assembler of {self.epoch}")
+
+    def _see_untracked(self, process: str, count: int) -> None:
+        if count > self._untracked_now.get(process, 0):
+            self._untracked_now[process] = count
 
     def _settle(self, caller: str, call_id: int, how: str) -> None:
         self._settled.setdefault((caller, call_id), []).append(how)

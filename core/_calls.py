@@ -10,16 +10,23 @@ from cutwatch.core._tasks import OutboundCall, Task
 if TYPE_CHECKING:
     import contextvars
 
-__all__ = ["ChannelPeer", "Inbound", "Outbound"]
+__all__ = ["REFUSED", "ChannelPeer", "Inbound", "Outbound", "Refused"]
 
 
 class ChannelPeer:
-    """What a client knows of the process behind its channel."""
+    """What a client knows of the process behind its channel.
 
-    __slots__ = ("server",)
+    ``uninstrumented``: the application says the channel leads to a service
+    without an agent, so that its answers without a stamp are expected; on
+    any other channel such an answer may have lost its stamp on the way and
+    counts as an untracked change.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("server", "uninstrumented")
+
+    def __init__(self, *, uninstrumented: bool = False) -> None:
         self.server: str | None = None
+        self.uninstrumented = uninstrumented
 
 
 class Outbound:
@@ -47,3 +54,17 @@ class Inbound:
         self.caller = caller
         self.finished = False
         self.token: contextvars.Token[Task | None] | None = None
+
+
+class Refused:
+    """What ``ProcessCore.begin_handler`` returns for a request it must not deliver."""
+
+    __slots__ = ()
+
+    reason = "cutwatch: the caller gave this call up and a snapshot fenced it; it was not run"
+
+    def __repr__(self) -> str:
+        return "REFUSED"
+
+
+REFUSED = Refused()

@@ -43,6 +43,8 @@ class Registration:
     epoch: int = 0
     dropped: int = 0
     """Events the agent dropped so far (its queue to the collector overflowed)."""
+    untracked_changes: int = 0
+    """State changes so far that no cut can place (the baseline of the next snapshot's count)."""
 
 
 @dataclass(frozen=True)
@@ -82,12 +84,22 @@ class TakeSnapshot:
 
 @dataclass(frozen=True)
 class Flush:
+    """Refuse the calls in ``fence`` (their callers gave them up), then send a flush marker of round
+    ``round`` of ``epoch`` behind everything sent so far."""
+
     epoch: int
+    round: int = 0
+    fence: tuple[tuple[str, int], ...] = ()
+    """(caller, call id) of each call to refuse from now on."""
 
 
 @dataclass(frozen=True)
 class CloseEpoch:
+    """The collector is done with ``epoch``; ``forget`` lists this agent's failed calls that every
+    participant has fenced."""
+
     epoch: int
+    forget: tuple[int, ...] = ()
 
 
 Order = Registered | TakeSnapshot | Flush | CloseEpoch

@@ -32,6 +32,11 @@ class ProcessStats:
     """Snapshots given up because an ``atomic()`` block held the snapshot lock."""
     state_errors: int = 0
     """State providers that raised, returned non-JSON or too much; their value is an error marker."""
+    requests_refused: int = 0
+    """Requests not run because their caller gave them up and a snapshot fenced them."""
+    untracked_changes: int = 0
+    """State changes no cut can place: ``atomic()`` blocks of handlers whose request came without a
+    stamp, and answers without a usable stamp on a channel known to lead to an agent."""
 
     @property
     def untracked(self) -> int:
@@ -54,6 +59,8 @@ class Counters:
     snapshots_taken: int
     snapshots_skipped: int
     state_errors: int
+    requests_refused: int
+    untracked_changes: int
 
     def __init__(self) -> None:
         for f in fields(ProcessStats):

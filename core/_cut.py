@@ -72,10 +72,28 @@ class Cut:
     counters: Mapping[str, Mapping[str, Mapping[str, int]]] = field(default_factory=dict)
     pools: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     """Worker capacity of each server (interceptor) of each process; 0 when unknown."""
+    covers: tuple[str, ...] = ()
+    """The processes the cut is of: those that reported (``states``) and those that did not
+    (``missing``)."""
+    left_out: tuple[Mapping[str, Any], ...] = ()
+    """Processes the collector knew of that the cut does not cover: ``{"process", "service", "why"}``
+    (registered after the snapshot started, or gone without a goodbye and not back). A COMPLETE cut is
+    complete for what it covers."""
+    untracked: Mapping[str, int] = field(default_factory=dict)
+    """Processes whose state changed, during the snapshot, by requests that came without a stamp (a
+    hop that strips stamps, a client without an agent), and how many times. Such a change cannot be
+    placed on either side of the cut: the cut is consistent for every message that kept its stamp,
+    and its tasks are exact, but a sum over its states is inconclusive."""
 
     @property
     def complete(self) -> bool:
         return self.status == "COMPLETE"
+
+    @property
+    def conclusive(self) -> bool:
+        """COMPLETE, and no state change in it that it cannot place (``untracked`` is empty): what
+        its states and messages in transit add up to is exact."""
+        return self.complete and not self.untracked
 
     @property
     def processes(self) -> tuple[str, ...]:
@@ -110,6 +128,9 @@ class Cut:
             "counters": {p: {k: dict(c) for k, c in v.items()} for p, v in self.counters.items()},
             "pools": {p: dict(v) for p, v in self.pools.items()},
             "in_transit": [m.to_json() for m in self.in_transit],
+            "covers": list(self.covers),
+            "left_out": [dict(o) for o in self.left_out],
+            "untracked": dict(self.untracked),
         }
 
     def dumps(self) -> str:
@@ -140,6 +161,9 @@ class Cut:
                 pools={
                     str(p): {str(k): int(n) for k, n in v.items()} for p, v in doc.get("pools", {}).items()
                 },
+                covers=tuple(str(p) for p in doc.get("covers", ())),
+                left_out=tuple(dict(o) for o in doc.get("left_out", ())),
+                untracked={str(p): int(n) for p, n in doc.get("untracked", {}).items()},
                 in_transit=tuple(
                     InTransitMessage(
                         sender=str(m["sender"]),

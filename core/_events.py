@@ -75,6 +75,8 @@ class Capture(NamedTuple):
     pools: Mapping[str, int] = {}
     state_bytes: int = 0
     """The state's size as JSON, measured where it was serialised (for the agent's queue bound)."""
+    untracked_changes: int = 0
+    """State changes so far that no cut can place (see ``ProcessStats.untracked_changes``)."""
 
 
 class OpenCall(NamedTuple):
@@ -114,6 +116,8 @@ class LocalSnapshot:
     responses_consumed: Mapping[str, int] = field(default_factory=dict)
     worker_pools: Mapping[str, int] = field(default_factory=dict)
     """Capacity of each server's worker pool (0: unknown), for deadlock detection."""
+    untracked_changes: int = 0
+    """State changes so far, at this process, that no cut can place: made by requests without a stamp."""
     state_bytes: int = field(default=0, compare=False)
     """The state's size as JSON, from :attr:`Capture.state_bytes`; not part of what is sent."""
 
@@ -172,6 +176,10 @@ class Flushed:
 
     epoch: int
     process: str
+    round: int = 0
+    """Which flush round of ``epoch`` this marker answers (each round may fence more calls)."""
+    untracked_changes: int = 0
+    """The process's untracked state changes so far, as at its local snapshot."""
 
 
 SnapshotEvent = LocalSnapshot | ChannelRecord | CallOutcome | RecordingStopped | Flushed

@@ -40,15 +40,17 @@ must be *settled* by one of:
 
 A call that fails without a stamped answer (deadline, cancellation, lost
 connection) is *not* settled by the failure: its request may still be in a
-server's queue. It stays in the caller's open calls, marked failed, for
-``abandoned_grace`` seconds after the failure, and a cut it spans is
-COMPLETE only if a receiver settles it; otherwise the cut is INCOMPLETE with
-the failure named. A record of such a call may still be on its way when the
-caller's cut no longer lists the call, so a cut is complete only after every
-participant has *flushed*: once all local snapshots are in, the collector
-asks each participant for a :class:`Flushed` marker, which travels behind
-every event that participant emitted before it. Only a request delivered
-later than that (more than the grace after its caller gave up) escapes.
+server's queue or held by a proxy. It stays in the caller's open calls,
+marked failed, until a snapshot *fences* it (:mod:`cutwatch.core._fences`):
+in the flush round, once all local snapshots are in, the collector asks
+each participant to refuse the call from then on and to send a
+:class:`Flushed` marker, which travels behind every event that participant
+emitted before it. A request that reached a participant before the fence is
+in its records or its answering list, and those arrive before its marker;
+one that reaches a participant after the fence is refused before the
+application sees it. So once every marker of the round is in, a fenced call
+is settled either way, and the caller forgets it when the epoch closes. A
+call that fails after its caller's cut is fenced by another round.
 
 The per-peer message counters are kept and reported in every local
 snapshot, for reading; completion never depends on them.
@@ -63,7 +65,7 @@ and never recorded.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -87,6 +89,7 @@ from cutwatch.core._events import (
     RecordingStopped,
     SnapshotEvent,
 )
+from cutwatch.core._fences import FailedCalls, Fences
 
 __all__ = ["DEFAULT_MAX_OPEN_EPOCHS", "Delivery", "SnapshotParticipant", "SnapshotStats"]
 
@@ -107,6 +110,8 @@ class Delivery:
     msg_key: MsgKey
     method: str = ""
     duplicate: bool = False
+    refused: bool = False
+    """Its caller gave the call up and a snapshot fenced it: it must not reach the application."""
     consumed: bool = False
     answered: bool = False
 
@@ -128,6 +133,10 @@ class SnapshotStats:
     epochs_evicted: int = 0
     seen_keys_evicted: int = 0
     calls_failed: int = 0
+    calls_given_up: int = 0
+    """Failed calls forgotten before a snapshot fenced them (a late delivery of one could go unseen)."""
+    requests_refused: int = 0
+    """Requests refused because their caller gave them up and a snapshot fenced them."""
 
 
 @dataclass
@@ -153,8 +162,9 @@ class SnapshotParticipant:
     cut short must never let a cut complete),
     ``max_open_epochs`` the epochs recorded at once (the oldest is stopped),
     ``max_seen_keys`` the window in which duplicate deliveries are
-    recognised, ``abandoned_grace`` how long a failed call stays open (in the
-    units of the ``now`` passed in, seconds for the agent).
+    recognised, ``abandoned_grace`` how long at most a failed call waits for a
+    snapshot to fence it (in the units of the ``now`` passed in, seconds for
+    the agent), ``max_abandoned`` how many failed calls wait at most.
     """
 
     def __init__(
@@ -165,12 +175,13 @@ class SnapshotParticipant:
         max_open_epochs: int = DEFAULT_MAX_OPEN_EPOCHS,
         max_seen_keys: int = 100_000,
         max_recent_duplicates: int = 100,
-        abandoned_grace: float = 2.0,
+        abandoned_grace: float = 600.0,
         max_abandoned: int = 10_000,
+        max_fences: int = 100_000,
     ) -> None:
-        if max_records < 0 or max_open_epochs < 1 or max_seen_keys < 1 or abandoned_grace < 0:
+        if max_records < 0 or max_open_epochs < 1 or max_seen_keys < 1 or abandoned_grace <= 0:
             raise ValueError(
-                "max_records >= 0, max_open_epochs >= 1, max_seen_keys >= 1 and abandoned_grace >= 0 "
+                "max_records >= 0, max_open_epochs >= 1, max_seen_keys >= 1 and abandoned_grace > 0 "
                 "are required"
             )
         self.process = process
@@ -182,11 +193,9 @@ class SnapshotParticipant:
         self._max_records = max_records
         self._max_open = max_open_epochs
         self._max_seen = max_seen_keys
-        self._grace = abandoned_grace
         self._calls: dict[int, _Call] = {}
-        # Failed calls still open, oldest first: call id -> (call, why, when it failed).
-        self._abandoned: OrderedDict[int, tuple[_Call, str, float]] = OrderedDict()
-        self._max_abandoned = max_abandoned
+        self._failed = FailedCalls(max_calls=max_abandoned, keep_for=abandoned_grace)
+        self._fences = Fences(max_fences=max_fences)
         self._open: OrderedDict[int, _OpenEpoch] = OrderedDict()
         self._closed_ahead: set[int] = set()
         self._pending: dict[int, Delivery] = {}
@@ -208,7 +217,8 @@ class SnapshotParticipant:
 
         A call answered with a stamp ends when its response is consumed
         instead. The collector learns the outcome for every open epoch whose
-        cut the call spans; a failed call also stays open for the grace period.
+        cut the call spans; a failed call also stays open until a snapshot
+        fences it.
         """
         call = self._calls.pop(call_id, None)
         if call is None:
@@ -216,11 +226,9 @@ class SnapshotParticipant:
         for epoch in self._open:
             if call.sent_epoch < epoch:
                 self._outbox.append(CallOutcome(epoch, self.process, call_id, outcome, detail))
-        if outcome == OUTCOME_FAILED and self._grace > 0:
+        if outcome == OUTCOME_FAILED:
             self._stats.calls_failed += 1
-            self._abandoned[call_id] = (call, detail or "failed", now)
-            while len(self._abandoned) > self._max_abandoned:
-                self._abandoned.popitem(last=False)
+            self._failed.add(call_id, call.method, call.target, detail, now)
 
     # Messages received ---------------------------------------------------------------------
     def on_deliver(
@@ -241,6 +249,9 @@ class SnapshotParticipant:
         """
         if msg_key.kind not in _KINDS:
             raise ValueError(f"unknown message kind {msg_key.kind!r}")
+        if msg_key.kind == REQUEST and (sender, msg_key.call_id) in self._fences:
+            self._stats.requests_refused += 1
+            return Delivery(sender, msg_epoch, payload, msg_key, method, refused=True)
         if msg_epoch > self.epoch:
             self.take_snapshot(msg_epoch, capture(), now=now)
         delivery = Delivery(sender, msg_epoch, payload, msg_key, method)
@@ -274,7 +285,7 @@ class SnapshotParticipant:
         if msg_epoch > self.epoch:
             self.take_snapshot(msg_epoch, capture(), now=now)
         calls = self._calls
-        if calls.pop(call_id, None) is None and self._abandoned.pop(call_id, None) is None:
+        if calls.pop(call_id, None) is None and self._failed.pop(call_id) is None:
             self._stats.duplicates += 1
             self._recent_dups.append(MsgKey(sender, call_id, 0, RESPONSE))
             return
@@ -300,7 +311,7 @@ class SnapshotParticipant:
             self.responses_consumed[sender] = self.responses_consumed.get(sender, 0) + 1
             call_id = delivery.msg_key.call_id
             self._calls.pop(call_id, None)
-            self._abandoned.pop(call_id, None)
+            self._failed.pop(call_id)
 
     def on_reply(self, delivery: Delivery) -> int:
         """The handler of a delivered request answers (consuming it if it had not); returns the epoch."""
@@ -324,9 +335,8 @@ class SnapshotParticipant:
         if k <= self.epoch:
             return taken
         clock = VectorClock(capture.clock)
-        self._expire_abandoned(now)
         calls = [OpenCall(c.call_id, c.method, c.target) for c in self._calls.values()]
-        calls += [OpenCall(c.call_id, c.method, c.target, why) for c, why, _ in self._abandoned.values()]
+        calls += self._failed.open_calls(now)
         answering = [Answering(*key) for key in self._answering]
         overflow = len(calls) + len(answering) > self._max_records
         requests_consumed, responses_consumed = dict(self.requests_consumed), dict(self.responses_consumed)
@@ -364,6 +374,7 @@ class SnapshotParticipant:
                 requests_consumed=requests_consumed,
                 responses_consumed=responses_consumed,
                 worker_pools=dict(capture.pools),
+                untracked_changes=capture.untracked_changes,
                 state_bytes=capture.state_bytes,
             )
             taken.append(snap)
@@ -373,12 +384,18 @@ class SnapshotParticipant:
                 self._record(epoch, delivery)
         return taken
 
-    def flush(self, k: int) -> None:
-        """Emit the :class:`Flushed` marker for ``k`` behind everything emitted so far."""
-        self._outbox.append(Flushed(k, self.process))
+    def flush(
+        self, k: int, round_: int = 0, fence: Iterable[tuple[str, int]] = (), untracked_changes: int = 0
+    ) -> None:
+        """Refuse the calls in ``fence`` from now on, then emit the :class:`Flushed` marker of round
+        ``round_`` of ``k`` behind everything emitted so far (with the untracked changes so far)."""
+        self._fences.add(fence)
+        self._outbox.append(Flushed(k, self.process, round_, untracked_changes))
 
-    def close_epoch(self, k: int) -> None:
-        """The collector is done with ``k`` (complete or given up): stop recording it, free it."""
+    def close_epoch(self, k: int, forget: Iterable[int] = ()) -> None:
+        """The collector is done with ``k`` (complete or given up): stop recording it, free it, and
+        forget the failed calls of ours that every participant fenced (``forget``)."""
+        self._failed.forget(forget)
         if k > self.epoch:
             self._closed_ahead.add(k)
             while len(self._closed_ahead) > self._max_open:
@@ -417,16 +434,11 @@ class SnapshotParticipant:
             epochs_evicted=stats.epochs_evicted,
             seen_keys_evicted=stats.seen_keys_evicted,
             calls_failed=stats.calls_failed,
+            calls_given_up=self._failed.given_up,
+            requests_refused=stats.requests_refused,
         )
 
     # Internals -----------------------------------------------------------------------------
-    def _expire_abandoned(self, now: float) -> None:
-        while self._abandoned:
-            _, (_, _, failed_at) = next(iter(self._abandoned.items()))
-            if now - failed_at < self._grace:
-                break
-            self._abandoned.popitem(last=False)
-
     def _remember(self, key: MsgKey) -> None:
         self._seen[key] = None
         if len(self._seen) > self._max_seen:

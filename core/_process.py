@@ -29,10 +29,10 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 
-from cutwatch.core._calls import ChannelPeer, Inbound, Outbound
+from cutwatch.core._calls import REFUSED, ChannelPeer, Inbound, Outbound, Refused
 from cutwatch.core._clock import VectorClock
 from cutwatch.core._control import CloseEpoch, Flush, Order, TakeSnapshot
 from cutwatch.core._counters import Counters, ProcessStats
@@ -98,7 +98,7 @@ class ProcessCore:
         max_seen_messages: int = 100_000,
         max_open_epochs: int = DEFAULT_MAX_OPEN_EPOCHS,
         atomic_timeout: float = 5.0,
-        abandoned_grace: float = 2.0,
+        abandoned_grace: float = 600.0,
         emit: Emit | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         span_ids: Callable[[], tuple[bytes, bytes]] = no_span,
@@ -127,6 +127,7 @@ class ProcessCore:
         self._call_ids = itertools.count(1)
         self._states = StateProviders(max_state_bytes)
         self._worker_pools: dict[str, int] = {}
+        self._edge_pools: set[str] = set()
 
     # Views ------------------------------------------------------------------------------------
     @property
@@ -161,13 +162,19 @@ class ProcessCore:
         with self._gate.held():
             self._states.register(name, provider)
 
-    def register_pool(self, capacity: int | None) -> str:
-        """A new server's worker pool of ``capacity`` workers (None: not known yet); returns its name."""
+    def register_pool(self, capacity: int | None, *, edge: bool = False) -> str:
+        """A new server's worker pool of ``capacity`` workers (None: not known yet); returns its name.
+
+        ``edge``: the server faces clients without an agent; what requests without a stamp change
+        there is input, not untracked (see ``ProcessStats.untracked_changes``).
+        """
         if capacity is not None and capacity < 1:
             raise ValueError("max_workers must be at least 1")
         with self._lock:
             name = f"server-{len(self._worker_pools) + 1}"
             self._worker_pools[name] = capacity or 0
+            if edge:
+                self._edge_pools.add(name)
             return name
 
     def learn_pool_capacity(self, pool: str, capacity: int) -> None:
@@ -189,13 +196,21 @@ class ProcessCore:
 
     def _consume_current(self) -> None:
         task = self.tasks.current()
-        delivery = task.delivery if task is not None else None
+        if task is None:
+            return
+        delivery = task.delivery
         if isinstance(delivery, Delivery) and not delivery.consumed:
             try:
                 with self._lock:
                     self._part.on_consume(delivery)
             except Exception:
                 self.internal_error("consuming a request")
+        elif task.untracked:
+            # A request without a stamp changed state: no cut can tell on which side of it its sender
+            # sent it (nor, for an answer, on which side its caller receives it). Every block counts,
+            # so that the cuts around any of them are not called COMPLETE.
+            with self._lock:
+                self._counters.untracked_changes += 1
 
     # Client side --------------------------------------------------------------------------------
     def begin_call(self, method: str, channel: ChannelPeer) -> tuple[Outbound, bytes] | None:
@@ -247,8 +262,14 @@ class ProcessCore:
                     return
                 decoded = self._clock.decode(stamp)
                 call_id = outbound.call.call_id
+                # An answer without a stamp is untracked unless the application said that no agent
+                # runs behind this channel, and that channel never answered with a stamp.
+                channel = outbound.channel
+                expected = channel.uninstrumented and channel.server is None
                 if decoded is not None and decoded.call_id != call_id:
-                    decoded = None  # not the answer to this call (a proxy replayed trailers)
+                    # Not the answer to this call (a proxy replayed trailers, or stripped the request's
+                    # stamp): an agent answered, though.
+                    decoded, expected = None, False
                     self._counters.untracked_malformed += 1
                 if decoded is not None and decoded.epoch > self._part.epoch:
                     self._snapshot_unlocked(decoded.epoch)
@@ -266,6 +287,9 @@ class ProcessCore:
                 else:
                     outcome = OUTCOME_FAILED if failure else OUTCOME_UNSTAMPED
                     self._part.on_call_ended(call_id, outcome, failure or "", now=self._now())
+                    if not failure and not expected:
+                        # Maybe an agent's answer whose stamp a hop dropped: a message no cut can place.
+                        self._counters.untracked_changes += 1
                 self._clock.receive(decoded)
                 self._counters.responses_received += 1
                 if self.observer is not None:
@@ -282,12 +306,16 @@ class ProcessCore:
     # Server side --------------------------------------------------------------------------------
     def begin_handler(
         self, method: str, stamp: bytes | str | None, attempt: int, pool: str, request: Payload
-    ) -> Inbound | None:
+    ) -> Inbound | Refused | None:
         """Receive event of a request: merge its clock, start its task and bind it to this context.
 
         ``attempt`` tells a retried or hedged attempt from the first (gRPC's
         ``grpc-previous-rpc-attempts``); ``request`` renders the request, for
-        its record when it is in transit at a cut.
+        its record when it is in transit at a cut. Returns None when the
+        request goes untracked, and :data:`REFUSED` when its caller gave the
+        call up and a snapshot fenced it: the handler must not run (the
+        caller has its failure already; running it could change state that
+        a stored cut says never changed).
         """
         try:
             delivery: Delivery | None = None
@@ -307,6 +335,9 @@ class ProcessCore:
                         method=method,
                         now=self._now(),
                     )
+                    if delivery.refused:
+                        self._counters.requests_refused += 1
+                        return REFUSED
                 self._clock.receive(decoded)
                 self._counters.requests_received += 1
                 if self.observer is not None:
@@ -316,6 +347,7 @@ class ProcessCore:
                 self._emit()
             task = self.tasks.start("server", method=method, caller=caller or "", call_id=call_id, pool=pool)
             task.delivery = delivery
+            task.untracked = decoded is None and pool not in self._edge_pools
             trace_id, span_id = self._span_ids()
             if trace_id:
                 task.trace_id, task.span_id = trace_id, span_id
@@ -378,16 +410,17 @@ class ProcessCore:
         finally:
             self._gate.leave()
 
-    def flush(self, epoch: int) -> None:
-        """Emit the flush marker of ``epoch`` behind everything emitted so far."""
+    def flush(self, epoch: int, round_: int = 0, fence: Iterable[tuple[str, int]] = ()) -> None:
+        """Refuse the calls in ``fence`` from now on, then emit the flush marker of round ``round_``
+        of ``epoch`` behind everything emitted so far."""
         with self._lock:
-            self._part.flush(epoch)
+            self._part.flush(epoch, round_, fence, self._counters.untracked_changes)
             self._emit()
 
-    def close_epoch(self, epoch: int) -> None:
-        """The collector is done with ``epoch``: stop recording it."""
+    def close_epoch(self, epoch: int, forget: Iterable[int] = ()) -> None:
+        """The collector is done with ``epoch``: stop recording it, forget our fenced failed calls."""
         with self._lock:
-            self._part.close_epoch(epoch)
+            self._part.close_epoch(epoch, forget)
 
     def join(self, epoch: int) -> None:
         """Number snapshots from ``epoch`` on without taking part in it (the collector's newest)."""
@@ -399,9 +432,9 @@ class ProcessCore:
         if isinstance(order, TakeSnapshot):
             self.take_snapshot(order.epoch)
         elif isinstance(order, Flush):
-            self.flush(order.epoch)
+            self.flush(order.epoch, order.round, order.fence)
         elif isinstance(order, CloseEpoch):
-            self.close_epoch(order.epoch)
+            self.close_epoch(order.epoch, order.forget)
         else:
             self.join(order.epoch)
 
@@ -436,7 +469,14 @@ class ProcessCore:
         state, state_bytes, errors = self._states.capture()
         self._counters.state_errors += errors
         clock = self._clock.as_dict()
-        return Capture(clock, state, tuple(self.tasks.views()), dict(self._worker_pools), state_bytes)
+        return Capture(
+            clock,
+            state,
+            tuple(self.tasks.views()),
+            dict(self._worker_pools),
+            state_bytes,
+            self._counters.untracked_changes,
+        )
 
     def _emit(self) -> None:
         """Hand what the participant emitted to ``emit``; caller holds the event lock."""

@@ -52,6 +52,9 @@ class Task:
     """The worker pool (server interceptor) a server task runs in."""
     delivery: Any = None
     """The snapshot participant's handle of the request a server task handles (None: untracked)."""
+    untracked: bool = False
+    """A server task whose request came without a (valid) stamp: each of its ``atomic()`` blocks is a
+    state change no cut can place, and is counted."""
 
     def is_idle(self) -> bool:
         return not self.outbound and not self.held_locks and self.waiting_lock is None

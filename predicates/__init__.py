@@ -16,6 +16,7 @@ what operators run). See docs/predicates.md.
 from cutwatch.predicates._api import (
     ERROR,
     FAIL,
+    INCONCLUSIVE,
     PASS,
     Holds,
     Verdict,
@@ -45,6 +46,7 @@ from cutwatch.predicates._results import PredicateResult, check
 __all__ = [
     "ERROR",
     "FAIL",
+    "INCONCLUSIVE",
     "MISSING",
     "PASS",
     "Deadlock",

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 __all__ = [
     "ERROR",
     "FAIL",
+    "INCONCLUSIVE",
     "PASS",
     "Holds",
     "Invariant",
@@ -40,6 +41,9 @@ __all__ = [
 PASS = "PASS"  # noqa: S105 - a status, not a password
 FAIL = "FAIL"
 ERROR = "ERROR"
+INCONCLUSIVE = "INCONCLUSIVE"
+"""Not run: the cut's states hold changes it cannot place (``Cut.untracked``), so no sum over them is
+exact, and a PASS or a FAIL would mean nothing."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 

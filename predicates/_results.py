@@ -18,7 +18,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cutwatch.core import Cut, InTransitMessage
-from cutwatch.predicates._api import ERROR, FAIL, PASS, Holds, Invariant, Violation, _memory, invariants_of
+from cutwatch.predicates._api import (
+    ERROR,
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    Holds,
+    Invariant,
+    Violation,
+    _memory,
+    invariants_of,
+)
 
 __all__ = [
     "DEFAULT_MAX_MEMORY_BYTES",
@@ -72,7 +82,7 @@ class PredicateResult:
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> PredicateResult:
         status = str(doc["status"])
-        if status not in (PASS, FAIL, ERROR):
+        if status not in (PASS, FAIL, ERROR, INCONCLUSIVE):
             raise ValueError(f"not a predicate status: {status!r}")
         witness = doc.get("witness") or {}
         return cls(
@@ -154,8 +164,16 @@ def run_invariant(
     """Run one predicate in this process: its result, and its new memory (None after an ERROR).
 
     The predicate works on a copy of ``state``, so an ERROR leaves the memory
-    as it was. Exceptions (``SystemExit`` too) become an ERROR result.
+    as it was. Exceptions (``SystemExit`` too) become an ERROR result. On a
+    cut with untracked changes it does not run: INCONCLUSIVE, memory as it was.
     """
+    if cut.untracked:
+        changes = ", ".join(f"{process} ({count})" for process, count in sorted(cut.untracked.items()))
+        message = (
+            f"not run: state changed without a stamp during this snapshot at {changes}; the cut cannot "
+            "place such changes, so what its states add up to is not exact"
+        )
+        return PredicateResult(spec.name, INCONCLUSIVE, cut.epoch, message=message), None
     mem: dict[str, Any] = copy.deepcopy(state) if state else {}
     token = _memory.set(mem)
     start = time.perf_counter()

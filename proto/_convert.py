@@ -97,6 +97,7 @@ def event_to_message(event: SnapshotEvent, seq: int) -> pb.AgentMessage:
                 requests_consumed=dict(event.requests_consumed),
                 responses_consumed=dict(event.responses_consumed),
                 worker_pools=dict(event.worker_pools),
+                untracked_changes=event.untracked_changes,
             ),
         )
     if isinstance(event, ChannelRecord):
@@ -122,7 +123,12 @@ def event_to_message(event: SnapshotEvent, seq: int) -> pb.AgentMessage:
             ),
         )
     if isinstance(event, Flushed):
-        return pb.AgentMessage(seq=seq, flushed=pb.Flushed(epoch=event.epoch))
+        return pb.AgentMessage(
+            seq=seq,
+            flushed=pb.Flushed(
+                epoch=event.epoch, round=event.round, untracked_changes=event.untracked_changes
+            ),
+        )
     return pb.AgentMessage(
         seq=seq,
         recording_stopped=pb.RecordingStopped(epoch=event.epoch, reason=event.reason, dropped=event.dropped),
@@ -220,6 +226,7 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
             requests_consumed=dict(snap.requests_consumed),
             responses_consumed=dict(snap.responses_consumed),
             worker_pools=dict(snap.worker_pools),
+            untracked_changes=snap.untracked_changes,
         )
     if body == "channel_record":
         rec = message.channel_record
@@ -245,7 +252,8 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
             raise EventFormatError(f"unknown call outcome {shown(out.outcome, _SHOWN)!r}")
         return CallOutcome(out.epoch, process, out.call_id, out.outcome, out.detail)
     if body == "flushed":
-        return Flushed(message.flushed.epoch, process)
+        flushed = message.flushed
+        return Flushed(flushed.epoch, process, flushed.round, flushed.untracked_changes)
     if body == "recording_stopped":
         stop = message.recording_stopped
         return RecordingStopped(stop.epoch, process, stop.reason or "recording stopped", stop.dropped)
@@ -294,6 +302,7 @@ def registration_to_pb(registration: Registration) -> pb.AgentMessage:
             worker_pools=dict(registration.worker_pools),
             epoch=registration.epoch,
             dropped=registration.dropped,
+            untracked_changes=registration.untracked_changes,
         )
     )
 
@@ -306,6 +315,7 @@ def registration_from_pb(message: pb.Registration) -> Registration:
         worker_pools=dict(message.worker_pools),
         epoch=message.epoch,
         dropped=message.dropped,
+        untracked_changes=message.untracked_changes,
     )
 
 
@@ -313,9 +323,10 @@ def order_to_pb(order: Order) -> pb.ControlMessage:
     if isinstance(order, TakeSnapshot):
         return pb.ControlMessage(take_snapshot=pb.TakeSnapshot(epoch=order.epoch))
     if isinstance(order, Flush):
-        return pb.ControlMessage(flush=pb.Flush(epoch=order.epoch))
+        fence = [pb.CallRef(caller=caller, call_id=call_id) for caller, call_id in order.fence]
+        return pb.ControlMessage(flush=pb.Flush(epoch=order.epoch, round=order.round, fence=fence))
     if isinstance(order, CloseEpoch):
-        return pb.ControlMessage(close_epoch=pb.CloseEpoch(epoch=order.epoch))
+        return pb.ControlMessage(close_epoch=pb.CloseEpoch(epoch=order.epoch, forget=order.forget))
     return pb.ControlMessage(registered=pb.Registered(epoch=order.epoch))
 
 
@@ -325,9 +336,10 @@ def order_from_pb(message: pb.ControlMessage) -> Order | None:
     if body == "take_snapshot":
         return TakeSnapshot(message.take_snapshot.epoch)
     if body == "flush":
-        return Flush(message.flush.epoch)
+        flush = message.flush
+        return Flush(flush.epoch, flush.round, tuple((ref.caller, ref.call_id) for ref in flush.fence))
     if body == "close_epoch":
-        return CloseEpoch(message.close_epoch.epoch)
+        return CloseEpoch(message.close_epoch.epoch, tuple(message.close_epoch.forget))
     if body == "registered":
         return Registered(message.registered.epoch)
     return None

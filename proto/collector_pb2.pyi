@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Registration(_message.Message):
-    __slots__ = ("process_id", "service", "protocol_version", "worker_pools", "epoch", "dropped")
+    __slots__ = ("process_id", "service", "protocol_version", "worker_pools", "epoch", "dropped", "untracked_changes")
     class WorkerPoolsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -21,13 +21,15 @@ class Registration(_message.Message):
     WORKER_POOLS_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
+    UNTRACKED_CHANGES_FIELD_NUMBER: _ClassVar[int]
     process_id: str
     service: str
     protocol_version: int
     worker_pools: _containers.ScalarMap[str, int]
     epoch: int
     dropped: int
-    def __init__(self, process_id: _Optional[str] = ..., service: _Optional[str] = ..., protocol_version: _Optional[int] = ..., worker_pools: _Optional[_Mapping[str, int]] = ..., epoch: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
+    untracked_changes: int
+    def __init__(self, process_id: _Optional[str] = ..., service: _Optional[str] = ..., protocol_version: _Optional[int] = ..., worker_pools: _Optional[_Mapping[str, int]] = ..., epoch: _Optional[int] = ..., dropped: _Optional[int] = ..., untracked_changes: _Optional[int] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("register", "heartbeat", "local_snapshot", "channel_record", "call_outcome", "recording_stopped", "flushed", "goodbye", "seq")
@@ -88,22 +90,40 @@ class TakeSnapshot(_message.Message):
     def __init__(self, epoch: _Optional[int] = ...) -> None: ...
 
 class CloseEpoch(_message.Message):
-    __slots__ = ("epoch",)
+    __slots__ = ("epoch", "forget")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    FORGET_FIELD_NUMBER: _ClassVar[int]
     epoch: int
-    def __init__(self, epoch: _Optional[int] = ...) -> None: ...
+    forget: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, epoch: _Optional[int] = ..., forget: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class CallRef(_message.Message):
+    __slots__ = ("caller", "call_id")
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    caller: str
+    call_id: int
+    def __init__(self, caller: _Optional[str] = ..., call_id: _Optional[int] = ...) -> None: ...
 
 class Flush(_message.Message):
-    __slots__ = ("epoch",)
+    __slots__ = ("epoch", "round", "fence")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
     epoch: int
-    def __init__(self, epoch: _Optional[int] = ...) -> None: ...
+    round: int
+    fence: _containers.RepeatedCompositeFieldContainer[CallRef]
+    def __init__(self, epoch: _Optional[int] = ..., round: _Optional[int] = ..., fence: _Optional[_Iterable[_Union[CallRef, _Mapping]]] = ...) -> None: ...
 
 class Flushed(_message.Message):
-    __slots__ = ("epoch",)
+    __slots__ = ("epoch", "round", "untracked_changes")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    UNTRACKED_CHANGES_FIELD_NUMBER: _ClassVar[int]
     epoch: int
-    def __init__(self, epoch: _Optional[int] = ...) -> None: ...
+    round: int
+    untracked_changes: int
+    def __init__(self, epoch: _Optional[int] = ..., round: _Optional[int] = ..., untracked_changes: _Optional[int] = ...) -> None: ...
 
 class OpenCall(_message.Message):
     __slots__ = ("call_id", "method", "target", "failed")
@@ -126,7 +146,7 @@ class Answering(_message.Message):
     def __init__(self, caller: _Optional[str] = ..., call_id: _Optional[int] = ...) -> None: ...
 
 class LocalSnapshot(_message.Message):
-    __slots__ = ("epoch", "process_id", "clock", "state_json", "tasks_json", "open_calls", "answering", "requests_sent", "responses_sent", "requests_consumed", "responses_consumed", "worker_pools")
+    __slots__ = ("epoch", "process_id", "clock", "state_json", "tasks_json", "open_calls", "answering", "requests_sent", "responses_sent", "requests_consumed", "responses_consumed", "worker_pools", "untracked_changes")
     class ClockEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +194,7 @@ class LocalSnapshot(_message.Message):
     REQUESTS_CONSUMED_FIELD_NUMBER: _ClassVar[int]
     RESPONSES_CONSUMED_FIELD_NUMBER: _ClassVar[int]
     WORKER_POOLS_FIELD_NUMBER: _ClassVar[int]
+    UNTRACKED_CHANGES_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     process_id: str
     clock: _containers.ScalarMap[str, int]
@@ -186,7 +207,8 @@ class LocalSnapshot(_message.Message):
     requests_consumed: _containers.ScalarMap[str, int]
     responses_consumed: _containers.ScalarMap[str, int]
     worker_pools: _containers.ScalarMap[str, int]
-    def __init__(self, epoch: _Optional[int] = ..., process_id: _Optional[str] = ..., clock: _Optional[_Mapping[str, int]] = ..., state_json: _Optional[str] = ..., tasks_json: _Optional[str] = ..., open_calls: _Optional[_Iterable[_Union[OpenCall, _Mapping]]] = ..., answering: _Optional[_Iterable[_Union[Answering, _Mapping]]] = ..., requests_sent: _Optional[int] = ..., responses_sent: _Optional[_Mapping[str, int]] = ..., requests_consumed: _Optional[_Mapping[str, int]] = ..., responses_consumed: _Optional[_Mapping[str, int]] = ..., worker_pools: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    untracked_changes: int
+    def __init__(self, epoch: _Optional[int] = ..., process_id: _Optional[str] = ..., clock: _Optional[_Mapping[str, int]] = ..., state_json: _Optional[str] = ..., tasks_json: _Optional[str] = ..., open_calls: _Optional[_Iterable[_Union[OpenCall, _Mapping]]] = ..., answering: _Optional[_Iterable[_Union[Answering, _Mapping]]] = ..., requests_sent: _Optional[int] = ..., responses_sent: _Optional[_Mapping[str, int]] = ..., requests_consumed: _Optional[_Mapping[str, int]] = ..., responses_consumed: _Optional[_Mapping[str, int]] = ..., worker_pools: _Optional[_Mapping[str, int]] = ..., untracked_changes: _Optional[int] = ...) -> None: ...
 
 class ChannelRecord(_message.Message):
     __slots__ = ("epoch", "sender", "receiver", "method", "kind", "payload_json", "call_id", "attempt")

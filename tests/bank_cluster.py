@@ -10,6 +10,7 @@ process it started in ``close``, also when a test fails.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,13 @@ class BankCluster:
         proc = spawn(self.tmp, self.procs, f"collector-{n}", command)
         return proc, listening_address(proc)
 
-    def start(self, commands: dict[str, list[str]]) -> list[Bank]:
-        """Banks from ``name: command``, peered with each other; returns once each one transfers."""
+    def start(
+        self, commands: dict[str, list[str]], peers: Callable[[list[Bank]], list[str]] | None = None
+    ) -> list[Bank]:
+        """Banks from ``name: command``, peered with each other; returns once each one transfers.
+
+        ``peers`` gives the addresses the banks transfer to, once they serve (default: theirs).
+        """
         banks = [Bank(name, spawn(self.tmp, self.procs, name, command)) for name, command in commands.items()]
         for bank in banks:
             ready = self.ready_file(bank.name)
@@ -57,7 +63,8 @@ class BankCluster:
             wait_until(is_ready, f"{bank.name} to serve and register", START_TIMEOUT, 0.1)
             bank.address = ready.read_text().split()[1]
         partial = self.tmp / "peers.json.partial"
-        partial.write_text(json.dumps([bank.address for bank in banks]))
+        addresses = [bank.address for bank in banks] if peers is None else peers(banks)
+        partial.write_text(json.dumps(addresses))
         partial.replace(self.peers_file)
         for bank in banks:
             bank.process_id = str(self.stats(bank)["process"])

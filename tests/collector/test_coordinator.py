@@ -16,6 +16,7 @@ from cutwatch.collector._coordinator import (
     AgentSession,
     Coordinator,
 )
+from cutwatch.collector._records import cut_from_stored
 from cutwatch.core import (
     REQUEST,
     ChannelRecord,
@@ -109,9 +110,9 @@ def test_completion_waits_for_every_flush_marker_which_comes_behind_earlier_reco
     # so a no longer lists it): the record comes before b's marker, so the cut holds it.
     record = ChannelRecord(epoch, "bank:a", "bank:b", '{"amount": 4}', MsgKey("bank:a", 9, 0, REQUEST))
     send(coordinator, b, record, 2)
-    send(coordinator, b, Flushed(epoch, "bank:b"), 3)
+    send(coordinator, b, Flushed(epoch, "bank:b", 1), 3)
     assert coordinator.running() == (epoch,)
-    send(coordinator, a, Flushed(epoch, "bank:a"), 2)
+    send(coordinator, a, Flushed(epoch, "bank:a", 1), 2)
     cut = coordinator.wait(epoch, 10.0)
     assert cut is not None and cut.status == "COMPLETE", cut and cut.reasons
     assert [(c.sender, c.receiver, c.call_id) for c in cut.in_transit] == [("bank:a", "bank:b", 9)]
@@ -122,7 +123,7 @@ def test_a_gap_in_an_agents_events_makes_its_snapshots_incomplete(coordinator: C
     a = register(coordinator, "bank:a")
     epoch = coordinator.start_snapshot()
     send(coordinator, a, local(epoch, "bank:a", {"bank:a": 1}), 1)
-    send(coordinator, a, Flushed(epoch, "bank:a"), 3)  # event 2 was dropped by the agent
+    send(coordinator, a, Flushed(epoch, "bank:a", 1), 3)  # event 2 was dropped by the agent
     cut = coordinator.wait(epoch, 10.0)
     assert cut is not None and cut.status == "INCOMPLETE"
     assert any(REASON_EVENTS_LOST in reason for reason in cut.reasons), cut.reasons
@@ -158,7 +159,7 @@ def test_a_restarted_coordinator_numbers_above_stored_and_reported_epochs(tmp_pa
         a = register(first, "bank:a")
         epoch = first.start_snapshot()
         send(first, a, local(epoch, "bank:a", {"bank:a": 1}), 1)
-        send(first, a, Flushed(epoch, "bank:a"), 2)
+        send(first, a, Flushed(epoch, "bank:a", 1), 2)
         assert first.wait(epoch, 10.0) is not None
         first.close()
         second = Coordinator(store)
@@ -212,12 +213,37 @@ def test_a_process_that_said_goodbye_or_outstayed_the_grace_is_not_waited_for(tm
         assert "take_snapshot" in orders(a)
         snap = local(epoch, "bank:a", {"bank:a": 1})
         send(coordinator, a, snap, 1)
-        send(coordinator, a, Flushed(epoch, "bank:a"), 2)
+        send(coordinator, a, Flushed(epoch, "bank:a", 1), 2)
         cut = coordinator.wait(epoch, 5.0)
         assert cut is not None and cut.status == "COMPLETE", cut
+        # Complete for what it covers, and it says so: c left without a goodbye and did not come back,
+        # so it is named; b said goodbye, so it is not.
+        assert cut.covers == ("bank:a",)
+        (gone,) = cut.left_out
+        assert (gone.process, gone.service) == ("bank:c", "bank") and "without a goodbye" in gone.why
+        assert store.get_cut(epoch) == cut  # kept as it was
+        document = cut_from_stored(cut).to_json()
+        assert document["covers"] == ["bank:a"]
+        assert document["left_out"] == [{"process": "bank:c", "service": "bank", "why": gone.why}]
     finally:
         coordinator.close()
         store.close()
+
+
+def test_a_process_that_registers_while_a_snapshot_runs_is_named_left_out(
+    coordinator: Coordinator,
+) -> None:
+    a = register(coordinator, "bank:a")
+    epoch = coordinator.start_snapshot()
+    register(coordinator, "bank:late")
+    send(coordinator, a, local(epoch, "bank:a", {"bank:a": 1}), 1)
+    send(coordinator, a, Flushed(epoch, "bank:a", 1), 2)
+    cut = coordinator.wait(epoch, 5.0)
+    assert cut is not None and cut.status == "COMPLETE"
+    assert cut.covers == ("bank:a",)
+    assert [(o.process, o.why) for o in cut.left_out] == [
+        ("bank:late", "registered after the snapshot started")
+    ]
 
 
 def test_a_restarted_coordinator_expects_the_processes_of_the_newest_cut(tmp_path: Path) -> None:
@@ -228,7 +254,7 @@ def test_a_restarted_coordinator_expects_the_processes_of_the_newest_cut(tmp_pat
     for session in (a, b):
         send(first, session, local(epoch, session.process, {session.process: 1}), 1)
     for session in (a, b):
-        send(first, session, Flushed(epoch, session.process), 2)
+        send(first, session, Flushed(epoch, session.process, 1), 2)
     stored = first.wait(epoch, 5.0)
     assert stored is not None and stored.status == "COMPLETE"
     first.close()

@@ -176,7 +176,8 @@ class RawAgent:
                 return order
 
     def finish(self, epoch: int) -> None:
-        """Answer the flush of ``epoch`` if it comes; return once ``epoch`` is over (or the stream is)."""
+        """Answer every flush round of ``epoch``, as an agent does; return once ``epoch`` is over (or
+        the stream is)."""
         deadline = time.monotonic() + TIMEOUT
         while True:
             order = self._next(deadline, f"snapshot {epoch} never ended")
@@ -184,9 +185,8 @@ class RawAgent:
                 return
             body = order.WhichOneof("body")
             if body == "flush" and order.flush.epoch == epoch:
-                self.send(flushed=pb.Flushed(epoch=epoch))
-                return
-            if body == "close_epoch" and order.close_epoch.epoch == epoch:
+                self.send(flushed=pb.Flushed(epoch=epoch, round=order.flush.round))
+            elif body == "close_epoch" and order.close_epoch.epoch == epoch:
                 return
 
     def registered(self) -> bool:
@@ -309,8 +309,15 @@ class World:
             epochs[raw] = epoch = raw.order("take_snapshot").take_snapshot.epoch
             for piece in pieces(epoch):
                 raw.send(**piece)
-        for raw, epoch in epochs.items():
-            raw.finish(epoch)
+        # Each raw agent answers every flush round until the epoch closes, all at once, as agents do.
+        finishing = [
+            threading.Thread(target=raw.finish, args=(epoch,), name="finish", daemon=True)
+            for raw, epoch in epochs.items()
+        ]
+        for finisher in finishing:
+            finisher.start()
+        for finisher in finishing:
+            finisher.join(TIMEOUT + 20)
         thread.join(TIMEOUT + 20)
         assert not thread.is_alive(), "the snapshot never returned"
         (reply,) = replies

@@ -25,15 +25,6 @@ TIMEOUT = 30.0
 
 
 @pytest.fixture
-def collector(tmp_path: Path) -> Iterator[CollectorServer]:
-    server = CollectorServer(tmp_path / "cuts.db", listen="127.0.0.1:0", snapshot_timeout=10.0).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def ledgers(collector: CollectorServer) -> Iterator[Callable[..., Ledger]]:
     made: list[Ledger] = []
 

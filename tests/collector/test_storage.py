@@ -21,7 +21,7 @@ from cutwatch.collector import (
     StoredResult,
     _sqlite,
 )
-from cutwatch.collector._records import stored_from_assembled
+from cutwatch.collector._records import cut_from_stored, stored_from_assembled
 from cutwatch.collector._sqlite import _MIGRATIONS, SCHEMA_VERSION
 from cutwatch.core import (
     OUTCOME_FAILED,
@@ -172,14 +172,15 @@ def test_assembled_cut_is_stored_with_counters_services_calls_and_truncation(
     # Call 1's first attempt is being answered at b while its retry is in transit to b: a duplicate.
     record = ChannelRecord(4, a, b, '{"z": 1, "a": [1, 2]}', MsgKey(a, 1, 2, "request"), "/m/Credit")
     assembler = CutAssembler(4, [a, b])
+    assembler.add(snap_a)
+    assembler.add(snap_b)
+    assert assembler.next_flush() == (1, ())  # the collector asks for a flush round
     for event in (
-        snap_a,
-        snap_b,
         record,
-        CallOutcome(4, a, 2, OUTCOME_FAILED, "UNAVAILABLE"),
+        CallOutcome(4, a, 2, OUTCOME_FAILED, "UNAVAILABLE"),  # failed after it: not fenced yet
         RecordingStopped(4, b, "recording truncated", 3),
-        Flushed(4, a),
-        Flushed(4, b),
+        Flushed(4, a, 1),
+        Flushed(4, b, 1),
     ):
         assembler.add(event)
     assembled = assembler.finish()
@@ -675,6 +676,32 @@ def test_a_version_1_file_is_migrated_keeping_its_cuts(tmp_path: Path) -> None:
         store.save_cut(make_cut(1))
         store.save_results(1, [StoredResult(1, "p", "PASS")])
         assert store.results(1) == [StoredResult(1, "p", "PASS")]
+    finally:
+        store.close()
+    assert raw_rows(path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+
+
+def test_a_version_2_file_is_migrated_and_its_cuts_cover_their_states_and_missing(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the version 2 schema, before cuts said what they cover
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version (version) VALUES (2)")
+        for _, statements in _MIGRATIONS[:2]:
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute(
+            "INSERT INTO cuts VALUES (1, 'INCOMPLETE', 1.0, 2.0, ?, ?, '[]', '[]')",
+            (json.dumps(["no local snapshot from b:1"]), json.dumps(["b:1"])),
+        )
+        conn.execute("INSERT INTO local_states VALUES (1, 'a:1', 'a', '{}', '{}', '[]', '{}', '{}', 0, '{}')")
+    conn.close()
+    store = SqliteCutStore(path)
+    try:
+        old = store.get_cut(1)
+        assert old is not None and (old.covers, old.left_out) == ((), ())
+        assert cut_from_stored(old).covers == ("a:1", "b:1")  # what it has states for, and what it missed
+        store.save_cut(make_cut(2))
+        assert store.get_cut(2) == make_cut(2)
     finally:
         store.close()
     assert raw_rows(path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]

@@ -37,8 +37,6 @@ from reliability.partition import Partition
 SERVICE_SCRIPT = Path(__file__).resolve().parent / "fault_bank.py"
 INITIAL = 1000
 SNAPSHOT_TIMEOUT = 30.0
-ABANDONED_GRACE = 2.0
-"""The agent's default ``abandoned_grace``: how long a failed call keeps cuts that span it open."""
 REJOIN_GRACE = 2.0
 """The collector's ``--rejoin-grace`` where a test needs a dead process forgotten soon."""
 REASON_DISCONNECTED = "disconnected from the collector"
@@ -237,14 +235,13 @@ def test_agent_killed_between_its_local_snapshot_and_its_flush_marker(
         assert names(cut, victim.process_id), (cut.missing, cut.reasons)
         assert any(REASON_DISCONNECTED in r and victim.process_id in r for r in cut.reasons), cut.reasons
 
-        # The survivors drop the dead peer at their first failed Credit to it; once those failures
-        # are older than the grace, nothing of the victim holds a cut open.
+        # The survivors drop the dead peer at their first failed Credit to it; the next snapshot fences
+        # those failed calls, so nothing of the victim holds a cut open.
         for bank in survivors:
             wait_until(
                 lambda bank=bank: cluster.stats(bank)["peers_alive"] == len(survivors) - 1,
                 f"{bank.name} to drop the dead peer",
             )
-        time.sleep(ABANDONED_GRACE + 1.0)
         wait_until(lambda: not client.status()["absent"], "the collector to stop expecting the victim back")
         nxt = client.snapshot(timeout=SNAPSHOT_TIMEOUT)
         status = client.status()

@@ -29,10 +29,10 @@ from cutwatch.collector._sessions import EXPECTED_KEY, AgentSession
 from cutwatch.core import (
     REQUEST,
     RESPONSE,
+    Flush,
     Flushed,
     Goodbye,
     Heartbeat,
-    LocalSnapshot,
     Outbound,
     Registration,
 )
@@ -192,7 +192,8 @@ class Cluster:
 
     ``consumption_rule=False`` counts a request consumed at delivery while its
     credit comes later (the bug the rule prevents); ``flush_barrier=False``
-    hands the collector a flush marker right behind each local snapshot;
+    hands the collector every participant's flush marker as soon as it asks
+    for a round, without waiting for the agents;
     ``honour_stamp_epoch=False`` delivers messages as an agent that ignores
     the epoch in their stamps would (no local snapshot first). Every process
     registers and reads the collector's first order before anything else
@@ -205,7 +206,6 @@ class Cluster:
         initial: int,
         *,
         deadline: int = 30,
-        grace: int = 10,
         rejoin: int = 10,
         silent: int = 15,
         consumption_rule: bool = True,
@@ -222,14 +222,15 @@ class Cluster:
         self.flush_barrier = flush_barrier
         self.now = 0
         self.store = SqliteCutStore(":memory:")
-        self.nodes = {
-            f"p{i}": Node(SimProcess(f"p{i}", initial, now=self._now, abandoned_grace=float(grace)))
-            for i in range(n)
-        }
+        self.nodes = {f"p{i}": Node(SimProcess(f"p{i}", initial, now=self._now)) for i in range(n)}
         self.pids = list(self.nodes)
         self.network: list[Packet] = []
         self.messages: list[Message] = []
         self.minted: list[tuple[str, int, int]] = []  # (process, epoch, amount) of requests applied again
+        self.held: list[tuple[int, Packet]] = []  # (step it comes back, packet) of requests a proxy holds
+        self.refused = 0
+        self.late_delivered = 0
+        self._faked: set[tuple[int, int, str]] = set()
         self.notices: list[tuple[int, str, int]] = []  # (due step, caller, call id) of failing calls
         self.finished: list[Finished] = []
         self._unclaimed: list[StoredCut] = []
@@ -352,9 +353,20 @@ class Cluster:
         assert not isinstance(event, (Heartbeat, Goodbye))
         self.coordinator.on_message(node.session, *agent_message_from_pb(event_to_message(event, seq), pid))
         node.heard = self.now
-        if not self.flush_barrier and isinstance(event, LocalSnapshot):
-            self.coordinator.on_message(node.session, seq, Flushed(event.epoch, pid))
+        if not self.flush_barrier:
+            self._fake_markers()
         return True
+
+    def _fake_markers(self) -> None:
+        """Markers for every flush round the collector just asked for, as if every agent had flushed."""
+        for node in self.nodes.values():
+            if not node.connected:
+                continue
+            assert node.session is not None
+            for order in list(node.session.outbox.queue):
+                if isinstance(order, Flush) and (order.epoch, order.round, node.pid) not in self._faked:
+                    self._faked.add((order.epoch, order.round, node.pid))
+                    self.coordinator.on_message(node.session, 0, Flushed(order.epoch, node.pid, order.round))
 
     def order(self, pid: str) -> bool:
         """The agent carries out the collector's next order, as ``Agent`` does."""
@@ -446,6 +458,11 @@ class Cluster:
         self.clock.now = float(self.now)
         due = sorted(n for n in self.notices if n[0] <= self.now)
         self.notices = [n for n in self.notices if n[0] > self.now]
+        back = [packet for when, packet in self.held if when <= self.now]
+        self.held = [(when, packet) for when, packet in self.held if when > self.now]
+        for packet in back:
+            if self.nodes[packet.msg.receiver].alive:
+                self.network.append(packet)
         for _, caller, call_id in due:
             node = self.nodes[caller]
             if node.alive and call_id in node.calls:
@@ -500,16 +517,28 @@ class Cluster:
         assert node.alive, "messages to a dead process leave the network when it dies"
         stamp = msg.stamp if self.honour_stamp_epoch else without_epoch(msg.stamp)
         if msg.kind == RESPONSE:
-            assert msg.call_id in node.calls, "an answer only comes to a call that is waiting for it"
+            if msg.call_id not in node.calls:
+                # The call failed already (its request came back late): gRPC hands the application no
+                # late answer, and its tokens are gone.
+                msg.lost = True
+                return packet
             outbound, _ = node.calls.pop(msg.call_id)
             process.receive(outbound, stamp, msg.amount)  # received and applied at once
             msg.applied = process.epoch
         else:
             handler = process.deliver(stamp, json.dumps(msg.amount))
+            if handler.refused:
+                # Its caller gave the call up and a snapshot fenced it: never run, the tokens are gone.
+                self.refused += 1
+                self._emit(node)
+                return packet
             assert handler.duplicate == packet.copy, "a repeat is recognised by its key, and only a repeat"
             if not self.consumption_rule and not packet.copy:
                 process.apply(handler, 0)  # enters atomic() before applying anything: consumed now
             node.handlers.append(Serving(handler, packet))
+            if msg.lost and not packet.copy:  # a held request came back before any fence
+                msg.lost = False
+                self.late_delivered += 1
             msg.delivered = True
         self._emit(node)
         return packet
@@ -523,6 +552,19 @@ class Cluster:
             msg = packet.msg
             msg.lost = True
             self.notices.append((self.now + notice, msg.caller, msg.call_id))
+        return packet
+
+    def hold(self, index: int, notice: int, delay: int) -> Packet | None:
+        """A proxy holds a request: its caller's call fails ``notice`` steps later, and the request comes
+        back ``delay`` steps after that (refused if a snapshot fenced the call meanwhile)."""
+        requests = [i for i, p in enumerate(self.network) if p.msg.kind == REQUEST and not p.copy]
+        if not requests:
+            return None
+        packet = self.network.pop(requests[index % len(requests)])
+        msg = packet.msg
+        msg.lost = True
+        self.notices.append((self.now + notice, msg.caller, msg.call_id))
+        self.held.append((self.now + notice + delay, packet))
         return packet
 
     def duplicate(self, index: int, applies: bool) -> Message | None:

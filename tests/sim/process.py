@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cutwatch.core import ChannelPeer, Delivery, Inbound, Outbound, ProcessCore, SnapshotEvent
+from cutwatch.core import ChannelPeer, Delivery, Inbound, Outbound, ProcessCore, Refused, SnapshotEvent
 from cutwatch.core._wire import encode_stamp, parse_stamp
 
 METHOD = "/bank.Bank/Transfer"
@@ -40,12 +40,17 @@ class Handler:
     """A server task from delivery until it answers, in a context of its own (a handler thread)."""
 
     context: contextvars.Context
-    inbound: Inbound | None
+    inbound: Inbound | Refused | None
+
+    @property
+    def refused(self) -> bool:
+        """The request was not run: its caller gave the call up and a snapshot fenced it."""
+        return isinstance(self.inbound, Refused)
 
     @property
     def delivery(self) -> Delivery | None:
-        """The participant's handle of the request (None: it arrived without a stamp)."""
-        if self.inbound is None:
+        """The participant's handle of the request (None: it arrived without a stamp, or was refused)."""
+        if not isinstance(self.inbound, Inbound):
             return None
         delivery = self.inbound.task.delivery
         return delivery if isinstance(delivery, Delivery) else None
@@ -87,11 +92,14 @@ class SimProcess:
         return out
 
     # The application and its gRPC calls ------------------------------------------------------
-    def send(self, targets: tuple[str, ...], amount: int) -> tuple[Outbound, bytes]:
+    def send(
+        self, targets: tuple[str, ...], amount: int, *, uninstrumented: bool = False
+    ) -> tuple[Outbound, bytes]:
         """A transfer: debit ``amount`` and send a request to one of ``targets`` in one ``atomic()``
         block, from an application thread of its own; the channel is ``targets``' (a load
-        balancer picks the server)."""
-        channel = self._channels.setdefault(targets, ChannelPeer())
+        balancer picks the server), ``uninstrumented`` when the application knows no agent runs
+        behind it."""
+        channel = self._channels.setdefault(targets, ChannelPeer(uninstrumented=uninstrumented))
 
         def transfer() -> tuple[Outbound, bytes] | None:
             with self.core.atomic():
@@ -103,7 +111,7 @@ class SimProcess:
         return started
 
     def deliver(self, stamp: bytes | None, payload: str, *, attempt: int = 0) -> Handler:
-        """A request reaches a handler, which runs in a context of its own."""
+        """A request reaches a handler, which runs in a context of its own (unless it is refused)."""
         context = contextvars.Context()
         inbound = context.run(self.core.begin_handler, METHOD, stamp, attempt, self.pool, payload)
         return Handler(context, inbound)
@@ -123,7 +131,8 @@ class SimProcess:
         def debit_and_return() -> bytes | None:
             with self.core.atomic():
                 self.balance -= refund
-            return None if handler.inbound is None else self.core.end_handler(handler.inbound)
+            inbound = handler.inbound
+            return self.core.end_handler(inbound) if isinstance(inbound, Inbound) else None
 
         return handler.context.run(debit_and_return)
 

@@ -90,6 +90,7 @@ def configs(
     lossy: Flag = False,
     uninstrumented: Flag = False,
     bounded: Flag = False,
+    stripping: Flag = False,
     **fixed: object,
 ) -> SimConfig:
     """A random world. Each feature is on (True), off (False) or drawn (None); ``fixed`` sets fields."""
@@ -98,7 +99,6 @@ def configs(
         return draw(st.booleans()) if flag is None else flag
 
     n = draw(st.integers(2, 6))
-    grace = draw(st.integers(0, 40))
     values: dict[str, object] = {
         "n": n,
         "steps": draw(st.integers(0, 160)),
@@ -106,7 +106,6 @@ def configs(
         "snapshot_percent": draw(st.integers(1, 12)),
         "initial": draw(st.integers(1, 50)),
         "balanced": draw(st.booleans()),
-        "abandoned_grace": grace,
         "report_deadline": draw(st.none() | st.integers(1, 30)),
     }
     if on(duplicates):
@@ -121,6 +120,11 @@ def configs(
     if on(lossy):
         values["lose_percent"] = draw(st.integers(1, 40))
         values["notice_delay"] = draw(st.integers(1, 30))
+        values["late_percent"] = draw(st.integers(0, 60))
+        values["late_delay"] = draw(st.integers(1, 40))
+    if on(stripping):
+        pairs = [(a, b) for a in range(n) for b in range(n) if a != b]
+        values["strip"] = draw(st.frozensets(st.sampled_from(pairs), min_size=1, max_size=3))
     if on(bounded):
         values["max_records"] = draw(st.integers(0, 3))
         values["max_open_epochs"] = draw(st.integers(1, 3))
@@ -129,19 +133,21 @@ def configs(
     return SimConfig(**values)  # type: ignore[arg-type]
 
 
-ANYTHING = configs(duplicates=None, stalled=None, lazy=None, lossy=None, uninstrumented=None, bounded=None)
+ANYTHING = configs(
+    duplicates=None, stalled=None, lazy=None, lossy=None, uninstrumented=None, bounded=None, stripping=None
+)
 
 
 def random_config(rng: random.Random) -> SimConfig:
     """A world for seeded runs, with every feature drawn (the same ranges as :func:`configs`)."""
     n = rng.randint(2, 6)
     pairs = [(a, b) for a in range(n) for b in range(n) if a != b]
-    grace = rng.randint(0, 40)
     lossy = rng.random() < 0.4
     bounded = rng.random() < 0.15
     stalled = rng.sample(pairs, rng.randint(1, min(3, len(pairs)))) if rng.random() < 0.2 else []
     lazy = rng.sample(range(n), 1) if rng.random() < 0.2 else []
     uninstrumented = rng.sample(range(n), rng.randint(1, n - 1)) if rng.random() < 0.3 else []
+    strip = rng.sample(pairs, rng.randint(1, min(3, len(pairs)))) if rng.random() < 0.2 else []
     return SimConfig(
         n=n,
         steps=rng.randint(0, 160),
@@ -151,11 +157,13 @@ def random_config(rng: random.Random) -> SimConfig:
         duplicate_percent=rng.choice([0, 0, rng.randint(1, 40)]),
         lose_percent=rng.randint(1, 40) if lossy else 0,
         notice_delay=rng.randint(1, 30),
-        abandoned_grace=grace,
+        late_percent=rng.randint(0, 60) if lossy else 0,
+        late_delay=rng.randint(1, 40),
         report_deadline=rng.choice([None, rng.randint(1, 30)]),
         stalled=frozenset(stalled),
         lazy=frozenset(lazy),
         uninstrumented=frozenset(uninstrumented),
+        strip=frozenset(strip),
         max_records=rng.randint(0, 3) if bounded else 10_000,
         max_open_epochs=rng.randint(1, 3) if bounded else 8,
         balanced=rng.random() < 0.5,
@@ -173,16 +181,23 @@ def stopped(cut: AssembledCut) -> bool:
     return any(reason.startswith(STOPS) for reason in cut.reasons)
 
 
+def untracked(cut: AssembledCut) -> bool:
+    """Flagged: its states may hold changes no cut can place, so its sums are inconclusive."""
+    return bool(cut.untracked)
+
+
 def unbounded(cfg: SimConfig) -> bool:
     return cfg.max_records == SimConfig.max_records and cfg.max_open_epochs == SimConfig.max_open_epochs
 
 
 def assert_exact(result: SimResult, epoch: int) -> None:
-    """A COMPLETE cut: every participant, conservation, clocks, and in-transit equal to the ground truth."""
+    """A COMPLETE cut: every participant, clocks, in-transit equal to the ground truth, and, unless it is
+    flagged for untracked changes, conservation."""
     cut = result.cuts[epoch]
     assert cut.status == "COMPLETE"
     assert set(cut.states) == set(result.participants)
-    assert token_sum(cut) == result.expected_tokens[epoch]
+    if not untracked(cut):
+        assert token_sum(cut) == result.expected_tokens[epoch]
     assert_clocks_consistent(cut)
     keys = [record_truth(record) for record in cut.in_transit]
     assert len(keys) == len(set(keys))
@@ -196,6 +211,12 @@ def assert_cuts(result: SimResult) -> None:
         assert cut.duplicates == ()  # repeats to one receiver are dropped there, never settle twice
         if cut.status == "COMPLETE":
             assert_exact(result, epoch)
+        if untracked(cut):
+            # Only a hop that strips stamps makes untracked changes in these worlds, or a channel
+            # balanced over servers with and without an agent (an answer without a stamp on a channel
+            # that led to an agent before).
+            cfg = result.config
+            assert result.stripped or (cfg.balanced and cfg.uninstrumented)
         if stopped(cut):
             assert cut.status == "INCOMPLETE"
             continue
@@ -205,11 +226,12 @@ def assert_cuts(result: SimResult) -> None:
         assert {(call.caller, call.call_id) for call in cut.unsettled} == expected
         assert cut.status == ("INCOMPLETE" if expected else "COMPLETE")
         for call in cut.unsettled:
-            assert call.failed == (FAILURE if (call.caller, call.call_id) in result.failed_calls else "")
+            assert call.failed == ""  # a call its caller saw fail is fenced, and so settled
             assert call.method == METHOD
         if cut.unsettled:
             assert cut.unsettled[0].describe() in cut.reasons[-1]
-    if not result.stuck and not result.lost and unbounded(result.config):
+    if not result.stuck and not result.stripped and unbounded(result.config):
+        # Lost and late messages cost no cut: their failed calls are fenced.
         assert all(cut.status == "COMPLETE" for cut in result.cuts.values())
 
 
@@ -257,16 +279,16 @@ def test_stuck_messages_keep_the_cuts_they_span_incomplete_and_are_named(
 
 @sim(300)
 @given(configs(lossy=True, uninstrumented=None), RANDOMS)
-def test_lost_messages_are_gone_and_calls_that_failed_recently_are_named(
-    cfg: SimConfig, rng: random.Random
-) -> None:
+def test_lost_and_late_requests_are_fenced_and_no_cut_misses_one(cfg: SimConfig, rng: random.Random) -> None:
+    """A call that failed at its caller is fenced: every cut completes, and a request held past its
+    caller's failure is delivered only if no cut said it never was (refused otherwise)."""
     result = simulate(cfg, rng)
     assert_cuts(result)
+    assert all(cut.status == "COMPLETE" for cut in result.cuts.values())
     for epoch, cut in result.cuts.items():
         lost = sum(msg.amount for msg in result.lost if msg.stamped and msg.epoch < epoch)
-        if cut.status == "COMPLETE" and not cfg.uninstrumented:
+        if not cfg.uninstrumented:
             assert token_sum(cut) == result.total - lost
-        assert all(call.failed == FAILURE for call in cut.unsettled)
 
 
 @sim(200)
@@ -288,6 +310,14 @@ def test_calls_to_uninstrumented_servers_settle_by_their_unstamped_answers(
     for cut in result.cuts.values():
         assert not set(cut.states) & {f"p{i}" for i in cfg.uninstrumented}
         assert all({r.sender, r.receiver} <= set(result.participants) for r in cut.in_transit)
+
+
+@sim(300)
+@given(configs(stripping=True, lossy=None, lazy=None, uninstrumented=None), RANDOMS)
+def test_hops_that_strip_stamps_never_leave_a_wrong_complete_cut(cfg: SimConfig, rng: random.Random) -> None:
+    """A message that lost its stamp is placed by nobody: the state changes it causes are counted at
+    their process, and a cut over which a count grew is flagged, never COMPLETE, unflagged and wrong."""
+    assert_cuts(simulate(cfg, rng))
 
 
 @sim(250)
@@ -315,9 +345,11 @@ def settlements(cut: AssembledCut, failed: set[tuple[str, int]]) -> Counter[str]
                 ways["response record"] += 1
             elif ref in answering:
                 ways["answering"] += 1
+            elif ref in failed:
+                ways["fenced"] += 1  # failed at its caller, delivered nowhere before the fence
             else:
                 ways["unstamped answer"] += 1  # the only other way a COMPLETE cut settles a call
-            ways["failed, settled anyway"] += ref in failed
+            ways["failed, settled by a record"] += ref in failed and (ref in requests or ref in answering)
     return ways
 
 
@@ -332,14 +364,18 @@ def test_thousands_of_seeded_worlds_exercise_every_rule() -> None:
         seen["balanced deliveries"] += result.balanced_deliveries
         seen["duplicates"] += result.duplicates_reported
         seen["unstamped calls"] += result.unstamped_calls
+        seen["late requests refused"] += result.refused
+        seen["late requests delivered before any fence"] += result.late_delivered
+        seen["stamps stripped"] += result.stripped
         for epoch, cut in result.cuts.items():
             if cut.status == "COMPLETE":
                 seen["complete"] += 1
                 seen.update(settlements(cut, result.failed_calls))
-                # A lost message sent before the cut, yet the cut completed: its call left the open set.
+                # A lost message sent before the cut, yet the cut completed: its call was fenced.
                 seen["complete after a loss"] += any(m.stamped and m.epoch < epoch for m in result.lost)
-            elif any(call.failed for call in cut.unsettled):
-                seen["incomplete, naming a failed call"] += 1
+                seen["complete in a world that strips stamps"] += result.stripped > 0
+                seen["flagged for untracked changes"] += untracked(cut)
+                seen["flagged, and its sum is off"] += untracked(cut) and not conserved(cut, result)
             elif cut.unsettled:
                 seen["incomplete, naming a stuck call"] += 1
     minimum = {
@@ -348,10 +384,16 @@ def test_thousands_of_seeded_worlds_exercise_every_rule() -> None:
         "response record": 500,
         "answering": 500,
         "unstamped answer": 100,
-        "failed, settled anyway": 20,
+        "fenced": 100,
+        "failed, settled by a record": 20,
+        "late requests refused": 20,
+        "late requests delivered before any fence": 20,
         "complete after a loss": 50,
-        "incomplete, naming a failed call": 50,
         "incomplete, naming a stuck call": 50,
+        "stamps stripped": 200,
+        "flagged for untracked changes": 50,
+        "flagged, and its sum is off": 5,
+        "complete in a world that strips stamps": 50,
         "balanced deliveries": 5000,
         "duplicates": 1000,
         "unstamped calls": 1000,
@@ -361,7 +403,10 @@ def test_thousands_of_seeded_worlds_exercise_every_rule() -> None:
 
 # Broken protocols are caught --------------------------------------------------------------------
 def violates_conservation(result: SimResult) -> bool:
-    return any(c.status == "COMPLETE" and not conserved(c, result) for c in result.cuts.values())
+    """A COMPLETE cut, not flagged for untracked changes, whose tokens do not add up: a wrong answer."""
+    return any(
+        c.status == "COMPLETE" and not untracked(c) and not conserved(c, result) for c in result.cuts.values()
+    )
 
 
 def test_without_the_consumption_rule_fixed_seeds_lose_tokens() -> None:
@@ -377,18 +422,78 @@ def test_without_the_consumption_rule_fixed_seeds_lose_tokens() -> None:
 
 
 def test_without_flush_markers_a_failed_calls_late_record_is_missed() -> None:
-    # A call fails (its answer was lost); its caller's cut comes more than the grace later and
-    # no longer lists it, while the server's record of its request is still on its way.
+    # A call fails (its request held, or its answer lost); a collector that takes the fence as done
+    # without waiting for the markers settles the call while a record of its request, made before
+    # the fence, is still on its way, and the cut completes without it.
     lossy = SimConfig(
         n=3, steps=90, initial=40, max_epochs=5, snapshot_percent=8, lose_percent=35, notice_delay=6,
-        abandoned_grace=3, flush_barrier=False,
+        late_percent=50, late_delay=10, flush_barrier=False,
     )  # fmt: skip
-    for seed in (2728, 5385):
+    for seed in (0, 2, 3):
         result = simulate(lossy, random.Random(seed))
         with pytest.raises(AssertionError):
             assert_cuts(result)
         # With the barrier, the same worlds are exact.
         assert_cuts(simulate(dataclasses.replace(lossy, flush_barrier=True), random.Random(seed)))
+
+
+def wrong(example: tuple[SimConfig, int]) -> bool:
+    """Whether the world ``example`` (a config and a seed) has a cut the oracle rejects."""
+    try:
+        assert_cuts(simulate(example[0], random.Random(example[1])))
+    except AssertionError:
+        return True
+    return False
+
+
+def find_wrong_world(worlds: st.SearchStrategy[SimConfig]) -> tuple[SimConfig, int]:
+    """A world of ``worlds`` and a seed whose run the oracle rejects, found (and shrunk) by hypothesis."""
+    return find(
+        st.tuples(worlds, st.integers(0, 2**32 - 1)),
+        wrong,
+        settings=settings(max_examples=2000, database=None, deadline=None),
+        random=random.Random(0),
+    )
+
+
+def test_without_fences_hypothesis_finds_a_late_request_that_a_complete_cut_missed() -> None:
+    """A collector that settles failed calls without having the receivers refuse them: a request held
+    past its caller's failure and applied after the cut is missing from it."""
+    worlds = configs(lossy=True, fences=False, late_percent=st.integers(50, 100))
+    cfg, seed = find_wrong_world(worlds)
+    result = simulate(cfg, random.Random(seed))
+    assert result.late_delivered > 0  # what it missed is a request delivered late, not refused
+    # The same world with fences is exact: the late request is refused, or recorded before the cut ends.
+    assert_cuts(simulate(dataclasses.replace(cfg, fences=True), random.Random(seed)))
+
+
+def test_without_untracked_counts_hypothesis_finds_a_stripped_message_a_complete_cut_missed() -> None:
+    """A collector that ignores the agents' counts of untracked changes: a message whose stamp a hop
+    dropped crosses a cut unseen, and the cut is COMPLETE and wrong."""
+    worlds = configs(stripping=True, untracked_check=False)
+    cfg, seed = find_wrong_world(worlds)
+    result = simulate(cfg, random.Random(seed))
+    assert result.stripped > 0 and violates_conservation(result)
+    # The same world, counts read: exact.
+    assert_cuts(simulate(dataclasses.replace(cfg, untracked_check=True), random.Random(seed)))
+
+
+def test_a_stripped_request_delivered_after_its_caller_gave_up_is_the_gap_that_remains() -> None:
+    """What no rule covers (docs/snapshot-design.md): a request that lost its stamp and comes late
+    carries nothing to refuse it by, so the fence of its failed call cannot stop it, and the cut that
+    settled the call by that fence misses its credit. Its change is counted at its receiver, after
+    the cut; hypothesis finds such a world only when held requests may take a stripping route."""
+    worlds = configs(stripping=True, lossy=True, late_stripped=True, late_percent=st.integers(50, 100))
+    cfg, seed = find_wrong_world(worlds)
+    result = simulate(cfg, random.Random(seed))
+    assert result.late_delivered > 0 and result.stripped > 0
+    # Unflagged: the change came after the cut had completed.
+    bad = [
+        c
+        for c in result.cuts.values()
+        if c.status == "COMPLETE" and not untracked(c) and not conserved(c, result)
+    ]
+    assert bad and all(token_sum(cut) < result.expected_tokens[cut.epoch] for cut in bad)
 
 
 def test_without_the_consumption_rule_hypothesis_finds_a_complete_cut_that_loses_tokens() -> None:
@@ -430,9 +535,12 @@ def test_ignoring_stamp_epochs_is_caught_by_the_collector() -> None:
 
 # Assembler and participant, by hand ----------------------------------------------------------
 def flush_all(assembler: CutAssembler) -> None:
-    """Every participant's flush marker, for tests about something else than flushing."""
+    """The flush round the collector asks for once every local snapshot is in, and every participant's
+    marker of it, for tests about something else than flushing (the markers travel behind everything)."""
+    due = assembler.next_flush()
+    assert due is not None, "a flush round is asked for once every local snapshot is in"
     for process in assembler.participants:
-        assembler.add(Flushed(assembler.epoch, process))
+        assembler.add(Flushed(assembler.epoch, process, due[0]))
 
 
 def key(sender: str, call: int, kind: str = "request") -> MsgKey:
@@ -464,7 +572,6 @@ def nothing() -> Capture:
 
 def test_a_receive_without_its_send_is_an_inconsistent_cut() -> None:
     assembler = CutAssembler(1, ["a", "b"])
-    flush_all(assembler)  # the markers travel behind everything; see the flush test
     # a's cut is before its send (a: 1); b's cut is after receiving it (knows a: 2).
     assembler.add_local(local(1, "a", {"a": 1}))
     assembler.add_local(local(1, "b", {"a": 2, "b": 3}))
@@ -476,7 +583,6 @@ def test_a_receive_without_its_send_is_an_inconsistent_cut() -> None:
 
 def test_the_vector_clock_check_alone_rejects_a_cut_whose_calls_all_settle() -> None:
     assembler = CutAssembler(1, ["a", "b"])
-    flush_all(assembler)  # the markers travel behind everything; see the flush test
     assembler.add_local(local(1, "a", {"a": 1}, open_calls=(call(1),)))
     assembler.add_local(local(1, "b", {"a": 4, "b": 2}))
     assembler.add_record(ChannelRecord(1, "a", "b", "1", key("a", 1)))
@@ -495,30 +601,38 @@ SETTLERS: dict[str, SnapshotEvent] = {
 @pytest.mark.parametrize("way", list(SETTLERS))
 def test_an_open_call_is_settled_by_each_of_the_four_ways(way: str) -> None:
     assembler = CutAssembler(1, ["a", "b"])
-    flush_all(assembler)  # the markers travel behind everything; see the flush test
     assembler.add_local(local(1, "a", {"a": 2}, open_calls=(call(1),)))
     settler = SETTLERS[way]
     if not isinstance(settler, LocalSnapshot):
         assembler.add_local(local(1, "b", {"b": 1}))
+        flush_all(assembler)
     assert assembler.status() == "PENDING"
     waiting = assembler.finish()
     assert (waiting.status, waiting.missing) == ("INCOMPLETE", ("b",) if way == "answering" else ())
     assert waiting.unsettled == (UnsettledCall("a", 1, METHOD, "b"),)
     assert f"{METHOD} #1 from a to b" in waiting.reasons[-1]
     assembler.add(settler)
+    if isinstance(settler, CallOutcome):
+        # Settled, but the server may be a participant behind a hop that strips stamps: one more
+        # round reads every count of untracked changes after the server answered.
+        assert assembler.status() == "PENDING"
+    if isinstance(settler, LocalSnapshot | CallOutcome):
+        flush_all(assembler)
     assert assembler.status() == "COMPLETE"
     cut = assembler.finish()
     assert (cut.status, cut.unsettled, cut.reasons, cut.duplicates) == ("COMPLETE", (), (), ())
     assert cut.in_transit == ((settler,) if isinstance(settler, ChannelRecord) else ())
 
 
-def test_a_failed_call_keeps_the_cut_pending_and_is_named_unless_a_record_settles_it() -> None:
+def test_a_failed_call_is_settled_by_a_record_or_by_a_fence_every_participant_acknowledged() -> None:
     assembler = CutAssembler(1, ["a", "b"])
-    flush_all(assembler)  # the markers travel behind everything; see the flush test
     # Call 1 failed before a's cut (listed failed); call 2 after it (the outcome names the failure).
     assembler.add_local(local(1, "a", {"a": 3}, open_calls=(call(1, failed=FAILURE), call(2))))
     assembler.add_local(local(1, "b", {"b": 1}))
+    assert assembler.next_flush() == (1, (("a", 1),))  # the first round fences what failed so far
+    assert assembler.next_flush() is None
     assembler.add_outcome(CallOutcome(1, "a", 2, OUTCOME_FAILED, "UNAVAILABLE"))
+    assert assembler.next_flush() == (2, (("a", 1), ("a", 2)))  # a later failure: another round, of all
     assert assembler.status() == "PENDING"  # a failure settles nothing: the request may be queued somewhere
     cut = assembler.finish()
     assert cut.status == "INCOMPLETE"
@@ -527,41 +641,71 @@ def test_a_failed_call_keeps_the_cut_pending_and_is_named_unless_a_record_settle
         UnsettledCall("a", 2, METHOD, "b", "UNAVAILABLE"),
     )
     assert cut.reasons == (
+        "no flush marker from a, b",
         f"calls in flight at the cut not accounted for: {METHOD} #1 from a to b (failed: {FAILURE}), "
         f"{METHOD} #2 from a to b (failed: UNAVAILABLE)",
     )
-    # The requests did reach b after its cut: recorded there, the calls are settled after all.
+    # Call 1's request reached b after its cut, before the fence: recorded, it is settled by the record.
     assembler.add_record(ChannelRecord(1, "a", "b", "4", key("a", 1)))
+    # Markers of the first round count for nothing once the second is asked for.
+    assembler.add(Flushed(1, "a", 1))
+    assembler.add(Flushed(1, "b", 1))
     assert assembler.status() == "PENDING"
-    assembler.add_record(ChannelRecord(1, "a", "b", "6", key("a", 2)))
+    assert assembler.fenced() == {}
+    assembler.add(Flushed(1, "a", 2))
+    assert assembler.status() == "PENDING"
+    # Every participant fenced call 2 and sent all it recorded before: it was delivered nowhere.
+    assembler.add(Flushed(1, "b", 2))
     assert assembler.status() == "COMPLETE"
-    assert [r.payload_json for r in assembler.finish().in_transit] == ["4", "6"]
+    cut = assembler.finish()
+    assert [r.payload_json for r in cut.in_transit] == ["4"]
+    assert cut.unsettled == () and cut.duplicates == ()
+    assert assembler.fenced() == {"a": (1, 2)}  # a may forget both: fenced everywhere
 
 
-def test_failed_calls_leave_the_open_set_after_the_grace() -> None:
-    part = SnapshotParticipant("a", abandoned_grace=5.0)
+def test_failed_calls_stay_open_until_fenced_and_forgotten_or_kept_too_long() -> None:
+    part = SnapshotParticipant("a", abandoned_grace=50.0)
     assert part.on_call(1, METHOD, "b") == 0 and part.on_call(2, METHOD, "c") == 0
     (first,) = part.take_snapshot(1, nothing(), now=0.0)
     assert first.open_calls == (call(1), call(2, "c"))
     part.on_call_ended(1, OUTCOME_FAILED, FAILURE, now=10.0)
     # Epoch 1 is open and its cut spans the call: the collector learns how it ended.
     assert CallOutcome(1, "a", 1, OUTCOME_FAILED, FAILURE) in part.drain()
-    (second,) = part.take_snapshot(2, nothing(), now=14.9)
+    (second,) = part.take_snapshot(2, nothing(), now=59.9)
     assert second.open_calls == (call(2, "c"), call(1, failed=FAILURE))
-    (third,) = part.take_snapshot(3, nothing(), now=15.0)
+    part.close_epoch(1, forget=(1,))  # every participant fenced it: forgotten
+    (third,) = part.take_snapshot(3, nothing(), now=60.0)
     assert third.open_calls == (call(2, "c"),)
     assert part.calls_in_flight == 1 and part.stats().calls_failed == 1
+    assert part.stats().calls_given_up == 0
 
-    # A failed call's late answer closes it early; without a grace a failed call is never kept.
+    # A failed call's late answer closes it early; one no snapshot fences in time is given up, counted.
     part.on_call(3, METHOD, "b")
-    part.on_call_ended(3, OUTCOME_FAILED, now=20.0)
-    late = part.on_deliver("b", 3, "0", reply("b", 3), nothing, now=21.0)
+    part.on_call_ended(3, OUTCOME_FAILED, now=70.0)
+    late = part.on_deliver("b", 3, "0", reply("b", 3), nothing, now=71.0)
     part.on_consume(late)
-    assert all(c.call_id != 3 for c in part.take_snapshot(4, nothing(), now=21.0)[0].open_calls)
-    eager = SnapshotParticipant("e", abandoned_grace=0.0)
-    eager.on_call(1)
-    eager.on_call_ended(1, OUTCOME_FAILED, now=1.0)
-    assert eager.take_snapshot(1, nothing(), now=1.0)[0].open_calls == ()
+    part.on_call(4, METHOD, "b")
+    part.on_call_ended(4, OUTCOME_FAILED, now=70.0)
+    assert [c.call_id for c in part.take_snapshot(4, nothing(), now=119.9)[0].open_calls] == [2, 4]
+    assert [c.call_id for c in part.take_snapshot(5, nothing(), now=120.0)[0].open_calls] == [2]
+    assert part.stats().calls_given_up == 1
+    with pytest.raises(ValueError):
+        SnapshotParticipant("e", abandoned_grace=0.0)
+
+
+def test_a_fenced_request_is_refused_whatever_its_attempt_and_never_recorded() -> None:
+    b = SnapshotParticipant("b")
+    b.take_snapshot(1, nothing())
+    b.drain()
+    b.flush(1, 1, [("a", 7)])
+    assert b.drain() == [Flushed(1, "b", 1)]
+    for attempt in (0, 1, 2):
+        refused = b.on_deliver("a", 0, "5", MsgKey("a", 7, attempt, "request"), nothing)
+        assert refused.refused and not refused.duplicate
+    assert b.pending() == [] and b.drain() == []  # neither pending nor recorded
+    assert b.stats().requests_refused == 3
+    other = b.on_deliver("a", 0, "5", key("a", 8), nothing)  # another call of a's goes through
+    assert not other.refused and b.pending() == [other]
 
 
 def test_an_unstamped_answer_is_reported_for_the_cuts_its_call_spans_only() -> None:
@@ -585,10 +729,10 @@ def test_an_unstamped_answer_is_reported_for_the_cuts_its_call_spans_only() -> N
 def test_a_request_accounted_for_twice_is_reported_as_a_duplicate() -> None:
     # A hedged request reached b and c (after their cuts), and a retried one was answered at c.
     assembler = CutAssembler(1, ["a", "b", "c"])
-    flush_all(assembler)  # the markers travel behind everything; see the flush test
     assembler.add_local(local(1, "a", {"a": 2}, open_calls=(call(1), call(2))))
     assembler.add_local(local(1, "b", {"b": 1}))
     assembler.add_local(local(1, "c", {"c": 1}, answering=(Answering("a", 2),)))
+    flush_all(assembler)
     assembler.add_record(ChannelRecord(1, "a", "b", "5", key("a", 1)))
     assembler.add_record(ChannelRecord(1, "a", "c", "5", key("a", 1)))
     assembler.add_record(ChannelRecord(1, "a", "b", "7", MsgKey("a", 2, 2, "request")))
@@ -605,7 +749,6 @@ def test_a_request_accounted_for_twice_is_reported_as_a_duplicate() -> None:
 
 def test_pieces_a_correct_participant_cannot_send_are_rejected() -> None:
     assembler = CutAssembler(1, ["a", "b"])
-    flush_all(assembler)  # the markers travel behind everything; see the flush test
     assembler.add_local(local(1, "a", {"a": 1}))
     with pytest.raises(ProtocolViolationError, match="two local snapshots from a"):
         assembler.add_local(local(1, "a", {"a": 1}))
@@ -619,12 +762,12 @@ def test_pieces_a_correct_participant_cannot_send_are_rejected() -> None:
     assembler.add_record(ChannelRecord(1, "x", "a", "1", reply("x", 9)))
     assert assembler.foreign_records == 1
     assembler.add_local(local(1, "b", {"b": 1}))
+    flush_all(assembler)
     assert assembler.finish().in_transit == ()
 
 
 def test_finish_names_missing_processes_and_unsettled_calls() -> None:
     assembler = CutAssembler(2, ["a", "b", "c"])
-    flush_all(assembler)  # the markers travel behind everything; see the flush test
     assembler.add_local(local(2, "a", {"a": 3}, open_calls=tuple(call(i) for i in range(1, 14))))
     assembler.add_local(local(2, "b", {"b": 1}, answering=(Answering("a", 1),)))
     assembler.add_stopped(RecordingStopped(2, "b", REASON_TRUNCATED, 4))
@@ -723,7 +866,6 @@ def test_too_many_calls_at_the_cut_send_the_notice_without_a_snapshot() -> None:
     (notice,) = part.drain()
     assert notice == RecordingStopped(1, "a", REASON_TOO_MANY_CALLS, 1)
     assembler = CutAssembler(1, ["a", "b"])
-    flush_all(assembler)  # the markers travel behind everything; see the flush test
     assembler.add_local(local(1, "b", {"b": 1}))
     assert assembler.status() == "PENDING"
     assembler.add(notice)
@@ -746,16 +888,16 @@ def test_a_process_that_joins_late_takes_no_part_in_earlier_epochs() -> None:
         SnapshotParticipant("x", abandoned_grace=-1)
 
 
-def test_a_record_of_a_call_its_caller_no_longer_lists_arrives_before_the_cut_completes() -> None:
-    a = SnapshotParticipant("a", abandoned_grace=2.0)
-    b = SnapshotParticipant("b", abandoned_grace=2.0)
+def test_a_record_of_a_failed_call_arrives_before_the_cut_completes() -> None:
+    a = SnapshotParticipant("a")
+    b = SnapshotParticipant("b")
     assert a.on_call(1, METHOD, "b") == 0  # a debits 5 tokens and sends them
     b.take_snapshot(1, Capture({"b": 1}, 10))
     request = b.on_deliver("a", 0, "5", key("a", 1), nothing)  # after b's cut: in transit, recorded
     b.on_consume(request)
     assert b.on_reply(request) == 1  # the answer is lost on its way back
     a.on_call_ended(1, OUTCOME_FAILED, FAILURE, now=10.0)
-    a.take_snapshot(1, Capture({"a": 2}, 0), now=12.0)  # a's control message came late: a lists no call
+    a.take_snapshot(1, Capture({"a": 2}, 0), now=12.0)  # a's control message came late: call 1 failed
     b_local, b_record = b.drain()
     assert isinstance(b_record, ChannelRecord)
     assembler = CutAssembler(1, ["a", "b"])
@@ -763,10 +905,11 @@ def test_a_record_of_a_call_its_caller_no_longer_lists_arrives_before_the_cut_co
     for event in a.drain():
         assembler.add(event)
     # b's record is still on its way; the flush markers are what the cut waits for.
-    assert assembler.flush_due() and not assembler.flush_due()
+    round_, fence = assembler.next_flush() or (0, ())
+    assert (round_, fence) == (1, (("a", 1),)) and assembler.next_flush() is None
     assert assembler.status() == "PENDING"
-    a.flush(1)
-    b.flush(1)
+    a.flush(1, round_, fence)
+    b.flush(1, round_, fence)
     (a_marker,) = a.drain()
     (b_marker,) = b.drain()
     assembler.add(a_marker)
@@ -778,17 +921,18 @@ def test_a_record_of_a_call_its_caller_no_longer_lists_arrives_before_the_cut_co
     cut = assembler.finish()
     assert [(r.sender, r.receiver, r.payload_json) for r in cut.in_transit] == [("a", "b", "5")]
     assert cut.states == {"a": 0, "b": 10}  # 15 tokens = 0 + 10 + 5 in transit
+    assert cut.duplicates == ()  # settled by its record, not by the fence as well
 
 
 def test_every_event_kind_dispatches() -> None:
     assembler = CutAssembler(1, ["a"])
-    flush_all(assembler)  # the markers travel behind everything; see the flush test
     events: list[SnapshotEvent] = [
         local(1, "a", {"a": 1}, open_calls=(call(1, "x"),)),
         CallOutcome(1, "a", 1, OUTCOME_UNSTAMPED),
     ]
     for event in events:
         assembler.add(event)
+    flush_all(assembler)
     assert assembler.status() == "COMPLETE"
     assembler.add(RecordingStopped(1, "a", REASON_TRUNCATED, 1))
     assert assembler.status() == "INCOMPLETE"

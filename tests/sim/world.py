@@ -16,12 +16,19 @@ server later answers with a response that refunds part of its balance
 (debit and send in one step), credited when the caller receives it. Time is
 the step counter.
 
-The network may also lose a message for good (``lose_percent``): the caller
-notices some steps later and its call fails. Servers in ``uninstrumented``
+The network may also lose a message (``lose_percent``): the caller notices
+some steps later and its call fails; snapshots then fence the call. Of the
+lost requests, ``late_percent`` are only held (by a proxy, say) and come back
+some steps after the caller gave up: the receiver delivers one that no
+snapshot fenced yet, and refuses one that was fenced. Servers in ``uninstrumented``
 are not participants: they apply requests without any bookkeeping, never
 call anyone, and answer without a stamp, so the caller's call ends
 unstamped. Tokens they receive leave the system and their refunds enter it
-when received.
+when received. Routes in ``strip`` pass through a hop that drops stamps (a
+proxy that drops headers it does not know), both ways: the receiver sees a
+message without a stamp, as from an uninstrumented peer, and no cut can
+place it; the agents count the state changes it causes and the collector
+leaves the cuts they fall in INCOMPLETE.
 
 Besides running the world, the simulation keeps the ground truth the tests
 compare every cut with: the tokens a cut must hold, the messages in transit
@@ -30,6 +37,7 @@ and the calls no participant can settle (:meth:`Simulation.expected_unsettled`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections import deque
@@ -77,7 +85,9 @@ class SimConfig:
     ``balanced`` addresses each request to a random group of servers, one of
     which the network picks at delivery. ``lose_percent`` of first deliveries
     are lost instead; the caller notices 1..``notice_delay`` steps later, and
-    its participant keeps the failed call open for ``abandoned_grace`` steps.
+    its participant keeps the failed call open until a snapshot fences it (at
+    most ``abandoned_grace`` steps). ``late_percent`` of the lost requests come
+    back 1..``late_delay`` steps after the caller noticed.
     ``uninstrumented`` processes serve without an agent; ``lazy`` applies
     to instrumented processes only. ``report_deadline`` bounds how many steps
     a report takes to reach the collector (unbounded when None); correctness
@@ -88,7 +98,14 @@ class SimConfig:
     applies anything) while its credit comes later. ``honour_stamp_epoch=False``
     models an agent that ignores the epoch in stamps (no snapshot before
     delivering a post-cut message). ``flush_barrier=False`` models a
-    collector that completes a cut without waiting for the flush markers.
+    collector that completes a cut without waiting for the flush markers;
+    ``fences=False`` one that settles failed calls without fencing them (the
+    receivers are never told to refuse them). ``strip`` lists (caller,
+    server) routes whose hop strips stamps; ``untracked_check=False`` models
+    a collector that ignores the agents' counts of untracked changes. A lost
+    request on such a route is held (``late_percent``) only with
+    ``late_stripped``: nothing identifies it to refuse it, which is the one
+    case a cut can still miss (docs/snapshot-design.md).
     """
 
     n: int = 3
@@ -98,8 +115,10 @@ class SimConfig:
     snapshot_percent: int = 5
     duplicate_percent: int = 0
     lose_percent: int = 0
+    late_percent: int = 0
+    late_delay: int = 30
     notice_delay: int = 20
-    abandoned_grace: int = 30
+    abandoned_grace: int = 1_000_000
     consumption_rule: bool = True
     honour_stamp_epoch: bool = True
     stalled: frozenset[tuple[int, int]] = frozenset()
@@ -110,6 +129,10 @@ class SimConfig:
     balanced: bool = False
     report_deadline: int | None = None
     flush_barrier: bool = True
+    fences: bool = True
+    strip: frozenset[tuple[int, int]] = frozenset()
+    untracked_check: bool = True
+    late_stripped: bool = False
 
 
 @dataclass(eq=False)
@@ -132,6 +155,10 @@ class AppMsg:
     receiver: str = ""
     delivered: bool = False
     lost: bool = False
+    held: bool = False
+    """Lost, but held somewhere: it comes back once its caller gave up."""
+    stripped: bool = False
+    """A hop dropped its stamp on the way: no participant can place it."""
 
     @property
     def stamped(self) -> bool:
@@ -153,7 +180,7 @@ class CallTruth:
     ``ended_epoch`` is the caller's epoch when the call ended for its
     participant (stamped answer received, unstamped answer received, or
     failure noticed at step ``failed_at``); ``blocked`` lists (kind, epoch) of
-    its messages that were lost or stuck.
+    its messages that are stuck (never delivered, and the caller never notices).
     """
 
     caller: str
@@ -163,14 +190,22 @@ class CallTruth:
     ended_epoch: int | None = None
     failed_at: int | None = None
     blocked: list[tuple[str, int]] = field(default_factory=list)
+    stripped: bool = False
+    """Its request lost its stamp: its server never says it is answering it."""
 
 
 @dataclass(eq=False)
 class Control:
+    """An order of the collector to one process: take a snapshot, flush a round (fencing calls), or
+    close an epoch (forgetting fenced calls)."""
+
     receiver: str
     epoch: int
     close: bool = False
     flush: bool = False
+    round: int = 0
+    fence: tuple[tuple[str, int], ...] = ()
+    forget: tuple[int, ...] = ()
 
 
 @dataclass(eq=False)
@@ -222,6 +257,12 @@ class SimResult:
     lost: list[AppMsg]
     balanced_deliveries: int
     unstamped_calls: int
+    refused: int
+    """Late requests refused because a snapshot had fenced their calls."""
+    late_delivered: int
+    """Late requests delivered because no snapshot had fenced their calls yet."""
+    stripped: int
+    """Messages whose stamp a hop dropped."""
 
 
 def record_truth(record: ChannelRecord) -> CallMsg:
@@ -278,10 +319,16 @@ class Simulation:
         self.cuts: dict[int, AssembledCut] = {}
         self.next_epoch = 1
         self.notices: list[tuple[int, str, int]] = []
+        self.held: list[tuple[int, AppMsg]] = []  # (step it comes back, message) of held requests
+        self.refused = 0
+        self.late_delivered = 0
         self.duplicates_injected = 0
         self.balanced_deliveries = 0
         self.unstamped_calls = 0
         self.stalled = {(f"p{a}", f"p{b}") for a, b in config.stalled}
+        self.strip = {(f"p{a}", f"p{b}") for a, b in config.strip}
+        self.stripped = 0
+        self.untracked_seen: dict[str, int] = {}  # the collector's latest count of each agent
         self.lazy = {f"p{i}" for i in config.lazy}
         # Ground truth: every stamped message, the receiver's epoch when it was counted consumed,
         # every call, when each process took each cut, and tokens crossing the system's border.
@@ -317,6 +364,9 @@ class Simulation:
             lost=self.lost,
             balanced_deliveries=self.balanced_deliveries,
             unstamped_calls=self.unstamped_calls,
+            refused=self.refused,
+            late_delivered=self.late_delivered,
+            stripped=self.stripped,
         )
 
     def _step(self, *, workload: bool) -> bool:
@@ -324,6 +374,7 @@ class Simulation:
         self.now += 1
         self._deliver_overdue_reports()
         self._notice_failures()
+        self._release_held()
         starting = workload and self.next_epoch <= self.cfg.max_epochs
         if starting and self.rng.randrange(100) < self.cfg.snapshot_percent:
             self._start_snapshot()
@@ -344,10 +395,12 @@ class Simulation:
         if workload:
             options += ["transfer"] * 3
         if not options:
-            if not self.notices:
+            waits = [due for due, _, _ in self.notices] + [due for due, _ in self.held]
+            if not waits:
                 return False
-            self.now = min(due for due, _, _ in self.notices)  # nothing else happens until then
+            self.now = max(self.now, min(waits))  # nothing else happens until then
             self._notice_failures()
+            self._release_held()
             return True
         action = self.rng.choice(options)
         if action == "deliver":
@@ -378,7 +431,11 @@ class Simulation:
         else:
             targets = (self.rng.choice(others),)
         amount = self.rng.randint(1, proc.process.balance)
-        outbound, stamp = proc.process.send(targets, amount)
+        # The application knows which services run without an agent (its calls to them expect answers
+        # without a stamp), but not which hops strip stamps.
+        outbound, stamp = proc.process.send(
+            targets, amount, uninstrumented=set(targets) <= set(self.externals)
+        )
         call_id = outbound.call.call_id
         epoch = proc.process.epoch
         msg = AppMsg(proc.pid, targets, amount, epoch, proc.process.tick, REQUEST, call_id, stamp)
@@ -416,21 +473,30 @@ class Simulation:
         )
 
     def _deliver_app(self, msg: AppMsg) -> None:
-        if not msg.delivered and self.rng.randrange(100) < self.cfg.lose_percent:
+        if not msg.delivered and not msg.held and self.rng.randrange(100) < self.cfg.lose_percent:
             self._lose(msg)
             return
         if not msg.receiver:
             msg.receiver = self.rng.choice(msg.targets)  # the load balancer's pick
             self.balanced_deliveries += len(msg.targets) > 1
         if (msg.sender, msg.receiver) in self.stalled:
+            if msg.held:
+                return  # it stays lost
             self.stuck.append(msg)
             self._call(msg).blocked.append((msg.kind, msg.epoch))
             return
+        if msg.kind == RESPONSE and self._call(msg).failed_at is not None:
+            # The caller's call failed already: gRPC hands the application no late answer.
+            self._lose_for_good(msg)
+            return
         first = not msg.delivered
         msg.delivered = True
+        if msg.stamped and (msg.caller, msg.receiver if msg.kind == REQUEST else msg.sender) in self.strip:
+            self._strip(msg)
         external = self.externals.get(msg.receiver)
         if external is not None:
-            # Applied at once, no bookkeeping: the tokens leave the participants.
+            # Applied at once, no bookkeeping (and no fence): the tokens leave the participants.
+            self._came_back(msg)
             external.balance += msg.amount
             self.outflow.append((msg.epoch, msg.amount))
             external.replies.append(msg)
@@ -446,6 +512,8 @@ class Simulation:
             call.ended_epoch = proc.process.epoch
             if msg.stamped:
                 self.consumed_epoch[msg.truth] = proc.process.epoch
+            elif msg.stripped:
+                pass  # tokens between participants, that no cut can place
             else:
                 # The caller's interceptor sees an answer without a stamp: the tokens enter now.
                 self.unstamped_calls += 1
@@ -455,23 +523,61 @@ class Simulation:
             return
         handler = proc.process.deliver(stamp, json.dumps(msg.amount))
         self._note_cuts(proc, before)
+        if handler.refused:
+            # A late request whose call a snapshot fenced: never run, its tokens are gone.
+            self.refused += 1
+            self._flush(proc)
+            return
+        self._came_back(msg)
         if not self.cfg.consumption_rule:
             proc.process.apply(handler, 0)  # enters atomic() at once: consumed before it is applied
             self._count_consumed(proc, handler, msg)
         proc.waiting.append((handler, msg))
-        if first and self.rng.randrange(100) < self.cfg.duplicate_percent:
+        if first and not msg.stripped and self.rng.randrange(100) < self.cfg.duplicate_percent:
             # The transport repeats the message to the same process (a retry elsewhere is not modelled).
             self.duplicates_injected += 1
             self.network.append(msg)
         self._flush(proc)
 
+    def _strip(self, msg: AppMsg) -> None:
+        """The hop drops the stamp; the message goes on as one from an uninstrumented peer."""
+        msg.stamp, msg.stripped = None, True
+        self.stripped += 1
+        if msg.kind == REQUEST:
+            self._call(msg).stripped = True
+
     def _lose(self, msg: AppMsg) -> None:
-        """Gone for good; the caller notices later, as a deadline would."""
-        msg.lost = True
-        self.lost.append(msg)
-        self._call(msg).blocked.append((msg.kind, msg.epoch))
+        """Gone, or held somewhere until after its caller gave it up; the caller notices later, as a
+        deadline would."""
+        self._lose_for_good(msg)
         due = self.now + self.rng.randint(1, self.cfg.notice_delay)
         self.notices.append((due, msg.caller, msg.call_id))
+        if msg.kind == REQUEST and self.rng.randrange(100) < self.cfg.late_percent and self._fenceable(msg):
+            msg.held = True
+            self.held.append((due + self.rng.randint(1, self.cfg.late_delay), msg))
+
+    def _fenceable(self, msg: AppMsg) -> bool:
+        """Whether a late delivery of this request could be refused: not when a hop on a route it may
+        take strips its stamp (a known gap, modelled only with ``late_stripped``)."""
+        return self.cfg.late_stripped or not any((msg.sender, target) in self.strip for target in msg.targets)
+
+    def _came_back(self, msg: AppMsg) -> None:
+        """A held request is delivered after all: an ordinary (late) delivery, not a loss."""
+        if msg.lost:
+            msg.lost = False
+            self.lost.remove(msg)
+            self.late_delivered += 1
+
+    def _lose_for_good(self, msg: AppMsg) -> None:
+        msg.lost = True
+        self.lost.append(msg)
+
+    def _release_held(self) -> None:
+        """Held requests whose time has come go back on the network."""
+        if self.held:
+            due = [msg for when, msg in self.held if when <= self.now]
+            self.held = [(when, msg) for when, msg in self.held if when > self.now]
+            self.network.extend(due)
 
     def _notice_failures(self) -> None:
         due = [notice for notice in self.notices if notice[0] <= self.now]
@@ -508,7 +614,7 @@ class Simulation:
     def _start_snapshot(self) -> None:
         epoch = self.next_epoch
         self.next_epoch += 1
-        self.assemblers[epoch] = CutAssembler(epoch, self.by_pid)
+        self.assemblers[epoch] = CutAssembler(epoch, self.by_pid, dict(self.untracked_seen))
         self.network.extend(Control(proc.pid, epoch) for proc in self.procs)
 
     def _deliver(self, item: Item) -> None:
@@ -518,9 +624,9 @@ class Simulation:
         proc = self.by_pid[item.receiver]
         core = proc.process.core
         if item.close:
-            core.close_epoch(item.epoch)
+            core.close_epoch(item.epoch, item.forget)
         elif item.flush:
-            core.flush(item.epoch)
+            core.flush(item.epoch, item.round, item.fence)
         else:
             before = core.epoch
             core.take_snapshot(item.epoch)
@@ -544,17 +650,33 @@ class Simulation:
                 self._collect(queue.popleft().event)
 
     def _collect(self, event: SnapshotEvent) -> None:
+        if isinstance(event, LocalSnapshot | Flushed):
+            if not self.cfg.untracked_check:
+                event = dataclasses.replace(event, untracked_changes=0)
+            seen = self.untracked_seen.get(event.process, 0)
+            self.untracked_seen[event.process] = max(seen, event.untracked_changes)
         if event.epoch in self.cuts:
             return  # finished already: late pieces are ignored
         assembler = self.assemblers[event.epoch]
         assembler.add(event)
-        if not self.cfg.flush_barrier and isinstance(event, LocalSnapshot):
-            assembler.add(Flushed(event.epoch, event.process))
-        if assembler.flush_due():
-            self.network.extend(Control(pid, event.epoch, flush=True) for pid in assembler.participants)
+        due = assembler.next_flush()
+        if due is not None:
+            round_, fence = due
+            fence = fence if self.cfg.fences else ()
+            self.network.extend(
+                Control(pid, event.epoch, flush=True, round=round_, fence=fence)
+                for pid in assembler.participants
+            )
+            if not self.cfg.flush_barrier:  # a collector that does not wait for the markers
+                for pid in assembler.participants:
+                    assembler.add(Flushed(event.epoch, pid, round_))
         if assembler.status() != "PENDING":
             self.cuts[event.epoch] = assembler.finish()
-            self.network.extend(Control(proc.pid, event.epoch, close=True) for proc in self.procs)
+            fenced = assembler.fenced()
+            self.network.extend(
+                Control(proc.pid, event.epoch, close=True, forget=fenced.get(proc.pid, ()))
+                for proc in self.procs
+            )
 
     # Ground truth -------------------------------------------------------------------------------
     def expected_in_transit(self, k: int) -> set[CallMsg]:
@@ -565,6 +687,7 @@ class Simulation:
             for key, msg in self.messages.items()
             if msg.epoch < k
             and not msg.lost
+            and not msg.stripped
             and msg.receiver not in self.externals
             and self.consumed_epoch.get(key, k) >= k
         }
@@ -577,35 +700,23 @@ class Simulation:
         into = sum(amount for epoch, amount in self.inflow if epoch < k)
         return self.cfg.initial * len(self.procs) - lost - out + into
 
-    def open_at_cut(self, call: CallTruth, k: int) -> bool:
-        """Whether the call is among its caller's open calls at the caller's cut k.
-
-        Sent before the cut and not ended before it, or failed before it less
-        than the grace earlier.
-        """
-        if call.sent_epoch >= k:
-            return False
-        if call.ended_epoch is None or call.ended_epoch >= k:
-            return True
-        if call.failed_at is None:
-            return False
-        cut_at = self.cut_at[call.caller].get(k)
-        return cut_at is not None and cut_at - call.failed_at < self.cfg.abandoned_grace
-
     def expected_unsettled(self, k: int) -> set[CallRef]:
         """Calls open at their caller's cut k that no participant can settle.
 
         A call is settled by a record of its request, of its response, the
-        server still answering it, or an unstamped answer; none of these
-        exists when its request never arrived, or when its answer, sent before
-        the server's cut k (or unstamped), never arrived.
+        server still answering it, an unstamped answer, or, once its caller
+        saw it fail, a fence; none of these exists for a call stuck for good
+        (its caller never notices) when its request never arrived, or when its
+        answer, sent before the server's cut k, never arrived. A call whose
+        request lost its stamp is settled only by its answer, which may never
+        come (the server never applies it, or the answer is stuck).
         """
         return {
             (call.caller, call.call_id)
             for call in self.calls.values()
-            if call.blocked
-            and self.open_at_cut(call, k)
-            and any(kind == REQUEST or epoch < k for kind, epoch in call.blocked)
+            if call.sent_epoch < k
+            and call.ended_epoch is None
+            and (call.stripped or any(kind == REQUEST or epoch < k for kind, epoch in call.blocked))
         }
 
 

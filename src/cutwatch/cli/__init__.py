@@ -10,7 +10,8 @@ Exit codes (stable, see docs/collector.md): 0 success (``snapshot``: the cut
 is COMPLETE; ``check``: every check holds; ``deadlocks``: none), 1 the
 answer is negative (an INCOMPLETE cut, a violation, a deadlock), 2 bad
 usage, 3 the collector cannot be reached, 4 the collector refused the
-request, 5 a check could not run (a predicate raised or timed out).
+request, 5 a check could not run or conclude (a predicate raised or timed out,
+or is INCONCLUSIVE on a cut with untracked changes).
 """
 
 from __future__ import annotations

@@ -32,6 +32,15 @@ def format_cut(cut: Cut) -> str:
     ]
     for reason in cut.reasons:
         lines.append(f"  why: {shown(reason, 2000)}")
+    for other in cut.left_out:
+        process, service, why = (shown(other.get(key, "")) for key in ("process", "service", "why"))
+        lines.append(f"  left out: {process} ({service}): {why}")
+    if cut.untracked:
+        changes = ", ".join(f"{shown(p)} ({n})" for p, n in sorted(cut.untracked.items()))
+        lines.append(
+            f"  untracked: state changed without a stamp during the snapshot at {changes}; "
+            "sums over the states are inconclusive"
+        )
     if cut.states:
         lines.append("processes")
         width = max(len(shown(p)) for p in cut.states)

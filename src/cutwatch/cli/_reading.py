@@ -127,7 +127,7 @@ def status(address: str, credentials: CollectorCredentials, as_json: bool) -> No
 def _check_exit(checked: CheckResults) -> int:
     if checked.failed:
         return EXIT_NEGATIVE
-    return EXIT_CHECK_ERROR if checked.errors else 0
+    return EXIT_CHECK_ERROR if checked.errors or checked.inconclusive else 0
 
 
 @click.command()

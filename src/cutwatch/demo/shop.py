@@ -24,7 +24,9 @@ it (a client interceptor knows its callee's process id only after a first
 answer).
 
 The main server is a sync gRPC server with ``agent.server_interceptor(
-max_workers=W)``: its W workers are the pool whose exhaustion the deadlock
+max_workers=W, edge=True)``: the shop's front door, called by clients
+without an agent (a load generator, a test), whose requests are input from
+outside rather than messages that lost their stamp. Its W workers are the pool whose exhaustion the deadlock
 tests provoke. Introspection lives on a separate, uninstrumented admin server
 (a debug port), so that reading a process never takes a worker of the pool
 being read: ``Tasks`` returns ``agent.tasks()`` and the worker pools as JSON,
@@ -334,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     agent = cutwatch.Agent(service=args.name, collector=args.collector).start()
     otel_server, otel_client = opentelemetry_interceptors() if args.otel else (None, None)
     shop = Shop(agent, args.name, args.rpcs, args.call_timeout, otel_client)
-    interceptors: list[Any] = [agent.server_interceptor(max_workers=args.workers)]
+    interceptors: list[Any] = [agent.server_interceptor(max_workers=args.workers, edge=True)]
     if otel_server is not None:  # OpenTelemetry first: a handler's task carries its server span
         interceptors.insert(0, otel_server)
     server = grpc.server(
