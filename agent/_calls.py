@@ -17,9 +17,18 @@ import grpc
 
 from cutwatch.agent._metadata import find_attempt, find_stamp
 from cutwatch.agent._payload import lazy_message_json, render_later
-from cutwatch.core import Inbound, Outbound, ProcessCore, Refused
+from cutwatch.core import SENDING, Inbound, Outbound, ProcessCore, Refused, Sending, StreamEnd
 
-__all__ = ["NOT_VISIBLE", "STREAM_RESPONSE", "begin_inbound", "failure_name", "finish_outbound", "waiting"]
+__all__ = [
+    "NOT_VISIBLE",
+    "STREAM_RESPONSE",
+    "begin_inbound",
+    "counted_pulls",
+    "counted_sends",
+    "failure_name",
+    "finish_outbound",
+    "waiting",
+]
 
 NOT_VISIBLE = "response not visible to cutwatch"
 """The failure of a call whose answer an inner interceptor hid: its stamp cannot be read."""
@@ -102,6 +111,31 @@ def _status(status: Callable[[], object]) -> object:
         return status()
     except Exception as exc:
         return exc
+
+
+def counted_sends(core: ProcessCore, end: StreamEnd, messages: Iterable[Any]) -> Iterator[Any]:
+    """``messages`` as gRPC takes them to send on ``end``, each counted as sent (see
+    :class:`cutwatch.core.Sending`: an ``atomic()`` block that ran while producing it sends it)."""
+    produced = iter(messages)
+    while True:
+        sending = Sending(end)
+        token = SENDING.set(sending)
+        try:
+            message = next(produced)
+        except StopIteration:
+            return
+        finally:
+            SENDING.reset(token)
+        if not sending.counted:
+            core.stream_sent(end)
+        yield message
+
+
+def counted_pulls(core: ProcessCore, end: StreamEnd, messages: Iterable[Any]) -> Iterator[Any]:
+    """``messages`` as the application takes them from ``end``, each counted as taken."""
+    for message in messages:
+        core.stream_pulled(end)
+        yield message
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from cutwatch.agent._calls import begin_inbound
+from cutwatch.agent._calls import begin_inbound, counted_pulls, counted_sends
 from cutwatch.agent._metadata import with_stamp
 from cutwatch.core import Inbound, ProcessCore, Refused
 from cutwatch.proto import ServerInterceptorBase
@@ -71,29 +71,57 @@ class _HandlerWrapper:
             raise AssertionError("unreachable: abort raises")  # pragma: no cover
         return inbound
 
-    def unary_response(self, behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def unary_response(
+        self, behavior: Callable[[Any, Any], Any], request_stream: bool
+    ) -> Callable[[Any, Any], Any]:
         core, begin = self.core, self.begin
+        if not request_stream:
 
-        def handle(request_or_iterator: Any, context: Any) -> Any:
-            inbound = begin(context, request_or_iterator)
+            def handle(request: Any, context: Any) -> Any:
+                inbound = begin(context, request)
+                try:
+                    return behavior(request, context)
+                finally:
+                    add_response_stamp(core, context, inbound)
+
+            return handle
+
+        def handle_stream(requests: Any, context: Any) -> Any:
+            inbound = begin(context, requests)
+            stream = core.open_server_stream(inbound) if inbound is not None else None
             try:
-                return behavior(request_or_iterator, context)
+                return behavior(
+                    requests if stream is None else counted_pulls(core, stream, requests), context
+                )
             finally:
                 add_response_stamp(core, context, inbound)
+                if stream is not None:
+                    core.close_stream(stream)
 
-        return handle
+        return handle_stream
 
     def stream_response(
-        self, behavior: Callable[[Any, Any], Iterator[Any]]
+        self, behavior: Callable[[Any, Any], Iterator[Any]], request_stream: bool
     ) -> Callable[[Any, Any], Iterator[Any]]:
         core, begin = self.core, self.begin
 
         def handle(request_or_iterator: Any, context: Any) -> Iterator[Any]:
             inbound = begin(context, request_or_iterator)
+            stream = core.open_server_stream(inbound) if inbound is not None else None
             try:
-                yield from behavior(request_or_iterator, context)
+                if stream is None:
+                    yield from behavior(request_or_iterator, context)
+                    return
+                requests = (
+                    counted_pulls(core, stream, request_or_iterator)
+                    if request_stream
+                    else request_or_iterator
+                )
+                yield from counted_sends(core, stream, behavior(requests, context))
             finally:
                 add_response_stamp(core, context, inbound)
+                if stream is not None:
+                    core.close_stream(stream)
 
         return handle
 
@@ -121,11 +149,13 @@ def wrap_handler(handler: Any, wrapper: _HandlerWrapper) -> Any:
     for kind in ("unary_unary", "stream_unary"):
         behavior = getattr(handler, kind)
         if behavior is not None:
-            return _replace_behavior(handler, kind, wrapper.unary_response(behavior))
+            return _replace_behavior(handler, kind, wrapper.unary_response(behavior, kind == "stream_unary"))
     for kind in ("unary_stream", "stream_stream"):
         behavior = getattr(handler, kind)
         if behavior is not None:
-            return _replace_behavior(handler, kind, wrapper.stream_response(behavior))
+            return _replace_behavior(
+                handler, kind, wrapper.stream_response(behavior, kind == "stream_stream")
+            )
     return handler
 
 

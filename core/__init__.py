@@ -73,6 +73,7 @@ from cutwatch.core._stamp import (
     StampCodec,
 )
 from cutwatch.core._states import DEFAULT_MAX_STATE_BYTES
+from cutwatch.core._streams import CLIENT, SENDING, SERVER, Sending, StreamCount, StreamEnd, stream_crossings
 from cutwatch.core._tasks import OutboundCall, Task, TaskRegistry, TaskView
 from cutwatch.core._text import shown
 from cutwatch.core._waitfor import (
@@ -111,6 +112,7 @@ from cutwatch.core.errors import (
 )
 
 __all__ = [
+    "CLIENT",
     "CUT_FORMAT",
     "DEFAULT_MAX_CLOCK_ENTRIES",
     "DEFAULT_MAX_STAMP_BYTES",
@@ -134,6 +136,8 @@ __all__ = [
     "RES_LOCK",
     "RES_OTHER",
     "RES_POOL",
+    "SENDING",
+    "SERVER",
     "STAMP_METADATA_KEY",
     "STOPPED_REASONS",
     "AgentEvent",
@@ -188,12 +192,15 @@ __all__ = [
     "Registered",
     "Registration",
     "SecurityConfigError",
+    "Sending",
     "SnapshotEvent",
     "SnapshotParticipant",
     "SnapshotStats",
     "StampCodec",
     "StampError",
     "StorageError",
+    "StreamCount",
+    "StreamEnd",
     "TakeSnapshot",
     "Task",
     "TaskRegistry",
@@ -207,5 +214,6 @@ __all__ = [
     "reduce_graph",
     "shown",
     "stopped_processes",
+    "stream_crossings",
     "unflushed_processes",
 ]

@@ -38,6 +38,7 @@ from cutwatch.core._clock import VectorClock
 from cutwatch.core._events import (
     OUTCOME_FAILED,
     OUTCOME_UNSTAMPED,
+    REQUEST,
     CallOutcome,
     ChannelRecord,
     Flushed,
@@ -46,6 +47,7 @@ from cutwatch.core._events import (
     RecordingStopped,
     SnapshotEvent,
 )
+from cutwatch.core._streams import stream_crossings
 from cutwatch.core.errors import AssemblyError, InconsistentCutError, ProtocolViolationError
 
 __all__ = [
@@ -185,6 +187,8 @@ class CutAssembler:
         """The highest count each participant reported since."""
         self._recount = False
         """An answer without a stamp came after the latest round was asked: ask another."""
+        self._started_after_cut: set[tuple[str, int]] = set()
+        """Calls whose request is in transit: their handlers started after their server's cut."""
         self.foreign_records = 0
 
     # Input ---------------------------------------------------------------------------------
@@ -219,6 +223,8 @@ class CutAssembler:
             )
         self._record_keys.add(key)
         self._records.append(record)
+        if record.msg_key.kind == REQUEST:
+            self._started_after_cut.add((record.caller, record.msg_key.call_id))
         where = f"{record.kind} in transit to {record.receiver}"
         self._settle(record.caller, record.msg_key.call_id, where)
 
@@ -311,7 +317,7 @@ class CutAssembler:
             return "PENDING"
         if self._round == 0 or self._recount or len(self._flushed) < len(self.participants):
             return "PENDING"
-        return "COMPLETE"
+        return "INCOMPLETE" if self._stream_crossings() else "COMPLETE"
 
     def finish(self) -> AssembledCut:
         """The cut as it stands: COMPLETE if it is, else INCOMPLETE with what is missing and why."""
@@ -326,6 +332,8 @@ class CutAssembler:
             reasons.append("no flush marker from " + ", ".join(unflushed))
         elif self._recount:
             reasons.append("no flush round read the untracked changes after an answer without a stamp")
+        if not missing:
+            reasons += self._stream_crossings()
         if unsettled:
             # A summary: an agent's megabyte method name or failure is kept once, in ``unsettled``.
             shown = ", ".join(call.describe(REASON_NAME_LIMIT) for call in unsettled[:10])
@@ -360,6 +368,12 @@ class CutAssembler:
     def _check_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             raise ProtocolViolationError(f"piece of epoch {epoch} given to the assembler of {self.epoch}")
+
+    def _stream_crossings(self) -> list[str]:
+        counts = [count for snap in self._locals.values() for count in snap.streams]
+        if not counts:
+            return []
+        return stream_crossings(counts, self._started_after_cut)
 
     def _see_untracked(self, process: str, count: int) -> None:
         if count > self._untracked_now.get(process, 0):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
 from cutwatch.core._clock import VectorClock
+from cutwatch.core._streams import StreamCount
 from cutwatch.core._tasks import TaskView
 
 __all__ = [
@@ -77,6 +78,8 @@ class Capture(NamedTuple):
     """The state's size as JSON, measured where it was serialised (for the agent's queue bound)."""
     untracked_changes: int = 0
     """State changes so far that no cut can place (see ``ProcessStats.untracked_changes``)."""
+    streams: tuple[StreamCount, ...] = ()
+    """The streaming calls open at this process, with their counts (see ``core._streams``)."""
 
 
 class OpenCall(NamedTuple):
@@ -118,6 +121,8 @@ class LocalSnapshot:
     """Capacity of each server's worker pool (0: unknown), for deadlock detection."""
     untracked_changes: int = 0
     """State changes so far, at this process, that no cut can place: made by requests without a stamp."""
+    streams: tuple[StreamCount, ...] = ()
+    """This process's ends of the streaming calls open at its cut, with their messages counted."""
     state_bytes: int = field(default=0, compare=False)
     """The state's size as JSON, from :attr:`Capture.state_bytes`; not part of what is sent."""
 

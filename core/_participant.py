@@ -375,6 +375,7 @@ class SnapshotParticipant:
                 responses_consumed=responses_consumed,
                 worker_pools=dict(capture.pools),
                 untracked_changes=capture.untracked_changes,
+                streams=capture.streams,
                 state_bytes=capture.state_bytes,
             )
             taken.append(snap)

@@ -51,7 +51,8 @@ from cutwatch.core._participant import DEFAULT_MAX_OPEN_EPOCHS, Delivery, Snapsh
 from cutwatch.core._stamp import DEFAULT_MAX_CLOCK_ENTRIES, DEFAULT_MAX_STAMP_BYTES
 from cutwatch.core._stamped_clock import StampedClock
 from cutwatch.core._states import DEFAULT_MAX_STATE_BYTES, StateProviders
-from cutwatch.core._tasks import OutboundCall, TaskRegistry
+from cutwatch.core._streams import CLIENT, SENDING, SERVER, StreamEnd
+from cutwatch.core._tasks import OutboundCall, Task, TaskRegistry
 
 __all__ = [
     "REASON_ATOMIC_TIMEOUT",
@@ -128,6 +129,8 @@ class ProcessCore:
         self._states = StateProviders(max_state_bytes)
         self._worker_pools: dict[str, int] = {}
         self._edge_pools: set[str] = set()
+        self._streams: dict[int, StreamEnd] = {}
+        """This process's ends of the streaming calls in flight, by ``id``."""
 
     # Views ------------------------------------------------------------------------------------
     @property
@@ -195,9 +198,17 @@ class ProcessCore:
         return self._gate.atomic(self._consume_current)
 
     def _consume_current(self) -> None:
+        sending = SENDING.get()
+        if sending is not None and not sending.counted:
+            # The code producing a stream message ran this block: the message goes with it.
+            sending.counted = True
+            with self._lock:
+                sending.end.sent += 1
         task = self.tasks.current()
         if task is None:
             return
+        if task.stream_pulls:
+            self._consume_pulls(task)
         delivery = task.delivery
         if isinstance(delivery, Delivery) and not delivery.consumed:
             try:
@@ -366,6 +377,8 @@ class ProcessCore:
             if inbound.finished:
                 return None
             inbound.finished = True
+            if inbound.task.stream_pulls:
+                self._consume_pulls(inbound.task)  # a handler that returns has applied what it took
             self.tasks.end(inbound.task)
             if inbound.token is not None:
                 self.tasks.unbind(inbound.token, inbound.task)
@@ -386,6 +399,55 @@ class ProcessCore:
         except Exception:
             self.internal_error("finishing an inbound call")
             return None
+
+    # Streams ----------------------------------------------------------------------------------
+    def open_client_stream(self, outbound: Outbound) -> StreamEnd:
+        """This process's end of its streaming call ``outbound``; :meth:`close_stream` it when the call
+        is over and the application took its last message."""
+        call = outbound.call
+        return self._open_stream(StreamEnd(self.process_id, call.call_id, CLIENT, call.method))
+
+    def open_server_stream(self, inbound: Inbound) -> StreamEnd | None:
+        """The handler's end of a streaming call; None when its request came without a stamp (its
+        changes are counted as untracked instead)."""
+        task = inbound.task
+        if not inbound.caller or not isinstance(task.delivery, Delivery):
+            return None
+        return self._open_stream(StreamEnd(inbound.caller, task.call_id, SERVER, task.method))
+
+    def _open_stream(self, end: StreamEnd) -> StreamEnd:
+        with self._lock:
+            self._streams[id(end)] = end
+        return end
+
+    def stream_sent(self, end: StreamEnd) -> None:
+        """The application handed a message of ``end`` to gRPC (an ``atomic()`` block that produced it
+        has counted it already: see :class:`cutwatch.core._streams.Sending`)."""
+        with self._lock:
+            end.sent += 1
+
+    def stream_pulled(self, end: StreamEnd) -> None:
+        """The application took a message from ``end``: consumed when the task that took it leaves its
+        next ``atomic()`` block (or, for a handler, returns)."""
+        try:
+            task = self.tasks.current_or_app_task()
+            with self._lock:
+                end.pulled += 1
+                task.stream_pulls[end] = task.stream_pulls.get(end, 0) + 1
+        except Exception:
+            self.internal_error("counting a stream message")
+
+    def close_stream(self, end: StreamEnd) -> None:
+        """The stream is over at this end (idempotent): no longer listed in local snapshots."""
+        with self._lock:
+            end.closed = True
+            self._streams.pop(id(end), None)
+
+    def _consume_pulls(self, task: Task) -> None:
+        with self._lock:
+            pulls, task.stream_pulls = task.stream_pulls, {}
+            for end, count in pulls.items():
+                end.consumed += count
 
     # The collector's orders -------------------------------------------------------------------
     def take_snapshot(self, epoch: int) -> None:
@@ -476,6 +538,7 @@ class ProcessCore:
             dict(self._worker_pools),
             state_bytes,
             self._counters.untracked_changes,
+            tuple(end.count() for end in self._streams.values()),
         )
 
     def _emit(self) -> None:

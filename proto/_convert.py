@@ -23,10 +23,12 @@ import json
 import math
 
 from cutwatch.core import (
+    CLIENT,
     OUTCOME_FAILED,
     OUTCOME_UNSTAMPED,
     REQUEST,
     RESPONSE,
+    SERVER,
     AgentEvent,
     Answering,
     CallOutcome,
@@ -46,6 +48,7 @@ from cutwatch.core import (
     Registered,
     Registration,
     SnapshotEvent,
+    StreamCount,
     TakeSnapshot,
     TaskView,
     VectorClock,
@@ -98,6 +101,17 @@ def event_to_message(event: SnapshotEvent, seq: int) -> pb.AgentMessage:
                 responses_consumed=dict(event.responses_consumed),
                 worker_pools=dict(event.worker_pools),
                 untracked_changes=event.untracked_changes,
+                streams=[
+                    pb.StreamCount(
+                        caller=s.caller,
+                        call_id=s.call_id,
+                        role=s.role,
+                        method=s.method,
+                        requests=s.requests,
+                        responses=s.responses,
+                    )
+                    for s in event.streams
+                ],
             ),
         )
     if isinstance(event, ChannelRecord):
@@ -197,6 +211,16 @@ def _depth(value: object) -> int:
     return deepest
 
 
+def _stream_count(message: pb.StreamCount) -> StreamCount:
+    if message.role not in (CLIENT, SERVER):
+        raise EventFormatError(
+            f"a stream end's role is client or server, not {shown(message.role, _SHOWN)!r}"
+        )
+    return StreamCount(
+        message.caller, message.call_id, message.role, message.method, message.requests, message.responses
+    )
+
+
 def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent | None:
     """The snapshot event in ``message`` from registered process ``process``; None for other bodies."""
     body = message.WhichOneof("body")
@@ -227,6 +251,7 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
             responses_consumed=dict(snap.responses_consumed),
             worker_pools=dict(snap.worker_pools),
             untracked_changes=snap.untracked_changes,
+            streams=tuple(_stream_count(s) for s in snap.streams),
         )
     if body == "channel_record":
         rec = message.channel_record

@@ -145,8 +145,24 @@ class Answering(_message.Message):
     call_id: int
     def __init__(self, caller: _Optional[str] = ..., call_id: _Optional[int] = ...) -> None: ...
 
+class StreamCount(_message.Message):
+    __slots__ = ("caller", "call_id", "role", "method", "requests", "responses")
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    caller: str
+    call_id: int
+    role: str
+    method: str
+    requests: int
+    responses: int
+    def __init__(self, caller: _Optional[str] = ..., call_id: _Optional[int] = ..., role: _Optional[str] = ..., method: _Optional[str] = ..., requests: _Optional[int] = ..., responses: _Optional[int] = ...) -> None: ...
+
 class LocalSnapshot(_message.Message):
-    __slots__ = ("epoch", "process_id", "clock", "state_json", "tasks_json", "open_calls", "answering", "requests_sent", "responses_sent", "requests_consumed", "responses_consumed", "worker_pools", "untracked_changes")
+    __slots__ = ("epoch", "process_id", "clock", "state_json", "tasks_json", "open_calls", "answering", "requests_sent", "responses_sent", "requests_consumed", "responses_consumed", "worker_pools", "untracked_changes", "streams")
     class ClockEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -195,6 +211,7 @@ class LocalSnapshot(_message.Message):
     RESPONSES_CONSUMED_FIELD_NUMBER: _ClassVar[int]
     WORKER_POOLS_FIELD_NUMBER: _ClassVar[int]
     UNTRACKED_CHANGES_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     process_id: str
     clock: _containers.ScalarMap[str, int]
@@ -208,7 +225,8 @@ class LocalSnapshot(_message.Message):
     responses_consumed: _containers.ScalarMap[str, int]
     worker_pools: _containers.ScalarMap[str, int]
     untracked_changes: int
-    def __init__(self, epoch: _Optional[int] = ..., process_id: _Optional[str] = ..., clock: _Optional[_Mapping[str, int]] = ..., state_json: _Optional[str] = ..., tasks_json: _Optional[str] = ..., open_calls: _Optional[_Iterable[_Union[OpenCall, _Mapping]]] = ..., answering: _Optional[_Iterable[_Union[Answering, _Mapping]]] = ..., requests_sent: _Optional[int] = ..., responses_sent: _Optional[_Mapping[str, int]] = ..., requests_consumed: _Optional[_Mapping[str, int]] = ..., responses_consumed: _Optional[_Mapping[str, int]] = ..., worker_pools: _Optional[_Mapping[str, int]] = ..., untracked_changes: _Optional[int] = ...) -> None: ...
+    streams: _containers.RepeatedCompositeFieldContainer[StreamCount]
+    def __init__(self, epoch: _Optional[int] = ..., process_id: _Optional[str] = ..., clock: _Optional[_Mapping[str, int]] = ..., state_json: _Optional[str] = ..., tasks_json: _Optional[str] = ..., open_calls: _Optional[_Iterable[_Union[OpenCall, _Mapping]]] = ..., answering: _Optional[_Iterable[_Union[Answering, _Mapping]]] = ..., requests_sent: _Optional[int] = ..., responses_sent: _Optional[_Mapping[str, int]] = ..., requests_consumed: _Optional[_Mapping[str, int]] = ..., responses_consumed: _Optional[_Mapping[str, int]] = ..., worker_pools: _Optional[_Mapping[str, int]] = ..., untracked_changes: _Optional[int] = ..., streams: _Optional[_Iterable[_Union[StreamCount, _Mapping]]] = ...) -> None: ...
 
 class ChannelRecord(_message.Message):
     __slots__ = ("epoch", "sender", "receiver", "method", "kind", "payload_json", "call_id", "attempt")

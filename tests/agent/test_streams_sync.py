@@ -1,0 +1,180 @@
+"""Stream messages and cuts, over real gRPC with the sync interceptors, in exactly chosen orders.
+
+Every message of a stream counts at both ends; a cut that a stream message
+crosses backwards (sent after its sender's cut, consumed before its
+receiver's) or that leaves one in flight is never COMPLETE, and says which
+stream. The orders are the ones that made COMPLETE cuts wrong before: see
+:mod:`stream_bank` for the service.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+
+import pytest
+from stream_bank import TIMEOUT, StreamBank, assemble, balances, stub
+
+
+@pytest.fixture
+def banks() -> Iterator[tuple[StreamBank, StreamBank]]:
+    a, b = StreamBank("a"), StreamBank("b")
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def deposit(a: StreamBank, b: StreamBank) -> tuple[queue.Queue[int | None], object]:
+    """A client stream from a to b; each amount put in the queue is debited at a and sent."""
+    amounts: queue.Queue[int | None] = queue.Queue()
+    call = stub(a.channel_to(b), "Deposit", "stream_unary").future(a.transfers(amounts), timeout=TIMEOUT)
+    return amounts, call
+
+
+def test_a_client_stream_message_sent_after_the_senders_cut_and_consumed_before_the_receivers(
+    banks: tuple[StreamBank, StreamBank],
+) -> None:
+    """The review's case: message 1 sent and consumed; a's cut; a debits 10 and yields message 2; b
+    credits it and then takes its cut. It was COMPLETE with 210 where 200 is right."""
+    a, b = banks
+    amounts, call = deposit(a, b)
+    amounts.put(10)
+    assert b.taken.get(timeout=TIMEOUT) == 10
+    a.cut(1)
+    amounts.put(10)
+    assert b.taken.get(timeout=TIMEOUT) == 10
+    b.cut(1)
+    amounts.put(None)
+    call.result(TIMEOUT)  # type: ignore[attr-defined]
+    cut = assemble(1, a, b)
+    assert balances(cut) == [90, 120]  # wrong...
+    assert cut.status == "INCOMPLETE"  # ...and not COMPLETE
+    assert any(
+        "/streams.Bank/Deposit" in reason
+        and "1 request message(s) consumed before the server's cut were sent after the client's cut" in reason
+        for reason in cut.reasons
+    ), cut.reasons
+
+
+def test_a_client_stream_message_in_flight_at_the_cut(banks: tuple[StreamBank, StreamBank]) -> None:
+    a, b = banks
+    amounts, call = deposit(a, b)
+    amounts.put(10)
+    assert b.taken.get(timeout=TIMEOUT) == 10
+    b.cut(1)
+    amounts.put(10)
+    assert b.taken.get(timeout=TIMEOUT) == 10
+    a.cut(1)
+    amounts.put(None)
+    call.result(TIMEOUT)  # type: ignore[attr-defined]
+    cut = assemble(1, a, b)
+    assert balances(cut) == [80, 110]  # 10 on the wire, and not recorded
+    assert cut.status == "INCOMPLETE"
+    assert any("1 request message(s) in flight at the cut" in reason for reason in cut.reasons), cut.reasons
+
+
+def test_a_cut_between_stream_messages_is_complete_and_exact(banks: tuple[StreamBank, StreamBank]) -> None:
+    a, b = banks
+    amounts, call = deposit(a, b)
+    for _ in range(3):
+        amounts.put(5)
+        assert b.taken.get(timeout=TIMEOUT) == 5
+    a.cut(1)
+    b.cut(1)
+    amounts.put(5)
+    assert b.taken.get(timeout=TIMEOUT) == 5
+    amounts.put(None)
+    call.result(TIMEOUT)  # type: ignore[attr-defined]
+    cut = assemble(1, a, b)
+    assert (cut.status, cut.reasons) == ("COMPLETE", ())
+    assert balances(cut) == [85, 115]
+
+
+def test_a_server_stream_message_taken_but_not_yet_applied_is_not_consumed(
+    banks: tuple[StreamBank, StreamBank],
+) -> None:
+    """The consumption rule, for stream messages: a message the client took is consumed when its next
+    atomic() block ends. A cut between the two must not count it consumed (its money would be in
+    neither balance)."""
+    a, b = banks
+    responses = stub(a.channel_to(b), "Payout", "unary_stream")(a_request(), timeout=TIMEOUT)
+    b.payouts.put(7)
+    first = next(responses)
+    a._credit(int(first["amount"]))
+    b.payouts.put(7)
+    second = next(responses)  # taken, not applied yet
+    a.cut(1)
+    b.cut(1)
+    a._credit(int(second["amount"]))
+    b.payouts.put(None)
+    assert list(responses) == []
+    cut = assemble(1, a, b)
+    assert balances(cut) == [107, 86]  # 7 taken by a, not applied: on its way, as far as the cut goes
+    assert cut.status == "INCOMPLETE"
+    assert any("1 response message(s) in flight at the cut" in reason for reason in cut.reasons), cut.reasons
+
+
+def test_a_server_stream_message_sent_after_the_servers_cut_and_applied_before_the_clients(
+    banks: tuple[StreamBank, StreamBank],
+) -> None:
+    a, b = banks
+    responses = stub(a.channel_to(b), "Payout", "unary_stream")(a_request(), timeout=TIMEOUT)
+    credited = a.receive(responses)
+    b.payouts.put(7)
+    assert next(credited) == 7
+    b.cut(1)
+    b.payouts.put(7)
+    assert next(credited) == 7
+    a.cut(1)
+    b.payouts.put(None)
+    assert list(credited) == []
+    cut = assemble(1, a, b)
+    assert balances(cut) == [114, 93]
+    assert cut.status == "INCOMPLETE"
+    assert any(
+        "1 response message(s) consumed before the client's cut were sent after the server's cut" in reason
+        for reason in cut.reasons
+    ), cut.reasons
+
+
+def test_a_bidirectional_stream_is_checked_both_ways(banks: tuple[StreamBank, StreamBank]) -> None:
+    a, b = banks
+    amounts: queue.Queue[int | None] = queue.Queue()
+    refunds = a.receive(stub(a.channel_to(b), "Swap", "stream_stream")(a.transfers(amounts), timeout=TIMEOUT))
+    amounts.put(10)
+    assert next(refunds) == 5  # b credited 10 - 5 and sent 5 back; a credited it
+    a.cut(1)
+    b.cut(1)
+    amounts.put(10)
+    assert next(refunds) == 5
+    amounts.put(None)
+    assert list(refunds) == []
+    quiet = assemble(1, a, b)
+    assert (quiet.status, balances(quiet)) == ("COMPLETE", [95, 105])
+    amounts2: queue.Queue[int | None] = queue.Queue()
+    refunds2 = a.receive(
+        stub(a.channel_to(b), "Swap", "stream_stream")(a.transfers(amounts2), timeout=TIMEOUT)
+    )
+    amounts2.put(10)
+    assert next(refunds2) == 5
+    b.cut(2)  # b has consumed one request and sent one refund
+    amounts2.put(10)
+    assert next(refunds2) == 5  # a sent its second request after b's cut...
+    a.cut(2)  # ...and applied b's second refund, sent after b's cut, before its own
+    amounts2.put(None)
+    assert list(refunds2) == []
+    crossed = assemble(2, a, b)
+    assert crossed.status == "INCOMPLETE"
+    reasons = " | ".join(crossed.reasons)
+    assert "1 request message(s) in flight at the cut" in reasons
+    assert (
+        "1 response message(s) consumed before the client's cut were sent after the server's cut" in reasons
+    )
+
+
+def a_request():  # type: ignore[no-untyped-def]
+    from stream_bank import money
+
+    return money(0)

@@ -1,0 +1,171 @@
+"""Money moved by stream messages over real gRPC, between processes driven by hand.
+
+Each :class:`StreamBank` is a real :class:`cutwatch.core.ProcessCore` behind
+the real sync interceptors and a real gRPC server on loopback; the test
+takes each process's local snapshots when it wants (``cut``), so that it
+can put a cut exactly between two stream messages, and assembles them with
+the real :class:`cutwatch.core.CutAssembler`.
+
+The service moves money in all four call kinds:
+
+- ``Deposit`` (client streaming): the client debits and yields each
+  message in its generator, one ``atomic()`` block each; the handler credits
+  each message it takes in one block.
+- ``Payout`` (server streaming): the handler debits and yields each amount
+  put in ``payouts`` (None ends it); the client credits each message it
+  takes in one block.
+- ``Swap`` (bidirectional): the handler credits each request and answers
+  with a refund of half of it, credit and debit in one block.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterable, Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+from google.protobuf.struct_pb2 import Struct
+
+from cutwatch.agent._client import ClientInterceptor
+from cutwatch.agent._server import ServerInterceptor
+from cutwatch.core import AssembledCut, CutAssembler, ProcessCore, SnapshotEvent
+
+SERVICE = "streams.Bank"
+TIMEOUT = 30.0
+
+
+def money(amount: int) -> Struct:
+    message = Struct()
+    message.update({"amount": amount})
+    return message
+
+
+def amount_of(message: Struct) -> int:
+    return int(message["amount"])
+
+
+class StreamBank:
+    """One process: its event core, a balance, a server, and the events it emitted."""
+
+    def __init__(self, name: str, balance: int = 100) -> None:
+        self.events: list[SnapshotEvent] = []
+        self.core = ProcessCore(name, emit=self.events.extend)
+        self.balance = balance
+        self.core.register_state("balance", lambda: self.balance)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=8),
+            interceptors=[ServerInterceptor(self.core, self.core.register_pool(8), 64 * 1024)],
+        )
+        self.server.add_generic_rpc_handlers((self._handlers(),))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+        self.payouts: queue.Queue[int | None] = queue.Queue()
+        """Amounts the ``Payout`` handler pays out, one message each, in order."""
+        self.taken: queue.Queue[int] = queue.Queue()
+        """Amounts the handlers took from request streams, in order (for the test to wait on)."""
+        self._channels: list[grpc.Channel] = []
+
+    @property
+    def name(self) -> str:
+        return self.core.process_id
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+        self.server.stop(0).wait(TIMEOUT)
+
+    # The service ---------------------------------------------------------------------------------
+    def _credit(self, amount: int) -> None:
+        with self.core.atomic():
+            self.balance += amount
+
+    def _deposit(self, requests: Iterable[Struct], context: Any) -> Struct:
+        for message in requests:
+            self._credit(amount_of(message))
+            self.taken.put(amount_of(message))
+        return Struct()
+
+    def _payout(self, request: Struct, context: Any) -> Iterator[Struct]:
+        yield from self.transfers(self.payouts)
+
+    def _swap(self, requests: Iterable[Struct], context: Any) -> Iterator[Struct]:
+        for message in requests:
+            amount = amount_of(message)
+            with self.core.atomic():
+                self.balance += amount - amount // 2
+            self.taken.put(amount)
+            yield money(amount // 2)
+
+    def _handlers(self) -> grpc.GenericRpcHandler:
+        options = {"request_deserializer": Struct.FromString, "response_serializer": Struct.SerializeToString}
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Deposit": grpc.stream_unary_rpc_method_handler(self._deposit, **options),
+                "Payout": grpc.unary_stream_rpc_method_handler(self._payout, **options),
+                "Swap": grpc.stream_stream_rpc_method_handler(self._swap, **options),
+            },
+        )
+
+    # The client ----------------------------------------------------------------------------------
+    def channel_to(self, peer: StreamBank) -> grpc.Channel:
+        channel = grpc.intercept_channel(
+            grpc.insecure_channel(peer.address), ClientInterceptor(self.core, 64 * 1024)
+        )
+        self._channels.append(channel)
+        return channel
+
+    def transfers(self, amounts: queue.Queue[int | None]) -> Iterator[Struct]:
+        """The request generator: debit and yield each amount put in ``amounts`` (None ends it)."""
+        while (amount := amounts.get(timeout=TIMEOUT)) is not None:
+            with self.core.atomic():
+                self.balance -= amount
+            yield money(amount)
+
+    def receive(self, responses: Iterable[Struct]) -> Iterator[int]:
+        """Credit each response message as the application takes it; yields the amounts."""
+        for message in responses:
+            self._credit(amount_of(message))
+            yield amount_of(message)
+
+    # Snapshots -----------------------------------------------------------------------------------
+    def cut(self, epoch: int) -> None:
+        self.core.take_snapshot(epoch)
+
+
+def stub(channel: grpc.Channel, method: str, kind: str) -> Any:
+    make = getattr(channel, kind)
+    return make(
+        f"/{SERVICE}/{method}",
+        request_serializer=Struct.SerializeToString,
+        response_deserializer=Struct.FromString,
+    )
+
+
+def assemble(epoch: int, *banks: StreamBank) -> AssembledCut:
+    """Cut ``epoch`` from what the banks emitted, with every flush round answered at once."""
+    assembler = CutAssembler(epoch, [bank.name for bank in banks])
+
+    def feed() -> None:
+        for bank in banks:
+            events, bank.events[:] = list(bank.events), []
+            for event in events:
+                if event.epoch == epoch:
+                    assembler.add(event)
+
+    feed()
+    while (due := assembler.next_flush()) is not None:
+        for bank in banks:
+            bank.core.flush(epoch, due[0], due[1])
+        feed()
+    return assembler.finish()
+
+
+def balances(cut: AssembledCut) -> list[int]:
+    return [int(state["balance"]) for _, state in sorted(cut.states.items())]  # type: ignore[index]
