@@ -9,7 +9,7 @@ makes a wait-for edge.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,7 +24,9 @@ __all__ = [
     "STREAM_RESPONSE",
     "begin_inbound",
     "counted_pulls",
+    "counted_pulls_async",
     "counted_sends",
+    "counted_sends_async",
     "failure_name",
     "finish_outbound",
     "waiting",
@@ -134,6 +136,38 @@ def counted_sends(core: ProcessCore, end: StreamEnd, messages: Iterable[Any]) ->
 def counted_pulls(core: ProcessCore, end: StreamEnd, messages: Iterable[Any]) -> Iterator[Any]:
     """``messages`` as the application takes them from ``end``, each counted as taken."""
     for message in messages:
+        core.stream_pulled(end)
+        yield message
+
+
+async def counted_sends_async(
+    core: ProcessCore, end: StreamEnd, messages: AsyncIterable[Any] | Iterable[Any]
+) -> AsyncIterator[Any]:
+    """:func:`counted_sends` for grpc.aio, whose request iterators may be async or not."""
+    if not isinstance(messages, AsyncIterable):
+        for message in counted_sends(core, end, messages):
+            yield message
+        return
+    produced = messages.__aiter__()
+    while True:
+        sending = Sending(end)
+        token = SENDING.set(sending)
+        try:
+            message = await produced.__anext__()
+        except StopAsyncIteration:
+            return
+        finally:
+            SENDING.reset(token)
+        if not sending.counted:
+            core.stream_sent(end)
+        yield message
+
+
+async def counted_pulls_async(
+    core: ProcessCore, end: StreamEnd, messages: AsyncIterable[Any]
+) -> AsyncIterator[Any]:
+    """:func:`counted_pulls` for grpc.aio's request iterators."""
+    async for message in messages:
         core.stream_pulled(end)
         yield message
 

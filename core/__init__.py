@@ -73,7 +73,16 @@ from cutwatch.core._stamp import (
     StampCodec,
 )
 from cutwatch.core._states import DEFAULT_MAX_STATE_BYTES
-from cutwatch.core._streams import CLIENT, SENDING, SERVER, Sending, StreamCount, StreamEnd, stream_crossings
+from cutwatch.core._streams import (
+    CLIENT,
+    PULLS,
+    SENDING,
+    SERVER,
+    Sending,
+    StreamCount,
+    StreamEnd,
+    stream_crossings,
+)
 from cutwatch.core._tasks import OutboundCall, Task, TaskRegistry, TaskView
 from cutwatch.core._text import shown
 from cutwatch.core._waitfor import (
@@ -125,6 +134,7 @@ __all__ = [
     "OUTCOME_FAILED",
     "OUTCOME_UNSTAMPED",
     "PROTOCOL_VERSION",
+    "PULLS",
     "REASON_ATOMIC_TIMEOUT",
     "REASON_ATOMIC_WAIT",
     "REASON_TOO_MANY_CALLS",

@@ -51,8 +51,8 @@ from cutwatch.core._participant import DEFAULT_MAX_OPEN_EPOCHS, Delivery, Snapsh
 from cutwatch.core._stamp import DEFAULT_MAX_CLOCK_ENTRIES, DEFAULT_MAX_STAMP_BYTES
 from cutwatch.core._stamped_clock import StampedClock
 from cutwatch.core._states import DEFAULT_MAX_STATE_BYTES, StateProviders
-from cutwatch.core._streams import CLIENT, SENDING, SERVER, StreamEnd
-from cutwatch.core._tasks import OutboundCall, Task, TaskRegistry
+from cutwatch.core._streams import CLIENT, PULLS, SENDING, SERVER, StreamEnd
+from cutwatch.core._tasks import OutboundCall, TaskRegistry
 
 __all__ = [
     "REASON_ATOMIC_TIMEOUT",
@@ -204,11 +204,11 @@ class ProcessCore:
             sending.counted = True
             with self._lock:
                 sending.end.sent += 1
+        if PULLS.get():
+            self._consume_pulls()
         task = self.tasks.current()
         if task is None:
             return
-        if task.stream_pulls:
-            self._consume_pulls(task)
         delivery = task.delivery
         if isinstance(delivery, Delivery) and not delivery.consumed:
             try:
@@ -377,8 +377,8 @@ class ProcessCore:
             if inbound.finished:
                 return None
             inbound.finished = True
-            if inbound.task.stream_pulls:
-                self._consume_pulls(inbound.task)  # a handler that returns has applied what it took
+            if PULLS.get():
+                self._consume_pulls()  # a handler that returns has applied what it took
             self.tasks.end(inbound.task)
             if inbound.token is not None:
                 self.tasks.unbind(inbound.token, inbound.task)
@@ -429,13 +429,13 @@ class ProcessCore:
     def stream_pulled(self, end: StreamEnd) -> None:
         """The application took a message from ``end``: consumed when the task that took it leaves its
         next ``atomic()`` block (or, for a handler, returns)."""
-        try:
-            task = self.tasks.current_or_app_task()
-            with self._lock:
-                end.pulled += 1
-                task.stream_pulls[end] = task.stream_pulls.get(end, 0) + 1
-        except Exception:
-            self.internal_error("counting a stream message")
+        pulls = PULLS.get()
+        if pulls is None:
+            pulls = {}
+            PULLS.set(pulls)
+        with self._lock:
+            end.pulled += 1
+            pulls[end] = pulls.get(end, 0) + 1
 
     def close_stream(self, end: StreamEnd) -> None:
         """The stream is over at this end (idempotent): no longer listed in local snapshots."""
@@ -443,11 +443,15 @@ class ProcessCore:
             end.closed = True
             self._streams.pop(id(end), None)
 
-    def _consume_pulls(self, task: Task) -> None:
+    def _consume_pulls(self) -> None:
+        """Every stream message this context took is applied (its ``atomic()`` block ended)."""
+        pulls = PULLS.get()
+        if not pulls:
+            return
         with self._lock:
-            pulls, task.stream_pulls = task.stream_pulls, {}
             for end, count in pulls.items():
                 end.consumed += count
+            pulls.clear()
 
     # The collector's orders -------------------------------------------------------------------
     def take_snapshot(self, epoch: int) -> None:

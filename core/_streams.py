@@ -31,6 +31,8 @@ from typing import Final, Literal
 
 __all__ = [
     "CLIENT",
+    "PULLS",
+    "SENDING",
     "SERVER",
     "Sending",
     "StreamCount",
@@ -92,6 +94,10 @@ class Sending:
 
 SENDING: contextvars.ContextVar[Sending | None] = contextvars.ContextVar("cutwatch_sending", default=None)
 """The stream message the code running in this context is producing, if any."""
+PULLS: contextvars.ContextVar[dict[StreamEnd, int] | None] = contextvars.ContextVar(
+    "cutwatch_pulls", default=None
+)
+"""Stream messages the code running in this context took and has not consumed yet, by stream end."""
 
 
 def stream_crossings(

@@ -55,8 +55,6 @@ class Task:
     untracked: bool = False
     """A server task whose request came without a (valid) stamp: each of its ``atomic()`` blocks is a
     state change no cut can place, and is counted."""
-    stream_pulls: dict[Any, int] = field(default_factory=dict)
-    """Stream messages this task took and has not consumed yet, by stream end (see ``core._streams``)."""
 
     def is_idle(self) -> bool:
         return not self.outbound and not self.held_locks and self.waiting_lock is None
