@@ -10,10 +10,12 @@ stream. The orders are the ones that made COMPLETE cuts wrong before: see
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Iterator
 
 import pytest
-from stream_bank import TIMEOUT, StreamBank, assemble, balances, stub
+from google.protobuf.struct_pb2 import Struct
+from stream_bank import TIMEOUT, StreamBank, assemble, balances, money, stub
 
 
 @pytest.fixture
@@ -99,7 +101,7 @@ def test_a_server_stream_message_taken_but_not_yet_applied_is_not_consumed(
     atomic() block ends. A cut between the two must not count it consumed (its money would be in
     neither balance)."""
     a, b = banks
-    responses = stub(a.channel_to(b), "Payout", "unary_stream")(a_request(), timeout=TIMEOUT)
+    responses = stub(a.channel_to(b), "Payout", "unary_stream")(money(0), timeout=TIMEOUT)
     b.payouts.put(7)
     first = next(responses)
     a._credit(int(first["amount"]))
@@ -120,7 +122,7 @@ def test_a_server_stream_message_sent_after_the_servers_cut_and_applied_before_t
     banks: tuple[StreamBank, StreamBank],
 ) -> None:
     a, b = banks
-    responses = stub(a.channel_to(b), "Payout", "unary_stream")(a_request(), timeout=TIMEOUT)
+    responses = stub(a.channel_to(b), "Payout", "unary_stream")(money(0), timeout=TIMEOUT)
     credited = a.receive(responses)
     b.payouts.put(7)
     assert next(credited) == 7
@@ -174,7 +176,29 @@ def test_a_bidirectional_stream_is_checked_both_ways(banks: tuple[StreamBank, St
     )
 
 
-def a_request():  # type: ignore[no-untyped-def]
-    from stream_bank import money
+def test_a_message_produced_after_an_atomic_block_is_sent_with_it(
+    banks: tuple[StreamBank, StreamBank],
+) -> None:
+    """The generator debits in a block, then yields: the message counts as sent when the block ends,
+    not when gRPC takes it, so a cut in between sees the debit and the message on their way together
+    (without that, this cut was COMPLETE with 10 in neither balance nor anywhere else)."""
+    a, b = banks
+    produced, cut_taken = threading.Event(), threading.Event()
 
-    return money(0)
+    def requests() -> Iterator[Struct]:
+        with a.core.atomic():
+            a.balance -= 10
+        produced.set()
+        assert cut_taken.wait(TIMEOUT)
+        yield money(10)
+
+    call = stub(a.channel_to(b), "Deposit", "stream_unary").future(requests(), timeout=TIMEOUT)
+    assert produced.wait(TIMEOUT)
+    a.cut(1)
+    b.cut(1)
+    cut_taken.set()
+    assert b.taken.get(timeout=TIMEOUT) == 10
+    call.result(TIMEOUT)
+    cut = assemble(1, a, b)
+    assert balances(cut) == [90, 100] and cut.status == "INCOMPLETE"
+    assert any("1 request message(s) in flight at the cut" in reason for reason in cut.reasons), cut.reasons
