@@ -81,7 +81,9 @@ from cutwatch.core._streams import (
     Sending,
     StreamCount,
     StreamEnd,
+    snapshot_waves,
     stream_crossings,
+    stream_edges,
 )
 from cutwatch.core._tasks import OutboundCall, Task, TaskRegistry, TaskView
 from cutwatch.core._text import shown
@@ -223,7 +225,9 @@ __all__ = [
     "graph_from_cut",
     "reduce_graph",
     "shown",
+    "snapshot_waves",
     "stopped_processes",
     "stream_crossings",
+    "stream_edges",
     "unflushed_processes",
 ]

@@ -37,7 +37,9 @@ __all__ = [
     "Sending",
     "StreamCount",
     "StreamEnd",
+    "snapshot_waves",
     "stream_crossings",
+    "stream_edges",
 ]
 
 CLIENT: Final = "client"
@@ -98,6 +100,43 @@ PULLS: contextvars.ContextVar[dict[StreamEnd, int] | None] = contextvars.Context
     "cutwatch_pulls", default=None
 )
 """Stream messages the code running in this context took and has not consumed yet, by stream end."""
+
+
+def stream_edges(counts: Iterable[StreamCount], process: str) -> set[tuple[str, str]]:
+    """Who streams to whom, from the server ends ``process`` listed: (sender, receiver) pairs of the
+    directions that carried messages (a client end does not know its server)."""
+    edges: set[tuple[str, str]] = set()
+    for count in counts:
+        if count.role != SERVER or count.caller == process:
+            continue
+        if count.requests:
+            edges.add((count.caller, process))
+        if count.responses:
+            edges.add((process, count.caller))
+    return edges
+
+
+def snapshot_waves(participants: Iterable[str], edges: Iterable[tuple[str, str]]) -> list[list[str]]:
+    """The order in which to ask for local snapshots so that a stream's receiver cuts before its
+    sender: each wave holds the processes whose every receiver is in an earlier wave.
+
+    A receiver that cuts first has consumed only messages sent before it cut, hence before their
+    sender's cut: one-way streams can then never cross a cut backwards. Processes in a cycle of
+    streams (a bidirectional stream, two streams opposite ways) go together in the last wave.
+    """
+    waiting = set(participants)
+    receivers: dict[str, set[str]] = {p: set() for p in waiting}
+    for sender, receiver in edges:
+        if sender in waiting and receiver in waiting and sender != receiver:
+            receivers[sender].add(receiver)
+    waves: list[list[str]] = []
+    while waiting:
+        wave = sorted(p for p in waiting if not receivers[p] & waiting)
+        if not wave:
+            wave = sorted(waiting)  # a cycle: no order helps it
+        waves.append(wave)
+        waiting -= set(wave)
+    return waves
 
 
 def stream_crossings(
