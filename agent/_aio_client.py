@@ -27,6 +27,7 @@ from cutwatch.agent._calls import (
     waiting,
 )
 from cutwatch.agent._metadata import method_name, with_stamp
+from cutwatch.agent._payload import lazy_message_json
 from cutwatch.core import ChannelPeer, Outbound, ProcessCore, StreamEnd
 from cutwatch.proto import (
     AioStreamStreamClientBase,
@@ -143,7 +144,7 @@ class _StampedCall(_Writes, wrapt.ObjectProxy[Any]):
                     self._self_core.close_stream(stream)
                     await self._self_finish(exc)
                     raise
-            self._self_core.stream_pulled(stream)
+            self._self_core.stream_pulled(stream, lazy_message_json(response, self._self_max_payload))
             yield response
         self._self_core.close_stream(stream)
         await self._self_finish()
@@ -162,7 +163,7 @@ class _StampedCall(_Writes, wrapt.ObjectProxy[Any]):
             self._self_core.close_stream(stream)
             await self._self_finish()
         else:
-            self._self_core.stream_pulled(stream)
+            self._self_core.stream_pulled(stream, lazy_message_json(message, self._self_max_payload))
         return message
 
 

@@ -19,6 +19,7 @@ import wrapt
 
 from cutwatch.agent._calls import counted_pulls_async, counted_sends_async
 from cutwatch.agent._metadata import with_stamp
+from cutwatch.agent._payload import lazy_message_json
 from cutwatch.agent._server import HandlerCache, _HandlerWrapper, add_response_stamp, wrap_handler
 from cutwatch.core import Inbound, ProcessCore, Refused, StreamEnd
 from cutwatch.proto import AioServerInterceptorBase
@@ -30,17 +31,25 @@ class _StampingContext(wrapt.ObjectProxy[Any]):
     so that one called inside an ``atomic()`` block goes with the change it carries)."""
 
     def __init__(
-        self, context: Any, core: ProcessCore, inbound: Inbound | None, stream: StreamEnd | None = None
+        self,
+        context: Any,
+        core: ProcessCore,
+        inbound: Inbound | None,
+        stream: StreamEnd | None = None,
+        max_payload: int = 0,
     ) -> None:
         super().__init__(context)
         self._self_core = core
         self._self_inbound = inbound
         self._self_stream = stream
+        self._self_max_payload = max_payload
 
     async def read(self) -> Any:
         message = await self.__wrapped__.read()
         if self._self_stream is not None and message is not grpc.aio.EOF:  # type: ignore[attr-defined]
-            self._self_core.stream_pulled(self._self_stream)
+            self._self_core.stream_pulled(
+                self._self_stream, lazy_message_json(message, self._self_max_payload)
+            )
         return message
 
     def write(self, message: Any) -> Any:
@@ -97,13 +106,13 @@ class _AioHandlerWrapper(_HandlerWrapper):
             await context.abort(grpc.StatusCode.ABORTED, inbound.reason)
             raise AssertionError("unreachable: abort raises")  # pragma: no cover
         stream = self.core.open_server_stream(inbound) if streaming and inbound is not None else None
-        return inbound, _StampingContext(context, self.core, inbound, stream), stream
+        return inbound, _StampingContext(context, self.core, inbound, stream, self.max_payload), stream
 
     def _requests(self, requests: Any, stream: StreamEnd | None, request_stream: bool) -> Any:
         """The request iterator the handler sees: its messages counted as the handler takes them."""
         if stream is None or not request_stream or not hasattr(requests, "__aiter__"):
             return requests
-        return counted_pulls_async(self.core, stream, requests)
+        return counted_pulls_async(self.core, stream, requests, self.max_payload)
 
     def _end(self, context: Any, inbound: Inbound | None, stream: StreamEnd | None) -> None:
         add_response_stamp(self.core, context, inbound)

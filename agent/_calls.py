@@ -133,10 +133,13 @@ def counted_sends(core: ProcessCore, end: StreamEnd, messages: Iterable[Any]) ->
         yield message
 
 
-def counted_pulls(core: ProcessCore, end: StreamEnd, messages: Iterable[Any]) -> Iterator[Any]:
-    """``messages`` as the application takes them from ``end``, each counted as taken."""
+def counted_pulls(
+    core: ProcessCore, end: StreamEnd, messages: Iterable[Any], max_payload: int
+) -> Iterator[Any]:
+    """``messages`` as the application takes them from ``end``, each counted as taken (and rendered
+    as JSON only if a cut records it in transit)."""
     for message in messages:
-        core.stream_pulled(end)
+        core.stream_pulled(end, lazy_message_json(message, max_payload))
         yield message
 
 
@@ -164,11 +167,11 @@ async def counted_sends_async(
 
 
 async def counted_pulls_async(
-    core: ProcessCore, end: StreamEnd, messages: AsyncIterable[Any]
+    core: ProcessCore, end: StreamEnd, messages: AsyncIterable[Any], max_payload: int
 ) -> AsyncIterator[Any]:
     """:func:`counted_pulls` for grpc.aio's request iterators."""
     async for message in messages:
-        core.stream_pulled(end)
+        core.stream_pulled(end, lazy_message_json(message, max_payload))
         yield message
 
 

@@ -90,9 +90,9 @@ class _HandlerWrapper:
             inbound = begin(context, requests)
             stream = core.open_server_stream(inbound) if inbound is not None else None
             try:
-                return behavior(
-                    requests if stream is None else counted_pulls(core, stream, requests), context
-                )
+                if stream is not None:
+                    requests = counted_pulls(core, stream, requests, self.max_payload)
+                return behavior(requests, context)
             finally:
                 add_response_stamp(core, context, inbound)
                 if stream is not None:
@@ -113,7 +113,7 @@ class _HandlerWrapper:
                     yield from behavior(request_or_iterator, context)
                     return
                 requests = (
-                    counted_pulls(core, stream, request_or_iterator)
+                    counted_pulls(core, stream, request_or_iterator, self.max_payload)
                     if request_stream
                     else request_or_iterator
                 )

@@ -81,8 +81,9 @@ from cutwatch.core._streams import (
     Sending,
     StreamCount,
     StreamEnd,
+    StreamPlacement,
+    place_streams,
     snapshot_waves,
-    stream_crossings,
     stream_edges,
 )
 from cutwatch.core._tasks import OutboundCall, Task, TaskRegistry, TaskView
@@ -213,6 +214,7 @@ __all__ = [
     "StorageError",
     "StreamCount",
     "StreamEnd",
+    "StreamPlacement",
     "TakeSnapshot",
     "Task",
     "TaskRegistry",
@@ -223,11 +225,11 @@ __all__ = [
     "WaitForGraph",
     "build_graph",
     "graph_from_cut",
+    "place_streams",
     "reduce_graph",
     "shown",
     "snapshot_waves",
     "stopped_processes",
-    "stream_crossings",
     "stream_edges",
     "unflushed_processes",
 ]

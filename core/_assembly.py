@@ -47,7 +47,7 @@ from cutwatch.core._events import (
     RecordingStopped,
     SnapshotEvent,
 )
-from cutwatch.core._streams import stream_crossings
+from cutwatch.core._streams import StreamPlacement, place_streams
 from cutwatch.core.errors import AssemblyError, InconsistentCutError, ProtocolViolationError
 
 __all__ = [
@@ -188,6 +188,8 @@ class CutAssembler:
         self._recount = False
         """An answer without a stamp came after the latest round was asked: ask another."""
         self._started_after_cut: set[tuple[str, int]] = set()
+        self._stream_records: dict[tuple[str, int, str], dict[int, ChannelRecord]] = {}
+        """Stream messages the receivers recorded, by (caller, call id, kind) and index."""
         """Calls whose request is in transit: their handlers started after their server's cut."""
         self.foreign_records = 0
 
@@ -213,7 +215,10 @@ class CutAssembler:
 
     def add_record(self, record: ChannelRecord) -> None:
         self._check_epoch(record.epoch)
-        if record.sender not in self._members or record.receiver not in self._members:
+        stream = record.msg_key.index > 0
+        # A client may take a message of its response stream before it knows its server: sender "".
+        known_sender = record.sender in self._members or (stream and not record.sender)
+        if not known_sender or record.receiver not in self._members:
             self.foreign_records += 1
             return
         key = (record.receiver, record.msg_key)
@@ -222,6 +227,12 @@ class CutAssembler:
                 f"epoch {self.epoch}: message {tuple(record.msg_key)} recorded twice at {record.receiver}"
             )
         self._record_keys.add(key)
+        if stream:
+            # Placed (or not) by the stream counts of the two ends, in finish(); it settles no call.
+            self._stream_records.setdefault((record.caller, record.msg_key.call_id, record.kind), {})[
+                record.msg_key.index
+            ] = record
+            return
         self._records.append(record)
         if record.msg_key.kind == REQUEST:
             self._started_after_cut.add((record.caller, record.msg_key.call_id))
@@ -317,7 +328,10 @@ class CutAssembler:
             return "PENDING"
         if self._round == 0 or self._recount or len(self._flushed) < len(self.participants):
             return "PENDING"
-        return "INCOMPLETE" if self._stream_crossings() else "COMPLETE"
+        streams = self._place_streams()
+        if streams.reasons:
+            return "INCOMPLETE"
+        return "PENDING" if streams.owed else "COMPLETE"
 
     def finish(self) -> AssembledCut:
         """The cut as it stands: COMPLETE if it is, else INCOMPLETE with what is missing and why."""
@@ -332,8 +346,8 @@ class CutAssembler:
             reasons.append("no flush marker from " + ", ".join(unflushed))
         elif self._recount:
             reasons.append("no flush round read the untracked changes after an answer without a stamp")
-        if not missing:
-            reasons += self._stream_crossings()
+        streams = self._place_streams() if not missing else StreamPlacement()
+        reasons += streams.reasons + streams.owed
         if unsettled:
             # A summary: an agent's megabyte method name or failure is kept once, in ``unsettled``.
             shown = ", ".join(call.describe(REASON_NAME_LIMIT) for call in unsettled[:10])
@@ -342,7 +356,10 @@ class CutAssembler:
         for notice in self._stopped:
             reasons.append(f"{notice.reason} at {notice.process}")
         in_transit = tuple(
-            sorted(self._records, key=lambda r: (r.sender, r.receiver, r.msg_key.call_id, r.msg_key.kind))
+            sorted(
+                [*self._records, *streams.in_transit],
+                key=lambda r: (r.sender, r.receiver, r.msg_key.call_id, r.msg_key.kind, r.msg_key.index),
+            )
         )
         return AssembledCut(
             epoch=self.epoch,
@@ -369,11 +386,11 @@ class CutAssembler:
         if epoch != self.epoch:
             raise ProtocolViolationError(f"piece of epoch {epoch} given to the assembler of {self.epoch}")
 
-    def _stream_crossings(self) -> list[str]:
-        counts = [count for snap in self._locals.values() for count in snap.streams]
-        if not counts:
-            return []
-        return stream_crossings(counts, self._started_after_cut)
+    def _place_streams(self) -> StreamPlacement:
+        ends = [(process, count) for process, snap in self._locals.items() for count in snap.streams]
+        if not ends:
+            return StreamPlacement()
+        return place_streams(ends, self._started_after_cut, self._stream_records)
 
     def _see_untracked(self, process: str, count: int) -> None:
         if count > self._untracked_now.get(process, 0):

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
 from cutwatch.core._clock import VectorClock
-from cutwatch.core._streams import StreamCount
 from cutwatch.core._tasks import TaskView
 
 __all__ = [
@@ -35,8 +34,10 @@ __all__ = [
     "MsgKey",
     "OpenCall",
     "Payload",
+    "PendingStreamMessage",
     "RecordingStopped",
     "SnapshotEvent",
+    "StreamCount",
 ]
 
 REQUEST: Final = "request"
@@ -65,6 +66,35 @@ class MsgKey(NamedTuple):
     call_id: int
     attempt: int
     kind: str
+    index: int = 0
+    """0 for a call's own request or response; n >= 1 for the n-th message of its stream that way."""
+
+
+@dataclass(frozen=True)
+class StreamCount:
+    """One end of a streaming call at a cut: ``requests`` and ``responses`` are the client's messages
+    sent and the server's consumed (requests), the server's sent and the client's consumed (responses).
+    """
+
+    caller: str
+    call_id: int
+    role: str
+    method: str = ""
+    requests: int = 0
+    responses: int = 0
+
+
+@dataclass(frozen=True)
+class PendingStreamMessage:
+    """A stream message the application took and has not applied at the cut (recorded in transit
+    for the epochs after ``since``, the epoch its stream started in at its sender's side)."""
+
+    sender: str
+    receiver: str
+    method: str
+    key: MsgKey
+    payload: Payload
+    since: int
 
 
 class Capture(NamedTuple):
@@ -80,6 +110,8 @@ class Capture(NamedTuple):
     """State changes so far that no cut can place (see ``ProcessStats.untracked_changes``)."""
     streams: tuple[StreamCount, ...] = ()
     """The streaming calls open at this process, with their counts (see ``core._streams``)."""
+    stream_pending: tuple[PendingStreamMessage, ...] = ()
+    """Stream messages taken and not applied yet: in transit for the cut."""
 
 
 class OpenCall(NamedTuple):

@@ -86,6 +86,7 @@ from cutwatch.core._events import (
     MsgKey,
     OpenCall,
     Payload,
+    PendingStreamMessage,
     RecordingStopped,
     SnapshotEvent,
 )
@@ -323,6 +324,15 @@ class SnapshotParticipant:
                 self.responses_sent[delivery.sender] = self.responses_sent.get(delivery.sender, 0) + 1
         return self.epoch
 
+    def on_stream_message(self, message: PendingStreamMessage) -> None:
+        """A stream message is taken: recorded for every open epoch after its stream started (whether
+        it is in transit for one depends on its sender's count at that cut, which the collector has)."""
+        epochs = [epoch for epoch in self._open if epoch > message.since]
+        if epochs:
+            delivery = Delivery(message.sender, message.since, message.payload, message.key, message.method)
+            for epoch in epochs:
+                self._record(epoch, delivery)
+
     # Snapshots -----------------------------------------------------------------------------
     def join(self, epoch: int) -> None:
         """Start numbering at ``epoch`` without taking part in it (a process that joins late)."""
@@ -383,6 +393,12 @@ class SnapshotParticipant:
             self._open_epoch(epoch)
             for delivery in self._pending.values():
                 self._record(epoch, delivery)
+            for message in capture.stream_pending:
+                if epoch > message.since:
+                    self._record(
+                        epoch,
+                        Delivery(message.sender, message.since, message.payload, message.key, message.method),
+                    )
         return taken
 
     def flush(

@@ -405,15 +405,28 @@ class ProcessCore:
         """This process's end of its streaming call ``outbound``; :meth:`close_stream` it when the call
         is over and the application took its last message."""
         call = outbound.call
-        return self._open_stream(StreamEnd(self.process_id, call.call_id, CLIENT, call.method))
+        with self._lock:
+            since = self._part.epoch
+        end = StreamEnd(
+            self.process_id,
+            call.call_id,
+            CLIENT,
+            call.method,
+            peer=outbound.channel.server or "",
+            since=since,
+        )
+        return self._open_stream(end)
 
     def open_server_stream(self, inbound: Inbound) -> StreamEnd | None:
         """The handler's end of a streaming call; None when its request came without a stamp (its
         changes are counted as untracked instead)."""
         task = inbound.task
-        if not inbound.caller or not isinstance(task.delivery, Delivery):
+        delivery = task.delivery
+        if not inbound.caller or not isinstance(delivery, Delivery):
             return None
-        return self._open_stream(StreamEnd(inbound.caller, task.call_id, SERVER, task.method))
+        end = StreamEnd(inbound.caller, task.call_id, SERVER, task.method, since=delivery.msg_epoch)
+        end.peer = self.process_id
+        return self._open_stream(end)
 
     def _open_stream(self, end: StreamEnd) -> StreamEnd:
         with self._lock:
@@ -426,16 +439,23 @@ class ProcessCore:
         with self._lock:
             end.sent += 1
 
-    def stream_pulled(self, end: StreamEnd) -> None:
-        """The application took a message from ``end``: consumed when the task that took it leaves its
-        next ``atomic()`` block (or, for a handler, returns)."""
+    def stream_pulled(self, end: StreamEnd, payload: Payload = "null") -> None:
+        """The application took a message from ``end`` (``payload`` renders it): consumed when the
+        context that took it leaves its next ``atomic()`` block (or, for a handler, returns); until
+        then, and for every cut it is taken after, it is recorded in transit."""
         pulls = PULLS.get()
         if pulls is None:
             pulls = {}
             PULLS.set(pulls)
-        with self._lock:
-            end.pulled += 1
-            pulls[end] = pulls.get(end, 0) + 1
+        try:
+            with self._lock:
+                end.pulled += 1
+                end.pending.append((end.pulled, payload))
+                pulls[end] = pulls.get(end, 0) + 1
+                self._part.on_stream_message(end.message(end.pulled, payload, self.process_id))
+                self._emit()
+        except Exception:
+            self.internal_error("recording a stream message")
 
     def close_stream(self, end: StreamEnd) -> None:
         """The stream is over at this end (idempotent): no longer listed in local snapshots."""
@@ -451,6 +471,8 @@ class ProcessCore:
         with self._lock:
             for end, count in pulls.items():
                 end.consumed += count
+                for _ in range(min(count, len(end.pending))):
+                    end.pending.popleft()
             pulls.clear()
 
     # The collector's orders -------------------------------------------------------------------
@@ -543,6 +565,11 @@ class ProcessCore:
             state_bytes,
             self._counters.untracked_changes,
             tuple(end.count() for end in self._streams.values()),
+            tuple(
+                end.message(index, payload, self.process_id)
+                for end in self._streams.values()
+                for index, payload in end.pending
+            ),
         )
 
     def _emit(self) -> None:

@@ -6,11 +6,12 @@ each end had sent, and consumed, before its cut: a stream is FIFO, so the
 i-th message consumed is the i-th sent. Each end of a tracked streaming call
 keeps one :class:`StreamEnd`; every local snapshot lists the ends open at
 that process (:class:`StreamCount`), and the cut assembler compares the two
-ends of each call (:func:`stream_crossings`):
+ends of each call (:func:`place_streams`):
 
 - as many consumed as sent before the cuts: nothing of the stream crosses;
-- more sent than consumed: messages were in flight at the cut (their
-  payloads are not recorded, so the cut cannot be COMPLETE);
+- more sent than consumed: messages were in flight at the cut; the receiver
+  records every message it takes after its cut (and those it took but had
+  not applied at its cut), so the cut places them in transit;
 - more consumed than sent: a message sent after its sender's cut was
   consumed before its receiver's, which no consistent cut allows.
 
@@ -25,9 +26,20 @@ that carries the money are then on the same side of every cut.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Final, Literal
+
+from cutwatch.core._events import (
+    REQUEST,
+    RESPONSE,
+    ChannelRecord,
+    MsgKey,
+    Payload,
+    PendingStreamMessage,
+    StreamCount,
+)
 
 __all__ = [
     "CLIENT",
@@ -37,8 +49,9 @@ __all__ = [
     "Sending",
     "StreamCount",
     "StreamEnd",
+    "StreamPlacement",
+    "place_streams",
     "snapshot_waves",
-    "stream_crossings",
     "stream_edges",
 ]
 
@@ -47,35 +60,60 @@ SERVER: Final = "server"
 Role = Literal["client", "server"]
 
 
-@dataclass(frozen=True)
-class StreamCount:
-    """One end of a streaming call at a cut: ``requests`` and ``responses`` are the client's messages
-    sent and the server's consumed (requests), the server's sent and the client's consumed (responses).
+class StreamEnd:
+    """This process's end of one streaming call: what it sent, took and consumed so far.
+
+    ``peer`` is the process at the other end when known (a client learns its
+    server only from an answer); ``since`` the epoch of the call's start at
+    the caller: the messages this end takes are recorded for the cuts after
+    it. ``pending`` holds the messages taken and not applied yet, with their
+    index in the stream and their payload.
     """
 
-    caller: str
-    call_id: int
-    role: str
-    method: str = ""
-    requests: int = 0
-    responses: int = 0
+    __slots__ = (
+        "call_id",
+        "caller",
+        "closed",
+        "consumed",
+        "method",
+        "peer",
+        "pending",
+        "pulled",
+        "role",
+        "sent",
+        "since",
+    )
 
-
-class StreamEnd:
-    """This process's end of one streaming call: what it sent, took and consumed so far."""
-
-    __slots__ = ("call_id", "caller", "closed", "consumed", "method", "pulled", "role", "sent")
-
-    def __init__(self, caller: str, call_id: int, role: Role, method: str = "") -> None:
+    def __init__(
+        self, caller: str, call_id: int, role: Role, method: str = "", *, peer: str = "", since: int = 0
+    ) -> None:
         self.caller = caller
         self.call_id = call_id
         self.role: Role = role
         self.method = method
+        self.peer = peer
+        self.since = since
         self.sent = 0
         self.pulled = 0
         """Messages the application took from the stream; ``consumed`` of them are applied."""
         self.consumed = 0
+        self.pending: deque[tuple[int, Payload]] = deque()
         self.closed = False
+
+    @property
+    def kind(self) -> str:
+        """The kind of the messages this end receives: requests at the server, responses at the client."""
+        return REQUEST if self.role == SERVER else RESPONSE
+
+    def key(self, index: int) -> MsgKey:
+        """The identity of the ``index``-th message this end receives."""
+        sender = self.caller if self.role == SERVER else self.peer
+        return MsgKey(sender, self.call_id, 0, self.kind, index)
+
+    def message(self, index: int, payload: Payload, receiver: str) -> PendingStreamMessage:
+        """The ``index``-th message this end received, as a record needs it."""
+        sender = self.caller if self.role == SERVER else self.peer
+        return PendingStreamMessage(sender, receiver, self.method, self.key(index), payload, self.since)
 
     def count(self) -> StreamCount:
         if self.role == CLIENT:
@@ -139,48 +177,76 @@ def snapshot_waves(participants: Iterable[str], edges: Iterable[tuple[str, str]]
     return waves
 
 
-def stream_crossings(
-    counts: Iterable[StreamCount], server_started_after_cut: Collection[tuple[str, int]]
-) -> list[str]:
-    """Why the stream counts of a cut's local snapshots do not let it be COMPLETE (empty: they do).
+@dataclass
+class StreamPlacement:
+    """Where a cut puts the messages of its streams: ``in_transit`` the records of those in flight;
+    ``owed`` the ones in flight not recorded yet (the receiver records them as it takes them);
+    ``reasons`` why the cut can never be COMPLETE."""
 
-    ``counts`` are every stream end the cut's local snapshots list.
-    ``server_started_after_cut`` says, for a call whose client end is listed
-    alone, whether its server's handler started after the server's cut (its
-    request is recorded in transit): then the server had consumed and sent
-    nothing before its cut. Otherwise a lone end means the other one closed
-    before its own cut, and how far it got is unknown.
+    in_transit: list[ChannelRecord] = field(default_factory=list)
+    owed: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+
+def place_streams(
+    ends: Iterable[tuple[str, StreamCount]],
+    started_after_cut: Collection[tuple[str, int]],
+    records: Mapping[tuple[str, int, str], Mapping[int, ChannelRecord]],
+) -> StreamPlacement:
+    """Place the stream messages of a cut from its local snapshots' stream ends.
+
+    ``ends`` pairs each listed end with the process that listed it;
+    ``started_after_cut`` holds the calls whose request is in transit (their
+    handler started after its server's cut, having consumed and sent nothing
+    before it); ``records`` the stream messages receivers recorded, by
+    (caller, call id, kind) and index. Per call and direction, with ``sent``
+    the sender's count and ``consumed`` the receiver's: messages
+    ``consumed+1 .. sent`` were in flight and must all be recorded; more
+    consumed than sent is a message sent after its sender's cut and
+    consumed before its receiver's. A lone end means the other closed before
+    its own cut, and how far it got is unknown.
     """
-    ends: dict[tuple[str, int], dict[str, StreamCount]] = {}
-    for count in counts:
-        ends.setdefault((count.caller, count.call_id), {})[count.role] = count
-    reasons: list[str] = []
-    for (caller, call_id), by_role in sorted(ends.items()):
+    by_call: dict[tuple[str, int], dict[str, tuple[str, StreamCount]]] = {}
+    for process, count in ends:
+        by_call.setdefault((count.caller, count.call_id), {})[count.role] = (process, count)
+    placement = StreamPlacement()
+    for (caller, call_id), by_role in sorted(by_call.items()):
         client, server = by_role.get(CLIENT), by_role.get(SERVER)
-        known = client or server
-        assert known is not None
+        known = (client or server)[1]  # type: ignore[index]
         name = f"stream {known.method or 'call'} #{call_id} from {caller}"
-        if client is not None and server is None and (caller, call_id) in server_started_after_cut:
-            server = StreamCount(caller, call_id, SERVER, client.method)
+        if client is not None and server is None and (caller, call_id) in started_after_cut:
+            server = ("", StreamCount(caller, call_id, SERVER, known.method))
         if client is None or server is None:
             if known.requests or known.responses:
                 side = "server" if client is None else "client"
-                reasons.append(
+                placement.reasons.append(
                     f"{name}: only its {side}'s end was open at its cut; how far the other end got is unknown"
                 )
             continue
+        server_process, server_count = server
         for kind, sent, consumed, sender, receiver in (
-            ("request", client.requests, server.requests, "client", "server"),
-            ("response", server.responses, client.responses, "server", "client"),
+            (REQUEST, client[1].requests, server_count.requests, "client", "server"),
+            (RESPONSE, server_count.responses, client[1].responses, "server", "client"),
         ):
             if consumed > sent:
-                reasons.append(
+                placement.reasons.append(
                     f"{name}: {consumed - sent} {kind} message(s) consumed before the {receiver}'s cut were "
                     f"sent after the {sender}'s cut"
                 )
-            elif sent > consumed:
-                reasons.append(
-                    f"{name}: {sent - consumed} {kind} message(s) in flight at the cut (stream messages are "
-                    "not recorded)"
+                continue
+            recorded = records.get((caller, call_id, kind), {})
+            missing = [index for index in range(consumed + 1, sent + 1) if index not in recorded]
+            if missing:
+                placement.owed.append(
+                    f"{name}: {len(missing)} {kind} message(s) in flight at the cut not recorded yet "
+                    f"(numbers {missing[0]}..{missing[-1]} of the stream)"
                 )
-    return reasons
+                continue
+            for index in range(consumed + 1, sent + 1):
+                record = recorded[index]
+                if kind == RESPONSE and not record.sender and server_process:
+                    # The client took it before it knew its server; the server's end names it.
+                    key = record.msg_key._replace(sender=server_process)
+                    record = replace(record, sender=server_process, msg_key=key)
+                placement.in_transit.append(record)
+    return placement

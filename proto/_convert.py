@@ -127,6 +127,7 @@ def event_to_message(event: SnapshotEvent, seq: int) -> pb.AgentMessage:
                 payload_json=_payload_json(event.payload_json),
                 call_id=key.call_id,
                 attempt=key.attempt,
+                index=key.index,
             ),
         )
     if isinstance(event, CallOutcome):
@@ -268,7 +269,7 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
             rec.sender,
             process,
             rec.payload_json,
-            MsgKey(rec.sender, rec.call_id, rec.attempt, rec.kind),
+            MsgKey(rec.sender, rec.call_id, rec.attempt, rec.kind, rec.index),
             rec.method,
         )
     if body == "call_outcome":

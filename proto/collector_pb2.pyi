@@ -229,7 +229,7 @@ class LocalSnapshot(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., process_id: _Optional[str] = ..., clock: _Optional[_Mapping[str, int]] = ..., state_json: _Optional[str] = ..., tasks_json: _Optional[str] = ..., open_calls: _Optional[_Iterable[_Union[OpenCall, _Mapping]]] = ..., answering: _Optional[_Iterable[_Union[Answering, _Mapping]]] = ..., requests_sent: _Optional[int] = ..., responses_sent: _Optional[_Mapping[str, int]] = ..., requests_consumed: _Optional[_Mapping[str, int]] = ..., responses_consumed: _Optional[_Mapping[str, int]] = ..., worker_pools: _Optional[_Mapping[str, int]] = ..., untracked_changes: _Optional[int] = ..., streams: _Optional[_Iterable[_Union[StreamCount, _Mapping]]] = ...) -> None: ...
 
 class ChannelRecord(_message.Message):
-    __slots__ = ("epoch", "sender", "receiver", "method", "kind", "payload_json", "call_id", "attempt")
+    __slots__ = ("epoch", "sender", "receiver", "method", "kind", "payload_json", "call_id", "attempt", "index")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
     RECEIVER_FIELD_NUMBER: _ClassVar[int]
@@ -238,6 +238,7 @@ class ChannelRecord(_message.Message):
     PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     sender: str
     receiver: str
@@ -246,7 +247,8 @@ class ChannelRecord(_message.Message):
     payload_json: str
     call_id: int
     attempt: int
-    def __init__(self, epoch: _Optional[int] = ..., sender: _Optional[str] = ..., receiver: _Optional[str] = ..., method: _Optional[str] = ..., kind: _Optional[str] = ..., payload_json: _Optional[str] = ..., call_id: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+    index: int
+    def __init__(self, epoch: _Optional[int] = ..., sender: _Optional[str] = ..., receiver: _Optional[str] = ..., method: _Optional[str] = ..., kind: _Optional[str] = ..., payload_json: _Optional[str] = ..., call_id: _Optional[int] = ..., attempt: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...
 
 class CallOutcome(_message.Message):
     __slots__ = ("epoch", "call_id", "outcome", "detail")

@@ -20,6 +20,7 @@ The service moves money in all four call kinds:
 
 from __future__ import annotations
 
+import json
 import queue
 from collections.abc import Iterable, Iterator
 from concurrent import futures
@@ -169,3 +170,17 @@ def assemble(epoch: int, *banks: StreamBank) -> AssembledCut:
 
 def balances(cut: AssembledCut) -> list[int]:
     return [int(state["balance"]) for _, state in sorted(cut.states.items())]  # type: ignore[index]
+
+
+def in_transit(cut: AssembledCut) -> list[tuple[str, int, int]]:
+    """The stream messages in transit: (kind, number in its stream, amount)."""
+    return [
+        (r.kind, r.msg_key.index, int(json.loads(r.payload_json)["amount"]))
+        for r in cut.in_transit
+        if r.msg_key.index
+    ]
+
+
+def total(cut: AssembledCut) -> int:
+    """The money in the cut: balances plus the stream messages in transit."""
+    return sum(balances(cut)) + sum(amount for _, _, amount in in_transit(cut))

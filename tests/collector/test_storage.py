@@ -118,6 +118,7 @@ def make_cut(epoch: int, *, finished: float = 1_700_000_010.5, status: str = "IN
         in_transit=(
             StoredChannelState("a", "b", "/bank.Bank/Credit", "request", 2**64 - 1, 0, '{"amount": 5}'),
             StoredChannelState("a", "b", "/bank.Bank/Credit", "request", 12, 3, '"second"'),
+            StoredChannelState("b", "a", "/bank.Bank/Payout", "response", 13, 0, '{"amount": 7}', index=2**63),
         ),
         duplicates=(DuplicateDelivery("a", 12, ("handler at b", "request in transit to b")),),
     )
@@ -256,8 +257,8 @@ def test_wal_foreign_keys_and_schema_version(tmp_path: Path, open_store: OpenSto
         conn.execute("PRAGMA foreign_keys = ON")
         with pytest.raises(sqlite3.IntegrityError):
             conn.execute(
-                "INSERT INTO channel_states VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (42, 0, "a", "b", "m", "request", 1, 0, "null"),
+                "INSERT INTO channel_states VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (42, 0, "a", "b", "m", "request", 1, 0, "null", 0),
             )
     finally:
         conn.close()
