@@ -118,7 +118,6 @@ def make_cut(epoch: int, *, finished: float = 1_700_000_010.5, status: str = "IN
         in_transit=(
             StoredChannelState("a", "b", "/bank.Bank/Credit", "request", 2**64 - 1, 0, '{"amount": 5}'),
             StoredChannelState("a", "b", "/bank.Bank/Credit", "request", 12, 3, '"second"'),
-            StoredChannelState("b", "a", "/bank.Bank/Payout", "response", 13, 0, '{"amount": 7}', index=2**63),
         ),
         duplicates=(DuplicateDelivery("a", 12, ("handler at b", "request in transit to b")),),
     )
@@ -706,3 +705,16 @@ def test_a_version_2_file_is_migrated_and_its_cuts_cover_their_states_and_missin
     finally:
         store.close()
     assert raw_rows(path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+
+
+def test_a_stream_message_keeps_its_number_in_its_stream(tmp_path: Path, open_store: OpenStore) -> None:
+    path = tmp_path / "cuts.db"
+    message = StoredChannelState(
+        "b", "a", "/bank.Bank/Payout", "response", 13, 0, '{"amount": 7}', index=2**64 - 1
+    )
+    cut = dataclasses.replace(make_cut(1), in_transit=(message,))
+    open_store(path).save_cut(cut)
+    reopened = open_store(path)
+    stored = reopened.get_cut(1)
+    assert stored is not None and stored.in_transit == (message,)
+    assert cut_from_stored(stored).in_transit[0].index == 2**64 - 1
