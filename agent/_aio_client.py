@@ -24,10 +24,11 @@ from cutwatch.agent._calls import (
     counted_sends_async,
     failure_name,
     finish_outbound,
+    sending,
+    took,
     waiting,
 )
 from cutwatch.agent._metadata import method_name, with_stamp
-from cutwatch.agent._payload import lazy_message_json
 from cutwatch.core import ChannelPeer, Outbound, ProcessCore, StreamEnd
 from cutwatch.proto import (
     AioStreamStreamClientBase,
@@ -59,7 +60,7 @@ class _Writes:
 
     def write(self, request: Any) -> Any:
         if self._self_end is not None:
-            self._self_core.stream_sent(self._self_end)
+            sending(self._self_core, self._self_end, request)
         return self.__wrapped__.write(request)
 
 
@@ -144,7 +145,7 @@ class _StampedCall(_Writes, wrapt.ObjectProxy[Any]):
                     self._self_core.close_stream(stream)
                     await self._self_finish(exc)
                     raise
-            self._self_core.stream_pulled(stream, lazy_message_json(response, self._self_max_payload))
+            took(self._self_core, stream, response, self._self_max_payload)
             yield response
         self._self_core.close_stream(stream)
         await self._self_finish()
@@ -163,7 +164,7 @@ class _StampedCall(_Writes, wrapt.ObjectProxy[Any]):
             self._self_core.close_stream(stream)
             await self._self_finish()
         else:
-            self._self_core.stream_pulled(stream, lazy_message_json(message, self._self_max_payload))
+            took(self._self_core, stream, message, self._self_max_payload)
         return message
 
 

@@ -17,9 +17,8 @@ import grpc
 import grpc.aio
 import wrapt
 
-from cutwatch.agent._calls import counted_pulls_async, counted_sends_async
+from cutwatch.agent._calls import counted_pulls_async, counted_sends_async, sending, took
 from cutwatch.agent._metadata import with_stamp
-from cutwatch.agent._payload import lazy_message_json
 from cutwatch.agent._server import HandlerCache, _HandlerWrapper, add_response_stamp, wrap_handler
 from cutwatch.core import Inbound, ProcessCore, Refused, StreamEnd
 from cutwatch.proto import AioServerInterceptorBase
@@ -47,14 +46,12 @@ class _StampingContext(wrapt.ObjectProxy[Any]):
     async def read(self) -> Any:
         message = await self.__wrapped__.read()
         if self._self_stream is not None and message is not grpc.aio.EOF:  # type: ignore[attr-defined]
-            self._self_core.stream_pulled(
-                self._self_stream, lazy_message_json(message, self._self_max_payload)
-            )
+            took(self._self_core, self._self_stream, message, self._self_max_payload)
         return message
 
     def write(self, message: Any) -> Any:
         if self._self_stream is not None:
-            self._self_core.stream_sent(self._self_stream)
+            sending(self._self_core, self._self_stream, message)
         return self.__wrapped__.write(message)
 
     def _self_trailing(self, trailing_metadata: Any) -> Any:

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from cutwatch.agent._envelope import read_stamp, write_stamp
 from cutwatch.agent._metadata import find_attempt, find_stamp
 from cutwatch.agent._payload import lazy_message_json, render_later
 from cutwatch.core import SENDING, Inbound, Outbound, ProcessCore, Refused, Sending, StreamEnd
@@ -29,6 +30,8 @@ __all__ = [
     "counted_sends_async",
     "failure_name",
     "finish_outbound",
+    "sending",
+    "took",
     "waiting",
 ]
 
@@ -120,17 +123,30 @@ def counted_sends(core: ProcessCore, end: StreamEnd, messages: Iterable[Any]) ->
     :class:`cutwatch.core.Sending`: an ``atomic()`` block that ran while producing it sends it)."""
     produced = iter(messages)
     while True:
-        sending = Sending(end)
-        token = SENDING.set(sending)
+        producing = Sending(end)
+        token = SENDING.set(producing)
         try:
             message = next(produced)
         except StopIteration:
             return
         finally:
             SENDING.reset(token)
-        if not sending.counted:
+        if not producing.counted:
             core.stream_sent(end)
+        write_stamp(core, end, message)
         yield message
+
+
+def took(core: ProcessCore, end: StreamEnd, message: Any, max_payload: int) -> None:
+    """The application took ``message`` from ``end``: counted, with its payload rendered only if a
+    cut records it, and its stamp if it carries one (the envelope)."""
+    core.stream_pulled(end, lazy_message_json(message, max_payload), read_stamp(core, message))
+
+
+def sending(core: ProcessCore, end: StreamEnd, message: Any) -> None:
+    """The application hands ``message`` to gRPC on ``end`` (a write): counted now, and stamped."""
+    core.stream_sent(end)
+    write_stamp(core, end, message)
 
 
 def counted_pulls(
@@ -139,7 +155,7 @@ def counted_pulls(
     """``messages`` as the application takes them from ``end``, each counted as taken (and rendered
     as JSON only if a cut records it in transit)."""
     for message in messages:
-        core.stream_pulled(end, lazy_message_json(message, max_payload))
+        took(core, end, message, max_payload)
         yield message
 
 
@@ -153,16 +169,17 @@ async def counted_sends_async(
         return
     produced = messages.__aiter__()
     while True:
-        sending = Sending(end)
-        token = SENDING.set(sending)
+        producing = Sending(end)
+        token = SENDING.set(producing)
         try:
             message = await produced.__anext__()
         except StopAsyncIteration:
             return
         finally:
             SENDING.reset(token)
-        if not sending.counted:
+        if not producing.counted:
             core.stream_sent(end)
+        write_stamp(core, end, message)
         yield message
 
 
@@ -171,7 +188,7 @@ async def counted_pulls_async(
 ) -> AsyncIterator[Any]:
     """:func:`counted_pulls` for grpc.aio's request iterators."""
     async for message in messages:
-        core.stream_pulled(end, lazy_message_json(message, max_payload))
+        took(core, end, message, max_payload)
         yield message
 
 

@@ -23,10 +23,10 @@ from cutwatch.agent._calls import (
     counted_sends,
     failure_name,
     finish_outbound,
+    took,
     waiting,
 )
 from cutwatch.agent._metadata import method_name, with_stamp
-from cutwatch.agent._payload import lazy_message_json
 from cutwatch.core import ChannelPeer, Outbound, ProcessCore, StreamEnd
 from cutwatch.proto import (
     StreamStreamClientBase,
@@ -207,8 +207,7 @@ class _ResponseStream(_FinishingProxy):
                 self._self_finish()
                 self._self_core.close_stream(self._self_stream)  # type: ignore[arg-type]
                 raise
-        payload = lazy_message_json(message, self._self_max_payload)
-        self._self_core.stream_pulled(self._self_stream, payload)  # type: ignore[arg-type]
+        took(self._self_core, self._self_stream, message, self._self_max_payload)  # type: ignore[arg-type]
         return message
 
     def cancel(self) -> Any:
@@ -300,7 +299,7 @@ class ClientInterceptor(
     ) -> Iterator[Any]:
         try:
             for message in responses:
-                self._core.stream_pulled(stream, lazy_message_json(message, self._max_payload))
+                took(self._core, stream, message, self._max_payload)
                 yield message
         finally:
             self._core.end_call(outbound, None, NOT_VISIBLE)

@@ -102,9 +102,13 @@ class ProcessCore:
         abandoned_grace: float = 600.0,
         emit: Emit | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        stream_stamp_field: str = "cutwatch_stamp",
         span_ids: Callable[[], tuple[bytes, bytes]] = no_span,
     ) -> None:
         self.process_id = process_id
+        self.stream_stamp_field = stream_stamp_field
+        """The field of stream messages that carries a stamp, when their type has it (``bytes``):
+        the opt-in envelope that makes stream cuts exact (see ``core._streams``)."""
         self.observer: Observer | None = None
         self._emit_to = emit
         self._now = monotonic
@@ -439,16 +443,36 @@ class ProcessCore:
         with self._lock:
             end.sent += 1
 
-    def stream_pulled(self, end: StreamEnd, payload: Payload = "null") -> None:
+    def stream_stamp(self, end: StreamEnd) -> bytes | None:
+        """The send event of a stream message that carries a stamp of its own (the envelope): its
+        receiver then cuts before taking a message sent after this process's cut, as for calls."""
+        try:
+            with self._lock:
+                self._clock.tick()
+                return self._clock.encode(end.peer or None, self._part.epoch, end.call_id, b"", b"")
+        except Exception:
+            self.internal_error("stamping a stream message")
+            return None
+
+    def stream_pulled(self, end: StreamEnd, payload: Payload = "null", stamp: bytes | None = None) -> None:
         """The application took a message from ``end`` (``payload`` renders it): consumed when the
         context that took it leaves its next ``atomic()`` block (or, for a handler, returns); until
-        then, and for every cut it is taken after, it is recorded in transit."""
+        then, and for every cut it is taken after, it is recorded in transit.
+
+        ``stamp`` is the message's own (the envelope): a stamp of a later epoch takes this
+        process's local snapshots first, and its clock is merged.
+        """
         pulls = PULLS.get()
         if pulls is None:
             pulls = {}
             PULLS.set(pulls)
         try:
             with self._lock:
+                if stamp is not None:
+                    decoded = self._clock.decode(stamp)
+                    if decoded is not None and decoded.epoch > self._part.epoch:
+                        self._snapshot_unlocked(decoded.epoch)
+                    self._clock.receive(decoded)
                 end.pulled += 1
                 end.pending.append((end.pulled, payload))
                 pulls[end] = pulls.get(end, 0) + 1

@@ -27,6 +27,7 @@ from concurrent import futures
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.struct_pb2 import Struct
 
 from cutwatch.agent._client import ClientInterceptor
@@ -37,20 +38,48 @@ SERVICE = "streams.Bank"
 TIMEOUT = 30.0
 
 
-def money(amount: int) -> Struct:
+def _transfer_class() -> Any:
+    """A message type with the envelope field, as an application that opts in declares it:
+    ``message Transfer { int64 amount = 1; bytes cutwatch_stamp = 2; }``."""
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="stream_bank_test.proto", package="streambank", syntax="proto3"
+    )
+    message = proto.message_type.add(name="Transfer")
+    optional = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
+    message.field.add(
+        name="amount", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_INT64, label=optional
+    )
+    message.field.add(
+        name="cutwatch_stamp", number=2, type=descriptor_pb2.FieldDescriptorProto.TYPE_BYTES, label=optional
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("streambank.Transfer"))
+
+
+Transfer = _transfer_class()
+
+
+def money(amount: int, envelope: bool = False) -> Any:
+    """A message carrying ``amount``: a ``Struct``, or a ``Transfer`` with the envelope field."""
+    if envelope:
+        return Transfer(amount=amount)
     message = Struct()
     message.update({"amount": amount})
     return message
 
 
-def amount_of(message: Struct) -> int:
-    return int(message["amount"])
+def amount_of(message: Any) -> int:
+    return int(message["amount"]) if isinstance(message, Struct) else int(message.amount)
 
 
 class StreamBank:
     """One process: its event core, a balance, a server, and the events it emitted."""
 
-    def __init__(self, name: str, balance: int = 100) -> None:
+    def __init__(self, name: str, balance: int = 100, *, envelope: bool = False) -> None:
+        self.envelope = envelope
+        """Messages are ``Transfer`` with the envelope field (else ``Struct``, without)."""
+        self.message = Transfer if envelope else Struct
         self.events: list[SnapshotEvent] = []
         self.core = ProcessCore(name, emit=self.events.extend)
         self.balance = balance
@@ -101,10 +130,13 @@ class StreamBank:
             with self.core.atomic():
                 self.balance += amount - amount // 2
             self.taken.put(amount)
-            yield money(amount // 2)
+            yield money(amount // 2, self.envelope)
 
     def _handlers(self) -> grpc.GenericRpcHandler:
-        options = {"request_deserializer": Struct.FromString, "response_serializer": Struct.SerializeToString}
+        options = {
+            "request_deserializer": self.message.FromString,
+            "response_serializer": self.message.SerializeToString,
+        }
         return grpc.method_handlers_generic_handler(
             SERVICE,
             {
@@ -122,12 +154,12 @@ class StreamBank:
         self._channels.append(channel)
         return channel
 
-    def transfers(self, amounts: queue.Queue[int | None]) -> Iterator[Struct]:
+    def transfers(self, amounts: queue.Queue[int | None]) -> Iterator[Any]:
         """The request generator: debit and yield each amount put in ``amounts`` (None ends it)."""
         while (amount := amounts.get(timeout=TIMEOUT)) is not None:
             with self.core.atomic():
                 self.balance -= amount
-            yield money(amount)
+            yield money(amount, self.envelope)
 
     def receive(self, responses: Iterable[Struct]) -> Iterator[int]:
         """Credit each response message as the application takes it; yields the amounts."""
@@ -140,12 +172,14 @@ class StreamBank:
         self.core.take_snapshot(epoch)
 
 
-def stub(channel: grpc.Channel, method: str, kind: str) -> Any:
+def stub(channel: grpc.Channel, method: str, kind: str, message: Any = Struct) -> Any:
+    """A multicallable of ``method``; ``message`` is the type of its messages (``Transfer``: the
+    envelope)."""
     make = getattr(channel, kind)
     return make(
         f"/{SERVICE}/{method}",
-        request_serializer=Struct.SerializeToString,
-        response_deserializer=Struct.FromString,
+        request_serializer=message.SerializeToString,
+        response_deserializer=message.FromString,
     )
 
 

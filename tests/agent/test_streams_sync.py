@@ -202,3 +202,58 @@ def test_a_message_produced_after_an_atomic_block_is_sent_with_it(
     cut = assemble(1, a, b)
     assert (cut.status, cut.reasons) == ("COMPLETE", ())
     assert balances(cut) == [90, 100] and in_transit(cut) == [("request", 1, 10)] and total(cut) == 200
+
+
+@pytest.fixture
+def enveloped() -> Iterator[tuple[StreamBank, StreamBank]]:
+    a, b = StreamBank("a", envelope=True), StreamBank("b", envelope=True)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def test_with_the_envelope_the_receiver_cuts_before_it_takes_a_later_message(
+    enveloped: tuple[StreamBank, StreamBank],
+) -> None:
+    """The review's order again, with messages that carry a stamp (the envelope): b takes message 2,
+    stamped after a's cut, only after its own cut, so the cut is COMPLETE and exact."""
+    a, b = enveloped
+    amounts: queue.Queue[int | None] = queue.Queue()
+    call = stub(a.channel_to(b), "Deposit", "stream_unary", a.message).future(
+        a.transfers(amounts), timeout=TIMEOUT
+    )
+    amounts.put(10)
+    assert b.taken.get(timeout=TIMEOUT) == 10
+    a.cut(1)
+    amounts.put(10)
+    assert b.taken.get(timeout=TIMEOUT) == 10
+    assert b.core.epoch == 1  # message 2's stamp made b cut first
+    b.cut(1)
+    amounts.put(None)
+    call.result(TIMEOUT)
+    cut = assemble(1, a, b)
+    assert (cut.status, cut.reasons) == ("COMPLETE", ())
+    assert balances(cut) == [90, 110] and total(cut) == 200
+    assert b.core.clock.get(a.name) > cut.clocks[b.name].get(a.name)  # b merged a's stream clocks
+
+
+def test_with_the_envelope_a_server_stream_cannot_cross_the_cut(
+    enveloped: tuple[StreamBank, StreamBank],
+) -> None:
+    a, b = enveloped
+    credited = a.receive(
+        stub(a.channel_to(b), "Payout", "unary_stream", a.message)(money(0, True), timeout=TIMEOUT)
+    )
+    b.payouts.put(7)
+    assert next(credited) == 7
+    b.cut(1)
+    b.payouts.put(7)
+    assert next(credited) == 7  # stamped after b's cut: a cut before taking it
+    a.cut(1)
+    b.payouts.put(None)
+    assert list(credited) == []
+    cut = assemble(1, a, b)
+    assert (cut.status, cut.reasons) == ("COMPLETE", ())
+    assert balances(cut) == [107, 93] and total(cut) == 200
