@@ -91,10 +91,12 @@ def test_every_complete_cut_of_streaming_banks_conserves_money(
         if not cut.complete:
             assert cut.reasons, cut.epoch
     in_transit = sum(1 for cut in complete for m in cut.in_transit if m.index)
+    others = sorted(
+        {reason.split(": ")[1][:60] for cut in cuts if not cut.complete for reason in cut.reasons}
+    )
+    mode = "envelope" if envelope else "counts"
     print(
-        f"{'envelope' if envelope else 'counts'}: {len(complete)} of {len(cuts)} COMPLETE, {in_transit} stream "
-        f"messages in transit in them; reasons of the others: "
-        f"{sorted({r.split(':')[-1].strip()[:60] for c in cuts if not c.complete for r in c.reasons})}"
+        f"{mode}: {len(complete)} of {len(cuts)} COMPLETE, {in_transit} stream messages in transit; {others}"
     )
     # The property must not hold vacuously: cuts completed, with stream messages on their way.
     assert complete and in_transit, [cut.reasons for cut in cuts]
