@@ -92,3 +92,21 @@ def test_getting_started_takes_a_cut_whose_money_adds_up_and_reports_the_lock_cy
     assert "rests on: nothing but the cut" in out
     # It cleaned up after itself: no SQLite file or anything else left where it ran.
     assert list(tmp_path.iterdir()) == []
+
+
+def test_streaming_example_snapshots_add_up_while_deposits_stream(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "streaming.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    complete = [line for line in lines if ": COMPLETE, 2000 in all" in line]
+    assert len([line for line in lines if line.startswith("snapshot ")]) == 10
+    assert complete, result.stdout  # the collector learns the stream's direction from the first cut
+    assert lines[-1] == "done: teller 500, vault 1500"
