@@ -27,50 +27,15 @@ from concurrent import futures
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.struct_pb2 import Struct
 
 from cutwatch.agent._client import ClientInterceptor
 from cutwatch.agent._server import ServerInterceptor
 from cutwatch.core import AssembledCut, CutAssembler, ProcessCore, SnapshotEvent
+from cutwatch.demo.stream_bank import Transfer, amount_of, money
 
 SERVICE = "streams.Bank"
 TIMEOUT = 30.0
-
-
-def _transfer_class() -> Any:
-    """A message type with the envelope field, as an application that opts in declares it:
-    ``message Transfer { int64 amount = 1; bytes cutwatch_stamp = 2; }``."""
-    proto = descriptor_pb2.FileDescriptorProto(
-        name="stream_bank_test.proto", package="streambank", syntax="proto3"
-    )
-    message = proto.message_type.add(name="Transfer")
-    optional = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
-    message.field.add(
-        name="amount", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_INT64, label=optional
-    )
-    message.field.add(
-        name="cutwatch_stamp", number=2, type=descriptor_pb2.FieldDescriptorProto.TYPE_BYTES, label=optional
-    )
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(proto)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("streambank.Transfer"))
-
-
-Transfer = _transfer_class()
-
-
-def money(amount: int, envelope: bool = False) -> Any:
-    """A message carrying ``amount``: a ``Struct``, or a ``Transfer`` with the envelope field."""
-    if envelope:
-        return Transfer(amount=amount)
-    message = Struct()
-    message.update({"amount": amount})
-    return message
-
-
-def amount_of(message: Any) -> int:
-    return int(message["amount"]) if isinstance(message, Struct) else int(message.amount)
 
 
 class StreamBank:
