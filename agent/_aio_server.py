@@ -58,7 +58,7 @@ class _StampingContext(wrapt.ObjectProxy[Any]):
         base = trailing_metadata or self.__wrapped__.trailing_metadata()
         if self._self_inbound is None:
             return base
-        stamp = self._self_core.end_handler(self._self_inbound)
+        stamp = self._self_core.end_handler(self._self_inbound, failed=True)
         return with_stamp(base, stamp) if stamp is not None else base
 
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> NoReturn:

@@ -9,6 +9,7 @@ out.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,11 +24,23 @@ from cutwatch.proto import ServerInterceptorBase
 _MAX_CACHED_HANDLERS = 4096
 
 
+def handler_failed(context: Any) -> bool:
+    """Whether the handler ends with an error: an exception on its way out (an abort too; call this
+    in a ``finally`` block) or an error code the handler set."""
+    if sys.exc_info()[0] is not None:
+        return True
+    try:
+        code = context.code()
+    except Exception:  # a context without code(): nothing set
+        return False
+    return code is not None and code != grpc.StatusCode.OK
+
+
 def add_response_stamp(core: ProcessCore, context: Any, inbound: Inbound | None) -> None:
-    """Append the response stamp to the trailing metadata the app has set."""
+    """Append the response stamp to the trailing metadata the app has set (call it in ``finally``)."""
     if inbound is None:
         return
-    stamp = core.end_handler(inbound)
+    stamp = core.end_handler(inbound, failed=handler_failed(context))
     if stamp is None:
         return
     try:

@@ -26,6 +26,11 @@ exact, but its states may hold the far end of a message it does not see, so
 sums over them are inconclusive. An answer without a stamp to a call open at
 the cut asks for one more flush round, so that the count of the server that
 handled it is read after it did.
+
+Bounced requests: a request recorded in transit whose handler then failed
+without consuming it is taken back by its receiver (:class:`Bounced`); its
+record leaves the cut and its call waits again, for the attempt a retry
+policy sends next (or for its fence, if the call fails).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from cutwatch.core._events import (
     OUTCOME_FAILED,
     OUTCOME_UNSTAMPED,
     REQUEST,
+    Bounced,
     CallOutcome,
     ChannelRecord,
     Flushed,
@@ -206,10 +212,10 @@ class CutAssembler:
         self._see_untracked(snap.process, snap.untracked_changes)
         for call in snap.open_calls:
             key = (snap.process, call.call_id)
+            if call.failed:
+                self._failures.setdefault(key, call.failed)
             if key not in self._settled:
                 self._waiting.add(key)
-                if call.failed:
-                    self._failures.setdefault(key, call.failed)
         for caller, call_id in snap.answering:
             self._settle(caller, call_id, f"handler at {snap.process}")
 
@@ -238,6 +244,34 @@ class CutAssembler:
             self._started_after_cut.add((record.caller, record.msg_key.call_id))
         where = f"{record.kind} in transit to {record.receiver}"
         self._settle(record.caller, record.msg_key.call_id, where)
+
+    def add_bounced(self, notice: Bounced) -> None:
+        """A recorded request was turned away unapplied: its record neither settles its call nor
+        counts in transit, and the call waits for its next attempt (or its fence) again."""
+        self._check_epoch(notice.epoch)
+        key = notice.msg_key
+        kept = [r for r in self._records if not (r.receiver == notice.process and r.msg_key == key)]
+        if len(kept) == len(self._records):
+            return  # a record this assembler left out (a non-participant's), or a stream's
+        self._records = kept
+        call = (key.sender, key.call_id)
+        how = self._settled.get(call, [])
+        where = f"{REQUEST} in transit to {notice.process}"
+        if where in how:
+            how.remove(where)
+        if how:
+            return
+        self._settled.pop(call, None)
+        if not any(r.msg_key.kind == REQUEST and (r.caller, r.msg_key.call_id) == call for r in kept):
+            self._started_after_cut.discard(call)
+        snap = self._locals.get(key.sender)
+        if snap is None or not any(c.call_id == key.call_id for c in snap.open_calls):
+            return
+        if self._fenced.get(call, self._acked + 1) <= self._acked:
+            # A late delivery of a failed call, which every participant refuses from now on.
+            self._settle(*call, "failed at its caller; fenced, bounced where it came late")
+        else:
+            self._waiting.add(call)
 
     def add_outcome(self, outcome: CallOutcome) -> None:
         self._check_epoch(outcome.epoch)
@@ -307,6 +341,8 @@ class CutAssembler:
             self.add_record(event)
         elif isinstance(event, CallOutcome):
             self.add_outcome(event)
+        elif isinstance(event, Bounced):
+            self.add_bounced(event)
         else:
             self.add_stopped(event)
 

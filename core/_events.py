@@ -26,6 +26,7 @@ __all__ = [
     "RESPONSE",
     "STOPPED_REASONS",
     "Answering",
+    "Bounced",
     "CallOutcome",
     "Capture",
     "ChannelRecord",
@@ -219,5 +220,22 @@ class Flushed:
     """The process's untracked state changes so far, as at its local snapshot."""
 
 
-SnapshotEvent = LocalSnapshot | ChannelRecord | CallOutcome | RecordingStopped | Flushed
+@dataclass(frozen=True)
+class Bounced:
+    """``process`` recorded request ``msg_key`` for ``epoch`` and then turned it away unapplied.
+
+    Its handler ended with an error before it consumed the request (it never
+    finished an ``atomic()`` block): the request changed nothing there, and
+    gRPC may send it again, as a new attempt, to this server or another. The
+    record must not settle the call nor count in transit. Emitted before the
+    error goes back to the caller, so it reaches the collector before any
+    flush marker that a retry's effect could precede.
+    """
+
+    epoch: int
+    process: str
+    msg_key: MsgKey
+
+
+SnapshotEvent = LocalSnapshot | ChannelRecord | CallOutcome | RecordingStopped | Flushed | Bounced
 """Everything a participant emits for the collector, in the order it emits it."""

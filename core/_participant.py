@@ -60,6 +60,17 @@ kind)``. When the transport delivers one stamped message more than once
 (gRPC retries and hedging reuse the metadata of the call), the first
 delivery counts and the others are reported as duplicates, never consumed
 and never recorded.
+
+Bounced requests: a handler that fails before it consumes its request
+(``UNAVAILABLE`` from a server shutting down, a redirect to a leader) changed
+nothing, and gRPC's retry policy may send the call again, as a new attempt,
+to another server. If the request was recorded in transit, its record would
+settle the call although its value travels on in the next attempt, which
+the next server may apply before its own cut. So the participant takes the
+record back (:class:`Bounced`) before the error goes out: the retry can only
+start after that, so the collector has the notice before any flush marker
+that the retry's effect could precede, and the call waits for its next
+attempt.
 """
 
 from __future__ import annotations
@@ -78,6 +89,7 @@ from cutwatch.core._events import (
     REQUEST,
     RESPONSE,
     Answering,
+    Bounced,
     CallOutcome,
     Capture,
     ChannelRecord,
@@ -115,6 +127,8 @@ class Delivery:
     """Its caller gave the call up and a snapshot fenced it: it must not reach the application."""
     consumed: bool = False
     answered: bool = False
+    recorded_in: list[int] = field(default_factory=list)
+    """The epochs whose records hold this request (to take back if it bounces)."""
 
     @property
     def payload_json(self) -> str:
@@ -314,6 +328,17 @@ class SnapshotParticipant:
             self._calls.pop(call_id, None)
             self._failed.pop(call_id)
 
+    def on_bounce(self, delivery: Delivery) -> None:
+        """The handler of a delivered request failed before consuming it: the request changed nothing
+        here and may come again as a new attempt, here or elsewhere. Takes back its records of the
+        epochs still open, so that they neither settle its call nor count in transit."""
+        if delivery.consumed or delivery.duplicate or delivery.msg_key.kind != REQUEST:
+            return
+        for epoch in delivery.recorded_in:
+            if epoch in self._open:
+                self._outbox.append(Bounced(epoch, self.process, delivery.msg_key))
+        delivery.recorded_in.clear()
+
     def on_reply(self, delivery: Delivery) -> int:
         """The handler of a delivered request answers (consuming it if it had not); returns the epoch."""
         self.on_consume(delivery)
@@ -488,6 +513,8 @@ class SnapshotParticipant:
             self._stats.records_dropped += 1
             return
         state.records += 1
+        if delivery.msg_key.kind == REQUEST and delivery.msg_key.index == 0:
+            delivery.recorded_in.append(epoch)
         self._outbox.append(
             ChannelRecord(
                 epoch, delivery.sender, self.process, delivery.payload_json, delivery.msg_key, delivery.method

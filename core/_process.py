@@ -375,8 +375,14 @@ class ProcessCore:
             self.internal_error("starting an inbound call")
             return None
 
-    def end_handler(self, inbound: Inbound) -> bytes | None:
-        """Send event of the response; ends the task. Returns the response's stamp, once."""
+    def end_handler(self, inbound: Inbound, *, failed: bool = False) -> bytes | None:
+        """Send event of the response; ends the task. Returns the response's stamp, once.
+
+        ``failed``: the handler ends with an error status. If it had not
+        consumed its request (no ``atomic()`` block finished), the request
+        *bounced*: it changed nothing here, and a retry may carry it elsewhere
+        (see :meth:`SnapshotParticipant.on_bounce`).
+        """
         try:
             if inbound.finished:
                 return None
@@ -392,6 +398,9 @@ class ProcessCore:
             with self._lock:
                 self._clock.tick()
                 delivery = task.delivery
+                if failed and isinstance(delivery, Delivery):
+                    self._part.on_bounce(delivery)
+                    self._emit()
                 epoch = self._part.on_reply(delivery) if isinstance(delivery, Delivery) else self._part.epoch
                 stamp = self._clock.encode(
                     inbound.caller, epoch, task.call_id, trace_id or task.trace_id, span_id or task.span_id

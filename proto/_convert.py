@@ -31,6 +31,7 @@ from cutwatch.core import (
     SERVER,
     AgentEvent,
     Answering,
+    Bounced,
     CallOutcome,
     ChannelRecord,
     CloseEpoch,
@@ -135,6 +136,14 @@ def event_to_message(event: SnapshotEvent, seq: int) -> pb.AgentMessage:
             seq=seq,
             call_outcome=pb.CallOutcome(
                 epoch=event.epoch, call_id=event.call_id, outcome=event.outcome, detail=event.detail
+            ),
+        )
+    if isinstance(event, Bounced):
+        key = event.msg_key
+        return pb.AgentMessage(
+            seq=seq,
+            bounced=pb.Bounced(
+                epoch=event.epoch, sender=key.sender, call_id=key.call_id, attempt=key.attempt
             ),
         )
     if isinstance(event, Flushed):
@@ -277,6 +286,11 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
         if out.outcome not in _OUTCOMES:
             raise EventFormatError(f"unknown call outcome {shown(out.outcome, _SHOWN)!r}")
         return CallOutcome(out.epoch, process, out.call_id, out.outcome, out.detail)
+    if body == "bounced":
+        bounced = message.bounced
+        return Bounced(
+            bounced.epoch, process, MsgKey(bounced.sender, bounced.call_id, bounced.attempt, REQUEST)
+        )
     if body == "flushed":
         flushed = message.flushed
         return Flushed(flushed.epoch, process, flushed.round, flushed.untracked_changes)

@@ -32,7 +32,7 @@ class Registration(_message.Message):
     def __init__(self, process_id: _Optional[str] = ..., service: _Optional[str] = ..., protocol_version: _Optional[int] = ..., worker_pools: _Optional[_Mapping[str, int]] = ..., epoch: _Optional[int] = ..., dropped: _Optional[int] = ..., untracked_changes: _Optional[int] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("register", "heartbeat", "local_snapshot", "channel_record", "call_outcome", "recording_stopped", "flushed", "goodbye", "seq")
+    __slots__ = ("register", "heartbeat", "local_snapshot", "channel_record", "call_outcome", "recording_stopped", "flushed", "goodbye", "bounced", "seq")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     LOCAL_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class AgentMessage(_message.Message):
     RECORDING_STOPPED_FIELD_NUMBER: _ClassVar[int]
     FLUSHED_FIELD_NUMBER: _ClassVar[int]
     GOODBYE_FIELD_NUMBER: _ClassVar[int]
+    BOUNCED_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     register: Registration
     heartbeat: Heartbeat
@@ -50,8 +51,9 @@ class AgentMessage(_message.Message):
     recording_stopped: RecordingStopped
     flushed: Flushed
     goodbye: Goodbye
+    bounced: Bounced
     seq: int
-    def __init__(self, register: _Optional[_Union[Registration, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., local_snapshot: _Optional[_Union[LocalSnapshot, _Mapping]] = ..., channel_record: _Optional[_Union[ChannelRecord, _Mapping]] = ..., call_outcome: _Optional[_Union[CallOutcome, _Mapping]] = ..., recording_stopped: _Optional[_Union[RecordingStopped, _Mapping]] = ..., flushed: _Optional[_Union[Flushed, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., seq: _Optional[int] = ...) -> None: ...
+    def __init__(self, register: _Optional[_Union[Registration, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., local_snapshot: _Optional[_Union[LocalSnapshot, _Mapping]] = ..., channel_record: _Optional[_Union[ChannelRecord, _Mapping]] = ..., call_outcome: _Optional[_Union[CallOutcome, _Mapping]] = ..., recording_stopped: _Optional[_Union[RecordingStopped, _Mapping]] = ..., flushed: _Optional[_Union[Flushed, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., bounced: _Optional[_Union[Bounced, _Mapping]] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
     __slots__ = ("registered", "take_snapshot", "close_epoch", "flush")
@@ -124,6 +126,18 @@ class Flushed(_message.Message):
     round: int
     untracked_changes: int
     def __init__(self, epoch: _Optional[int] = ..., round: _Optional[int] = ..., untracked_changes: _Optional[int] = ...) -> None: ...
+
+class Bounced(_message.Message):
+    __slots__ = ("epoch", "sender", "call_id", "attempt")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    sender: str
+    call_id: int
+    attempt: int
+    def __init__(self, epoch: _Optional[int] = ..., sender: _Optional[str] = ..., call_id: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class OpenCall(_message.Message):
     __slots__ = ("call_id", "method", "target", "failed")

@@ -136,6 +136,13 @@ class SimProcess:
 
         return handler.context.run(debit_and_return)
 
+    def bounce(self, handler: Handler, *, taken_back: bool = True) -> None:
+        """The handler fails before it applies anything (``UNAVAILABLE``, say): gRPC may retry the call.
+        ``taken_back=False`` models an agent that reports the failure as an ordinary answer."""
+        inbound = handler.inbound
+        if isinstance(inbound, Inbound):
+            handler.context.run(self.core.end_handler, inbound, failed=taken_back)
+
     def receive(self, outbound: Outbound, stamp: bytes | None, amount: int) -> None:
         """The answer reaches the caller: merged and consumed as the client interceptor does, then
         credited in the same step. An answer without a stamp settles the call as unstamped."""

@@ -49,6 +49,7 @@ from cutwatch.core import (
     REQUEST,
     RESPONSE,
     AssembledCut,
+    Bounced,
     ChannelRecord,
     CutAssembler,
     Flushed,
@@ -62,7 +63,9 @@ __all__ = [
     "METHOD",
     "SimConfig",
     "SimResult",
+    "bounced_late",
     "conserved",
+    "lost_later",
     "record_truth",
     "simulate",
     "token_sum",
@@ -133,6 +136,9 @@ class SimConfig:
     strip: frozenset[tuple[int, int]] = frozenset()
     untracked_check: bool = True
     late_stripped: bool = False
+    retry_percent: int = 0
+    max_attempts: int = 3
+    bounces: bool = True
 
 
 @dataclass(eq=False)
@@ -159,6 +165,8 @@ class AppMsg:
     """Lost, but held somewhere: it comes back once its caller gave up."""
     stripped: bool = False
     """A hop dropped its stamp on the way: no participant can place it."""
+    attempt: int = 0
+    """Which attempt of its call this request is (gRPC's ``grpc-previous-rpc-attempts``)."""
 
     @property
     def stamped(self) -> bool:
@@ -263,6 +271,14 @@ class SimResult:
     """Late requests delivered because no snapshot had fenced their calls yet."""
     stripped: int
     """Messages whose stamp a hop dropped."""
+    bounced: int = 0
+    """Requests whose handler failed before applying them (each retried or failed at its caller)."""
+    late_bounced: frozenset[tuple[int, str, int]] = frozenset()
+    """(epoch, caller, call id) of requests whose bounce reached the collector after cut ``epoch``
+    had completed with their record: in transit at the cut, their fate came later."""
+    lost_after_bounce: frozenset[CallRef] = frozenset()
+    """Calls whose tokens left the participants after one of their attempts bounced: a retry lost,
+    no attempt left, or a retry that reached a server without an agent."""
 
 
 def record_truth(record: ChannelRecord) -> CallMsg:
@@ -271,17 +287,47 @@ def record_truth(record: ChannelRecord) -> CallMsg:
 
 
 def token_sum(cut: AssembledCut) -> int:
-    """Balances in the cut's states plus the amounts recorded in transit."""
+    """Balances in the cut's states plus the amounts recorded in transit, each call's message once:
+    two attempts of one call recorded in transit carry its tokens once (the cut lists such calls in
+    ``duplicates``)."""
     total = 0
     for state in cut.states.values():
         assert isinstance(state, dict) and isinstance(state.get("balance"), int), state
         total += state["balance"]
-    return total + sum(int(json.loads(record.payload_json)) for record in cut.in_transit)
+    amounts = {record_truth(record): int(json.loads(record.payload_json)) for record in cut.in_transit}
+    return total + sum(amounts.values())
+
+
+def bounced_late(cut: AssembledCut, result: SimResult) -> set[CallRef]:
+    """Calls whose request the cut holds although that attempt bounced: the bounce reached the
+    collector after the cut had completed.
+
+    The request really was in transit at the cut (delivered to a handler after its server's cut, or
+    waiting for one at it); what became of the call came later (the next attempt, its loss, the
+    call's failure), so the ground truth of the call's latest attempt does not describe this cut.
+    """
+    return {
+        (record.caller, record.msg_key.call_id)
+        for record in cut.in_transit
+        if record.kind == REQUEST
+        and (cut.epoch, record.caller, record.msg_key.call_id) in result.late_bounced
+    }
+
+
+def lost_later(cut: AssembledCut, result: SimResult) -> dict[CallMsg, int]:
+    """Of :func:`bounced_late`, the requests whose tokens left the participants afterwards (the ground
+    truth counts lost tokens from their send), with their tokens."""
+    late = bounced_late(cut, result) & result.lost_after_bounce
+    return {
+        record_truth(record): int(json.loads(record.payload_json))
+        for record in cut.in_transit
+        if record.kind == REQUEST and (record.caller, record.msg_key.call_id) in late
+    }
 
 
 def conserved(cut: AssembledCut, result: SimResult) -> bool:
     """Balances plus tokens in transit equal what the participants hold by the ground truth."""
-    return token_sum(cut) == result.expected_tokens[cut.epoch]
+    return token_sum(cut) == result.expected_tokens[cut.epoch] + sum(lost_later(cut, result).values())
 
 
 class Simulation:
@@ -328,6 +374,9 @@ class Simulation:
         self.stalled = {(f"p{a}", f"p{b}") for a, b in config.stalled}
         self.strip = {(f"p{a}", f"p{b}") for a, b in config.strip}
         self.stripped = 0
+        self.bounced = 0
+        self.lost_after_bounce: set[CallRef] = set()
+        self.late_bounced: set[tuple[int, str, int]] = set()
         self.untracked_seen: dict[str, int] = {}  # the collector's latest count of each agent
         self.lazy = {f"p{i}" for i in config.lazy}
         # Ground truth: every stamped message, the receiver's epoch when it was counted consumed,
@@ -367,6 +416,9 @@ class Simulation:
             refused=self.refused,
             late_delivered=self.late_delivered,
             stripped=self.stripped,
+            bounced=self.bounced,
+            lost_after_bounce=frozenset(self.lost_after_bounce),
+            late_bounced=frozenset(self.late_bounced),
         )
 
     def _step(self, *, workload: bool) -> bool:
@@ -497,6 +549,8 @@ class Simulation:
         if external is not None:
             # Applied at once, no bookkeeping (and no fence): the tokens leave the participants.
             self._came_back(msg)
+            if msg.attempt > 0:
+                self.lost_after_bounce.add((msg.caller, msg.call_id))
             external.balance += msg.amount
             self.outflow.append((msg.epoch, msg.amount))
             external.replies.append(msg)
@@ -521,7 +575,7 @@ class Simulation:
             self._note_cuts(proc, before)
             self._flush(proc)
             return
-        handler = proc.process.deliver(stamp, json.dumps(msg.amount))
+        handler = proc.process.deliver(stamp, json.dumps(msg.amount), attempt=msg.attempt)
         self._note_cuts(proc, before)
         if handler.refused:
             # A late request whose call a snapshot fenced: never run, its tokens are gone.
@@ -549,6 +603,8 @@ class Simulation:
     def _lose(self, msg: AppMsg) -> None:
         """Gone, or held somewhere until after its caller gave it up; the caller notices later, as a
         deadline would."""
+        if msg.attempt > 0:
+            self.lost_after_bounce.add((msg.caller, msg.call_id))
         self._lose_for_good(msg)
         due = self.now + self.rng.randint(1, self.cfg.notice_delay)
         self.notices.append((due, msg.caller, msg.call_id))
@@ -563,7 +619,8 @@ class Simulation:
 
     def _came_back(self, msg: AppMsg) -> None:
         """A held request is delivered after all: an ordinary (late) delivery, not a loss."""
-        if msg.lost:
+        if msg.lost and msg.held:
+            self.lost_after_bounce.discard((msg.caller, msg.call_id))  # its tokens did not leave
             msg.lost = False
             self.lost.remove(msg)
             self.late_delivered += 1
@@ -592,6 +649,9 @@ class Simulation:
             self._flush(proc)
 
     def _consume(self, proc: Proc, handler: Handler, msg: AppMsg) -> None:
+        if not handler.duplicate and msg.stamped and self.rng.randrange(100) < self.cfg.retry_percent:
+            self._bounce(proc, handler, msg)
+            return
         if handler.duplicate:
             # The handler is idempotent per call id: it applies nothing, and its answer goes nowhere.
             proc.process.apply(handler, 0)
@@ -602,6 +662,31 @@ class Simulation:
                 self._count_consumed(proc, handler, msg)
             proc.replies.append((handler, msg))
         self._flush(proc)
+
+    def _bounce(self, proc: Proc, handler: Handler, msg: AppMsg) -> None:
+        """The handler fails before applying anything; gRPC's retry policy sends the call again, as the
+        next attempt with the same stamp, to any of its servers (this one or another), until its
+        attempts run out and the call fails at its caller."""
+        delivery = handler.delivery
+        if self.cfg.bounces and delivery is not None:
+            # Cuts that completed with its record before it bounced keep it (closed ones say nothing).
+            late = [k for k in delivery.recorded_in if k in self.cuts]
+            self.late_bounced.update((k, msg.caller, msg.call_id) for k in late)
+        proc.process.bounce(handler, taken_back=self.cfg.bounces)
+        self.bounced += 1
+        self._flush(proc)
+        gave_up = self._call(msg).failed_at is not None  # a late delivery: nobody retries it
+        if gave_up or msg.attempt + 1 >= self.cfg.max_attempts:
+            self.lost_after_bounce.add((msg.caller, msg.call_id))
+            self._lose_for_good(msg)
+            msg.held = False  # its repeats are duplicates now, not the held request coming back
+            if not gave_up:
+                due = self.now + self.rng.randint(1, self.cfg.notice_delay)
+                self.notices.append((due, msg.caller, msg.call_id))
+            return
+        retry = dataclasses.replace(msg, receiver="", delivered=False, attempt=msg.attempt + 1)
+        self.messages[retry.truth] = retry
+        self.network.append(retry)
 
     def _count_consumed(self, proc: Proc, handler: Handler, msg: AppMsg) -> None:
         if not handler.duplicate:
@@ -656,6 +741,8 @@ class Simulation:
             seen = self.untracked_seen.get(event.process, 0)
             self.untracked_seen[event.process] = max(seen, event.untracked_changes)
         if event.epoch in self.cuts:
+            if isinstance(event, Bounced):
+                self.late_bounced.add((event.epoch, event.msg_key.sender, event.msg_key.call_id))
             return  # finished already: late pieces are ignored
         assembler = self.assemblers[event.epoch]
         assembler.add(event)
