@@ -16,12 +16,17 @@ The service moves money in all four call kinds:
   takes in one block.
 - ``Swap`` (bidirectional): the handler credits each request and answers
   with a refund of half of it, credit and debit in one block.
+- ``Credit`` (unary): the handler credits the request in one block, unless
+  the test put an event in ``bounces``: then it waits for the event and
+  fails with ``UNAVAILABLE`` before applying anything, which a retry policy
+  retries (:meth:`StreamBank.channel_to_any`).
 """
 
 from __future__ import annotations
 
 import json
 import queue
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent import futures
 from typing import Any
@@ -61,6 +66,11 @@ class StreamBank:
         self.taken: queue.Queue[int] = queue.Queue()
         """Amounts the handlers took from request streams, in order (for the test to wait on)."""
         self._channels: list[grpc.Channel] = []
+        self.bounces: queue.Queue[threading.Event] = queue.Queue()
+        """For each event, the next ``Credit`` call waits for it and then fails with UNAVAILABLE."""
+        self.attempts: queue.Queue[tuple[str, int]] = queue.Queue()
+        """(this bank, attempt number from ``grpc-previous-rpc-attempts``) of each ``Credit`` call as it
+        arrives; banks may share the queue (and ``bounces``) to see which of them a call reached."""
 
     @property
     def name(self) -> str:
@@ -97,6 +107,19 @@ class StreamBank:
             self.taken.put(amount)
             yield money(amount // 2, self.envelope)
 
+    def _credit_call(self, request: Struct, context: Any) -> Struct:
+        metadata = dict(context.invocation_metadata())
+        self.attempts.put((self.name, int(metadata.get("grpc-previous-rpc-attempts", 0))))
+        try:
+            release = self.bounces.get_nowait()
+        except queue.Empty:
+            release = None
+        if release is not None:
+            release.wait(TIMEOUT)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "not now: try another server")
+        self._credit(amount_of(request))
+        return Struct()
+
     def _handlers(self) -> grpc.GenericRpcHandler:
         options = {
             "request_deserializer": self.message.FromString,
@@ -108,6 +131,7 @@ class StreamBank:
                 "Deposit": grpc.stream_unary_rpc_method_handler(self._deposit, **options),
                 "Payout": grpc.unary_stream_rpc_method_handler(self._payout, **options),
                 "Swap": grpc.stream_stream_rpc_method_handler(self._swap, **options),
+                "Credit": grpc.unary_unary_rpc_method_handler(self._credit_call, **options),
             },
         )
 
@@ -115,6 +139,32 @@ class StreamBank:
     def channel_to(self, peer: StreamBank) -> grpc.Channel:
         channel = grpc.intercept_channel(
             grpc.insecure_channel(peer.address), ClientInterceptor(self.core, 64 * 1024)
+        )
+        self._channels.append(channel)
+        return channel
+
+    def channel_to_any(self, *peers: StreamBank) -> grpc.Channel:
+        """A channel that spreads calls over ``peers`` (``round_robin``) and retries a call that fails
+        with UNAVAILABLE, as gRPC's service config ``retryPolicy`` does: each attempt picks again."""
+        config = {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "methodConfig": [
+                {
+                    "name": [{"service": SERVICE}],
+                    "retryPolicy": {
+                        "maxAttempts": 3,
+                        "initialBackoff": "0.01s",
+                        "maxBackoff": "0.05s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ],
+        }
+        target = "ipv4:" + ",".join(peer.address for peer in peers)
+        options = [("grpc.service_config", json.dumps(config)), ("grpc.enable_retries", 1)]
+        channel = grpc.intercept_channel(
+            grpc.insecure_channel(target, options=options), ClientInterceptor(self.core, 64 * 1024)
         )
         self._channels.append(channel)
         return channel
