@@ -10,6 +10,7 @@ snapshots taken between two chosen messages.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -35,6 +36,9 @@ class AioBank:
         self.payouts: asyncio.Queue[int | None] = asyncio.Queue()
         self.written: asyncio.Queue[int] = asyncio.Queue()
         self.resume: asyncio.Queue[None] = asyncio.Queue()
+        self.bounce: asyncio.Event | None = None
+        """When set, the next ``Credit`` call waits for the event, then aborts with UNAVAILABLE."""
+        self.attempts: asyncio.Queue[int] = asyncio.Queue()
         self.server = grpc.aio.server(
             interceptors=[AioServerInterceptor(self.core, self.core.register_pool(8), 65536)]
         )
@@ -47,6 +51,7 @@ class AioBank:
                         "Deposit": grpc.stream_unary_rpc_method_handler(self._deposit, **options),
                         "Payout": grpc.unary_stream_rpc_method_handler(self._payout, **options),
                         "PayoutWrites": grpc.unary_stream_rpc_method_handler(self._payout_writes, **options),
+                        "Credit": grpc.unary_unary_rpc_method_handler(self._credit_call, **options),
                     },
                 ),
             )
@@ -83,15 +88,33 @@ class AioBank:
             await self.resume.get()
             await sent
 
+    async def _credit_call(self, request: Struct, context: Any) -> Struct:
+        await self.attempts.put(int(dict(context.invocation_metadata()).get("grpc-previous-rpc-attempts", 0)))
+        release, self.bounce = self.bounce, None
+        if release is not None:
+            await release.wait()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "not now")
+        self.credit(amount_of(request))
+        return Struct()
+
     async def transfers(self, amounts: asyncio.Queue[int | None]) -> AsyncIterator[Struct]:
         while (amount := await amounts.get()) is not None:
             with self.core.atomic():
                 self.balance -= amount
             yield money(amount)
 
-    def stub(self, peer: AioBank, method: str, kind: str) -> Any:
+    def stub(self, peer: AioBank, method: str, kind: str, *, retries: bool = False) -> Any:
+        policy = {
+            "maxAttempts": 3,
+            "initialBackoff": "0.01s",
+            "maxBackoff": "0.05s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        }
+        config = {"methodConfig": [{"name": [{"service": SERVICE}], "retryPolicy": policy}]}
+        options = [("grpc.service_config", json.dumps(config))] if retries else []
         channel = grpc.aio.insecure_channel(
-            f"127.0.0.1:{peer.port}", interceptors=aio_client_interceptors(self.core, 65536)
+            f"127.0.0.1:{peer.port}", options=options, interceptors=aio_client_interceptors(self.core, 65536)
         )
         self.channels.append(channel)
         return getattr(channel, kind)(
@@ -205,3 +228,29 @@ def test_context_write_and_a_quiet_cut_are_complete() -> None:
 
     cut = run(scenario)
     assert (cut.status, cut.reasons, balances(cut)) == ("COMPLETE", (), [114, 86])
+
+
+def test_a_request_that_bounces_at_a_grpc_aio_server_is_taken_back() -> None:
+    """``await context.abort(UNAVAILABLE)`` before anything is applied: the retry policy sends attempt 1,
+    and only that attempt is in transit at the cut (see ``test_retries.py`` for the sync server)."""
+
+    async def scenario(a: AioBank, b: AioBank) -> AssembledCut:
+        credit = a.stub(b, "Credit", "unary_unary", retries=True)
+        release = asyncio.Event()
+        b.bounce = release
+        with a.core.atomic():
+            a.balance -= 10
+            call = credit(money(10), timeout=TIMEOUT)
+        assert await b.attempts.get() == 0
+        a.cut(1)
+        b.cut(1)  # attempt 0 waits in its handler: recorded in transit
+        release.set()
+        await call
+        assert await b.attempts.get() == 1
+        return assemble(1, a, b)
+
+    cut = run(scenario)
+    assert cut.status == "COMPLETE", cut.reasons
+    assert [(r.kind, r.msg_key.attempt) for r in cut.in_transit] == [("request", 1)]
+    assert balances(cut) == [90, 100]  # attempt 1 is applied after b's cut: in transit
+    assert [json.loads(r.payload_json) for r in cut.in_transit] == [{"amount": 10}]
