@@ -65,9 +65,11 @@ from cutwatch.core import (
 from cutwatch.core._streams import StreamPlacement
 
 __all__ = [
+    "CROSSING",
     "KINDS",
     "StreamConfig",
     "StreamResult",
+    "StreamWorld",
     "crossing_reasons",
     "simulate_streams",
     "stream_token_sum",
@@ -234,6 +236,9 @@ class StreamWorld:
         self.assemblers: dict[int, StreamAssembler] = {}
         self.cuts: dict[int, AssembledCut] = {}
         self.waves: dict[int, list[list[str]]] = {}
+        self.wave_plan: dict[int, list[list[str]]] = {}
+        self.cut_at: dict[tuple[str, int], int] = {}
+        """The step at which each process took each cut."""
         self.asked: dict[int, set[str]] = {}
         self.edges: dict[str, set[tuple[str, str]]] = {}
         self.waves_used = 0
@@ -265,10 +270,10 @@ class StreamWorld:
 
     def _step(self, *, workload: bool) -> bool:
         self.now += 1
-        if workload and self.next_epoch <= self.cfg.max_epochs:
-            if self.rng.randrange(100) < self.cfg.snapshot_percent:
-                self._start_snapshot()
-                return True
+        starting = workload and self.next_epoch <= self.cfg.max_epochs
+        if starting and self.rng.randrange(100) < self.cfg.snapshot_percent:
+            self._start_snapshot()
+            return True
         if workload and self.unopened and self.rng.randrange(100) < 5:
             self._open(*self.unopened.pop(0))
             return True
@@ -345,7 +350,9 @@ class StreamWorld:
         """The opening request reaches the server: the handler starts and opens its end."""
         server = stream.server
         context = contextvars.Context()
-        inbound = context.run(server.core.begin_handler, METHODS[stream.kind], stream.opening, 0, server.pool, "0")
+        inbound = context.run(
+            server.core.begin_handler, METHODS[stream.kind], stream.opening, 0, server.pool, "0"
+        )
         assert isinstance(inbound, Inbound)
         end = server.core.open_server_stream(inbound)
         assert end is not None
@@ -415,7 +422,14 @@ class StreamWorld:
         stream.sent[kind] += 1
         receiver = stream.server if kind == "request" else stream.client
         msg = StreamMsg(
-            stream.client.pid, stream.call_id, kind, stream.sent[kind], amount, proc.pid, receiver.pid, proc.epoch
+            stream.client.pid,
+            stream.call_id,
+            kind,
+            stream.sent[kind],
+            amount,
+            proc.pid,
+            receiver.pid,
+            proc.epoch,
         )
         self.messages.append(msg)
         if self.cfg.sending_marker:
@@ -452,6 +466,7 @@ class StreamWorld:
         if self.cfg.waves:
             edges = [edge for pid in pids for edge in self.edges.get(pid, ())]
             self.waves[epoch] = snapshot_waves(pids, edges)
+            self.wave_plan[epoch] = [list(wave) for wave in self.waves[epoch]]
             self.waves_used += len(self.waves[epoch]) > 1
             self.asked[epoch] = set()
             self._ask_next_wave(epoch)
