@@ -139,6 +139,16 @@ class SimConfig:
     retry_percent: int = 0
     max_attempts: int = 3
     bounces: bool = True
+    silent: frozenset[int] = frozenset()
+    """Processes whose agent falls silent at step ``silent_at``: no report reaches the collector and
+    no order reaches them from then on (a hung agent, a half-open stream)."""
+    silent_at: int = 0
+    silent_dies: bool = False
+    """The silent processes die instead: they also stop running, and what reaches them is lost."""
+    drop_silent_after: int | None = None
+    """Steps after ``silent_at`` from which the collector leaves the silent processes out of new
+    snapshots (the coordinator drops a silent agent and, past its rejoin grace, no longer waits for
+    it); None: never."""
 
 
 @dataclass(eq=False)
@@ -279,6 +289,12 @@ class SimResult:
     lost_after_bounce: frozenset[CallRef] = frozenset()
     """Calls whose tokens left the participants after one of their attempts bounced: a retry lost,
     no attempt left, or a retry that reached a server without an agent."""
+    members: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    """Each snapshot's participants (all instrumented processes unless the collector dropped some)."""
+    started_at: dict[int, int] = field(default_factory=dict)
+    subsystem_tokens: dict[int, int] = field(default_factory=dict)
+    """What cut k of its members must hold (see :meth:`Simulation.expected_subsystem_tokens`)."""
+    subsystem_in_transit: dict[int, set[CallMsg]] = field(default_factory=dict)
 
 
 def record_truth(record: ChannelRecord) -> CallMsg:
@@ -387,6 +403,9 @@ class Simulation:
         self.cut_at: dict[str, dict[int, int]] = {proc.pid: {} for proc in self.procs}
         self.outflow: list[tuple[int, int]] = []  # (request epoch, amount) of requests applied outside
         self.inflow: list[tuple[int, int]] = []  # (caller's epoch, amount) of unstamped refunds received
+        self.silent = {f"p{i}" for i in config.silent}
+        self.members: dict[int, tuple[str, ...]] = {}
+        self.started_at: dict[int, int] = {}
 
     # Driving ---------------------------------------------------------------------------
     def run(self) -> SimResult:
@@ -419,11 +438,17 @@ class Simulation:
             bounced=self.bounced,
             lost_after_bounce=frozenset(self.lost_after_bounce),
             late_bounced=frozenset(self.late_bounced),
+            members=dict(self.members),
+            started_at=dict(self.started_at),
+            subsystem_tokens={k: self.expected_subsystem_tokens(k) for k in self.cuts},
+            subsystem_in_transit={k: self.expected_subsystem_in_transit(k) for k in self.cuts},
         )
 
     def _step(self, *, workload: bool) -> bool:
         """One scheduler step; False when nothing at all can happen (only when draining)."""
         self.now += 1
+        if self.cfg.silent_dies and self.now == self.cfg.silent_at:
+            self._die()
         self._deliver_overdue_reports()
         self._notice_failures()
         self._release_held()
@@ -431,8 +456,8 @@ class Simulation:
         if starting and self.rng.randrange(100) < self.cfg.snapshot_percent:
             self._start_snapshot()
             return True
-        consumers = [p for p in self.procs if p.waiting and p.pid not in self.lazy]
-        responders: list[Proc | External] = [p for p in self.procs if p.replies]
+        consumers = [p for p in self.procs if p.waiting and p.pid not in self.lazy and not self._dead(p.pid)]
+        responders: list[Proc | External] = [p for p in self.procs if p.replies and not self._dead(p.pid)]
         responders += [e for e in self.externals.values() if e.replies]
         options: list[str] = []
         if self.network:
@@ -475,7 +500,7 @@ class Simulation:
     # Application --------------------------------------------------------------------------
     def _transfer(self) -> None:
         proc = self.rng.choice(self.procs)
-        if proc.process.balance <= 0 or self.cfg.n < 2:
+        if proc.process.balance <= 0 or self.cfg.n < 2 or self._dead(proc.pid):
             return
         others = [pid for pid in self.all_pids if pid != proc.pid]
         if self.cfg.balanced:
@@ -536,6 +561,14 @@ class Simulation:
                 return  # it stays lost
             self.stuck.append(msg)
             self._call(msg).blocked.append((msg.kind, msg.epoch))
+            return
+        if self._dead(msg.receiver):
+            # Nobody there: gone; a caller still alive notices, as a deadline would.
+            self._lose_for_good(msg)
+            if msg.kind == REQUEST:
+                self.notices.append(
+                    (self.now + self.rng.randint(1, self.cfg.notice_delay), msg.caller, msg.call_id)
+                )
             return
         if msg.kind == RESPONSE and self._call(msg).failed_at is not None:
             # The caller's call failed already: gRPC hands the application no late answer.
@@ -699,8 +732,31 @@ class Simulation:
     def _start_snapshot(self) -> None:
         epoch = self.next_epoch
         self.next_epoch += 1
-        self.assemblers[epoch] = CutAssembler(epoch, self.by_pid, dict(self.untracked_seen))
-        self.network.extend(Control(proc.pid, epoch) for proc in self.procs)
+        members = [pid for pid in self.by_pid if not self._dropped(pid)]
+        self.members[epoch], self.started_at[epoch] = tuple(members), self.now
+        self.assemblers[epoch] = CutAssembler(epoch, members, dict(self.untracked_seen))
+        self.network.extend(Control(pid, epoch) for pid in members)
+
+    def _die(self) -> None:
+        """The silent processes die: the calls they were serving break, and their callers notice."""
+        for pid in sorted(self.silent):
+            proc = self.by_pid[pid]
+            for _, msg in [*proc.waiting, *proc.replies]:
+                due = self.now + self.rng.randint(1, self.cfg.notice_delay)
+                self.notices.append((due, msg.caller, msg.call_id))
+            proc.waiting, proc.replies = [], []
+
+    def _silent(self, pid: str) -> bool:
+        """Whether ``pid``'s agent has fallen silent: its reports and the collector's orders are lost."""
+        return pid in self.silent and self.now >= self.cfg.silent_at
+
+    def _dead(self, pid: str) -> bool:
+        return self.cfg.silent_dies and self._silent(pid)
+
+    def _dropped(self, pid: str) -> bool:
+        """Whether the collector no longer waits for ``pid`` in new snapshots."""
+        after = self.cfg.drop_silent_after
+        return after is not None and pid in self.silent and self.now >= self.cfg.silent_at + after
 
     def _deliver(self, item: Item) -> None:
         if isinstance(item, AppMsg):
@@ -708,6 +764,8 @@ class Simulation:
             return
         proc = self.by_pid[item.receiver]
         core = proc.process.core
+        if self._silent(proc.pid):
+            return  # the collector's stream to it is dead
         if item.close:
             core.close_epoch(item.epoch, item.forget)
         elif item.flush:
@@ -723,6 +781,9 @@ class Simulation:
             self.cut_at[proc.pid][epoch] = self.now
 
     def _flush(self, proc: Proc) -> None:
+        if self._silent(proc.pid):
+            proc.process.drain()  # nothing reaches the collector any more
+            return
         self.reports[proc.pid].extend(Report(event, self.now) for event in proc.process.drain())
 
     def _deliver_overdue_reports(self) -> None:
@@ -804,6 +865,30 @@ class Simulation:
             if call.sent_epoch < k
             and call.ended_epoch is None
             and (call.stripped or any(kind == REQUEST or epoch < k for kind, epoch in call.blocked))
+        }
+
+    def expected_subsystem_tokens(self, k: int) -> int:
+        """What cut k of its members must hold: their tokens, less what they sent outside (or lost)
+        before their cuts, plus what they consumed from outside before their cuts. (No uninstrumented
+        servers in worlds with silent processes.)"""
+        members = set(self.members.get(k, self.by_pid))
+        total = self.cfg.initial * len(members)
+        for key, msg in self.messages.items():
+            if not msg.stamped and not msg.stripped:
+                continue
+            inside_from, inside_to = msg.sender in members, msg.receiver in members
+            if inside_from and msg.epoch < k and (msg.lost or not inside_to):
+                total -= msg.amount
+            elif not inside_from and inside_to and self.consumed_epoch.get(key, k) < k:
+                total += msg.amount
+        return total
+
+    def expected_subsystem_in_transit(self, k: int) -> set[CallMsg]:
+        members = set(self.members.get(k, self.by_pid))
+        return {
+            key
+            for key in self.expected_in_transit(k)
+            if self.messages[key].sender in members and self.messages[key].receiver in members
         }
 
 
