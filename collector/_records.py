@@ -208,7 +208,7 @@ def stored_from_assembled(
             call_id=record.msg_key.call_id,
             attempt=record.msg_key.attempt,
             payload_json=dumps(json.loads(record.payload_json)),
-            index=record.msg_key.index,
+            index=record.msg_key.position,
         )
         for record in cut.in_transit
     )

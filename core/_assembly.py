@@ -221,7 +221,7 @@ class CutAssembler:
 
     def add_record(self, record: ChannelRecord) -> None:
         self._check_epoch(record.epoch)
-        stream = record.msg_key.index > 0
+        stream = record.msg_key.position > 0
         # A client may take a message of its response stream before it knows its server: sender "".
         known_sender = record.sender in self._members or (stream and not record.sender)
         if not known_sender or record.receiver not in self._members:
@@ -236,7 +236,7 @@ class CutAssembler:
         if stream:
             # Placed (or not) by the stream counts of the two ends, in finish(); it settles no call.
             self._stream_records.setdefault((record.caller, record.msg_key.call_id, record.kind), {})[
-                record.msg_key.index
+                record.msg_key.position
             ] = record
             return
         self._records.append(record)
@@ -394,7 +394,7 @@ class CutAssembler:
         in_transit = tuple(
             sorted(
                 [*self._records, *streams.in_transit],
-                key=lambda r: (r.sender, r.receiver, r.msg_key.call_id, r.msg_key.kind, r.msg_key.index),
+                key=lambda r: (r.sender, r.receiver, r.msg_key.call_id, r.msg_key.kind, r.msg_key.position),
             )
         )
         return AssembledCut(

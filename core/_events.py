@@ -67,7 +67,7 @@ class MsgKey(NamedTuple):
     call_id: int
     attempt: int
     kind: str
-    index: int = 0
+    position: int = 0
     """0 for a call's own request or response; n >= 1 for the n-th message of its stream that way."""
 
 

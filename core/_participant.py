@@ -513,7 +513,7 @@ class SnapshotParticipant:
             self._stats.records_dropped += 1
             return
         state.records += 1
-        if delivery.msg_key.kind == REQUEST and delivery.msg_key.index == 0:
+        if delivery.msg_key.kind == REQUEST and delivery.msg_key.position == 0:
             delivery.recorded_in.append(epoch)
         self._outbox.append(
             ChannelRecord(

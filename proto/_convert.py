@@ -128,7 +128,7 @@ def event_to_message(event: SnapshotEvent, seq: int) -> pb.AgentMessage:
                 payload_json=_payload_json(event.payload_json),
                 call_id=key.call_id,
                 attempt=key.attempt,
-                index=key.index,
+                index=key.position,
             ),
         )
     if isinstance(event, CallOutcome):

@@ -224,9 +224,9 @@ def balances(cut: AssembledCut) -> list[int]:
 def in_transit(cut: AssembledCut) -> list[tuple[str, int, int]]:
     """The stream messages in transit: (kind, number in its stream, amount)."""
     return [
-        (r.kind, r.msg_key.index, int(json.loads(r.payload_json).get("amount", 0)))
+        (r.kind, r.msg_key.position, int(json.loads(r.payload_json).get("amount", 0)))
         for r in cut.in_transit
-        if r.msg_key.index
+        if r.msg_key.position
     ]
 
 

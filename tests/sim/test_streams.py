@@ -71,9 +71,9 @@ def crossing_reasons_text(cut: AssembledCut) -> list[str]:
 
 def stream_in_transit(result: StreamResult, epoch: int) -> list[tuple[str, int, str, int]]:
     return [
-        (r.caller, r.msg_key.call_id, r.kind, r.msg_key.index)
+        (r.caller, r.msg_key.call_id, r.kind, r.msg_key.position)
         for r in result.cuts[epoch].in_transit
-        if r.msg_key.index > 0
+        if r.msg_key.position > 0
     ]
 
 
@@ -89,7 +89,7 @@ def assert_stream_cuts(result: StreamResult) -> None:
             assert len(keys) == len(set(keys))
             assert set(keys) == result.expected_in_transit[epoch]
             # The opening requests carry no tokens.
-            assert all(r.payload_json == "0" for r in cut.in_transit if r.msg_key.index == 0)
+            assert all(r.payload_json == "0" for r in cut.in_transit if r.msg_key.position == 0)
             for p, clock in cut.clocks.items():
                 assert all(clock.get(q) <= other.get(q) for q, other in cut.clocks.items()), p
             assert not crossing

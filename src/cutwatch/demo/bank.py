@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.struct_pb2 import Struct
@@ -265,9 +265,19 @@ def main(argv: list[str] | None = None) -> int:
     return serve(agent, bank, server, args.name, args.ready_file, args.peers_file, args.workers, seed, stop)
 
 
+class Service(Protocol):
+    """What :func:`serve` runs: a bank of any kind that meets its peers and moves money to them."""
+
+    def connect(self, addresses: list[str]) -> None: ...
+
+    def transfer_forever(self, stop: threading.Event, rng: random.Random) -> None: ...
+
+    def close(self) -> None: ...
+
+
 def serve(
     agent: cutwatch.Agent,
-    bank: Bank,
+    bank: Service,
     server: grpc.Server,
     name: str,
     ready_file: Path,

@@ -69,7 +69,12 @@ def money(amount: int, envelope: bool = False) -> Any:
 
 
 def amount_of(message: Any) -> int:
-    return int(message["amount"]) if isinstance(message, Struct) else int(message.amount)
+    if not isinstance(message, Struct):
+        return int(message.amount)
+    amount = message["amount"]
+    if not isinstance(amount, (int, float)):
+        raise ValueError(f"a transfer without a numeric amount: {message}")
+    return int(amount)
 
 
 class StreamingBank:
@@ -137,7 +142,7 @@ class StreamingBank:
                 transfers_ok=self.streams,
             )
 
-    def handlers(self) -> grpc.GenericRpcHandler:
+    def handlers(self) -> grpc.GenericRpcHandler[Any, Any]:
         codec = {
             "request_deserializer": self.message.FromString,
             "response_serializer": self.message.SerializeToString,
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     server.add_generic_rpc_handlers((bank.handlers(),))
     return serve(
         agent, bank, server, args.name, args.ready_file, args.peers_file, args.workers, args.seed, stop
-    )  # type: ignore[arg-type]
+    )
 
 
 if __name__ == "__main__":
