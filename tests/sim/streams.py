@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from sim.process import SimProcess
-from sim.world import Control, Report
+from sim.world import Control, Report, run_to_the_end
 
 from cutwatch.core import (
     SENDING,
@@ -250,13 +250,7 @@ class StreamWorld:
 
     # Driving -------------------------------------------------------------------------------------
     def run(self) -> StreamResult:
-        for _ in range(self.cfg.steps):
-            self._step(workload=True)
-        while self._step(workload=False):
-            pass
-        for epoch, assembler in self.assemblers.items():
-            if epoch not in self.cuts:
-                self.cuts[epoch] = assembler.finish()
+        run_to_the_end(self.cfg.steps, self._step, self.assemblers, self.cuts)
         return StreamResult(
             config=self.cfg,
             participants=tuple(self.by_pid),
@@ -486,13 +480,7 @@ class StreamWorld:
                 return
 
     def _order(self, item: Control) -> None:
-        core = self.by_pid[item.receiver].core
-        if item.close:
-            core.close_epoch(item.epoch, item.forget)
-        elif item.flush:
-            core.flush(item.epoch, item.round, item.fence)
-        else:
-            core.take_snapshot(item.epoch)
+        item.carry_out(self.by_pid[item.receiver].core)
         self._flush(self.by_pid[item.receiver])
 
     def _flush(self, proc: SimProcess) -> None:

@@ -41,6 +41,7 @@ import dataclasses
 import json
 import random
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sim.process import METHOD, Handler, SimProcess, without_epoch
@@ -55,6 +56,7 @@ from cutwatch.core import (
     Flushed,
     LocalSnapshot,
     Outbound,
+    ProcessCore,
     SnapshotEvent,
 )
 
@@ -224,6 +226,32 @@ class Control:
     round: int = 0
     fence: tuple[tuple[str, int], ...] = ()
     forget: tuple[int, ...] = ()
+
+    def carry_out(self, core: ProcessCore) -> None:
+        """What the receiver's agent does with the order."""
+        if self.close:
+            core.close_epoch(self.epoch, self.forget)
+        elif self.flush:
+            core.flush(self.epoch, self.round, self.fence)
+        else:
+            core.take_snapshot(self.epoch)
+
+
+def run_to_the_end(
+    steps: int,
+    step: Callable[..., bool],
+    assemblers: Mapping[int, CutAssembler],
+    cuts: dict[int, AssembledCut],
+) -> None:
+    """``steps`` steps of work, then steps until nothing can happen; the cuts still open are finished
+    as they stand."""
+    for _ in range(steps):
+        step(workload=True)
+    while step(workload=False):
+        pass
+    for epoch, assembler in assemblers.items():
+        if epoch not in cuts:
+            cuts[epoch] = assembler.finish()
 
 
 @dataclass(eq=False)
@@ -409,13 +437,7 @@ class Simulation:
 
     # Driving ---------------------------------------------------------------------------
     def run(self) -> SimResult:
-        for _ in range(self.cfg.steps):
-            self._step(workload=True)
-        while self._step(workload=False):
-            pass
-        for epoch, assembler in self.assemblers.items():
-            if epoch not in self.cuts:
-                self.cuts[epoch] = assembler.finish()
+        run_to_the_end(self.cfg.steps, self._step, self.assemblers, self.cuts)
         return SimResult(
             config=self.cfg,
             participants=tuple(self.by_pid),
@@ -766,14 +788,9 @@ class Simulation:
         core = proc.process.core
         if self._silent(proc.pid):
             return  # the collector's stream to it is dead
-        if item.close:
-            core.close_epoch(item.epoch, item.forget)
-        elif item.flush:
-            core.flush(item.epoch, item.round, item.fence)
-        else:
-            before = core.epoch
-            core.take_snapshot(item.epoch)
-            self._note_cuts(proc, before)
+        before = core.epoch
+        item.carry_out(core)
+        self._note_cuts(proc, before)
         self._flush(proc)
 
     def _note_cuts(self, proc: Proc, before: int) -> None:
