@@ -12,6 +12,10 @@ back to back. One scenario per path, all in one run:
   envelope 1 ms
   stripping proxy     demo banks, one reached through a proxy process that drops
                       cutwatch's stamps both ways
+  retries             demo banks that fail a quarter of their Credit calls with
+                      UNAVAILABLE before applying them; every bank sends over one
+                      round_robin channel with a retryPolicy, so retries reach the
+                      same or another bank
 
 For each: cuts taken, COMPLETE, COMPLETE and exact (not flagged for untracked
 changes), flagged, and COMPLETE but wrong: a cut that is COMPLETE, not
@@ -65,7 +69,7 @@ class Cluster(BankCluster):
         return {key: (int(value) if isinstance(value, float) else value) for key, value in reply.items()}
 
     def demo_banks(
-        self, collector: str, peers: Callable[[list[Bank]], list[str]] | None = None
+        self, collector: str, peers: Callable[[list[Bank]], list[str]] | None = None, *flags: str
     ) -> list[Bank]:
         return self.start(
             {
@@ -80,6 +84,7 @@ class Cluster(BankCluster):
                     f"--initial={INITIAL}",
                     "--workers=4",
                     f"--seed={i}",
+                    *flags,
                 ]
                 for i in range(1, BANKS + 1)
             },
@@ -108,13 +113,15 @@ class Cluster(BankCluster):
 
 
 def credit_money(cut: Cut) -> int:
-    """Demo banks: balances plus the Credit requests in transit."""
+    """Demo banks: balances plus the Credit requests in transit, each call once (two attempts of a
+    retried call may both be in transit; the cut lists such calls in ``duplicates``)."""
     balances = sum(int(cut.state_of(p)["balance"]) for p in cut.states)
-    return balances + sum(
-        int(m.payload["amount"])
+    calls = {
+        (m.sender, m.call_id): int(m.payload["amount"])
         for m in cut.in_transit
         if m.kind == "request" and m.method.endswith("/Credit")
-    )
+    }
+    return balances + sum(calls.values())
 
 
 def stream_money(cut: Cut) -> int:
@@ -132,6 +139,8 @@ def run_scenario(name: str, snapshots: int) -> dict[str, Any]:
             money: Callable[[Cut], int] = credit_money
             if name == "unary":
                 cluster.demo_banks(address)
+            elif name == "retries":
+                cluster.demo_banks(address, None, "--bounce-percent=25", "--balanced")
             elif name == "stripping-proxy":
 
                 def through_proxy(banks: list[Bank]) -> list[str]:
@@ -197,7 +206,15 @@ def _reason(cut: Cut) -> str:
     return text[:60]
 
 
-SCENARIOS = ("unary", "streams-3ms", "streams-1ms", "envelope-3ms", "envelope-1ms", "stripping-proxy")
+SCENARIOS = (
+    "unary",
+    "streams-3ms",
+    "streams-1ms",
+    "envelope-3ms",
+    "envelope-1ms",
+    "stripping-proxy",
+    "retries",
+)
 
 
 def main() -> int:

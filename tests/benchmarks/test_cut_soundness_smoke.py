@@ -19,7 +19,7 @@ def test_a_short_run_reports_every_scenario_and_no_wrong_cut() -> None:
             "--snapshots",
             "4",
             "--scenarios",
-            "unary,envelope-3ms,stripping-proxy",
+            "unary,envelope-3ms,stripping-proxy,retries",
             "--json",
         ],
         capture_output=True,
@@ -29,7 +29,7 @@ def test_a_short_run_reports_every_scenario_and_no_wrong_cut() -> None:
     )
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout)
-    assert set(result["scenarios"]) == {"unary", "envelope-3ms", "stripping-proxy"}
+    assert set(result["scenarios"]) == {"unary", "envelope-3ms", "stripping-proxy", "retries"}
     for figures in result["scenarios"].values():
         assert figures["cuts"] == 4
         assert figures["complete_but_wrong"] == 0 and figures["wrong_epochs"] == []

@@ -438,6 +438,10 @@ class Simulation:
     # Driving ---------------------------------------------------------------------------
     def run(self) -> SimResult:
         run_to_the_end(self.cfg.steps, self._step, self.assemblers, self.cuts)
+        for msg in self.stuck:
+            if msg.kind == RESPONSE and not msg.lost and self._call(msg).failed_at is not None:
+                # Its caller gave the call up: gRPC would hand it no late answer (see _deliver_app).
+                self._lose_for_good(msg)
         return SimResult(
             config=self.cfg,
             participants=tuple(self.by_pid),
