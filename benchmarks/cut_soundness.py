@@ -186,6 +186,7 @@ def run_scenario(name: str, snapshots: int) -> dict[str, Any]:
         "complete_percent": round(100 * len(complete) / len(cuts), 1),
         "in_transit_stream_messages": sum(1 for cut in complete for m in cut.in_transit if m.index),
         "incomplete_reasons": dict(reasons.most_common()),
+        "incomplete_examples": [cut.reasons[0] for cut in cuts if not cut.complete and cut.reasons][:3],
         "seconds": round(elapsed, 2),
     }
 

@@ -30,7 +30,9 @@ handled it is read after it did.
 Bounced requests: a request recorded in transit whose handler then failed
 without consuming it is taken back by its receiver (:class:`Bounced`); its
 record leaves the cut and its call waits again, for the attempt a retry
-policy sends next (or for its fence, if the call fails).
+policy sends next. If the call fails at its caller instead (no attempt
+left), the record stands: the request was in transit at the cut, and its
+value goes back to the caller with the failure.
 """
 
 from __future__ import annotations
@@ -194,6 +196,8 @@ class CutAssembler:
         self._recount = False
         """An answer without a stamp came after the latest round was asked: ask another."""
         self._started_after_cut: set[tuple[str, int]] = set()
+        self._bounced: dict[tuple[str, int], ChannelRecord] = {}
+        """The record taken back of each call whose latest recorded attempt bounced."""
         self._stream_records: dict[tuple[str, int, str], dict[int, ChannelRecord]] = {}
         """Stream messages the receivers recorded, by (caller, call id, kind) and index."""
         """Calls whose request is in transit: their handlers started after their server's cut."""
@@ -246,15 +250,21 @@ class CutAssembler:
         self._settle(record.caller, record.msg_key.call_id, where)
 
     def add_bounced(self, notice: Bounced) -> None:
-        """A recorded request was turned away unapplied: its record neither settles its call nor
-        counts in transit, and the call waits for its next attempt (or its fence) again."""
+        """A recorded request was turned away unapplied. If its caller still waits for the call, a retry
+        may carry it elsewhere: its record neither settles the call nor counts in transit, and the call
+        waits for its next attempt. If the call failed (no attempt follows), or fails later, the record
+        stands: at the cut the request was where the record says, and its value goes back to its
+        caller with the failure."""
         self._check_epoch(notice.epoch)
         key = notice.msg_key
-        kept = [r for r in self._records if not (r.receiver == notice.process and r.msg_key == key)]
-        if len(kept) == len(self._records):
-            return  # a record this assembler left out (a non-participant's), or a stream's
-        self._records = kept
         call = (key.sender, key.call_id)
+        if call in self._failures:
+            return
+        removed = [r for r in self._records if r.receiver == notice.process and r.msg_key == key]
+        if not removed:
+            return  # a record this assembler left out (a non-participant's), or a stream's
+        self._records = [r for r in self._records if not (r.receiver == notice.process and r.msg_key == key)]
+        self._bounced[call] = removed[0]
         how = self._settled.get(call, [])
         where = f"{REQUEST} in transit to {notice.process}"
         if where in how:
@@ -262,15 +272,12 @@ class CutAssembler:
         if how:
             return
         self._settled.pop(call, None)
-        if not any(r.msg_key.kind == REQUEST and (r.caller, r.msg_key.call_id) == call for r in kept):
+        if not any(
+            r.msg_key.kind == REQUEST and (r.caller, r.msg_key.call_id) == call for r in self._records
+        ):
             self._started_after_cut.discard(call)
         snap = self._locals.get(key.sender)
-        if snap is None or not any(c.call_id == key.call_id for c in snap.open_calls):
-            return
-        if self._fenced.get(call, self._acked + 1) <= self._acked:
-            # A late delivery of a failed call, which every participant refuses from now on.
-            self._settle(*call, "failed at its caller; fenced, bounced where it came late")
-        else:
+        if snap is not None and any(c.call_id == key.call_id for c in snap.open_calls):
             self._waiting.add(call)
 
     def add_outcome(self, outcome: CallOutcome) -> None:
@@ -280,7 +287,14 @@ class CutAssembler:
             # Or by a participant, through a hop that strips stamps: its count must be read again.
             self._recount = self._recount or self._round > 0
         elif outcome.outcome == OUTCOME_FAILED:
-            self._failures[(outcome.process, outcome.call_id)] = outcome.detail or "failed"
+            call = (outcome.process, outcome.call_id)
+            self._failures[call] = outcome.detail or "failed"
+            record = self._bounced.pop(call, None)
+            if record is not None and call not in self._settled:
+                # No attempt follows the one that bounced: its record stands (see add_bounced).
+                self._records.append(record)
+                self._started_after_cut.add(call)
+                self._settle(*call, f"{REQUEST} in transit to {record.receiver}")
 
     def add_stopped(self, notice: RecordingStopped) -> None:
         self._check_epoch(notice.epoch)

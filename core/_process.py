@@ -297,6 +297,7 @@ class ProcessCore:
                         self._capture,
                         method=outbound.call.method,
                         now=self._now(),
+                        failure=failure or "",
                     )
                     outbound.channel.server = decoded.sender
                 else:

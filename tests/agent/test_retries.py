@@ -137,3 +137,34 @@ def test_grpcio_sends_no_hedged_attempts(banks: tuple[StreamBank, StreamBank, St
     assert all(attempt == 0 for _, attempt in arrivals)
     assert b1.attempts.empty()
     assert b1.balance + b2.balance == 204
+
+
+def test_a_call_whose_last_attempt_bounces_keeps_its_record(
+    banks: tuple[StreamBank, StreamBank, StreamBank],
+) -> None:
+    """Every attempt bounces (the policy allows three): the last one was in transit at the cut, and with
+    no attempt after it, its record stands. The caller refunds the money after its cut, on the error."""
+    a, b1, _ = banks
+    credit = stub(a.channel_to_any(b1), "Credit", "unary_unary")
+    credit(money(0), timeout=TIMEOUT)
+    b1.attempts.get(timeout=TIMEOUT)
+    early, last = threading.Event(), threading.Event()
+    early.set()
+    for release in (early, early, last):
+        b1.bounces.put(release)
+    with a.core.atomic():
+        a.balance -= 10
+        answer = credit.future(money(10), timeout=TIMEOUT)
+    assert [b1.attempts.get(timeout=TIMEOUT)[1] for _ in range(3)] == [0, 1, 2]
+    a.cut(1)
+    b1.cut(1)  # the last attempt waits in its handler: recorded in transit
+    last.set()
+    with pytest.raises(grpc.RpcError) as failed:
+        answer.result(timeout=TIMEOUT)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    with a.core.atomic():
+        a.balance += 10  # the refund, after a's cut
+    cut = assemble(1, a, b1)
+    assert cut.status == "COMPLETE", cut.reasons
+    assert [(r.kind, r.msg_key.attempt) for r in cut.in_transit] == [("request", 2)]
+    assert money_in(cut) == 200

@@ -179,6 +179,8 @@ class AppMsg:
     """A hop dropped its stamp on the way: no participant can place it."""
     attempt: int = 0
     """Which attempt of its call this request is (gRPC's ``grpc-previous-rpc-attempts``)."""
+    failure: str = ""
+    """An answer with an error status (the last attempt of a call bounced)."""
 
     @property
     def stamped(self) -> bool:
@@ -212,6 +214,9 @@ class CallTruth:
     blocked: list[tuple[str, int]] = field(default_factory=list)
     stripped: bool = False
     """Its request lost its stamp: its server never says it is answering it."""
+    failure_stuck: bool = False
+    """Its last attempt bounced and the error answer is stuck: with the bounced record taken back,
+    nothing settles it (its caller never learns it failed)."""
 
 
 @dataclass(eq=False)
@@ -338,23 +343,32 @@ def token_sum(cut: AssembledCut) -> int:
     for state in cut.states.values():
         assert isinstance(state, dict) and isinstance(state.get("balance"), int), state
         total += state["balance"]
-    amounts = {record_truth(record): int(json.loads(record.payload_json)) for record in cut.in_transit}
+    amounts = {record_truth(record): tokens(record) for record in cut.in_transit}
     return total + sum(amounts.values())
 
 
+def tokens(record: ChannelRecord) -> int:
+    """The tokens a recorded message carries (an error answer carries none: its payload is null)."""
+    return int(json.loads(record.payload_json) or 0)
+
+
 def bounced_late(cut: AssembledCut, result: SimResult) -> set[CallRef]:
-    """Calls whose request the cut holds although that attempt bounced: the bounce reached the
-    collector after the cut had completed.
+    """Calls whose request the cut holds although that attempt bounced.
 
     The request really was in transit at the cut (delivered to a handler after its server's cut, or
-    waiting for one at it); what became of the call came later (the next attempt, its loss, the
-    call's failure), so the ground truth of the call's latest attempt does not describe this cut.
+    waiting for one at it); what became of the call came later, so the ground truth of the call's
+    latest attempt does not describe this cut. The cut keeps such a record when the bounce reached
+    the collector after the cut had completed, or when no attempt followed (the call failed, or its
+    next attempt was lost or went to a server without an agent: its tokens left later).
     """
     return {
         (record.caller, record.msg_key.call_id)
         for record in cut.in_transit
         if record.kind == REQUEST
-        and (cut.epoch, record.caller, record.msg_key.call_id) in result.late_bounced
+        and (
+            (cut.epoch, record.caller, record.msg_key.call_id) in result.late_bounced
+            or (record.caller, record.msg_key.call_id) in result.lost_after_bounce
+        )
     }
 
 
@@ -363,7 +377,7 @@ def lost_later(cut: AssembledCut, result: SimResult) -> dict[CallMsg, int]:
     truth counts lost tokens from their send), with their tokens."""
     late = bounced_late(cut, result) & result.lost_after_bounce
     return {
-        record_truth(record): int(json.loads(record.payload_json))
+        record_truth(record): tokens(record)
         for record in cut.in_transit
         if record.kind == REQUEST and (record.caller, record.msg_key.call_id) in late
     }
@@ -587,6 +601,7 @@ class Simulation:
                 return  # it stays lost
             self.stuck.append(msg)
             self._call(msg).blocked.append((msg.kind, msg.epoch))
+            self._call(msg).failure_stuck = self._call(msg).failure_stuck or bool(msg.failure)
             return
         if self._dead(msg.receiver):
             # Nobody there: gone; a caller still alive notices, as a deadline would.
@@ -621,7 +636,7 @@ class Simulation:
         before = proc.process.epoch
         if msg.kind == RESPONSE:
             call = self._call(msg)
-            proc.process.receive(call.outbound, stamp, msg.amount)
+            proc.process.receive(call.outbound, stamp, msg.amount, failure=msg.failure)
             call.ended_epoch = proc.process.epoch
             if msg.stamped:
                 self.consumed_epoch[msg.truth] = proc.process.epoch
@@ -731,7 +746,7 @@ class Simulation:
             # Cuts that completed with its record before it bounced keep it (closed ones say nothing).
             late = [k for k in delivery.recorded_in if k in self.cuts]
             self.late_bounced.update((k, msg.caller, msg.call_id) for k in late)
-        proc.process.bounce(handler, taken_back=self.cfg.bounces)
+        answer = proc.process.bounce(handler, taken_back=self.cfg.bounces)
         self.bounced += 1
         self._flush(proc)
         gave_up = self._call(msg).failed_at is not None  # a late delivery: nobody retries it
@@ -740,8 +755,21 @@ class Simulation:
             self._lose_for_good(msg)
             msg.held = False  # its repeats are duplicates now, not the held request coming back
             if not gave_up:
-                due = self.now + self.rng.randint(1, self.cfg.notice_delay)
-                self.notices.append((due, msg.caller, msg.call_id))
+                # No attempt left: the caller gets this attempt's error, stamped by its server.
+                failed = AppMsg(
+                    proc.pid,
+                    (msg.caller,),
+                    0,
+                    proc.process.epoch,
+                    proc.process.tick,
+                    RESPONSE,
+                    msg.call_id,
+                    answer,
+                    receiver=msg.caller,
+                    failure="UNAVAILABLE",
+                )
+                self.messages[failed.truth] = failed
+                self.network.append(failed)
             return
         retry = dataclasses.replace(msg, receiver="", delivered=False, attempt=msg.attempt + 1)
         self.messages[retry.truth] = retry
@@ -885,7 +913,11 @@ class Simulation:
             for call in self.calls.values()
             if call.sent_epoch < k
             and call.ended_epoch is None
-            and (call.stripped or any(kind == REQUEST or epoch < k for kind, epoch in call.blocked))
+            and (
+                call.stripped
+                or call.failure_stuck
+                or any(kind == REQUEST or epoch < k for kind, epoch in call.blocked)
+            )
         }
 
     def expected_subsystem_tokens(self, k: int) -> int:

@@ -182,13 +182,22 @@ class Bank:
                 # The request that carries the money and the debit are on the same side of every cut.
                 future = credit.future(struct(amount=amount), timeout=TRANSFER_TIMEOUT)
                 self.balance -= amount
-            try:
-                future.result()
-            except grpc.RpcError as exc:
-                self._failed(address, amount, exc)
-            else:
-                with self._lock:
-                    self.transfers_ok += 1
+            while True:
+                try:
+                    future.result()
+                except grpc.RpcError as exc:
+                    if self._balanced and exc.code() == grpc.StatusCode.UNAVAILABLE and not stop.is_set():
+                        # Every attempt bounced, so nothing was applied: send the money again rather
+                        # than refund it. A refund would be value carried by the failure, a response,
+                        # which a cut can split (docs/snapshots.md); a new request carries it whole.
+                        with self.agent.atomic():
+                            future = credit.future(struct(amount=amount), timeout=TRANSFER_TIMEOUT)
+                        continue
+                    self._failed(address, amount, exc)
+                else:
+                    with self._lock:
+                        self.transfers_ok += 1
+                break
 
     def _failed(self, address: str, amount: int, exc: grpc.RpcError) -> None:
         """Refund a transfer whose Credit failed; a peer that is gone leaves the peer list.
