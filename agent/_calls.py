@@ -94,7 +94,8 @@ def finish_outbound(
     """The receive event of a finished call, from its trailing metadata and status.
 
     ``status`` returns the call's status (see :func:`failure_name`; an error
-    it raises is the status). ``response`` returns the
+    it raises is the status); it is asked only for a call answered without a
+    stamp. ``response`` returns the
     response message, rendered only if the response is recorded in transit;
     ``deferrable`` as in ``ProcessCore.end_call``.
     """
@@ -104,9 +105,9 @@ def finish_outbound(
         stamp = find_stamp(metadata)
     except Exception:
         stamp = None
-    # A stamped answer is delivered whatever its status; a failed one is also reported as failed, so
-    # that a call whose last attempt bounced (its record taken back) is settled by a fence.
-    failure = failure_name(_status(status))
+    # A stamped answer is delivered whatever its status; the status matters only without one (a
+    # server that bounced the request answers without a stamp: see ProcessCore.end_handler).
+    failure = None if stamp is not None else failure_name(_status(status))
     payload = render_later(response, max_payload) if response is not None and failure is None else None
     core.end_call(outbound, stamp, failure, payload, deferrable=deferrable)
 

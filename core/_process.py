@@ -29,8 +29,10 @@ import itertools
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from typing import Final
 
 from cutwatch.core._calls import REFUSED, ChannelPeer, Inbound, Outbound, Refused
 from cutwatch.core._clock import VectorClock
@@ -45,6 +47,7 @@ from cutwatch.core._events import (
     Payload,
     RecordingStopped,
     SnapshotEvent,
+    StreamCount,
 )
 from cutwatch.core._gate import SnapshotGate
 from cutwatch.core._participant import DEFAULT_MAX_OPEN_EPOCHS, Delivery, SnapshotParticipant, SnapshotStats
@@ -66,6 +69,10 @@ __all__ = [
 _LOG = logging.getLogger("cutwatch.agent")
 REASON_ATOMIC_WAIT = "a snapshot was due while an atomic() block waited for a response"
 REASON_ATOMIC_TIMEOUT = "an atomic() block held the snapshot lock too long"
+CLOSED_STREAM_SNAPSHOTS: Final = 2
+"""How many local snapshots still list a stream end after it closed."""
+MAX_CLOSED_STREAMS: Final = 10_000
+"""Closed stream ends kept for those snapshots at most (the oldest go first)."""
 
 Emit = Callable[[Sequence[SnapshotEvent]], None]
 Observer = Callable[[str, Mapping[str, int], str], None]
@@ -135,6 +142,8 @@ class ProcessCore:
         self._edge_pools: set[str] = set()
         self._streams: dict[int, StreamEnd] = {}
         """This process's ends of the streaming calls in flight, by ``id``."""
+        self._closed: OrderedDict[int, tuple[StreamEnd, int]] = OrderedDict()
+        """Ends closed lately, with how many more local snapshots list them (see :meth:`close_stream`)."""
 
     # Views ------------------------------------------------------------------------------------
     @property
@@ -297,7 +306,6 @@ class ProcessCore:
                         self._capture,
                         method=outbound.call.method,
                         now=self._now(),
-                        failure=failure or "",
                     )
                     outbound.channel.server = decoded.sender
                 else:
@@ -382,7 +390,10 @@ class ProcessCore:
         ``failed``: the handler ends with an error status. If it had not
         consumed its request (no ``atomic()`` block finished), the request
         *bounced*: it changed nothing here, and a retry may carry it elsewhere
-        (see :meth:`SnapshotParticipant.on_bounce`).
+        (see :meth:`SnapshotParticipant.on_bounce`). A bounced request is
+        answered without a stamp (None), so that, if no attempt follows, its
+        caller sees a failure without an answer, reports it, and the
+        collector keeps the record the bounce took back.
         """
         try:
             if inbound.finished:
@@ -399,17 +410,23 @@ class ProcessCore:
             with self._lock:
                 self._clock.tick()
                 delivery = task.delivery
-                if failed and isinstance(delivery, Delivery):
-                    self._part.on_bounce(delivery)
-                    self._emit()
-                epoch = self._part.on_reply(delivery) if isinstance(delivery, Delivery) else self._part.epoch
-                stamp = self._clock.encode(
-                    inbound.caller, epoch, task.call_id, trace_id or task.trace_id, span_id or task.span_id
-                )
+                bounced = False
+                if isinstance(delivery, Delivery):
+                    bounced = failed and not delivery.consumed and not delivery.duplicate
+                    if bounced:
+                        self._part.on_bounce(delivery)
+                        self._emit()
+                    epoch = self._part.on_reply(delivery)
+                else:
+                    epoch = self._part.epoch
                 self._counters.responses_sent += 1
                 if self.observer is not None:
                     self._observe(f"send response {task.method} call={task.call_id}")
-            return stamp
+                if bounced:
+                    return None
+                return self._clock.encode(
+                    inbound.caller, epoch, task.call_id, trace_id or task.trace_id, span_id or task.span_id
+                )
         except Exception:
             self.internal_error("finishing an inbound call")
             return None
@@ -492,10 +509,21 @@ class ProcessCore:
             self.internal_error("recording a stream message")
 
     def close_stream(self, end: StreamEnd) -> None:
-        """The stream is over at this end (idempotent): no longer listed in local snapshots."""
+        """The stream is over at this end (idempotent).
+
+        The end is still listed, with its final counts, in the next
+        :data:`CLOSED_STREAM_SNAPSHOTS` local snapshots: the other end is
+        usually still open at its cut (a client takes the last responses
+        after its server returned), and without this end's counts the
+        collector could not say how far this end got.
+        """
         with self._lock:
             end.closed = True
-            self._streams.pop(id(end), None)
+            if self._streams.pop(id(end), None) is not None:
+                self._counters.stream_ends_closed += 1
+                self._closed[id(end)] = (end, CLOSED_STREAM_SNAPSHOTS)
+                while len(self._closed) > MAX_CLOSED_STREAMS:
+                    self._closed.popitem(last=False)  # its other end, if still open, makes the cut INCOMPLETE
 
     def _consume_pulls(self) -> None:
         """Every stream message this context took is applied (its ``atomic()`` block ended)."""
@@ -598,13 +626,25 @@ class ProcessCore:
             dict(self._worker_pools),
             state_bytes,
             self._counters.untracked_changes,
-            tuple(end.count() for end in self._streams.values()),
+            self._stream_counts(),
             tuple(
                 end.message(index, payload, self.process_id)
                 for end in self._streams.values()
                 for index, payload in end.pending
             ),
         )
+
+    def _stream_counts(self) -> tuple[StreamCount, ...]:
+        """The open stream ends' counts and the final counts of the ends closed lately; caller holds the
+        event lock."""
+        counts = [end.count() for end in self._streams.values()]
+        for key, (end, left) in list(self._closed.items()):
+            counts.append(end.count())
+            if left > 1:
+                self._closed[key] = (end, left - 1)
+            else:
+                del self._closed[key]
+        return tuple(counts)
 
     def _emit(self) -> None:
         """Hand what the participant emitted to ``emit``; caller holds the event lock."""

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 from google.protobuf.struct_pb2 import Struct
+from polling import wait_until
 from stream_bank import TIMEOUT, StreamBank, assemble, balances, in_transit, money, stub, total
 
 
@@ -118,6 +119,28 @@ def test_a_server_stream_message_taken_but_not_yet_applied_is_in_transit(
     cut = assemble(1, a, b)
     assert (cut.status, cut.reasons) == ("COMPLETE", ())
     # 7 taken by a, not applied: on its way, as far as the cut goes.
+    assert balances(cut) == [107, 86] and in_transit(cut) == [("response", 2, 7)] and total(cut) == 200
+
+
+def test_a_stream_whose_server_end_closed_before_its_cut_is_placed_by_its_final_counts(
+    banks: tuple[StreamBank, StreamBank],
+) -> None:
+    """The handler returned (its end closed) before the server's cut, while its last message was still
+    on its way to the client: the server's end is listed with its final counts, so the message is in
+    transit, not a stream whose other end the cut cannot see."""
+    a, b = banks
+    responses = stub(a.channel_to(b), "Payout", "unary_stream")(money(0), timeout=TIMEOUT)
+    credited = a.receive(responses)
+    b.payouts.put(7)
+    assert next(credited) == 7
+    b.payouts.put(7)
+    b.payouts.put(None)
+    wait_until(lambda: b.core.stats().stream_ends_closed == 1, "the handler to return", TIMEOUT)
+    b.cut(1)
+    a.cut(1)
+    assert list(credited) == [7]
+    cut = assemble(1, a, b)
+    assert (cut.status, cut.reasons) == ("COMPLETE", ())
     assert balances(cut) == [107, 86] and in_transit(cut) == [("response", 2, 7)] and total(cut) == 200
 
 

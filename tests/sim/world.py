@@ -638,7 +638,9 @@ class Simulation:
             call = self._call(msg)
             proc.process.receive(call.outbound, stamp, msg.amount, failure=msg.failure)
             call.ended_epoch = proc.process.epoch
-            if msg.stamped:
+            if msg.failure:
+                call.failed_at = self.now  # an error without a stamp: its tokens are lost
+            elif msg.stamped:
                 self.consumed_epoch[msg.truth] = proc.process.epoch
             elif msg.stripped:
                 pass  # tokens between participants, that no cut can place
@@ -755,7 +757,8 @@ class Simulation:
             self._lose_for_good(msg)
             msg.held = False  # its repeats are duplicates now, not the held request coming back
             if not gave_up:
-                # No attempt left: the caller gets this attempt's error, stamped by its server.
+                # No attempt left: the caller gets this attempt's error (without a stamp, as a server
+                # answers a request that bounced).
                 failed = AppMsg(
                     proc.pid,
                     (msg.caller,),
@@ -768,7 +771,8 @@ class Simulation:
                     receiver=msg.caller,
                     failure="UNAVAILABLE",
                 )
-                self.messages[failed.truth] = failed
+                if failed.stamped:  # only with bounces switched off
+                    self.messages[failed.truth] = failed
                 self.network.append(failed)
             return
         retry = dataclasses.replace(msg, receiver="", delivered=False, attempt=msg.attempt + 1)
