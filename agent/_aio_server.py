@@ -19,7 +19,7 @@ import wrapt
 
 from cutwatch.agent._calls import counted_pulls_async, counted_sends_async, sending, took
 from cutwatch.agent._metadata import with_stamp
-from cutwatch.agent._server import HandlerCache, _HandlerWrapper, add_response_stamp, wrap_handler
+from cutwatch.agent._server import HandlerCache, _HandlerWrapper, add_response_stamp, stamp_key, wrap_handler
 from cutwatch.core import Inbound, ProcessCore, Refused, StreamEnd
 from cutwatch.proto import AioServerInterceptorBase
 
@@ -59,7 +59,7 @@ class _StampingContext(wrapt.ObjectProxy[Any]):
         if self._self_inbound is None:
             return base
         stamp = self._self_core.end_handler(self._self_inbound, failed=True)
-        return with_stamp(base, stamp) if stamp is not None else base
+        return with_stamp(base, stamp, stamp_key(self._self_inbound)) if stamp is not None else base
 
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> NoReturn:
         await self.__wrapped__.abort(code, details, self._self_trailing(trailing_metadata))

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from cutwatch.agent._envelope import read_stamp, write_stamp
-from cutwatch.agent._metadata import find_attempt, find_stamp
+from cutwatch.agent._metadata import find_answer_stamp, find_attempt, find_stamp
 from cutwatch.agent._payload import lazy_message_json, render_later
 from cutwatch.core import SENDING, Inbound, Outbound, ProcessCore, Refused, Sending, StreamEnd
 
@@ -102,12 +102,12 @@ def finish_outbound(
     if outbound.finished:  # set last, under the core's locks: nothing is left to do
         return
     try:
-        stamp = find_stamp(metadata)
+        stamp, bounced = find_answer_stamp(metadata)
     except Exception:
-        stamp = None
-    # A stamped answer is delivered whatever its status; the status matters only without one (a
-    # server that bounced the request answers without a stamp: see ProcessCore.end_handler).
-    failure = None if stamp is not None else failure_name(_status(status))
+        stamp, bounced = None, False
+    # A stamped answer is delivered whatever its status; the status matters without one, or when the
+    # server says the request bounced (no attempt followed it: the call failed).
+    failure = failure_name(_status(status)) if stamp is None or bounced else None
     payload = render_later(response, max_payload) if response is not None and failure is None else None
     core.end_call(outbound, stamp, failure, payload, deferrable=deferrable)
 

@@ -18,10 +18,15 @@ import grpc
 
 from cutwatch.agent._calls import begin_inbound, counted_pulls, counted_sends
 from cutwatch.agent._metadata import with_stamp
-from cutwatch.core import Inbound, ProcessCore, Refused
+from cutwatch.core import BOUNCED_STAMP_METADATA_KEY, STAMP_METADATA_KEY, Inbound, ProcessCore, Refused
 from cutwatch.proto import ServerInterceptorBase
 
 _MAX_CACHED_HANDLERS = 4096
+
+
+def stamp_key(inbound: Inbound) -> str:
+    """The metadata key of the answer's stamp: another one when the request bounced."""
+    return BOUNCED_STAMP_METADATA_KEY if inbound.bounced else STAMP_METADATA_KEY
 
 
 def handler_failed(context: Any) -> bool:
@@ -44,7 +49,7 @@ def add_response_stamp(core: ProcessCore, context: Any, inbound: Inbound | None)
     if stamp is None:
         return
     try:
-        context.set_trailing_metadata(with_stamp(context.trailing_metadata(), stamp))
+        context.set_trailing_metadata(with_stamp(context.trailing_metadata(), stamp, stamp_key(inbound)))
     except Exception:
         core.internal_error("attaching the response stamp")
 

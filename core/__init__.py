@@ -65,6 +65,7 @@ from cutwatch.core._participant import Delivery, SnapshotParticipant, SnapshotSt
 from cutwatch.core._process import REASON_ATOMIC_TIMEOUT, REASON_ATOMIC_WAIT, ProcessCore
 from cutwatch.core._reduction import Reduction, reduce_graph
 from cutwatch.core._stamp import (
+    BOUNCED_STAMP_METADATA_KEY,
     DEFAULT_MAX_CLOCK_ENTRIES,
     DEFAULT_MAX_STAMP_BYTES,
     MAX_PROCESS_ID_LENGTH,
@@ -125,6 +126,7 @@ from cutwatch.core.errors import (
 )
 
 __all__ = [
+    "BOUNCED_STAMP_METADATA_KEY",
     "CLIENT",
     "CUT_FORMAT",
     "DEFAULT_MAX_CLOCK_ENTRIES",

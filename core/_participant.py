@@ -290,20 +290,31 @@ class SnapshotParticipant:
         *,
         method: str = "",
         now: float = 0.0,
+        failure: str = "",
     ) -> None:
         """The answer to our call ``call_id`` is delivered and consumed at once (what a gRPC client does).
 
         The same as :meth:`on_deliver` then :meth:`on_consume`, without the
         bookkeeping a separate consumption needs: a call gets one answer, so
         an answer to a call that is no longer open is a duplicate.
+
+        ``failure``: the answer is the error of an attempt that bounced, with
+        no attempt after it. The collector learns that the call failed (for
+        every open epoch whose cut it spans), and keeps the record the bounce
+        took back.
         """
         if msg_epoch > self.epoch:
             self.take_snapshot(msg_epoch, capture(), now=now)
         calls = self._calls
-        if calls.pop(call_id, None) is None and self._failed.pop(call_id) is None:
+        call = calls.pop(call_id, None)
+        if call is None and self._failed.pop(call_id) is None:
             self._stats.duplicates += 1
             self._recent_dups.append(MsgKey(sender, call_id, 0, RESPONSE))
             return
+        if failure and call is not None:
+            for epoch in self._open:
+                if call.sent_epoch < epoch:
+                    self._outbox.append(CallOutcome(epoch, self.process, call_id, OUTCOME_FAILED, failure))
         self.responses_consumed[sender] = self.responses_consumed.get(sender, 0) + 1
         if msg_epoch < self.epoch:  # sent before the sender's cut, consumed after ours: in transit
             delivery = Delivery(sender, msg_epoch, payload, MsgKey(sender, call_id, 0, RESPONSE), method)

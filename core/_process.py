@@ -269,7 +269,8 @@ class ProcessCore:
     ) -> None:
         """Receive event of a response (idempotent); ``stamp`` is the answer's, None when it had none.
 
-        ``failure`` names the status of a call that did not succeed;
+        ``failure`` names the status of a call that did not succeed (with a
+        stamp: one whose last attempt bounced, see :meth:`end_handler`);
         ``response`` renders the response, for the record of a response that
         is in transit at a cut. ``deferrable`` marks a finish that cutwatch
         starts on its own (a done-callback), not one the application asked
@@ -306,6 +307,7 @@ class ProcessCore:
                         self._capture,
                         method=outbound.call.method,
                         now=self._now(),
+                        failure=failure or "",
                     )
                     outbound.channel.server = decoded.sender
                 else:
@@ -390,10 +392,11 @@ class ProcessCore:
         ``failed``: the handler ends with an error status. If it had not
         consumed its request (no ``atomic()`` block finished), the request
         *bounced*: it changed nothing here, and a retry may carry it elsewhere
-        (see :meth:`SnapshotParticipant.on_bounce`). A bounced request is
-        answered without a stamp (None), so that, if no attempt follows, its
-        caller sees a failure without an answer, reports it, and the
-        collector keeps the record the bounce took back.
+        (see :meth:`SnapshotParticipant.on_bounce`). ``inbound.bounced`` then
+        says so: the answer's stamp travels under
+        ``BOUNCED_STAMP_METADATA_KEY``, so that, if no attempt follows, its
+        caller reports the call failed and the collector keeps the record
+        the bounce took back.
         """
         try:
             if inbound.finished:
@@ -422,8 +425,7 @@ class ProcessCore:
                 self._counters.responses_sent += 1
                 if self.observer is not None:
                     self._observe(f"send response {task.method} call={task.call_id}")
-                if bounced:
-                    return None
+                inbound.bounced = bounced
                 return self._clock.encode(
                     inbound.caller, epoch, task.call_id, trace_id or task.trace_id, span_id or task.span_id
                 )

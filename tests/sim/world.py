@@ -636,10 +636,14 @@ class Simulation:
         before = proc.process.epoch
         if msg.kind == RESPONSE:
             call = self._call(msg)
-            proc.process.receive(call.outbound, stamp, msg.amount, failure=msg.failure)
+            # The agent says that a stamped error is one of a bounced request only with bounces on.
+            failure = msg.failure if self.cfg.bounces or not msg.stamped else ""
+            proc.process.receive(call.outbound, stamp, msg.amount, failure=failure)
             call.ended_epoch = proc.process.epoch
             if msg.failure:
-                call.failed_at = self.now  # an error without a stamp: its tokens are lost
+                call.failed_at = self.now  # the error of its last attempt: its tokens are lost
+                if msg.stamped:
+                    self.consumed_epoch[msg.truth] = proc.process.epoch
             elif msg.stamped:
                 self.consumed_epoch[msg.truth] = proc.process.epoch
             elif msg.stripped:
@@ -757,8 +761,7 @@ class Simulation:
             self._lose_for_good(msg)
             msg.held = False  # its repeats are duplicates now, not the held request coming back
             if not gave_up:
-                # No attempt left: the caller gets this attempt's error (without a stamp, as a server
-                # answers a request that bounced).
+                # No attempt left: the caller gets this attempt's error, stamped as bounced.
                 failed = AppMsg(
                     proc.pid,
                     (msg.caller,),
@@ -771,8 +774,7 @@ class Simulation:
                     receiver=msg.caller,
                     failure="UNAVAILABLE",
                 )
-                if failed.stamped:  # only with bounces switched off
-                    self.messages[failed.truth] = failed
+                self.messages[failed.truth] = failed
                 self.network.append(failed)
             return
         retry = dataclasses.replace(msg, receiver="", delivered=False, attempt=msg.attempt + 1)
