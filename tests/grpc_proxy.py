@@ -3,8 +3,8 @@
 It serves any unary method and forwards it to one target with the caller's
 metadata, as an L7 proxy does. It can hold calls (``hold(predicate)``: the
 call waits until :meth:`release`, however long ago its caller gave up) and
-strip cutwatch's stamp headers (``cutwatch-stamp-bin``, ``cutwatch-bounced-bin``) both ways (``strip=True``: a proxy
-that drops headers it does not know).
+strip cutwatch's stamp headers (``cutwatch-stamp-bin``, ``cutwatch-bounced-bin``)
+both ways (``strip=True``: a proxy that drops headers it does not know).
 
 Run as a script it is a proxy process of the real-process tests::
 
