@@ -87,7 +87,9 @@ class Agent:
     is remembered until a snapshot fences it (snapshots fence failed calls
     in their flush round; see docs/snapshot-design.md).
     ``collector_credentials`` are the token and certificates the collector
-    demands, if it demands any.
+    demands, if it demands any. ``stream_stamp_field`` names the ``bytes``
+    field of stream messages that carries a stamp of its own (the opt-in
+    envelope; message types without it go as they are; docs/snapshots.md).
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class Agent:
         abandoned_grace: float = 600.0,
         control_options: ControlOptions | None = None,
         collector_credentials: CollectorCredentials | None = None,
+        stream_stamp_field: str = "cutwatch_stamp",
     ) -> None:
         if not _SERVICE_NAME.match(service):
             raise ValueError(f"service name {service!r} must be 1-100 letters, digits, '.', '_' or '-'")
@@ -143,6 +146,7 @@ class Agent:
             abandoned_grace=abandoned_grace,
             emit=self._control.submit if self._control is not None else None,
             span_ids=current_span_ids,
+            stream_stamp_field=stream_stamp_field,
         )
         self._locks = LockRegistry(self._core.tasks)
         self._event_log_path = Path(event_log) if event_log is not None else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import weakref
 from collections.abc import AsyncIterator, Generator
 from typing import Any, TypeAlias
 
@@ -17,9 +18,18 @@ import grpc
 import grpc.aio
 import wrapt
 
-from cutwatch.agent._calls import NOT_VISIBLE, STREAM_RESPONSE, failure_name, finish_outbound, waiting
+from cutwatch.agent._calls import (
+    NOT_VISIBLE,
+    STREAM_RESPONSE,
+    counted_sends_async,
+    failure_name,
+    finish_outbound,
+    sending,
+    took,
+    waiting,
+)
 from cutwatch.agent._metadata import method_name, with_stamp
-from cutwatch.core import ChannelPeer, Outbound, ProcessCore
+from cutwatch.core import ChannelPeer, Outbound, ProcessCore, StreamEnd
 from cutwatch.proto import (
     AioStreamStreamClientBase,
     AioStreamUnaryClientBase,
@@ -40,16 +50,40 @@ def _stamped_details(details: grpc.aio.ClientCallDetails, stamp: bytes) -> grpc.
     )
 
 
-class _StampedCall(wrapt.ObjectProxy[Any]):
-    """Proxy of an aio streaming call that finishes the outbound call when it ends."""
+class _Writes:
+    """``write()`` of an aio call whose requests stream: the message counts as sent when ``write`` is
+    called (inside an ``atomic()`` block, with the change it carries), not when it is awaited."""
 
-    def __init__(self, call: Any, core: ProcessCore, outbound: Outbound, max_payload: int) -> None:
+    _self_core: ProcessCore
+    _self_end: StreamEnd | None
+    __wrapped__: Any
+
+    def write(self, request: Any) -> Any:
+        if self._self_end is not None:
+            sending(self._self_core, self._self_end, request)
+        return self.__wrapped__.write(request)
+
+
+class _StampedCall(_Writes, wrapt.ObjectProxy[Any]):
+    """Proxy of an aio call with a response stream that finishes the outbound call when it ends and
+    counts the messages the application takes; its stream end closes when the application stops
+    reading (the stream ends, the call is cancelled, the call object is dropped)."""
+
+    def __init__(
+        self, call: Any, core: ProcessCore, outbound: Outbound, max_payload: int, stream: StreamEnd
+    ) -> None:
         super().__init__(call)
         self._self_core = core
         self._self_outbound = outbound
         self._self_max_payload = max_payload
+        self._self_end = stream
         self._self_iterator: AsyncIterator[Any] | None = None
         call.add_done_callback(self._self_on_done)
+        weakref.finalize(self, core.close_stream, stream)
+
+    def cancel(self) -> bool:
+        self._self_core.close_stream(self._self_end)  # type: ignore[arg-type]
+        return bool(self.__wrapped__.cancel())
 
     def _self_on_done(self, _call: Any) -> None:
         # The callback fires before the awaiting caller resumes, and the
@@ -91,14 +125,16 @@ class _StampedCall(wrapt.ObjectProxy[Any]):
 
     def __aiter__(self) -> AsyncIterator[Any]:
         if self._self_iterator is None:
-            self._self_iterator = self._self_stream()
+            self._self_iterator = self._self_responses()
         return self._self_iterator
 
-    async def _self_stream(self) -> AsyncIterator[Any]:
+    async def _self_responses(self) -> AsyncIterator[Any]:
         # Blocking while the caller awaits the next response, not while it
         # holds one; an abandoned iteration (GeneratorExit) leaves the call
         # to the done-callback, which sees its real trailing metadata.
         responses = self.__wrapped__.__aiter__()
+        stream = self._self_end
+        assert stream is not None
         while True:
             with waiting(self._self_outbound):
                 try:
@@ -106,20 +142,29 @@ class _StampedCall(wrapt.ObjectProxy[Any]):
                 except StopAsyncIteration:
                     break
                 except BaseException as exc:
+                    self._self_core.close_stream(stream)
                     await self._self_finish(exc)
                     raise
+            took(self._self_core, stream, response, self._self_max_payload)
             yield response
+        self._self_core.close_stream(stream)
         await self._self_finish()
 
     async def read(self) -> Any:
+        stream = self._self_end
+        assert stream is not None
         with waiting(self._self_outbound):
             try:
                 message = await self.__wrapped__.read()
             except BaseException as exc:
+                self._self_core.close_stream(stream)
                 await self._self_finish(exc)
                 raise
         if message is grpc.aio.EOF:  # type: ignore[attr-defined]
+            self._self_core.close_stream(stream)
             await self._self_finish()
+        else:
+            took(self._self_core, stream, message, self._self_max_payload)
         return message
 
 
@@ -129,44 +174,61 @@ class _AioClientBase:
         self._peer = peer
         self._max_payload = max_payload
 
-    async def _intercept(self, continuation: Any, details: Any, request: Any, *, stream: bool) -> Any:
+    async def _intercept(
+        self, continuation: Any, details: Any, request: Any, *, request_stream: bool, response_stream: bool
+    ) -> Any:
         started = self._core.begin_call(method_name(details.method), self._peer)
         if started is None:
             return await continuation(details, request)
         outbound, stamp = started
+        stream = self._core.open_client_stream(outbound) if request_stream or response_stream else None
+        if stream is not None and request_stream and request is not None:
+            request = counted_sends_async(self._core, stream, request)
         try:
             call = await continuation(_stamped_details(details, stamp), request)
         except BaseException as exc:
             self._core.end_call(outbound, None, failure_name(exc))
+            if stream is not None:
+                self._core.close_stream(stream)
             raise
         outbound.call.blocking = False
-        if stream:
-            return _StampedCall(call, self._core, outbound, self._max_payload)
+        if response_stream:
+            assert stream is not None
+            return _StampedCall(call, self._core, outbound, self._max_payload, stream)
         # grpc.aio runs done-callbacks when the status arrives, before it
         # wakes the coroutine awaiting the call, so finishing there merges the
         # clock before the application sees the response.
-        call.add_done_callback(functools.partial(_finish_done_call, self._core, outbound, self._max_payload))
-        return _AwaitedCall(call, outbound)
+        call.add_done_callback(
+            functools.partial(_finish_done_call, self._core, outbound, self._max_payload, stream)
+        )
+        return _AwaitedCall(call, outbound, self._core, stream)
 
 
-class _AwaitedCall(wrapt.ObjectProxy[Any]):
-    """A unary aio call that marks its caller blocking while it awaits it."""
+class _AwaitedCall(_Writes, wrapt.ObjectProxy[Any]):
+    """A unary-response aio call that marks its caller blocking while it awaits it (and counts the
+    messages it writes, for a request stream)."""
 
-    def __init__(self, call: Any, outbound: Outbound) -> None:
+    def __init__(self, call: Any, outbound: Outbound, core: ProcessCore, stream: StreamEnd | None) -> None:
         super().__init__(call)
         self._self_outbound = outbound
+        self._self_core = core
+        self._self_end = stream
 
     def __await__(self) -> Generator[Any, None, Any]:
         self._self_outbound.call.blocking = True
         return (yield from self.__wrapped__.__await__())
 
 
-def _finish_done_call(core: ProcessCore, outbound: Outbound, max_payload: int, call: Any) -> None:
+def _finish_done_call(
+    core: ProcessCore, outbound: Outbound, max_payload: int, stream: StreamEnd | None, call: Any
+) -> None:
     if not outbound.finished:
         metadata = _now(call.trailing_metadata())
         finish_outbound(
             core, outbound, metadata, lambda: _now(call.code()), lambda: _now(call.__await__()), max_payload
         )
+    if stream is not None:
+        core.close_stream(stream)
 
 
 def _now(awaitable: Any) -> Any:
@@ -188,26 +250,34 @@ def _now(awaitable: Any) -> Any:
 
 class AioUnaryUnaryInterceptor(_AioClientBase, AioUnaryUnaryClientBase):
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await self._intercept(continuation, client_call_details, request, stream=False)
+        return await self._intercept(
+            continuation, client_call_details, request, request_stream=False, response_stream=False
+        )
 
 
 class AioUnaryStreamInterceptor(_AioClientBase, AioUnaryStreamClientBase):
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await self._intercept(continuation, client_call_details, request, stream=True)
+        return await self._intercept(
+            continuation, client_call_details, request, request_stream=False, response_stream=True
+        )
 
 
 class AioStreamUnaryInterceptor(_AioClientBase, AioStreamUnaryClientBase):
     async def intercept_stream_unary(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
-        return await self._intercept(continuation, client_call_details, request_iterator, stream=False)
+        return await self._intercept(
+            continuation, client_call_details, request_iterator, request_stream=True, response_stream=False
+        )
 
 
 class AioStreamStreamInterceptor(_AioClientBase, AioStreamStreamClientBase):
     async def intercept_stream_stream(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
-        return await self._intercept(continuation, client_call_details, request_iterator, stream=True)
+        return await self._intercept(
+            continuation, client_call_details, request_iterator, request_stream=True, response_stream=True
+        )
 
 
 AioClientInterceptor: TypeAlias = (

@@ -17,26 +17,49 @@ import grpc
 import grpc.aio
 import wrapt
 
+from cutwatch.agent._calls import counted_pulls_async, counted_sends_async, sending, took
 from cutwatch.agent._metadata import with_stamp
-from cutwatch.agent._server import HandlerCache, _HandlerWrapper, add_response_stamp, wrap_handler
-from cutwatch.core import Inbound, ProcessCore, Refused
+from cutwatch.agent._server import HandlerCache, _HandlerWrapper, add_response_stamp, stamp_key, wrap_handler
+from cutwatch.core import Inbound, ProcessCore, Refused, StreamEnd
 from cutwatch.proto import AioServerInterceptorBase
 
 
 class _StampingContext(wrapt.ObjectProxy[Any]):
-    """The servicer context, with aborts that carry the response stamp."""
+    """The servicer context, with aborts that carry the response stamp, and, for a streaming call,
+    ``read()`` and ``write()`` that count the stream's messages (a write counts when it is called,
+    so that one called inside an ``atomic()`` block goes with the change it carries)."""
 
-    def __init__(self, context: Any, core: ProcessCore, inbound: Inbound | None) -> None:
+    def __init__(
+        self,
+        context: Any,
+        core: ProcessCore,
+        inbound: Inbound | None,
+        stream: StreamEnd | None = None,
+        max_payload: int = 0,
+    ) -> None:
         super().__init__(context)
         self._self_core = core
         self._self_inbound = inbound
+        self._self_stream = stream
+        self._self_max_payload = max_payload
+
+    async def read(self) -> Any:
+        message = await self.__wrapped__.read()
+        if self._self_stream is not None and message is not grpc.aio.EOF:  # type: ignore[attr-defined]
+            took(self._self_core, self._self_stream, message, self._self_max_payload)
+        return message
+
+    def write(self, message: Any) -> Any:
+        if self._self_stream is not None:
+            sending(self._self_core, self._self_stream, message)
+        return self.__wrapped__.write(message)
 
     def _self_trailing(self, trailing_metadata: Any) -> Any:
         base = trailing_metadata or self.__wrapped__.trailing_metadata()
         if self._self_inbound is None:
             return base
-        stamp = self._self_core.end_handler(self._self_inbound)
-        return with_stamp(base, stamp) if stamp is not None else base
+        stamp = self._self_core.end_handler(self._self_inbound, failed=True)
+        return with_stamp(base, stamp, stamp_key(self._self_inbound)) if stamp is not None else base
 
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> NoReturn:
         await self.__wrapped__.abort(code, details, self._self_trailing(trailing_metadata))
@@ -70,52 +93,76 @@ def _with_trailing_metadata(context: Any) -> Any:
 
 
 class _AioHandlerWrapper(_HandlerWrapper):
-    async def _begin(self, context: Any, request: Any) -> tuple[Inbound | None, Any]:
+    async def _begin(
+        self, context: Any, request: Any, streaming: bool = False
+    ) -> tuple[Inbound | None, Any, StreamEnd | None]:
+        """The request's receive event, the context the handler sees and, for a streaming call, the
+        handler's stream end."""
         inbound = self.start(context, request)
         if isinstance(inbound, Refused):
             await context.abort(grpc.StatusCode.ABORTED, inbound.reason)
             raise AssertionError("unreachable: abort raises")  # pragma: no cover
-        return inbound, _StampingContext(context, self.core, inbound)
+        stream = self.core.open_server_stream(inbound) if streaming and inbound is not None else None
+        return inbound, _StampingContext(context, self.core, inbound, stream, self.max_payload), stream
 
-    def unary_response(self, behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def _requests(self, requests: Any, stream: StreamEnd | None, request_stream: bool) -> Any:
+        """The request iterator the handler sees: its messages counted as the handler takes them."""
+        if stream is None or not request_stream or not hasattr(requests, "__aiter__"):
+            return requests
+        return counted_pulls_async(self.core, stream, requests, self.max_payload)
+
+    def _end(self, context: Any, inbound: Inbound | None, stream: StreamEnd | None) -> None:
+        add_response_stamp(self.core, context, inbound)
+        if stream is not None:
+            self.core.close_stream(stream)
+
+    def unary_response(
+        self, behavior: Callable[[Any, Any], Any], request_stream: bool
+    ) -> Callable[[Any, Any], Any]:
         if not inspect.iscoroutinefunction(behavior):
-            handle_sync = super().unary_response(behavior)
+            handle_sync = super().unary_response(behavior, request_stream)
             return lambda request, context: handle_sync(request, _with_trailing_metadata(context))
-        core = self.core
 
         async def handle(request_or_iterator: Any, context: Any) -> Any:
-            inbound, proxied = await self._begin(context, request_or_iterator)
+            inbound, proxied, stream = await self._begin(context, request_or_iterator, request_stream)
             try:
-                return await behavior(request_or_iterator, proxied)
+                return await behavior(self._requests(request_or_iterator, stream, request_stream), proxied)
             finally:
-                add_response_stamp(core, context, inbound)
+                self._end(context, inbound, stream)
 
         return handle
 
-    def stream_response(self, behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def stream_response(
+        self, behavior: Callable[[Any, Any], Any], request_stream: bool
+    ) -> Callable[[Any, Any], Any]:
         core = self.core
         if inspect.isasyncgenfunction(behavior):
 
             async def handle_stream(request_or_iterator: Any, context: Any) -> AsyncIterator[Any]:
-                inbound, proxied = await self._begin(context, request_or_iterator)
+                inbound, proxied, stream = await self._begin(context, request_or_iterator, True)
                 try:
-                    async for response in behavior(request_or_iterator, proxied):
+                    responses = behavior(self._requests(request_or_iterator, stream, request_stream), proxied)
+                    if stream is not None:
+                        responses = counted_sends_async(core, stream, responses)
+                    async for response in responses:
                         yield response
                 finally:
-                    add_response_stamp(core, context, inbound)
+                    self._end(context, inbound, stream)
 
             return handle_stream
         if inspect.iscoroutinefunction(behavior):  # writes with context.write()
 
             async def handle_writes(request_or_iterator: Any, context: Any) -> Any:
-                inbound, proxied = await self._begin(context, request_or_iterator)
+                inbound, proxied, stream = await self._begin(context, request_or_iterator, True)
                 try:
-                    return await behavior(request_or_iterator, proxied)
+                    return await behavior(
+                        self._requests(request_or_iterator, stream, request_stream), proxied
+                    )
                 finally:
-                    add_response_stamp(core, context, inbound)
+                    self._end(context, inbound, stream)
 
             return handle_writes
-        stream_sync = super().stream_response(behavior)
+        stream_sync = super().stream_response(behavior, request_stream)
         return lambda request, context: stream_sync(request, _with_trailing_metadata(context))
 
 

@@ -9,17 +9,31 @@ makes a wait-for edge.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import grpc
 
-from cutwatch.agent._metadata import find_attempt, find_stamp
+from cutwatch.agent._envelope import read_stamp, write_stamp
+from cutwatch.agent._metadata import find_answer_stamp, find_attempt, find_stamp
 from cutwatch.agent._payload import lazy_message_json, render_later
-from cutwatch.core import Inbound, Outbound, ProcessCore, Refused
+from cutwatch.core import SENDING, Inbound, Outbound, ProcessCore, Refused, Sending, StreamEnd
 
-__all__ = ["NOT_VISIBLE", "STREAM_RESPONSE", "begin_inbound", "failure_name", "finish_outbound", "waiting"]
+__all__ = [
+    "NOT_VISIBLE",
+    "STREAM_RESPONSE",
+    "begin_inbound",
+    "counted_pulls",
+    "counted_pulls_async",
+    "counted_sends",
+    "counted_sends_async",
+    "failure_name",
+    "finish_outbound",
+    "sending",
+    "took",
+    "waiting",
+]
 
 NOT_VISIBLE = "response not visible to cutwatch"
 """The failure of a call whose answer an inner interceptor hid: its stamp cannot be read."""
@@ -88,11 +102,12 @@ def finish_outbound(
     if outbound.finished:  # set last, under the core's locks: nothing is left to do
         return
     try:
-        stamp = find_stamp(metadata)
+        stamp, bounced = find_answer_stamp(metadata)
     except Exception:
-        stamp = None
-    # A stamped answer is delivered whatever its status; the status matters only without one.
-    failure = None if stamp is not None else failure_name(_status(status))
+        stamp, bounced = None, False
+    # A stamped answer is delivered whatever its status; the status matters without one, or when the
+    # server says the request bounced (no attempt followed it: the call failed).
+    failure = failure_name(_status(status)) if stamp is None or bounced else None
     payload = render_later(response, max_payload) if response is not None and failure is None else None
     core.end_call(outbound, stamp, failure, payload, deferrable=deferrable)
 
@@ -102,6 +117,80 @@ def _status(status: Callable[[], object]) -> object:
         return status()
     except Exception as exc:
         return exc
+
+
+def counted_sends(core: ProcessCore, end: StreamEnd, messages: Iterable[Any]) -> Iterator[Any]:
+    """``messages`` as gRPC takes them to send on ``end``, each counted as sent (see
+    :class:`cutwatch.core.Sending`: an ``atomic()`` block that ran while producing it sends it)."""
+    produced = iter(messages)
+    while True:
+        producing = Sending(end)
+        token = SENDING.set(producing)
+        try:
+            message = next(produced)
+        except StopIteration:
+            return
+        finally:
+            SENDING.reset(token)
+        if not producing.counted:
+            core.stream_sent(end)
+        write_stamp(core, end, message)
+        yield message
+
+
+def took(core: ProcessCore, end: StreamEnd, message: Any, max_payload: int) -> None:
+    """The application took ``message`` from ``end``: counted, with its payload rendered only if a
+    cut records it, and its stamp if it carries one (the envelope)."""
+    core.stream_pulled(end, lazy_message_json(message, max_payload), read_stamp(core, message))
+
+
+def sending(core: ProcessCore, end: StreamEnd, message: Any) -> None:
+    """The application hands ``message`` to gRPC on ``end`` (a write): counted now, and stamped."""
+    core.stream_sent(end)
+    write_stamp(core, end, message)
+
+
+def counted_pulls(
+    core: ProcessCore, end: StreamEnd, messages: Iterable[Any], max_payload: int
+) -> Iterator[Any]:
+    """``messages`` as the application takes them from ``end``, each counted as taken (and rendered
+    as JSON only if a cut records it in transit)."""
+    for message in messages:
+        took(core, end, message, max_payload)
+        yield message
+
+
+async def counted_sends_async(
+    core: ProcessCore, end: StreamEnd, messages: AsyncIterable[Any] | Iterable[Any]
+) -> AsyncIterator[Any]:
+    """:func:`counted_sends` for grpc.aio, whose request iterators may be async or not."""
+    if not isinstance(messages, AsyncIterable):
+        for message in counted_sends(core, end, messages):
+            yield message
+        return
+    produced = messages.__aiter__()
+    while True:
+        producing = Sending(end)
+        token = SENDING.set(producing)
+        try:
+            message = await produced.__anext__()
+        except StopAsyncIteration:
+            return
+        finally:
+            SENDING.reset(token)
+        if not producing.counted:
+            core.stream_sent(end)
+        write_stamp(core, end, message)
+        yield message
+
+
+async def counted_pulls_async(
+    core: ProcessCore, end: StreamEnd, messages: AsyncIterable[Any], max_payload: int
+) -> AsyncIterator[Any]:
+    """:func:`counted_pulls` for grpc.aio's request iterators."""
+    async for message in messages:
+        took(core, end, message, max_payload)
+        yield message
 
 
 @contextmanager

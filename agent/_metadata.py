@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from cutwatch.core import STAMP_METADATA_KEY
+from cutwatch.core import BOUNCED_STAMP_METADATA_KEY, STAMP_METADATA_KEY
 
 MetadataPairs = tuple[tuple[str, str | bytes], ...]
 
@@ -25,16 +25,33 @@ def find_stamp(metadata: Iterable[Any] | None) -> bytes | str | None:
     return None
 
 
+def find_answer_stamp(metadata: Iterable[Any] | None) -> tuple[bytes | str | None, bool]:
+    """The stamp of an answer, and whether its server says the request bounced."""
+    if not metadata:
+        return None, False
+    for item in metadata:
+        key = item[0]
+        if key == STAMP_METADATA_KEY:
+            return item[1], False
+        if key == BOUNCED_STAMP_METADATA_KEY:
+            return item[1], True
+    return None, False
+
+
 def without_stamp(metadata: Iterable[Any] | None) -> MetadataPairs:
     """A copy of ``metadata`` as pairs, minus any stamp."""
     if not metadata:
         return ()
-    return tuple((item[0], item[1]) for item in metadata if item[0] != STAMP_METADATA_KEY)
+    return tuple(
+        (item[0], item[1])
+        for item in metadata
+        if item[0] != STAMP_METADATA_KEY and item[0] != BOUNCED_STAMP_METADATA_KEY
+    )
 
 
-def with_stamp(metadata: Iterable[Any] | None, stamp: bytes) -> MetadataPairs:
-    """A copy of ``metadata`` with our stamp added (replacing a stale one)."""
-    return (*without_stamp(metadata), (STAMP_METADATA_KEY, stamp))
+def with_stamp(metadata: Iterable[Any] | None, stamp: bytes, key: str = STAMP_METADATA_KEY) -> MetadataPairs:
+    """A copy of ``metadata`` with our stamp added under ``key`` (replacing a stale one)."""
+    return (*without_stamp(metadata), (key, stamp))
 
 
 def method_name(method: str | bytes) -> str:

@@ -9,29 +9,47 @@ out.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 
-from cutwatch.agent._calls import begin_inbound
+from cutwatch.agent._calls import begin_inbound, counted_pulls, counted_sends
 from cutwatch.agent._metadata import with_stamp
-from cutwatch.core import Inbound, ProcessCore, Refused
+from cutwatch.core import BOUNCED_STAMP_METADATA_KEY, STAMP_METADATA_KEY, Inbound, ProcessCore, Refused
 from cutwatch.proto import ServerInterceptorBase
 
 _MAX_CACHED_HANDLERS = 4096
 
 
+def stamp_key(inbound: Inbound) -> str:
+    """The metadata key of the answer's stamp: another one when the request bounced."""
+    return BOUNCED_STAMP_METADATA_KEY if inbound.bounced else STAMP_METADATA_KEY
+
+
+def handler_failed(context: Any) -> bool:
+    """Whether the handler ends with an error: an exception on its way out (an abort too; call this
+    in a ``finally`` block) or an error code the handler set."""
+    if sys.exc_info()[0] is not None:
+        return True
+    try:
+        code = context.code()
+    except Exception:  # a context without code(): nothing set
+        return False
+    return code is not None and code != grpc.StatusCode.OK
+
+
 def add_response_stamp(core: ProcessCore, context: Any, inbound: Inbound | None) -> None:
-    """Append the response stamp to the trailing metadata the app has set."""
+    """Append the response stamp to the trailing metadata the app has set (call it in ``finally``)."""
     if inbound is None:
         return
-    stamp = core.end_handler(inbound)
+    stamp = core.end_handler(inbound, failed=handler_failed(context))
     if stamp is None:
         return
     try:
-        context.set_trailing_metadata(with_stamp(context.trailing_metadata(), stamp))
+        context.set_trailing_metadata(with_stamp(context.trailing_metadata(), stamp, stamp_key(inbound)))
     except Exception:
         core.internal_error("attaching the response stamp")
 
@@ -71,29 +89,57 @@ class _HandlerWrapper:
             raise AssertionError("unreachable: abort raises")  # pragma: no cover
         return inbound
 
-    def unary_response(self, behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def unary_response(
+        self, behavior: Callable[[Any, Any], Any], request_stream: bool
+    ) -> Callable[[Any, Any], Any]:
         core, begin = self.core, self.begin
+        if not request_stream:
 
-        def handle(request_or_iterator: Any, context: Any) -> Any:
-            inbound = begin(context, request_or_iterator)
+            def handle(request: Any, context: Any) -> Any:
+                inbound = begin(context, request)
+                try:
+                    return behavior(request, context)
+                finally:
+                    add_response_stamp(core, context, inbound)
+
+            return handle
+
+        def handle_stream(requests: Any, context: Any) -> Any:
+            inbound = begin(context, requests)
+            stream = core.open_server_stream(inbound) if inbound is not None else None
             try:
-                return behavior(request_or_iterator, context)
+                if stream is not None:
+                    requests = counted_pulls(core, stream, requests, self.max_payload)
+                return behavior(requests, context)
             finally:
                 add_response_stamp(core, context, inbound)
+                if stream is not None:
+                    core.close_stream(stream)
 
-        return handle
+        return handle_stream
 
     def stream_response(
-        self, behavior: Callable[[Any, Any], Iterator[Any]]
+        self, behavior: Callable[[Any, Any], Iterator[Any]], request_stream: bool
     ) -> Callable[[Any, Any], Iterator[Any]]:
         core, begin = self.core, self.begin
 
         def handle(request_or_iterator: Any, context: Any) -> Iterator[Any]:
             inbound = begin(context, request_or_iterator)
+            stream = core.open_server_stream(inbound) if inbound is not None else None
             try:
-                yield from behavior(request_or_iterator, context)
+                if stream is None:
+                    yield from behavior(request_or_iterator, context)
+                    return
+                requests = (
+                    counted_pulls(core, stream, request_or_iterator, self.max_payload)
+                    if request_stream
+                    else request_or_iterator
+                )
+                yield from counted_sends(core, stream, behavior(requests, context))
             finally:
                 add_response_stamp(core, context, inbound)
+                if stream is not None:
+                    core.close_stream(stream)
 
         return handle
 
@@ -121,11 +167,13 @@ def wrap_handler(handler: Any, wrapper: _HandlerWrapper) -> Any:
     for kind in ("unary_unary", "stream_unary"):
         behavior = getattr(handler, kind)
         if behavior is not None:
-            return _replace_behavior(handler, kind, wrapper.unary_response(behavior))
+            return _replace_behavior(handler, kind, wrapper.unary_response(behavior, kind == "stream_unary"))
     for kind in ("unary_stream", "stream_stream"):
         behavior = getattr(handler, kind)
         if behavior is not None:
-            return _replace_behavior(handler, kind, wrapper.stream_response(behavior))
+            return _replace_behavior(
+                handler, kind, wrapper.stream_response(behavior, kind == "stream_stream")
+            )
     return handler
 
 

@@ -79,6 +79,8 @@ from cutwatch.core import (
     StorageError,
     TakeSnapshot,
     shown,
+    snapshot_waves,
+    stream_edges,
 )
 
 __all__ = ["AgentSession", "Clock", "Coordinator", "CoordinatorStats", "NoAgentsError"]
@@ -100,6 +102,10 @@ class _Run:
     started: float
     deadline: float
     services: dict[str, str]
+    waves: list[list[str]] = field(default_factory=list)
+    """Processes still to ask for their local snapshot, wave by wave (receivers of streams first)."""
+    asked: set[str] = field(default_factory=set)
+    """The wave asked last: the next one is asked once all of these have sent their local snapshot."""
     done: threading.Event = field(default_factory=threading.Event)
     result: StoredCut | None = None
 
@@ -137,6 +143,8 @@ class Coordinator:
         self._last_epoch = max(0, store.next_epoch() - 1)
         self._departed: dict[str, Departed] = expected_after_restart(store, clock.monotonic())
         self._gone: dict[str, Departed] = {}
+        self._stream_edges: dict[str, set[tuple[str, str]]] = {}
+        """Who streams to whom, from each process's latest local snapshot (for the snapshot waves)."""
         """Processes that left without a goodbye and did not come back within the rejoin grace."""
         self._roster = Roster(store)
         self._stats: Counter[str] = Counter()
@@ -251,6 +259,8 @@ class Coordinator:
         self._last_epoch = max(self._last_epoch, min(event.epoch, MAX_EPOCH))
         if isinstance(event, LocalSnapshot | Flushed):
             session.untracked_seen = max(session.untracked_seen, event.untracked_changes)
+        if isinstance(event, LocalSnapshot):
+            self._stream_edges[session.process] = stream_edges(event.streams, session.process)
         run = self._runs.get(event.epoch)
         if run is None:
             self._stats["late"] += 1
@@ -269,6 +279,8 @@ class Coordinator:
             run.assembler.add(event)
         except AssemblyError as exc:
             return self._reject(run, exc)
+        if isinstance(event, LocalSnapshot):
+            self._ask_next_wave(run)
         flush = run.assembler.next_flush()
         if flush is not None:
             order = Flush(run.epoch, *flush)
@@ -337,9 +349,27 @@ class Coordinator:
                 run, AssembledCut.incomplete(epoch, run.assembler.participants, reasons)
             )
             return epoch
-        for session in sessions:
-            session.send(TakeSnapshot(epoch))
+        for process in [p for p in self._stream_edges if p not in run.services]:
+            del self._stream_edges[process]  # gone: its streams went with it
+        edges = [edge for process in run.services for edge in self._stream_edges.get(process, ())]
+        run.waves = snapshot_waves(run.services, edges)
+        self._ask_next_wave(run)
         return epoch
+
+    def _ask_next_wave(self, run: _Run) -> None:
+        """Ask the next wave for its local snapshot once every process asked so far has sent its own;
+        holds the lock. Receivers of streams cut first (see ``snapshot_waves``)."""
+        reported = set(run.assembler.reported)
+        if not run.asked <= reported:
+            return
+        while run.waves:
+            run.asked = set(run.waves.pop(0))
+            for process in sorted(run.asked - reported):
+                session = self._sessions.get(process)
+                if session is not None:
+                    session.send(TakeSnapshot(run.epoch))
+            if not run.asked <= reported:
+                return
 
     def wait(self, epoch: int, timeout: float | None = None) -> StoredCut | None:
         """The finished cut of ``epoch`` (None if it is not finished within ``timeout``)."""

@@ -83,6 +83,8 @@ class StoredChannelState:
     call_id: int
     attempt: int
     payload_json: str
+    index: int = 0
+    """0 for a call's own request or response; n >= 1 for the n-th message of its stream that way."""
 
     @property
     def payload(self) -> Any:
@@ -206,6 +208,7 @@ def stored_from_assembled(
             call_id=record.msg_key.call_id,
             attempt=record.msg_key.attempt,
             payload_json=dumps(json.loads(record.payload_json)),
+            index=record.msg_key.position,
         )
         for record in cut.in_transit
     )
@@ -273,7 +276,7 @@ def cut_from_stored(stored: StoredCut) -> Cut:
         counters={s.process: {"sent": dict(s.sent), "consumed": dict(s.consumed)} for s in stored.states},
         pools={s.process: dict(s.pools) for s in stored.states},
         in_transit=tuple(
-            InTransitMessage(c.sender, c.receiver, c.method, c.kind, c.call_id, c.attempt, c.payload)
+            InTransitMessage(c.sender, c.receiver, c.method, c.kind, c.call_id, c.attempt, c.payload, c.index)
             for c in stored.in_transit
         ),
     )

@@ -104,6 +104,7 @@ def channel_row(epoch: int, seq: int, channel: StoredChannelState) -> tuple[obje
         to_i64(channel.call_id),
         to_i64(channel.attempt),
         checked_json(channel.payload_json),
+        to_i64(channel.index),
     )
 
 

@@ -44,7 +44,7 @@ from cutwatch.core import DuplicateEpochError, StorageError
 
 __all__ = ["SCHEMA_VERSION", "SqliteCutStore"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _RESULT_STATUSES: frozenset[str] = frozenset(("PASS", "FAIL", "ERROR", "INCONCLUSIVE"))
 
 
@@ -130,6 +130,11 @@ _MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "ALTER TABLE results_3 RENAME TO results",
             "CREATE INDEX results_by_status ON results (status, epoch)",
         ),
+    ),
+    (
+        4,
+        # The number of a stream message in its stream (0: a call's own request or response).
+        ("ALTER TABLE channel_states ADD COLUMN stream_index INTEGER NOT NULL DEFAULT 0",),
     ),
 )
 assert _MIGRATIONS[-1][0] == SCHEMA_VERSION
@@ -250,7 +255,7 @@ class SqliteCutStore:
             for seq, channel in enumerate(cut.in_transit):
                 conn.execute(
                     "INSERT INTO channel_states (epoch, seq, sender, receiver, method, kind, call_id, "
-                    "attempt, payload_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "attempt, payload_json, stream_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     channel_row(cut.epoch, seq, channel),
                 )
 
@@ -426,10 +431,11 @@ class SqliteCutStore:
                 call_id=from_i64(call_id),
                 attempt=from_i64(attempt),
                 payload_json=str(payload),
+                index=from_i64(index),
             )
-            for sender, receiver, method, kind, call_id, attempt, payload in conn.execute(
-                "SELECT sender, receiver, method, kind, call_id, attempt, payload_json FROM channel_states "
-                "WHERE epoch = ? ORDER BY seq",
+            for sender, receiver, method, kind, call_id, attempt, payload, index in conn.execute(
+                "SELECT sender, receiver, method, kind, call_id, attempt, payload_json, stream_index "
+                "FROM channel_states WHERE epoch = ? ORDER BY seq",
                 (epoch,),
             )
         )

@@ -49,6 +49,7 @@ from cutwatch.core._events import (
     RESPONSE,
     STOPPED_REASONS,
     Answering,
+    Bounced,
     CallOutcome,
     Capture,
     ChannelRecord,
@@ -64,6 +65,7 @@ from cutwatch.core._participant import Delivery, SnapshotParticipant, SnapshotSt
 from cutwatch.core._process import REASON_ATOMIC_TIMEOUT, REASON_ATOMIC_WAIT, ProcessCore
 from cutwatch.core._reduction import Reduction, reduce_graph
 from cutwatch.core._stamp import (
+    BOUNCED_STAMP_METADATA_KEY,
     DEFAULT_MAX_CLOCK_ENTRIES,
     DEFAULT_MAX_STAMP_BYTES,
     MAX_PROCESS_ID_LENGTH,
@@ -73,6 +75,19 @@ from cutwatch.core._stamp import (
     StampCodec,
 )
 from cutwatch.core._states import DEFAULT_MAX_STATE_BYTES
+from cutwatch.core._streams import (
+    CLIENT,
+    PULLS,
+    SENDING,
+    SERVER,
+    Sending,
+    StreamCount,
+    StreamEnd,
+    StreamPlacement,
+    place_streams,
+    snapshot_waves,
+    stream_edges,
+)
 from cutwatch.core._tasks import OutboundCall, Task, TaskRegistry, TaskView
 from cutwatch.core._text import shown
 from cutwatch.core._waitfor import (
@@ -111,6 +126,8 @@ from cutwatch.core.errors import (
 )
 
 __all__ = [
+    "BOUNCED_STAMP_METADATA_KEY",
+    "CLIENT",
     "CUT_FORMAT",
     "DEFAULT_MAX_CLOCK_ENTRIES",
     "DEFAULT_MAX_STAMP_BYTES",
@@ -123,6 +140,7 @@ __all__ = [
     "OUTCOME_FAILED",
     "OUTCOME_UNSTAMPED",
     "PROTOCOL_VERSION",
+    "PULLS",
     "REASON_ATOMIC_TIMEOUT",
     "REASON_ATOMIC_WAIT",
     "REASON_TOO_MANY_CALLS",
@@ -134,6 +152,8 @@ __all__ = [
     "RES_LOCK",
     "RES_OTHER",
     "RES_POOL",
+    "SENDING",
+    "SERVER",
     "STAMP_METADATA_KEY",
     "STOPPED_REASONS",
     "AgentEvent",
@@ -142,6 +162,7 @@ __all__ = [
     "AssembledCut",
     "AssemblyError",
     "AssemblyStatus",
+    "Bounced",
     "CallOutcome",
     "Capture",
     "ChannelPeer",
@@ -188,12 +209,16 @@ __all__ = [
     "Registered",
     "Registration",
     "SecurityConfigError",
+    "Sending",
     "SnapshotEvent",
     "SnapshotParticipant",
     "SnapshotStats",
     "StampCodec",
     "StampError",
     "StorageError",
+    "StreamCount",
+    "StreamEnd",
+    "StreamPlacement",
     "TakeSnapshot",
     "Task",
     "TaskRegistry",
@@ -204,8 +229,11 @@ __all__ = [
     "WaitForGraph",
     "build_graph",
     "graph_from_cut",
+    "place_streams",
     "reduce_graph",
     "shown",
+    "snapshot_waves",
     "stopped_processes",
+    "stream_edges",
     "unflushed_processes",
 ]

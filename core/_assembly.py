@@ -26,6 +26,13 @@ exact, but its states may hold the far end of a message it does not see, so
 sums over them are inconclusive. An answer without a stamp to a call open at
 the cut asks for one more flush round, so that the count of the server that
 handled it is read after it did.
+
+Bounced requests: a request recorded in transit whose handler then failed
+without consuming it is taken back by its receiver (:class:`Bounced`); its
+record leaves the cut and its call waits again, for the attempt a retry
+policy sends next. If the call fails at its caller instead (no attempt
+left), the record stands: the request was in transit at the cut, and its
+value goes back to the caller with the failure.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ from cutwatch.core._clock import VectorClock
 from cutwatch.core._events import (
     OUTCOME_FAILED,
     OUTCOME_UNSTAMPED,
+    REQUEST,
+    Bounced,
     CallOutcome,
     ChannelRecord,
     Flushed,
@@ -46,6 +55,7 @@ from cutwatch.core._events import (
     RecordingStopped,
     SnapshotEvent,
 )
+from cutwatch.core._streams import StreamPlacement, place_streams
 from cutwatch.core.errors import AssemblyError, InconsistentCutError, ProtocolViolationError
 
 __all__ = [
@@ -185,6 +195,12 @@ class CutAssembler:
         """The highest count each participant reported since."""
         self._recount = False
         """An answer without a stamp came after the latest round was asked: ask another."""
+        self._started_after_cut: set[tuple[str, int]] = set()
+        self._bounced: dict[tuple[str, int], ChannelRecord] = {}
+        """The record taken back of each call whose latest recorded attempt bounced."""
+        self._stream_records: dict[tuple[str, int, str], dict[int, ChannelRecord]] = {}
+        """Stream messages the receivers recorded, by (caller, call id, kind) and index."""
+        """Calls whose request is in transit: their handlers started after their server's cut."""
         self.foreign_records = 0
 
     # Input ---------------------------------------------------------------------------------
@@ -200,16 +216,19 @@ class CutAssembler:
         self._see_untracked(snap.process, snap.untracked_changes)
         for call in snap.open_calls:
             key = (snap.process, call.call_id)
+            if call.failed:
+                self._failures.setdefault(key, call.failed)
             if key not in self._settled:
                 self._waiting.add(key)
-                if call.failed:
-                    self._failures.setdefault(key, call.failed)
         for caller, call_id in snap.answering:
             self._settle(caller, call_id, f"handler at {snap.process}")
 
     def add_record(self, record: ChannelRecord) -> None:
         self._check_epoch(record.epoch)
-        if record.sender not in self._members or record.receiver not in self._members:
+        stream = record.msg_key.position > 0
+        # A client may take a message of its response stream before it knows its server: sender "".
+        known_sender = record.sender in self._members or (stream and not record.sender)
+        if not known_sender or record.receiver not in self._members:
             self.foreign_records += 1
             return
         key = (record.receiver, record.msg_key)
@@ -218,9 +237,48 @@ class CutAssembler:
                 f"epoch {self.epoch}: message {tuple(record.msg_key)} recorded twice at {record.receiver}"
             )
         self._record_keys.add(key)
+        if stream:
+            # Placed (or not) by the stream counts of the two ends, in finish(); it settles no call.
+            self._stream_records.setdefault((record.caller, record.msg_key.call_id, record.kind), {})[
+                record.msg_key.position
+            ] = record
+            return
         self._records.append(record)
+        if record.msg_key.kind == REQUEST:
+            self._started_after_cut.add((record.caller, record.msg_key.call_id))
         where = f"{record.kind} in transit to {record.receiver}"
         self._settle(record.caller, record.msg_key.call_id, where)
+
+    def add_bounced(self, notice: Bounced) -> None:
+        """A recorded request was turned away unapplied. If its caller still waits for the call, a retry
+        may carry it elsewhere: its record neither settles the call nor counts in transit, and the call
+        waits for its next attempt. If the call failed (no attempt follows), or fails later, the record
+        stands: at the cut the request was where the record says, and its value goes back to its
+        caller with the failure."""
+        self._check_epoch(notice.epoch)
+        key = notice.msg_key
+        call = (key.sender, key.call_id)
+        if call in self._failures:
+            return
+        removed = [r for r in self._records if r.receiver == notice.process and r.msg_key == key]
+        if not removed:
+            return  # a record this assembler left out (a non-participant's), or a stream's
+        self._records = [r for r in self._records if not (r.receiver == notice.process and r.msg_key == key)]
+        self._bounced[call] = removed[0]
+        how = self._settled.get(call, [])
+        where = f"{REQUEST} in transit to {notice.process}"
+        if where in how:
+            how.remove(where)
+        if how:
+            return
+        self._settled.pop(call, None)
+        if not any(
+            r.msg_key.kind == REQUEST and (r.caller, r.msg_key.call_id) == call for r in self._records
+        ):
+            self._started_after_cut.discard(call)
+        snap = self._locals.get(key.sender)
+        if snap is not None and any(c.call_id == key.call_id for c in snap.open_calls):
+            self._waiting.add(call)
 
     def add_outcome(self, outcome: CallOutcome) -> None:
         self._check_epoch(outcome.epoch)
@@ -229,7 +287,14 @@ class CutAssembler:
             # Or by a participant, through a hop that strips stamps: its count must be read again.
             self._recount = self._recount or self._round > 0
         elif outcome.outcome == OUTCOME_FAILED:
-            self._failures[(outcome.process, outcome.call_id)] = outcome.detail or "failed"
+            call = (outcome.process, outcome.call_id)
+            self._failures[call] = outcome.detail or "failed"
+            record = self._bounced.pop(call, None)
+            if record is not None and call not in self._settled:
+                # No attempt follows the one that bounced: its record stands (see add_bounced).
+                self._records.append(record)
+                self._started_after_cut.add(call)
+                self._settle(*call, f"{REQUEST} in transit to {record.receiver}")
 
     def add_stopped(self, notice: RecordingStopped) -> None:
         self._check_epoch(notice.epoch)
@@ -290,6 +355,8 @@ class CutAssembler:
             self.add_record(event)
         elif isinstance(event, CallOutcome):
             self.add_outcome(event)
+        elif isinstance(event, Bounced):
+            self.add_bounced(event)
         else:
             self.add_stopped(event)
 
@@ -311,7 +378,10 @@ class CutAssembler:
             return "PENDING"
         if self._round == 0 or self._recount or len(self._flushed) < len(self.participants):
             return "PENDING"
-        return "COMPLETE"
+        streams = self._place_streams()
+        if streams.reasons:
+            return "INCOMPLETE"
+        return "PENDING" if streams.owed else "COMPLETE"
 
     def finish(self) -> AssembledCut:
         """The cut as it stands: COMPLETE if it is, else INCOMPLETE with what is missing and why."""
@@ -326,6 +396,8 @@ class CutAssembler:
             reasons.append("no flush marker from " + ", ".join(unflushed))
         elif self._recount:
             reasons.append("no flush round read the untracked changes after an answer without a stamp")
+        streams = self._place_streams() if not missing else StreamPlacement()
+        reasons += streams.reasons + streams.owed
         if unsettled:
             # A summary: an agent's megabyte method name or failure is kept once, in ``unsettled``.
             shown = ", ".join(call.describe(REASON_NAME_LIMIT) for call in unsettled[:10])
@@ -334,7 +406,10 @@ class CutAssembler:
         for notice in self._stopped:
             reasons.append(f"{notice.reason} at {notice.process}")
         in_transit = tuple(
-            sorted(self._records, key=lambda r: (r.sender, r.receiver, r.msg_key.call_id, r.msg_key.kind))
+            sorted(
+                [*self._records, *streams.in_transit],
+                key=lambda r: (r.sender, r.receiver, r.msg_key.call_id, r.msg_key.kind, r.msg_key.position),
+            )
         )
         return AssembledCut(
             epoch=self.epoch,
@@ -360,6 +435,12 @@ class CutAssembler:
     def _check_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             raise ProtocolViolationError(f"piece of epoch {epoch} given to the assembler of {self.epoch}")
+
+    def _place_streams(self) -> StreamPlacement:
+        ends = [(process, count) for process, snap in self._locals.items() for count in snap.streams]
+        if not ends:
+            return StreamPlacement()
+        return place_streams(ends, self._started_after_cut, self._stream_records)
 
     def _see_untracked(self, process: str, count: int) -> None:
         if count > self._untracked_now.get(process, 0):

@@ -47,12 +47,15 @@ class Outbound:
 class Inbound:
     """One inbound call being handled: its task and context binding."""
 
-    __slots__ = ("caller", "finished", "task", "token")
+    __slots__ = ("bounced", "caller", "finished", "task", "token")
 
     def __init__(self, task: Task, caller: str | None) -> None:
         self.task = task
         self.caller = caller
         self.finished = False
+        self.bounced = False
+        """The handler failed before consuming the request: its answer's stamp goes under
+        ``BOUNCED_STAMP_METADATA_KEY``."""
         self.token: contextvars.Token[Task | None] | None = None
 
 

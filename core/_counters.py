@@ -37,6 +37,9 @@ class ProcessStats:
     untracked_changes: int = 0
     """State changes no cut can place: ``atomic()`` blocks of handlers whose request came without a
     stamp, and answers without a usable stamp on a channel known to lead to an agent."""
+    stream_ends_closed: int = 0
+    """Ends of streaming calls closed here (each still listed, with its final counts, in the next two
+    local snapshots)."""
 
     @property
     def untracked(self) -> int:
@@ -61,6 +64,7 @@ class Counters:
     state_errors: int
     requests_refused: int
     untracked_changes: int
+    stream_ends_closed: int
 
     def __init__(self) -> None:
         for f in fields(ProcessStats):

@@ -32,6 +32,8 @@ class InTransitMessage:
     call_id: int
     attempt: int
     payload: Any
+    index: int = 0
+    """0 for the call's own request or response; n >= 1 for the n-th message of its stream that way."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -41,6 +43,7 @@ class InTransitMessage:
             "kind": self.kind,
             "call_id": self.call_id,
             "attempt": self.attempt,
+            "index": self.index,
             "payload": self.payload,
         }
 
@@ -173,6 +176,7 @@ class Cut:
                         call_id=int(m.get("call_id", 0)),
                         attempt=int(m.get("attempt", 0)),
                         payload=m.get("payload"),
+                        index=int(m.get("index", 0)),
                     )
                     for m in doc["in_transit"]
                 ),

@@ -26,6 +26,7 @@ __all__ = [
     "RESPONSE",
     "STOPPED_REASONS",
     "Answering",
+    "Bounced",
     "CallOutcome",
     "Capture",
     "ChannelRecord",
@@ -34,8 +35,10 @@ __all__ = [
     "MsgKey",
     "OpenCall",
     "Payload",
+    "PendingStreamMessage",
     "RecordingStopped",
     "SnapshotEvent",
+    "StreamCount",
 ]
 
 REQUEST: Final = "request"
@@ -64,6 +67,35 @@ class MsgKey(NamedTuple):
     call_id: int
     attempt: int
     kind: str
+    position: int = 0
+    """0 for a call's own request or response; n >= 1 for the n-th message of its stream that way."""
+
+
+@dataclass(frozen=True)
+class StreamCount:
+    """One end of a streaming call at a cut: ``requests`` and ``responses`` are the client's messages
+    sent and the server's consumed (requests), the server's sent and the client's consumed (responses).
+    """
+
+    caller: str
+    call_id: int
+    role: str
+    method: str = ""
+    requests: int = 0
+    responses: int = 0
+
+
+@dataclass(frozen=True)
+class PendingStreamMessage:
+    """A stream message the application took and has not applied at the cut (recorded in transit
+    for the epochs after ``since``, the epoch its stream started in at its sender's side)."""
+
+    sender: str
+    receiver: str
+    method: str
+    key: MsgKey
+    payload: Payload
+    since: int
 
 
 class Capture(NamedTuple):
@@ -77,6 +109,10 @@ class Capture(NamedTuple):
     """The state's size as JSON, measured where it was serialised (for the agent's queue bound)."""
     untracked_changes: int = 0
     """State changes so far that no cut can place (see ``ProcessStats.untracked_changes``)."""
+    streams: tuple[StreamCount, ...] = ()
+    """The streaming calls open at this process, with their counts (see ``core._streams``)."""
+    stream_pending: tuple[PendingStreamMessage, ...] = ()
+    """Stream messages taken and not applied yet: in transit for the cut."""
 
 
 class OpenCall(NamedTuple):
@@ -118,6 +154,8 @@ class LocalSnapshot:
     """Capacity of each server's worker pool (0: unknown), for deadlock detection."""
     untracked_changes: int = 0
     """State changes so far, at this process, that no cut can place: made by requests without a stamp."""
+    streams: tuple[StreamCount, ...] = ()
+    """This process's ends of the streaming calls open at its cut, with their messages counted."""
     state_bytes: int = field(default=0, compare=False)
     """The state's size as JSON, from :attr:`Capture.state_bytes`; not part of what is sent."""
 
@@ -182,5 +220,22 @@ class Flushed:
     """The process's untracked state changes so far, as at its local snapshot."""
 
 
-SnapshotEvent = LocalSnapshot | ChannelRecord | CallOutcome | RecordingStopped | Flushed
+@dataclass(frozen=True)
+class Bounced:
+    """``process`` recorded request ``msg_key`` for ``epoch`` and then turned it away unapplied.
+
+    Its handler ended with an error before it consumed the request (it never
+    finished an ``atomic()`` block): the request changed nothing there, and
+    gRPC may send it again, as a new attempt, to this server or another. The
+    record must not settle the call nor count in transit. Emitted before the
+    error goes back to the caller, so it reaches the collector before any
+    flush marker that a retry's effect could precede.
+    """
+
+    epoch: int
+    process: str
+    msg_key: MsgKey
+
+
+SnapshotEvent = LocalSnapshot | ChannelRecord | CallOutcome | RecordingStopped | Flushed | Bounced
 """Everything a participant emits for the collector, in the order it emits it."""

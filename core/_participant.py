@@ -60,6 +60,17 @@ kind)``. When the transport delivers one stamped message more than once
 (gRPC retries and hedging reuse the metadata of the call), the first
 delivery counts and the others are reported as duplicates, never consumed
 and never recorded.
+
+Bounced requests: a handler that fails before it consumes its request
+(``UNAVAILABLE`` from a server shutting down, a redirect to a leader) changed
+nothing, and gRPC's retry policy may send the call again, as a new attempt,
+to another server. If the request was recorded in transit, its record would
+settle the call although its value travels on in the next attempt, which
+the next server may apply before its own cut. So the participant takes the
+record back (:class:`Bounced`) before the error goes out: the retry can only
+start after that, so the collector has the notice before any flush marker
+that the retry's effect could precede, and the call waits for its next
+attempt.
 """
 
 from __future__ import annotations
@@ -78,6 +89,7 @@ from cutwatch.core._events import (
     REQUEST,
     RESPONSE,
     Answering,
+    Bounced,
     CallOutcome,
     Capture,
     ChannelRecord,
@@ -86,6 +98,7 @@ from cutwatch.core._events import (
     MsgKey,
     OpenCall,
     Payload,
+    PendingStreamMessage,
     RecordingStopped,
     SnapshotEvent,
 )
@@ -114,6 +127,8 @@ class Delivery:
     """Its caller gave the call up and a snapshot fenced it: it must not reach the application."""
     consumed: bool = False
     answered: bool = False
+    recorded_in: list[int] = field(default_factory=list)
+    """The epochs whose records hold this request (to take back if it bounces)."""
 
     @property
     def payload_json(self) -> str:
@@ -275,20 +290,31 @@ class SnapshotParticipant:
         *,
         method: str = "",
         now: float = 0.0,
+        failure: str = "",
     ) -> None:
         """The answer to our call ``call_id`` is delivered and consumed at once (what a gRPC client does).
 
         The same as :meth:`on_deliver` then :meth:`on_consume`, without the
         bookkeeping a separate consumption needs: a call gets one answer, so
         an answer to a call that is no longer open is a duplicate.
+
+        ``failure``: the answer is the error of an attempt that bounced, with
+        no attempt after it. The collector learns that the call failed (for
+        every open epoch whose cut it spans), and keeps the record the bounce
+        took back.
         """
         if msg_epoch > self.epoch:
             self.take_snapshot(msg_epoch, capture(), now=now)
         calls = self._calls
-        if calls.pop(call_id, None) is None and self._failed.pop(call_id) is None:
+        call = calls.pop(call_id, None)
+        if call is None and self._failed.pop(call_id) is None:
             self._stats.duplicates += 1
             self._recent_dups.append(MsgKey(sender, call_id, 0, RESPONSE))
             return
+        if failure and call is not None:
+            for epoch in self._open:
+                if call.sent_epoch < epoch:
+                    self._outbox.append(CallOutcome(epoch, self.process, call_id, OUTCOME_FAILED, failure))
         self.responses_consumed[sender] = self.responses_consumed.get(sender, 0) + 1
         if msg_epoch < self.epoch:  # sent before the sender's cut, consumed after ours: in transit
             delivery = Delivery(sender, msg_epoch, payload, MsgKey(sender, call_id, 0, RESPONSE), method)
@@ -313,6 +339,17 @@ class SnapshotParticipant:
             self._calls.pop(call_id, None)
             self._failed.pop(call_id)
 
+    def on_bounce(self, delivery: Delivery) -> None:
+        """The handler of a delivered request failed before consuming it: the request changed nothing
+        here and may come again as a new attempt, here or elsewhere. Takes back its records of the
+        epochs still open, so that they neither settle its call nor count in transit."""
+        if delivery.consumed or delivery.duplicate or delivery.msg_key.kind != REQUEST:
+            return
+        for epoch in delivery.recorded_in:
+            if epoch in self._open:
+                self._outbox.append(Bounced(epoch, self.process, delivery.msg_key))
+        delivery.recorded_in.clear()
+
     def on_reply(self, delivery: Delivery) -> int:
         """The handler of a delivered request answers (consuming it if it had not); returns the epoch."""
         self.on_consume(delivery)
@@ -322,6 +359,15 @@ class SnapshotParticipant:
                 self._answering.pop((delivery.sender, delivery.msg_key.call_id), None)
                 self.responses_sent[delivery.sender] = self.responses_sent.get(delivery.sender, 0) + 1
         return self.epoch
+
+    def on_stream_message(self, message: PendingStreamMessage) -> None:
+        """A stream message is taken: recorded for every open epoch after its stream started (whether
+        it is in transit for one depends on its sender's count at that cut, which the collector has)."""
+        epochs = [epoch for epoch in self._open if epoch > message.since]
+        if epochs:
+            delivery = Delivery(message.sender, message.since, message.payload, message.key, message.method)
+            for epoch in epochs:
+                self._record(epoch, delivery)
 
     # Snapshots -----------------------------------------------------------------------------
     def join(self, epoch: int) -> None:
@@ -375,6 +421,7 @@ class SnapshotParticipant:
                 responses_consumed=responses_consumed,
                 worker_pools=dict(capture.pools),
                 untracked_changes=capture.untracked_changes,
+                streams=capture.streams,
                 state_bytes=capture.state_bytes,
             )
             taken.append(snap)
@@ -382,6 +429,12 @@ class SnapshotParticipant:
             self._open_epoch(epoch)
             for delivery in self._pending.values():
                 self._record(epoch, delivery)
+            for message in capture.stream_pending:
+                if epoch > message.since:
+                    self._record(
+                        epoch,
+                        Delivery(message.sender, message.since, message.payload, message.key, message.method),
+                    )
         return taken
 
     def flush(
@@ -471,6 +524,8 @@ class SnapshotParticipant:
             self._stats.records_dropped += 1
             return
         state.records += 1
+        if delivery.msg_key.kind == REQUEST and delivery.msg_key.position == 0:
+            delivery.recorded_in.append(epoch)
         self._outbox.append(
             ChannelRecord(
                 epoch, delivery.sender, self.process, delivery.payload_json, delivery.msg_key, delivery.method

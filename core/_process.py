@@ -29,8 +29,10 @@ import itertools
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from typing import Final
 
 from cutwatch.core._calls import REFUSED, ChannelPeer, Inbound, Outbound, Refused
 from cutwatch.core._clock import VectorClock
@@ -45,12 +47,14 @@ from cutwatch.core._events import (
     Payload,
     RecordingStopped,
     SnapshotEvent,
+    StreamCount,
 )
 from cutwatch.core._gate import SnapshotGate
 from cutwatch.core._participant import DEFAULT_MAX_OPEN_EPOCHS, Delivery, SnapshotParticipant, SnapshotStats
 from cutwatch.core._stamp import DEFAULT_MAX_CLOCK_ENTRIES, DEFAULT_MAX_STAMP_BYTES
 from cutwatch.core._stamped_clock import StampedClock
 from cutwatch.core._states import DEFAULT_MAX_STATE_BYTES, StateProviders
+from cutwatch.core._streams import CLIENT, PULLS, SENDING, SERVER, StreamEnd
 from cutwatch.core._tasks import OutboundCall, TaskRegistry
 
 __all__ = [
@@ -65,6 +69,10 @@ __all__ = [
 _LOG = logging.getLogger("cutwatch.agent")
 REASON_ATOMIC_WAIT = "a snapshot was due while an atomic() block waited for a response"
 REASON_ATOMIC_TIMEOUT = "an atomic() block held the snapshot lock too long"
+CLOSED_STREAM_SNAPSHOTS: Final = 2
+"""How many local snapshots still list a stream end after it closed."""
+MAX_CLOSED_STREAMS: Final = 10_000
+"""Closed stream ends kept for those snapshots at most (the oldest go first)."""
 
 Emit = Callable[[Sequence[SnapshotEvent]], None]
 Observer = Callable[[str, Mapping[str, int], str], None]
@@ -101,9 +109,13 @@ class ProcessCore:
         abandoned_grace: float = 600.0,
         emit: Emit | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        stream_stamp_field: str = "cutwatch_stamp",
         span_ids: Callable[[], tuple[bytes, bytes]] = no_span,
     ) -> None:
         self.process_id = process_id
+        self.stream_stamp_field = stream_stamp_field
+        """The field of stream messages that carries a stamp, when their type has it (``bytes``):
+        the opt-in envelope that makes stream cuts exact (see ``core._streams``)."""
         self.observer: Observer | None = None
         self._emit_to = emit
         self._now = monotonic
@@ -128,6 +140,10 @@ class ProcessCore:
         self._states = StateProviders(max_state_bytes)
         self._worker_pools: dict[str, int] = {}
         self._edge_pools: set[str] = set()
+        self._streams: dict[int, StreamEnd] = {}
+        """This process's ends of the streaming calls in flight, by ``id``."""
+        self._closed: OrderedDict[int, tuple[StreamEnd, int]] = OrderedDict()
+        """Ends closed lately, with how many more local snapshots list them (see :meth:`close_stream`)."""
 
     # Views ------------------------------------------------------------------------------------
     @property
@@ -195,6 +211,14 @@ class ProcessCore:
         return self._gate.atomic(self._consume_current)
 
     def _consume_current(self) -> None:
+        sending = SENDING.get()
+        if sending is not None and not sending.counted:
+            # The code producing a stream message ran this block: the message goes with it.
+            sending.counted = True
+            with self._lock:
+                sending.end.sent += 1
+        if PULLS.get():
+            self._consume_pulls()
         task = self.tasks.current()
         if task is None:
             return
@@ -245,7 +269,8 @@ class ProcessCore:
     ) -> None:
         """Receive event of a response (idempotent); ``stamp`` is the answer's, None when it had none.
 
-        ``failure`` names the status of a call that did not succeed;
+        ``failure`` names the status of a call that did not succeed (with a
+        stamp: one whose last attempt bounced, see :meth:`end_handler`);
         ``response`` renders the response, for the record of a response that
         is in transit at a cut. ``deferrable`` marks a finish that cutwatch
         starts on its own (a done-callback), not one the application asked
@@ -282,6 +307,7 @@ class ProcessCore:
                         self._capture,
                         method=outbound.call.method,
                         now=self._now(),
+                        failure=failure or "",
                     )
                     outbound.channel.server = decoded.sender
                 else:
@@ -360,12 +386,24 @@ class ProcessCore:
             self.internal_error("starting an inbound call")
             return None
 
-    def end_handler(self, inbound: Inbound) -> bytes | None:
-        """Send event of the response; ends the task. Returns the response's stamp, once."""
+    def end_handler(self, inbound: Inbound, *, failed: bool = False) -> bytes | None:
+        """Send event of the response; ends the task. Returns the response's stamp, once.
+
+        ``failed``: the handler ends with an error status. If it had not
+        consumed its request (no ``atomic()`` block finished), the request
+        *bounced*: it changed nothing here, and a retry may carry it elsewhere
+        (see :meth:`SnapshotParticipant.on_bounce`). ``inbound.bounced`` then
+        says so: the answer's stamp travels under
+        ``BOUNCED_STAMP_METADATA_KEY``, so that, if no attempt follows, its
+        caller reports the call failed and the collector keeps the record
+        the bounce took back.
+        """
         try:
             if inbound.finished:
                 return None
             inbound.finished = True
+            if PULLS.get():
+                self._consume_pulls()  # a handler that returns has applied what it took
             self.tasks.end(inbound.task)
             if inbound.token is not None:
                 self.tasks.unbind(inbound.token, inbound.task)
@@ -375,17 +413,131 @@ class ProcessCore:
             with self._lock:
                 self._clock.tick()
                 delivery = task.delivery
-                epoch = self._part.on_reply(delivery) if isinstance(delivery, Delivery) else self._part.epoch
-                stamp = self._clock.encode(
-                    inbound.caller, epoch, task.call_id, trace_id or task.trace_id, span_id or task.span_id
-                )
+                bounced = False
+                if isinstance(delivery, Delivery):
+                    bounced = failed and not delivery.consumed and not delivery.duplicate
+                    if bounced:
+                        self._part.on_bounce(delivery)
+                        self._emit()
+                    epoch = self._part.on_reply(delivery)
+                else:
+                    epoch = self._part.epoch
                 self._counters.responses_sent += 1
                 if self.observer is not None:
                     self._observe(f"send response {task.method} call={task.call_id}")
-            return stamp
+                inbound.bounced = bounced
+                return self._clock.encode(
+                    inbound.caller, epoch, task.call_id, trace_id or task.trace_id, span_id or task.span_id
+                )
         except Exception:
             self.internal_error("finishing an inbound call")
             return None
+
+    # Streams ----------------------------------------------------------------------------------
+    def open_client_stream(self, outbound: Outbound) -> StreamEnd:
+        """This process's end of its streaming call ``outbound``; :meth:`close_stream` it when the call
+        is over and the application took its last message."""
+        call = outbound.call
+        with self._lock:
+            since = self._part.epoch
+        end = StreamEnd(
+            self.process_id,
+            call.call_id,
+            CLIENT,
+            call.method,
+            peer=outbound.channel.server or "",
+            since=since,
+        )
+        return self._open_stream(end)
+
+    def open_server_stream(self, inbound: Inbound) -> StreamEnd | None:
+        """The handler's end of a streaming call; None when its request came without a stamp (its
+        changes are counted as untracked instead)."""
+        task = inbound.task
+        delivery = task.delivery
+        if not inbound.caller or not isinstance(delivery, Delivery):
+            return None
+        end = StreamEnd(inbound.caller, task.call_id, SERVER, task.method, since=delivery.msg_epoch)
+        end.peer = self.process_id
+        return self._open_stream(end)
+
+    def _open_stream(self, end: StreamEnd) -> StreamEnd:
+        with self._lock:
+            self._streams[id(end)] = end
+        return end
+
+    def stream_sent(self, end: StreamEnd) -> None:
+        """The application handed a message of ``end`` to gRPC (an ``atomic()`` block that produced it
+        has counted it already: see :class:`cutwatch.core._streams.Sending`)."""
+        with self._lock:
+            end.sent += 1
+
+    def stream_stamp(self, end: StreamEnd) -> bytes | None:
+        """The send event of a stream message that carries a stamp of its own (the envelope): its
+        receiver then cuts before taking a message sent after this process's cut, as for calls."""
+        try:
+            with self._lock:
+                self._clock.tick()
+                return self._clock.encode(end.peer or None, self._part.epoch, end.call_id, b"", b"")
+        except Exception:
+            self.internal_error("stamping a stream message")
+            return None
+
+    def stream_pulled(self, end: StreamEnd, payload: Payload = "null", stamp: bytes | None = None) -> None:
+        """The application took a message from ``end`` (``payload`` renders it): consumed when the
+        context that took it leaves its next ``atomic()`` block (or, for a handler, returns); until
+        then, and for every cut it is taken after, it is recorded in transit.
+
+        ``stamp`` is the message's own (the envelope): a stamp of a later epoch takes this
+        process's local snapshots first, and its clock is merged.
+        """
+        pulls = PULLS.get()
+        if pulls is None:
+            pulls = {}
+            PULLS.set(pulls)
+        try:
+            with self._lock:
+                if stamp is not None:
+                    decoded = self._clock.decode(stamp)
+                    if decoded is not None and decoded.epoch > self._part.epoch:
+                        self._snapshot_unlocked(decoded.epoch)
+                    self._clock.receive(decoded)
+                end.pulled += 1
+                end.pending.append((end.pulled, payload))
+                pulls[end] = pulls.get(end, 0) + 1
+                self._part.on_stream_message(end.message(end.pulled, payload, self.process_id))
+                self._emit()
+        except Exception:
+            self.internal_error("recording a stream message")
+
+    def close_stream(self, end: StreamEnd) -> None:
+        """The stream is over at this end (idempotent).
+
+        The end is still listed, with its final counts, in the next
+        :data:`CLOSED_STREAM_SNAPSHOTS` local snapshots: the other end is
+        usually still open at its cut (a client takes the last responses
+        after its server returned), and without this end's counts the
+        collector could not say how far this end got.
+        """
+        with self._lock:
+            end.closed = True
+            if self._streams.pop(id(end), None) is not None:
+                self._counters.stream_ends_closed += 1
+                self._closed[id(end)] = (end, CLOSED_STREAM_SNAPSHOTS)
+                while len(self._closed) > MAX_CLOSED_STREAMS:
+                    self._closed.popitem(last=False)  # its other end, if still open, makes the cut INCOMPLETE
+
+    def _consume_pulls(self) -> None:
+        """Every stream message this context took is applied (its ``atomic()`` block ended)."""
+        pulls = PULLS.get()
+        if not pulls:
+            return
+        with self._lock:
+            for end, count in pulls.items():
+                end.consumed += count
+                for _ in range(min(count, len(end.pending))):
+                    end.pending.popleft()
+            pulls.clear()
 
     # The collector's orders -------------------------------------------------------------------
     def take_snapshot(self, epoch: int) -> None:
@@ -476,7 +628,25 @@ class ProcessCore:
             dict(self._worker_pools),
             state_bytes,
             self._counters.untracked_changes,
+            self._stream_counts(),
+            tuple(
+                end.message(index, payload, self.process_id)
+                for end in self._streams.values()
+                for index, payload in end.pending
+            ),
         )
+
+    def _stream_counts(self) -> tuple[StreamCount, ...]:
+        """The open stream ends' counts and the final counts of the ends closed lately; caller holds the
+        event lock."""
+        counts = [end.count() for end in self._streams.values()]
+        for key, (end, left) in list(self._closed.items()):
+            counts.append(end.count())
+            if left > 1:
+                self._closed[key] = (end, left - 1)
+            else:
+                del self._closed[key]
+        return tuple(counts)
 
     def _emit(self) -> None:
         """Hand what the participant emitted to ``emit``; caller holds the event lock."""

@@ -24,6 +24,9 @@ from cutwatch.core._wire import WireError, encode_with_prefix, parse_stamp, peer
 from cutwatch.core.errors import StampError
 
 STAMP_METADATA_KEY = "cutwatch-stamp-bin"
+BOUNCED_STAMP_METADATA_KEY = "cutwatch-bounced-bin"
+"""Where a server puts the stamp of its answer to a request that bounced (its handler failed before
+consuming it): the client then reports the call failed although the answer is stamped."""
 STAMP_VERSION = 1
 
 DEFAULT_MAX_STAMP_BYTES = 4096

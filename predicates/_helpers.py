@@ -210,7 +210,8 @@ def conservation(
     ``state`` and ``payload`` are dotted paths (``"balance"``, ``"account.balance"``); a value
     may be a number, a numeric string or a mapping/list of numbers (summed: ``{"acct1": 5,
     "acct2": 7}``). Processes without ``state`` and messages without ``payload`` are not
-    counted. ``services`` keeps the processes of those services (and messages *to* them);
+    counted; a call's message counts once however many of its attempts are in transit (a retry
+    recorded at two servers). ``services`` keeps the processes of those services (and messages *to* them);
     ``methods`` (``"/bank.Bank/Credit"`` or ``"Credit"``) and ``kinds`` (``"request"``,
     ``"response"``) select messages. A message of a selected method whose payload the agent did
     not capture (a stream, a truncated payload) makes the result unknowable: ``ValueError``.
@@ -243,8 +244,16 @@ def conservation(
 
     counted: list[dict[str, Any]] = []
     unreadable: list[dict[str, Any]] = []
+    once: set[tuple[str, int, str, int]] = set()
     if payload is not None:
         for message in cut.in_transit:
+            # Two attempts of one call in transit (a retry recorded at two servers, a hedge): the call
+            # carries its value once, so its message counts once.
+            caller = message.sender if message.kind == "request" else message.receiver
+            call = (caller, message.call_id, message.kind, message.index)
+            if call in once:
+                continue
+            once.add(call)
             if wanted_methods is not None and not _method_matches(message.method, wanted_methods):
                 continue
             if wanted_kinds is not None and message.kind not in wanted_kinds:

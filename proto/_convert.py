@@ -23,12 +23,15 @@ import json
 import math
 
 from cutwatch.core import (
+    CLIENT,
     OUTCOME_FAILED,
     OUTCOME_UNSTAMPED,
     REQUEST,
     RESPONSE,
+    SERVER,
     AgentEvent,
     Answering,
+    Bounced,
     CallOutcome,
     ChannelRecord,
     CloseEpoch,
@@ -46,6 +49,7 @@ from cutwatch.core import (
     Registered,
     Registration,
     SnapshotEvent,
+    StreamCount,
     TakeSnapshot,
     TaskView,
     VectorClock,
@@ -98,6 +102,17 @@ def event_to_message(event: SnapshotEvent, seq: int) -> pb.AgentMessage:
                 responses_consumed=dict(event.responses_consumed),
                 worker_pools=dict(event.worker_pools),
                 untracked_changes=event.untracked_changes,
+                streams=[
+                    pb.StreamCount(
+                        caller=s.caller,
+                        call_id=s.call_id,
+                        role=s.role,
+                        method=s.method,
+                        requests=s.requests,
+                        responses=s.responses,
+                    )
+                    for s in event.streams
+                ],
             ),
         )
     if isinstance(event, ChannelRecord):
@@ -113,6 +128,7 @@ def event_to_message(event: SnapshotEvent, seq: int) -> pb.AgentMessage:
                 payload_json=_payload_json(event.payload_json),
                 call_id=key.call_id,
                 attempt=key.attempt,
+                index=key.position,
             ),
         )
     if isinstance(event, CallOutcome):
@@ -120,6 +136,14 @@ def event_to_message(event: SnapshotEvent, seq: int) -> pb.AgentMessage:
             seq=seq,
             call_outcome=pb.CallOutcome(
                 epoch=event.epoch, call_id=event.call_id, outcome=event.outcome, detail=event.detail
+            ),
+        )
+    if isinstance(event, Bounced):
+        key = event.msg_key
+        return pb.AgentMessage(
+            seq=seq,
+            bounced=pb.Bounced(
+                epoch=event.epoch, sender=key.sender, call_id=key.call_id, attempt=key.attempt
             ),
         )
     if isinstance(event, Flushed):
@@ -197,6 +221,16 @@ def _depth(value: object) -> int:
     return deepest
 
 
+def _stream_count(message: pb.StreamCount) -> StreamCount:
+    if message.role not in (CLIENT, SERVER):
+        raise EventFormatError(
+            f"a stream end's role is client or server, not {shown(message.role, _SHOWN)!r}"
+        )
+    return StreamCount(
+        message.caller, message.call_id, message.role, message.method, message.requests, message.responses
+    )
+
+
 def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent | None:
     """The snapshot event in ``message`` from registered process ``process``; None for other bodies."""
     body = message.WhichOneof("body")
@@ -227,6 +261,7 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
             responses_consumed=dict(snap.responses_consumed),
             worker_pools=dict(snap.worker_pools),
             untracked_changes=snap.untracked_changes,
+            streams=tuple(_stream_count(s) for s in snap.streams),
         )
     if body == "channel_record":
         rec = message.channel_record
@@ -243,7 +278,7 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
             rec.sender,
             process,
             rec.payload_json,
-            MsgKey(rec.sender, rec.call_id, rec.attempt, rec.kind),
+            MsgKey(rec.sender, rec.call_id, rec.attempt, rec.kind, rec.index),
             rec.method,
         )
     if body == "call_outcome":
@@ -251,6 +286,11 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
         if out.outcome not in _OUTCOMES:
             raise EventFormatError(f"unknown call outcome {shown(out.outcome, _SHOWN)!r}")
         return CallOutcome(out.epoch, process, out.call_id, out.outcome, out.detail)
+    if body == "bounced":
+        bounced = message.bounced
+        return Bounced(
+            bounced.epoch, process, MsgKey(bounced.sender, bounced.call_id, bounced.attempt, REQUEST)
+        )
     if body == "flushed":
         flushed = message.flushed
         return Flushed(flushed.epoch, process, flushed.round, flushed.untracked_changes)

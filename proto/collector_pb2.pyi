@@ -32,7 +32,7 @@ class Registration(_message.Message):
     def __init__(self, process_id: _Optional[str] = ..., service: _Optional[str] = ..., protocol_version: _Optional[int] = ..., worker_pools: _Optional[_Mapping[str, int]] = ..., epoch: _Optional[int] = ..., dropped: _Optional[int] = ..., untracked_changes: _Optional[int] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("register", "heartbeat", "local_snapshot", "channel_record", "call_outcome", "recording_stopped", "flushed", "goodbye", "seq")
+    __slots__ = ("register", "heartbeat", "local_snapshot", "channel_record", "call_outcome", "recording_stopped", "flushed", "goodbye", "bounced", "seq")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     LOCAL_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class AgentMessage(_message.Message):
     RECORDING_STOPPED_FIELD_NUMBER: _ClassVar[int]
     FLUSHED_FIELD_NUMBER: _ClassVar[int]
     GOODBYE_FIELD_NUMBER: _ClassVar[int]
+    BOUNCED_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     register: Registration
     heartbeat: Heartbeat
@@ -50,8 +51,9 @@ class AgentMessage(_message.Message):
     recording_stopped: RecordingStopped
     flushed: Flushed
     goodbye: Goodbye
+    bounced: Bounced
     seq: int
-    def __init__(self, register: _Optional[_Union[Registration, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., local_snapshot: _Optional[_Union[LocalSnapshot, _Mapping]] = ..., channel_record: _Optional[_Union[ChannelRecord, _Mapping]] = ..., call_outcome: _Optional[_Union[CallOutcome, _Mapping]] = ..., recording_stopped: _Optional[_Union[RecordingStopped, _Mapping]] = ..., flushed: _Optional[_Union[Flushed, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., seq: _Optional[int] = ...) -> None: ...
+    def __init__(self, register: _Optional[_Union[Registration, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., local_snapshot: _Optional[_Union[LocalSnapshot, _Mapping]] = ..., channel_record: _Optional[_Union[ChannelRecord, _Mapping]] = ..., call_outcome: _Optional[_Union[CallOutcome, _Mapping]] = ..., recording_stopped: _Optional[_Union[RecordingStopped, _Mapping]] = ..., flushed: _Optional[_Union[Flushed, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., bounced: _Optional[_Union[Bounced, _Mapping]] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
     __slots__ = ("registered", "take_snapshot", "close_epoch", "flush")
@@ -125,6 +127,18 @@ class Flushed(_message.Message):
     untracked_changes: int
     def __init__(self, epoch: _Optional[int] = ..., round: _Optional[int] = ..., untracked_changes: _Optional[int] = ...) -> None: ...
 
+class Bounced(_message.Message):
+    __slots__ = ("epoch", "sender", "call_id", "attempt")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    sender: str
+    call_id: int
+    attempt: int
+    def __init__(self, epoch: _Optional[int] = ..., sender: _Optional[str] = ..., call_id: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+
 class OpenCall(_message.Message):
     __slots__ = ("call_id", "method", "target", "failed")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -145,8 +159,24 @@ class Answering(_message.Message):
     call_id: int
     def __init__(self, caller: _Optional[str] = ..., call_id: _Optional[int] = ...) -> None: ...
 
+class StreamCount(_message.Message):
+    __slots__ = ("caller", "call_id", "role", "method", "requests", "responses")
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    caller: str
+    call_id: int
+    role: str
+    method: str
+    requests: int
+    responses: int
+    def __init__(self, caller: _Optional[str] = ..., call_id: _Optional[int] = ..., role: _Optional[str] = ..., method: _Optional[str] = ..., requests: _Optional[int] = ..., responses: _Optional[int] = ...) -> None: ...
+
 class LocalSnapshot(_message.Message):
-    __slots__ = ("epoch", "process_id", "clock", "state_json", "tasks_json", "open_calls", "answering", "requests_sent", "responses_sent", "requests_consumed", "responses_consumed", "worker_pools", "untracked_changes")
+    __slots__ = ("epoch", "process_id", "clock", "state_json", "tasks_json", "open_calls", "answering", "requests_sent", "responses_sent", "requests_consumed", "responses_consumed", "worker_pools", "untracked_changes", "streams")
     class ClockEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -195,6 +225,7 @@ class LocalSnapshot(_message.Message):
     RESPONSES_CONSUMED_FIELD_NUMBER: _ClassVar[int]
     WORKER_POOLS_FIELD_NUMBER: _ClassVar[int]
     UNTRACKED_CHANGES_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     process_id: str
     clock: _containers.ScalarMap[str, int]
@@ -208,10 +239,11 @@ class LocalSnapshot(_message.Message):
     responses_consumed: _containers.ScalarMap[str, int]
     worker_pools: _containers.ScalarMap[str, int]
     untracked_changes: int
-    def __init__(self, epoch: _Optional[int] = ..., process_id: _Optional[str] = ..., clock: _Optional[_Mapping[str, int]] = ..., state_json: _Optional[str] = ..., tasks_json: _Optional[str] = ..., open_calls: _Optional[_Iterable[_Union[OpenCall, _Mapping]]] = ..., answering: _Optional[_Iterable[_Union[Answering, _Mapping]]] = ..., requests_sent: _Optional[int] = ..., responses_sent: _Optional[_Mapping[str, int]] = ..., requests_consumed: _Optional[_Mapping[str, int]] = ..., responses_consumed: _Optional[_Mapping[str, int]] = ..., worker_pools: _Optional[_Mapping[str, int]] = ..., untracked_changes: _Optional[int] = ...) -> None: ...
+    streams: _containers.RepeatedCompositeFieldContainer[StreamCount]
+    def __init__(self, epoch: _Optional[int] = ..., process_id: _Optional[str] = ..., clock: _Optional[_Mapping[str, int]] = ..., state_json: _Optional[str] = ..., tasks_json: _Optional[str] = ..., open_calls: _Optional[_Iterable[_Union[OpenCall, _Mapping]]] = ..., answering: _Optional[_Iterable[_Union[Answering, _Mapping]]] = ..., requests_sent: _Optional[int] = ..., responses_sent: _Optional[_Mapping[str, int]] = ..., requests_consumed: _Optional[_Mapping[str, int]] = ..., responses_consumed: _Optional[_Mapping[str, int]] = ..., worker_pools: _Optional[_Mapping[str, int]] = ..., untracked_changes: _Optional[int] = ..., streams: _Optional[_Iterable[_Union[StreamCount, _Mapping]]] = ...) -> None: ...
 
 class ChannelRecord(_message.Message):
-    __slots__ = ("epoch", "sender", "receiver", "method", "kind", "payload_json", "call_id", "attempt")
+    __slots__ = ("epoch", "sender", "receiver", "method", "kind", "payload_json", "call_id", "attempt", "index")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
     RECEIVER_FIELD_NUMBER: _ClassVar[int]
@@ -220,6 +252,7 @@ class ChannelRecord(_message.Message):
     PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     sender: str
     receiver: str
@@ -228,7 +261,8 @@ class ChannelRecord(_message.Message):
     payload_json: str
     call_id: int
     attempt: int
-    def __init__(self, epoch: _Optional[int] = ..., sender: _Optional[str] = ..., receiver: _Optional[str] = ..., method: _Optional[str] = ..., kind: _Optional[str] = ..., payload_json: _Optional[str] = ..., call_id: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+    index: int
+    def __init__(self, epoch: _Optional[int] = ..., sender: _Optional[str] = ..., receiver: _Optional[str] = ..., method: _Optional[str] = ..., kind: _Optional[str] = ..., payload_json: _Optional[str] = ..., call_id: _Optional[int] = ..., attempt: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...
 
 class CallOutcome(_message.Message):
     __slots__ = ("epoch", "call_id", "outcome", "detail")

@@ -3,8 +3,8 @@
 It serves any unary method and forwards it to one target with the caller's
 metadata, as an L7 proxy does. It can hold calls (``hold(predicate)``: the
 call waits until :meth:`release`, however long ago its caller gave up) and
-strip the ``cutwatch-stamp-bin`` header both ways (``strip=True``: a proxy
-that drops headers it does not know).
+strip cutwatch's stamp headers (``cutwatch-stamp-bin``, ``cutwatch-bounced-bin``)
+both ways (``strip=True``: a proxy that drops headers it does not know).
 
 Run as a script it is a proxy process of the real-process tests::
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import grpc
 
-STAMP = "cutwatch-stamp-bin"
+STAMPS = ("cutwatch-stamp-bin", "cutwatch-bounced-bin")
 TIMEOUT = 30.0
 
 
@@ -78,7 +78,7 @@ class ForwardingProxy:
         return tuple(
             (key, value)
             for key, value in (metadata or ())
-            if not key.startswith("grpc-") and not (strip and key == STAMP)
+            if not key.startswith("grpc-") and not (strip and key in STAMPS)
         )
 
     def forward(self, method: str, request: bytes, context: grpc.ServicerContext) -> bytes:

@@ -20,17 +20,7 @@ def _clock(entries: str) -> dict[str, int]:
 
 def test_quickstart_stamps_every_call_and_writes_a_shiviz_log(tmp_path: Path) -> None:
     log = tmp_path / "events.log"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "quickstart.py"), str(log)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+    out = run_example("quickstart.py", tmp_path, str(log))
     assert out.startswith("hello, ada\nhello, grace\n")
 
     clocks = {m["pid"]: _clock(m["entries"]) for m in CLOCK_LINE.finditer(out)}
@@ -63,18 +53,23 @@ def test_readme_quickstart_is_the_example_verbatim() -> None:
     assert quickstart[0] in (EXAMPLES / "quickstart.py").read_text(encoding="utf-8")
 
 
-def test_getting_started_takes_a_cut_whose_money_adds_up_and_reports_the_lock_cycle(tmp_path: Path) -> None:
+def run_example(name: str, where: Path, *args: str) -> str:
+    """Run ``examples/<name>`` as a user would (in an empty folder, the installed package); its output."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "getting_started.py")],
-        cwd=tmp_path,
+        [sys.executable, str(EXAMPLES / name), *args],
+        cwd=where,
         env=env,
         capture_output=True,
         text=True,
         timeout=180,
     )
     assert result.returncode == 0, result.stderr
-    out = result.stdout
+    return result.stdout
+
+
+def test_getting_started_takes_a_cut_whose_money_adds_up_and_reports_the_lock_cycle(tmp_path: Path) -> None:
+    out = run_example("getting_started.py", tmp_path)
     assert out.startswith(
         "paid in 10, the ledger holds 10\npaid in 20, the ledger holds 30\npaid in 5, the ledger holds 35\n"
     )
@@ -92,3 +87,11 @@ def test_getting_started_takes_a_cut_whose_money_adds_up_and_reports_the_lock_cy
     assert "rests on: nothing but the cut" in out
     # It cleaned up after itself: no SQLite file or anything else left where it ran.
     assert list(tmp_path.iterdir()) == []
+
+
+def test_streaming_example_snapshots_add_up_while_deposits_stream(tmp_path: Path) -> None:
+    lines = run_example("streaming.py", tmp_path).splitlines()
+    complete = [line for line in lines if ": COMPLETE, 2000 in all" in line]
+    assert len([line for line in lines if line.startswith("snapshot ")]) == 10
+    assert complete, lines  # the collector learns the stream's direction from the first cut
+    assert lines[-1] == "done: teller 500, vault 1500"

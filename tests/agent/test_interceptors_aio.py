@@ -20,6 +20,7 @@ from echo_service import APP_KEY, APP_TRAILER, UNARY_STREAM, UNARY_UNARY
 
 import cutwatch
 from cutwatch.agent import STAMP_METADATA_KEY, StampCodec, VectorClock
+from cutwatch.core import BOUNCED_STAMP_METADATA_KEY
 from cutwatch.proto import stamp_pb2
 
 TIMEOUT = 30.0
@@ -274,7 +275,9 @@ def test_abort_keeps_status_and_stamp(path: str, make_agent: Any) -> None:
             assert error.details() == "asked to abort"
             trailing = error.trailing_metadata()
             assert trailing[APP_TRAILER] == "kept"
-            assert decode_sender(trailing[STAMP_METADATA_KEY]) == server.process_id
+            # Aborted before any atomic() block: the request bounced, and the stamp says so.
+            assert decode_sender(trailing[BOUNCED_STAMP_METADATA_KEY]) == server.process_id
+            assert STAMP_METADATA_KEY not in trailing
             stats = client.stats()
             assert (stats.responses_received, stats.untracked, stats.internal_errors) == (1, 0, 0)
             assert server.stats().responses_sent == 1

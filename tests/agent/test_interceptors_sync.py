@@ -15,6 +15,7 @@ from polling import wait_until
 
 import cutwatch
 from cutwatch.agent import STAMP_METADATA_KEY, StampCodec, StampError, VectorClock
+from cutwatch.core import BOUNCED_STAMP_METADATA_KEY
 from cutwatch.proto import stamp_pb2
 
 TIMEOUT = 30.0
@@ -222,7 +223,9 @@ def test_abort_keeps_status_and_stamp(path: str, make_agent: Any, serve: Any, op
     assert error.details() == "asked to abort"
     trailers = dict(error.trailing_metadata())
     assert trailers[APP_TRAILER] == "kept"
-    assert decode_sender(trailers[STAMP_METADATA_KEY]) == server.process_id
+    # Aborted before any atomic() block: the request bounced, and the stamp says so.
+    assert decode_sender(trailers[BOUNCED_STAMP_METADATA_KEY]) == server.process_id
+    assert STAMP_METADATA_KEY not in trailers
     stats = client.stats()
     assert (stats.responses_received, stats.untracked, stats.internal_errors) == (1, 0, 0)
     assert server.stats().responses_sent == 1

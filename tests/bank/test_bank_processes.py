@@ -41,8 +41,8 @@ class Cluster(BankCluster):
         peers: Callable[[list[Bank]], list[str]] | None = None,
         **options: dict[str, str],
     ) -> list[Bank]:
-        """``count`` banks peered with each other, transferring; ``options[name]`` adds flags to one;
-        ``peers`` as in :meth:`BankCluster.start`."""
+        """``count`` banks peered with each other, transferring; ``options[name]`` adds flags to one
+        (an empty value: the flag alone); ``peers`` as in :meth:`BankCluster.start`."""
         commands = {
             f"b{i}": [
                 sys.executable,
@@ -54,7 +54,10 @@ class Cluster(BankCluster):
                 "--workers=4",
                 f"--initial={INITIAL}",
                 f"--seed={i}",
-                *(f"--{key}={value}" for key, value in options.get(f"b{i}", {}).items()),
+                *(
+                    f"--{key}={value}" if value else f"--{key}"
+                    for key, value in options.get(f"b{i}", {}).items()
+                ),
             ]
             for i in range(1, count + 1)
         }
@@ -79,12 +82,14 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 def credits_in_transit(cut: Cut) -> list[int]:
-    """The amounts of the Credit requests in the channels of ``cut``."""
-    return [
-        int(m.payload["amount"])
+    """The amounts of the Credit requests in the channels of ``cut``, each call once (two attempts of a
+    retried call may both be recorded; the cut lists such calls in ``duplicates``)."""
+    calls = {
+        (m.sender, m.call_id): int(m.payload["amount"])
         for m in cut.in_transit
         if m.kind == "request" and m.method.endswith("/Credit")
-    ]
+    }
+    return list(calls.values())
 
 
 def money(cut: Cut) -> int:
@@ -118,6 +123,29 @@ def test_snapshots_under_traffic_are_complete_and_conserve_money(cluster: Cluste
     stats = [cluster.stats(bank) for bank in banks]
     assert all(s["transfers_failed"] == 0 for s in stats), stats
     assert all(cluster.terminate(bank.proc) == 0 for bank in banks), "a bank did not exit cleanly on SIGTERM"
+
+
+def test_retries_to_other_servers_under_a_retry_policy_are_counted_once(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Every bank sends its transfers over one round_robin channel with a retryPolicy, and every bank
+    fails a quarter of the Credit calls with UNAVAILABLE before applying them: the retries reach the
+    same or another bank, often across a cut. Every cut completes and holds the money exactly."""
+    _, address = cluster.start_collector(tmp_path / "cuts.db")
+    flags = {"bounce-percent": "25", "balanced": "", "slow-state-ms": "10"}
+    banks = cluster.start_banks(3, address, **{f"b{i}": flags for i in range(1, 4)})
+    with CollectorClient(address) as client:
+        cuts = []
+        for _ in range(40):
+            cuts.append(client.snapshot(timeout=SNAPSHOT_TIMEOUT))
+            time.sleep(random.uniform(0, 0.05))
+    for cut in cuts:
+        assert_complete_and_conserving(cut, banks)
+    stats = [cluster.stats(bank) for bank in banks]
+    assert sum(s["credits_bounced"] for s in stats) >= 20, stats
+    assert sum(s["credits_retried"] for s in stats) >= 20, stats
+    assert sum(len(credits_in_transit(cut)) for cut in cuts) >= 5
+    assert all(cluster.terminate(bank.proc) == 0 for bank in banks)
 
 
 def test_a_proxy_that_strips_stamps_leaves_no_wrong_cut_unflagged(cluster: Cluster, tmp_path: Path) -> None:

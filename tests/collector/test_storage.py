@@ -256,8 +256,8 @@ def test_wal_foreign_keys_and_schema_version(tmp_path: Path, open_store: OpenSto
         conn.execute("PRAGMA foreign_keys = ON")
         with pytest.raises(sqlite3.IntegrityError):
             conn.execute(
-                "INSERT INTO channel_states VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (42, 0, "a", "b", "m", "request", 1, 0, "null"),
+                "INSERT INTO channel_states VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (42, 0, "a", "b", "m", "request", 1, 0, "null", 0),
             )
     finally:
         conn.close()
@@ -705,3 +705,16 @@ def test_a_version_2_file_is_migrated_and_its_cuts_cover_their_states_and_missin
     finally:
         store.close()
     assert raw_rows(path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+
+
+def test_a_stream_message_keeps_its_number_in_its_stream(tmp_path: Path, open_store: OpenStore) -> None:
+    path = tmp_path / "cuts.db"
+    message = StoredChannelState(
+        "b", "a", "/bank.Bank/Payout", "response", 13, 0, '{"amount": 7}', index=2**64 - 1
+    )
+    cut = dataclasses.replace(make_cut(1), in_transit=(message,))
+    open_store(path).save_cut(cut)
+    reopened = open_store(path)
+    stored = reopened.get_cut(1)
+    assert stored is not None and stored.in_transit == (message,)
+    assert cut_from_stored(stored).in_transit[0].index == 2**64 - 1

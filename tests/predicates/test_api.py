@@ -291,6 +291,25 @@ def test_conservation_with_a_constant_total() -> None:
     }
 
 
+def test_conservation_counts_a_call_once_however_many_of_its_attempts_are_in_transit() -> None:
+    first = credit("b:1", "b:2", 10, call_id=5)
+    retry = InTransitMessage("b:1", "b:3", CREDIT, "request", 5, 1, {"amount": 10})  # attempt 1, elsewhere
+    cut = bank({"b:1": 60, "b:2": 30, "b:3": 0}, [first, retry])
+    verdict = conservation(cut, state="balance", payload="amount", total=100)
+    assert isinstance(verdict, Holds)
+    assert verdict.witness["messages"] == 1
+    other_call = InTransitMessage("b:1", "b:3", CREDIT, "request", 6, 0, {"amount": 10})
+    assert isinstance(
+        conservation(
+            bank({"b:1": 60, "b:2": 30, "b:3": 0}, [first, other_call]),
+            state="balance",
+            payload="amount",
+            total=100,
+        ),
+        Violation,
+    )
+
+
 def test_a_conservation_violation_names_processes_messages_and_values() -> None:
     lost = credit("b:1", "b:2", 10, call_id=42)
     cut = bank({"b:1": 60, "b:2": 25}, [lost])

@@ -136,10 +136,22 @@ class SimProcess:
 
         return handler.context.run(debit_and_return)
 
-    def receive(self, outbound: Outbound, stamp: bytes | None, amount: int) -> None:
+    def bounce(self, handler: Handler, *, taken_back: bool = True) -> bytes | None:
+        """The handler fails before it applies anything (``UNAVAILABLE``, say): gRPC may retry the call.
+        Returns the stamp of the error answer. ``taken_back=False`` models an agent that reports the
+        failure as an ordinary answer."""
+        inbound = handler.inbound
+        if not isinstance(inbound, Inbound):
+            return None
+        stamp: bytes | None = handler.context.run(self.core.end_handler, inbound, failed=taken_back)
+        return stamp
+
+    def receive(self, outbound: Outbound, stamp: bytes | None, amount: int, *, failure: str = "") -> None:
         """The answer reaches the caller: merged and consumed as the client interceptor does, then
-        credited in the same step. An answer without a stamp settles the call as unstamped."""
-        self.core.end_call(outbound, stamp, None, json.dumps(amount) if stamp is not None else None)
+        credited in the same step. An answer without a stamp settles the call as unstamped; a
+        ``failure`` is the error status of an answer (with or without a stamp)."""
+        rendered = json.dumps(amount) if stamp is not None and not failure else None
+        self.core.end_call(outbound, stamp, failure or None, rendered)
         self.balance += amount
 
     def fail(self, outbound: Outbound, why: str) -> None:

@@ -32,6 +32,7 @@ from sim.world import (
     METHOD,
     SimConfig,
     SimResult,
+    bounced_late,
     conserved,
     record_truth,
     simulate,
@@ -44,6 +45,7 @@ from cutwatch.core import (
     REASON_TOO_MANY_CALLS,
     REASON_TOO_MANY_OPEN,
     REASON_TRUNCATED,
+    REQUEST,
     Answering,
     AssembledCut,
     AssemblyError,
@@ -91,6 +93,7 @@ def configs(
     uninstrumented: Flag = False,
     bounded: Flag = False,
     stripping: Flag = False,
+    retrying: Flag = False,
     **fixed: object,
 ) -> SimConfig:
     """A random world. Each feature is on (True), off (False) or drawn (None); ``fixed`` sets fields."""
@@ -125,6 +128,10 @@ def configs(
     if on(stripping):
         pairs = [(a, b) for a in range(n) for b in range(n) if a != b]
         values["strip"] = draw(st.frozensets(st.sampled_from(pairs), min_size=1, max_size=3))
+    if on(retrying):
+        values["retry_percent"] = draw(st.integers(1, 40))
+        values["max_attempts"] = draw(st.integers(2, 4))
+        values["balanced"] = draw(st.booleans() | st.just(True))
     if on(bounded):
         values["max_records"] = draw(st.integers(0, 3))
         values["max_open_epochs"] = draw(st.integers(1, 3))
@@ -134,7 +141,14 @@ def configs(
 
 
 ANYTHING = configs(
-    duplicates=None, stalled=None, lazy=None, lossy=None, uninstrumented=None, bounded=None, stripping=None
+    duplicates=None,
+    stalled=None,
+    lazy=None,
+    lossy=None,
+    uninstrumented=None,
+    bounded=None,
+    stripping=None,
+    retrying=None,
 )
 
 
@@ -148,6 +162,7 @@ def random_config(rng: random.Random) -> SimConfig:
     lazy = rng.sample(range(n), 1) if rng.random() < 0.2 else []
     uninstrumented = rng.sample(range(n), rng.randint(1, n - 1)) if rng.random() < 0.3 else []
     strip = rng.sample(pairs, rng.randint(1, min(3, len(pairs)))) if rng.random() < 0.2 else []
+    retrying = rng.random() < 0.3
     return SimConfig(
         n=n,
         steps=rng.randint(0, 160),
@@ -167,6 +182,8 @@ def random_config(rng: random.Random) -> SimConfig:
         max_records=rng.randint(0, 3) if bounded else 10_000,
         max_open_epochs=rng.randint(1, 3) if bounded else 8,
         balanced=rng.random() < 0.5,
+        retry_percent=rng.randint(1, 40) if retrying else 0,
+        max_attempts=rng.randint(2, 4),
     )
 
 
@@ -197,18 +214,23 @@ def assert_exact(result: SimResult, epoch: int) -> None:
     assert cut.status == "COMPLETE"
     assert set(cut.states) == set(result.participants)
     if not untracked(cut):
-        assert token_sum(cut) == result.expected_tokens[epoch]
+        assert conserved(cut, result), (token_sum(cut), result.expected_tokens[epoch])
     assert_clocks_consistent(cut)
-    keys = [record_truth(record) for record in cut.in_transit]
-    assert len(keys) == len(set(keys))
-    assert set(keys) == result.expected_in_transit[epoch]
+    keys = Counter(record_truth(record) for record in cut.in_transit)
+    # Two attempts of one call both recorded (the first one bounced after its server's marker): the
+    # call is listed as a duplicate, and carries its tokens once.
+    twice = {(caller, call_id) for (_, caller, call_id), n in keys.items() if n > 1}
+    assert twice <= {(d.caller, d.call_id) for d in cut.duplicates}
+    late = {(REQUEST, caller, call_id) for caller, call_id in bounced_late(cut, result)}
+    assert set(keys) - late == result.expected_in_transit[epoch] - late
 
 
 def assert_cuts(result: SimResult) -> None:
     """Every cut of a run against the ground truth (see the module docstring)."""
     assert sorted(result.cuts) == list(range(1, result.started + 1))
     for epoch, cut in result.cuts.items():
-        assert cut.duplicates == ()  # repeats to one receiver are dropped there, never settle twice
+        if not result.bounced:
+            assert cut.duplicates == ()  # repeats to one receiver are dropped there, never settle twice
         if cut.status == "COMPLETE":
             assert_exact(result, epoch)
         if untracked(cut):
@@ -221,7 +243,7 @@ def assert_cuts(result: SimResult) -> None:
             assert cut.status == "INCOMPLETE"
             continue
         # Recording ran to the end: the cut waited for exactly the calls that nobody can settle.
-        expected = result.expected_unsettled[epoch]
+        expected = result.expected_unsettled[epoch] - bounced_late(cut, result)
         assert cut.missing == ()
         assert {(call.caller, call.call_id) for call in cut.unsettled} == expected
         assert cut.status == ("INCOMPLETE" if expected else "COMPLETE")
@@ -320,6 +342,17 @@ def test_hops_that_strip_stamps_never_leave_a_wrong_complete_cut(cfg: SimConfig,
     assert_cuts(simulate(cfg, rng))
 
 
+@sim(300)
+@given(configs(retrying=True, lossy=None, duplicates=None, stalled=None, lazy=None), RANDOMS)
+def test_retried_calls_are_exact_whichever_server_each_attempt_reaches(
+    cfg: SimConfig, rng: random.Random
+) -> None:
+    """A handler fails before applying its request and gRPC sends the call again, to the same server or
+    another: the record of the attempt that bounced is taken back, so the call waits for its next
+    attempt (or its fence), and no cut counts its tokens twice or not at all."""
+    assert_cuts(simulate(cfg, rng))
+
+
 @sim(250)
 @given(configs(bounded=True, duplicates=None, lazy=None, uninstrumented=None), RANDOMS)
 def test_bounded_recording_never_reports_a_truncated_cut_complete(cfg: SimConfig, rng: random.Random) -> None:
@@ -367,6 +400,7 @@ def test_thousands_of_seeded_worlds_exercise_every_rule() -> None:
         seen["late requests refused"] += result.refused
         seen["late requests delivered before any fence"] += result.late_delivered
         seen["stamps stripped"] += result.stripped
+        seen["requests bounced and retried"] += result.bounced
         for epoch, cut in result.cuts.items():
             if cut.status == "COMPLETE":
                 seen["complete"] += 1
@@ -397,6 +431,7 @@ def test_thousands_of_seeded_worlds_exercise_every_rule() -> None:
         "balanced deliveries": 5000,
         "duplicates": 1000,
         "unstamped calls": 1000,
+        "requests bounced and retried": 1000,
     }
     assert all(seen[what] >= least for what, least in minimum.items()), seen
 
@@ -476,6 +511,25 @@ def test_without_untracked_counts_hypothesis_finds_a_stripped_message_a_complete
     assert result.stripped > 0 and violates_conservation(result)
     # The same world, counts read: exact.
     assert_cuts(simulate(dataclasses.replace(cfg, untracked_check=True), random.Random(seed)))
+
+
+def test_without_taking_bounced_records_back_hypothesis_finds_a_retry_counted_twice() -> None:
+    """An agent that reports a handler's failure as an ordinary answer: the record of the attempt that
+    bounced settles the call while the next attempt is applied by another server before its cut, and a
+    COMPLETE cut holds the tokens twice."""
+    worlds = configs(retrying=True, bounces=False, balanced=True)
+    cfg, seed = find(
+        st.tuples(worlds, st.integers(0, 2**32 - 1)),
+        lambda example: violates_conservation(simulate(example[0], random.Random(example[1]))),
+        settings=settings(max_examples=2000, database=None, deadline=None),
+        random=random.Random(0),
+    )
+    result = simulate(cfg, random.Random(seed))
+    assert result.bounced > 0
+    bad = [c for c in result.cuts.values() if c.status == "COMPLETE" and not conserved(c, result)]
+    assert bad and all(token_sum(cut) > result.expected_tokens[cut.epoch] for cut in bad)
+    # The same world, bounced records taken back: exact.
+    assert_cuts(simulate(dataclasses.replace(cfg, bounces=True), random.Random(seed)))
 
 
 def test_a_stripped_request_delivered_after_its_caller_gave_up_is_the_gap_that_remains() -> None:

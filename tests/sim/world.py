@@ -41,6 +41,7 @@ import dataclasses
 import json
 import random
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sim.process import METHOD, Handler, SimProcess, without_epoch
@@ -49,11 +50,13 @@ from cutwatch.core import (
     REQUEST,
     RESPONSE,
     AssembledCut,
+    Bounced,
     ChannelRecord,
     CutAssembler,
     Flushed,
     LocalSnapshot,
     Outbound,
+    ProcessCore,
     SnapshotEvent,
 )
 
@@ -62,7 +65,9 @@ __all__ = [
     "METHOD",
     "SimConfig",
     "SimResult",
+    "bounced_late",
     "conserved",
+    "lost_later",
     "record_truth",
     "simulate",
     "token_sum",
@@ -133,6 +138,19 @@ class SimConfig:
     strip: frozenset[tuple[int, int]] = frozenset()
     untracked_check: bool = True
     late_stripped: bool = False
+    retry_percent: int = 0
+    max_attempts: int = 3
+    bounces: bool = True
+    silent: frozenset[int] = frozenset()
+    """Processes whose agent falls silent at step ``silent_at``: no report reaches the collector and
+    no order reaches them from then on (a hung agent, a half-open stream)."""
+    silent_at: int = 0
+    silent_dies: bool = False
+    """The silent processes die instead: they also stop running, and what reaches them is lost."""
+    drop_silent_after: int | None = None
+    """Steps after ``silent_at`` from which the collector leaves the silent processes out of new
+    snapshots (the coordinator drops a silent agent and, past its rejoin grace, no longer waits for
+    it); None: never."""
 
 
 @dataclass(eq=False)
@@ -159,6 +177,10 @@ class AppMsg:
     """Lost, but held somewhere: it comes back once its caller gave up."""
     stripped: bool = False
     """A hop dropped its stamp on the way: no participant can place it."""
+    attempt: int = 0
+    """Which attempt of its call this request is (gRPC's ``grpc-previous-rpc-attempts``)."""
+    failure: str = ""
+    """An answer with an error status (the last attempt of a call bounced)."""
 
     @property
     def stamped(self) -> bool:
@@ -192,6 +214,9 @@ class CallTruth:
     blocked: list[tuple[str, int]] = field(default_factory=list)
     stripped: bool = False
     """Its request lost its stamp: its server never says it is answering it."""
+    failure_stuck: bool = False
+    """Its last attempt bounced and the error answer is stuck: with the bounced record taken back,
+    nothing settles it (its caller never learns it failed)."""
 
 
 @dataclass(eq=False)
@@ -206,6 +231,32 @@ class Control:
     round: int = 0
     fence: tuple[tuple[str, int], ...] = ()
     forget: tuple[int, ...] = ()
+
+    def carry_out(self, core: ProcessCore) -> None:
+        """What the receiver's agent does with the order."""
+        if self.close:
+            core.close_epoch(self.epoch, self.forget)
+        elif self.flush:
+            core.flush(self.epoch, self.round, self.fence)
+        else:
+            core.take_snapshot(self.epoch)
+
+
+def run_to_the_end(
+    steps: int,
+    step: Callable[..., bool],
+    assemblers: Mapping[int, CutAssembler],
+    cuts: dict[int, AssembledCut],
+) -> None:
+    """``steps`` steps of work, then steps until nothing can happen; the cuts still open are finished
+    as they stand."""
+    for _ in range(steps):
+        step(workload=True)
+    while step(workload=False):
+        pass
+    for epoch, assembler in assemblers.items():
+        if epoch not in cuts:
+            cuts[epoch] = assembler.finish()
 
 
 @dataclass(eq=False)
@@ -263,6 +314,20 @@ class SimResult:
     """Late requests delivered because no snapshot had fenced their calls yet."""
     stripped: int
     """Messages whose stamp a hop dropped."""
+    bounced: int = 0
+    """Requests whose handler failed before applying them (each retried or failed at its caller)."""
+    late_bounced: frozenset[tuple[int, str, int]] = frozenset()
+    """(epoch, caller, call id) of requests whose bounce reached the collector after cut ``epoch``
+    had completed with their record: in transit at the cut, their fate came later."""
+    lost_after_bounce: frozenset[CallRef] = frozenset()
+    """Calls whose tokens left the participants after one of their attempts bounced: a retry lost,
+    no attempt left, or a retry that reached a server without an agent."""
+    members: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    """Each snapshot's participants (all instrumented processes unless the collector dropped some)."""
+    started_at: dict[int, int] = field(default_factory=dict)
+    subsystem_tokens: dict[int, int] = field(default_factory=dict)
+    """What cut k of its members must hold (see :meth:`Simulation.expected_subsystem_tokens`)."""
+    subsystem_in_transit: dict[int, set[CallMsg]] = field(default_factory=dict)
 
 
 def record_truth(record: ChannelRecord) -> CallMsg:
@@ -271,17 +336,56 @@ def record_truth(record: ChannelRecord) -> CallMsg:
 
 
 def token_sum(cut: AssembledCut) -> int:
-    """Balances in the cut's states plus the amounts recorded in transit."""
+    """Balances in the cut's states plus the amounts recorded in transit, each call's message once:
+    two attempts of one call recorded in transit carry its tokens once (the cut lists such calls in
+    ``duplicates``)."""
     total = 0
     for state in cut.states.values():
         assert isinstance(state, dict) and isinstance(state.get("balance"), int), state
         total += state["balance"]
-    return total + sum(int(json.loads(record.payload_json)) for record in cut.in_transit)
+    amounts = {record_truth(record): tokens(record) for record in cut.in_transit}
+    return total + sum(amounts.values())
+
+
+def tokens(record: ChannelRecord) -> int:
+    """The tokens a recorded message carries (an error answer carries none: its payload is null)."""
+    return int(json.loads(record.payload_json) or 0)
+
+
+def bounced_late(cut: AssembledCut, result: SimResult) -> set[CallRef]:
+    """Calls whose request the cut holds although that attempt bounced.
+
+    The request really was in transit at the cut (delivered to a handler after its server's cut, or
+    waiting for one at it); what became of the call came later, so the ground truth of the call's
+    latest attempt does not describe this cut. The cut keeps such a record when the bounce reached
+    the collector after the cut had completed, or when no attempt followed (the call failed, or its
+    next attempt was lost or went to a server without an agent: its tokens left later).
+    """
+    return {
+        (record.caller, record.msg_key.call_id)
+        for record in cut.in_transit
+        if record.kind == REQUEST
+        and (
+            (cut.epoch, record.caller, record.msg_key.call_id) in result.late_bounced
+            or (record.caller, record.msg_key.call_id) in result.lost_after_bounce
+        )
+    }
+
+
+def lost_later(cut: AssembledCut, result: SimResult) -> dict[CallMsg, int]:
+    """Of :func:`bounced_late`, the requests whose tokens left the participants afterwards (the ground
+    truth counts lost tokens from their send), with their tokens."""
+    late = bounced_late(cut, result) & result.lost_after_bounce
+    return {
+        record_truth(record): tokens(record)
+        for record in cut.in_transit
+        if record.kind == REQUEST and (record.caller, record.msg_key.call_id) in late
+    }
 
 
 def conserved(cut: AssembledCut, result: SimResult) -> bool:
     """Balances plus tokens in transit equal what the participants hold by the ground truth."""
-    return token_sum(cut) == result.expected_tokens[cut.epoch]
+    return token_sum(cut) == result.expected_tokens[cut.epoch] + sum(lost_later(cut, result).values())
 
 
 class Simulation:
@@ -328,6 +432,9 @@ class Simulation:
         self.stalled = {(f"p{a}", f"p{b}") for a, b in config.stalled}
         self.strip = {(f"p{a}", f"p{b}") for a, b in config.strip}
         self.stripped = 0
+        self.bounced = 0
+        self.lost_after_bounce: set[CallRef] = set()
+        self.late_bounced: set[tuple[int, str, int]] = set()
         self.untracked_seen: dict[str, int] = {}  # the collector's latest count of each agent
         self.lazy = {f"p{i}" for i in config.lazy}
         # Ground truth: every stamped message, the receiver's epoch when it was counted consumed,
@@ -338,16 +445,17 @@ class Simulation:
         self.cut_at: dict[str, dict[int, int]] = {proc.pid: {} for proc in self.procs}
         self.outflow: list[tuple[int, int]] = []  # (request epoch, amount) of requests applied outside
         self.inflow: list[tuple[int, int]] = []  # (caller's epoch, amount) of unstamped refunds received
+        self.silent = {f"p{i}" for i in config.silent}
+        self.members: dict[int, tuple[str, ...]] = {}
+        self.started_at: dict[int, int] = {}
 
     # Driving ---------------------------------------------------------------------------
     def run(self) -> SimResult:
-        for _ in range(self.cfg.steps):
-            self._step(workload=True)
-        while self._step(workload=False):
-            pass
-        for epoch, assembler in self.assemblers.items():
-            if epoch not in self.cuts:
-                self.cuts[epoch] = assembler.finish()
+        run_to_the_end(self.cfg.steps, self._step, self.assemblers, self.cuts)
+        for msg in self.stuck:
+            if msg.kind == RESPONSE and not msg.lost and self._call(msg).failed_at is not None:
+                # Its caller gave the call up: gRPC would hand it no late answer (see _deliver_app).
+                self._lose_for_good(msg)
         return SimResult(
             config=self.cfg,
             participants=tuple(self.by_pid),
@@ -367,11 +475,20 @@ class Simulation:
             refused=self.refused,
             late_delivered=self.late_delivered,
             stripped=self.stripped,
+            bounced=self.bounced,
+            lost_after_bounce=frozenset(self.lost_after_bounce),
+            late_bounced=frozenset(self.late_bounced),
+            members=dict(self.members),
+            started_at=dict(self.started_at),
+            subsystem_tokens={k: self.expected_subsystem_tokens(k) for k in self.cuts},
+            subsystem_in_transit={k: self.expected_subsystem_in_transit(k) for k in self.cuts},
         )
 
     def _step(self, *, workload: bool) -> bool:
         """One scheduler step; False when nothing at all can happen (only when draining)."""
         self.now += 1
+        if self.cfg.silent_dies and self.now == self.cfg.silent_at:
+            self._die()
         self._deliver_overdue_reports()
         self._notice_failures()
         self._release_held()
@@ -379,8 +496,8 @@ class Simulation:
         if starting and self.rng.randrange(100) < self.cfg.snapshot_percent:
             self._start_snapshot()
             return True
-        consumers = [p for p in self.procs if p.waiting and p.pid not in self.lazy]
-        responders: list[Proc | External] = [p for p in self.procs if p.replies]
+        consumers = [p for p in self.procs if p.waiting and p.pid not in self.lazy and not self._dead(p.pid)]
+        responders: list[Proc | External] = [p for p in self.procs if p.replies and not self._dead(p.pid)]
         responders += [e for e in self.externals.values() if e.replies]
         options: list[str] = []
         if self.network:
@@ -423,7 +540,7 @@ class Simulation:
     # Application --------------------------------------------------------------------------
     def _transfer(self) -> None:
         proc = self.rng.choice(self.procs)
-        if proc.process.balance <= 0 or self.cfg.n < 2:
+        if proc.process.balance <= 0 or self.cfg.n < 2 or self._dead(proc.pid):
             return
         others = [pid for pid in self.all_pids if pid != proc.pid]
         if self.cfg.balanced:
@@ -484,6 +601,15 @@ class Simulation:
                 return  # it stays lost
             self.stuck.append(msg)
             self._call(msg).blocked.append((msg.kind, msg.epoch))
+            self._call(msg).failure_stuck = self._call(msg).failure_stuck or bool(msg.failure)
+            return
+        if self._dead(msg.receiver):
+            # Nobody there: gone; a caller still alive notices, as a deadline would.
+            self._lose_for_good(msg)
+            if msg.kind == REQUEST:
+                self.notices.append(
+                    (self.now + self.rng.randint(1, self.cfg.notice_delay), msg.caller, msg.call_id)
+                )
             return
         if msg.kind == RESPONSE and self._call(msg).failed_at is not None:
             # The caller's call failed already: gRPC hands the application no late answer.
@@ -497,6 +623,8 @@ class Simulation:
         if external is not None:
             # Applied at once, no bookkeeping (and no fence): the tokens leave the participants.
             self._came_back(msg)
+            if msg.attempt > 0:
+                self.lost_after_bounce.add((msg.caller, msg.call_id))
             external.balance += msg.amount
             self.outflow.append((msg.epoch, msg.amount))
             external.replies.append(msg)
@@ -508,9 +636,15 @@ class Simulation:
         before = proc.process.epoch
         if msg.kind == RESPONSE:
             call = self._call(msg)
-            proc.process.receive(call.outbound, stamp, msg.amount)
+            # The agent says that a stamped error is one of a bounced request only with bounces on.
+            failure = msg.failure if self.cfg.bounces or not msg.stamped else ""
+            proc.process.receive(call.outbound, stamp, msg.amount, failure=failure)
             call.ended_epoch = proc.process.epoch
-            if msg.stamped:
+            if msg.failure:
+                call.failed_at = self.now  # the error of its last attempt: its tokens are lost
+                if msg.stamped:
+                    self.consumed_epoch[msg.truth] = proc.process.epoch
+            elif msg.stamped:
                 self.consumed_epoch[msg.truth] = proc.process.epoch
             elif msg.stripped:
                 pass  # tokens between participants, that no cut can place
@@ -521,7 +655,7 @@ class Simulation:
             self._note_cuts(proc, before)
             self._flush(proc)
             return
-        handler = proc.process.deliver(stamp, json.dumps(msg.amount))
+        handler = proc.process.deliver(stamp, json.dumps(msg.amount), attempt=msg.attempt)
         self._note_cuts(proc, before)
         if handler.refused:
             # A late request whose call a snapshot fenced: never run, its tokens are gone.
@@ -549,6 +683,8 @@ class Simulation:
     def _lose(self, msg: AppMsg) -> None:
         """Gone, or held somewhere until after its caller gave it up; the caller notices later, as a
         deadline would."""
+        if msg.attempt > 0:
+            self.lost_after_bounce.add((msg.caller, msg.call_id))
         self._lose_for_good(msg)
         due = self.now + self.rng.randint(1, self.cfg.notice_delay)
         self.notices.append((due, msg.caller, msg.call_id))
@@ -563,7 +699,8 @@ class Simulation:
 
     def _came_back(self, msg: AppMsg) -> None:
         """A held request is delivered after all: an ordinary (late) delivery, not a loss."""
-        if msg.lost:
+        if msg.lost and msg.held:
+            self.lost_after_bounce.discard((msg.caller, msg.call_id))  # its tokens did not leave
             msg.lost = False
             self.lost.remove(msg)
             self.late_delivered += 1
@@ -592,6 +729,9 @@ class Simulation:
             self._flush(proc)
 
     def _consume(self, proc: Proc, handler: Handler, msg: AppMsg) -> None:
+        if not handler.duplicate and msg.stamped and self.rng.randrange(100) < self.cfg.retry_percent:
+            self._bounce(proc, handler, msg)
+            return
         if handler.duplicate:
             # The handler is idempotent per call id: it applies nothing, and its answer goes nowhere.
             proc.process.apply(handler, 0)
@@ -602,6 +742,44 @@ class Simulation:
                 self._count_consumed(proc, handler, msg)
             proc.replies.append((handler, msg))
         self._flush(proc)
+
+    def _bounce(self, proc: Proc, handler: Handler, msg: AppMsg) -> None:
+        """The handler fails before applying anything; gRPC's retry policy sends the call again, as the
+        next attempt with the same stamp, to any of its servers (this one or another), until its
+        attempts run out and the call fails at its caller."""
+        delivery = handler.delivery
+        if self.cfg.bounces and delivery is not None:
+            # Cuts that completed with its record before it bounced keep it (closed ones say nothing).
+            late = [k for k in delivery.recorded_in if k in self.cuts]
+            self.late_bounced.update((k, msg.caller, msg.call_id) for k in late)
+        answer = proc.process.bounce(handler, taken_back=self.cfg.bounces)
+        self.bounced += 1
+        self._flush(proc)
+        gave_up = self._call(msg).failed_at is not None  # a late delivery: nobody retries it
+        if gave_up or msg.attempt + 1 >= self.cfg.max_attempts:
+            self.lost_after_bounce.add((msg.caller, msg.call_id))
+            self._lose_for_good(msg)
+            msg.held = False  # its repeats are duplicates now, not the held request coming back
+            if not gave_up:
+                # No attempt left: the caller gets this attempt's error, stamped as bounced.
+                failed = AppMsg(
+                    proc.pid,
+                    (msg.caller,),
+                    0,
+                    proc.process.epoch,
+                    proc.process.tick,
+                    RESPONSE,
+                    msg.call_id,
+                    answer,
+                    receiver=msg.caller,
+                    failure="UNAVAILABLE",
+                )
+                self.messages[failed.truth] = failed
+                self.network.append(failed)
+            return
+        retry = dataclasses.replace(msg, receiver="", delivered=False, attempt=msg.attempt + 1)
+        self.messages[retry.truth] = retry
+        self.network.append(retry)
 
     def _count_consumed(self, proc: Proc, handler: Handler, msg: AppMsg) -> None:
         if not handler.duplicate:
@@ -614,8 +792,31 @@ class Simulation:
     def _start_snapshot(self) -> None:
         epoch = self.next_epoch
         self.next_epoch += 1
-        self.assemblers[epoch] = CutAssembler(epoch, self.by_pid, dict(self.untracked_seen))
-        self.network.extend(Control(proc.pid, epoch) for proc in self.procs)
+        members = [pid for pid in self.by_pid if not self._dropped(pid)]
+        self.members[epoch], self.started_at[epoch] = tuple(members), self.now
+        self.assemblers[epoch] = CutAssembler(epoch, members, dict(self.untracked_seen))
+        self.network.extend(Control(pid, epoch) for pid in members)
+
+    def _die(self) -> None:
+        """The silent processes die: the calls they were serving break, and their callers notice."""
+        for pid in sorted(self.silent):
+            proc = self.by_pid[pid]
+            for _, msg in [*proc.waiting, *proc.replies]:
+                due = self.now + self.rng.randint(1, self.cfg.notice_delay)
+                self.notices.append((due, msg.caller, msg.call_id))
+            proc.waiting, proc.replies = [], []
+
+    def _silent(self, pid: str) -> bool:
+        """Whether ``pid``'s agent has fallen silent: its reports and the collector's orders are lost."""
+        return pid in self.silent and self.now >= self.cfg.silent_at
+
+    def _dead(self, pid: str) -> bool:
+        return self.cfg.silent_dies and self._silent(pid)
+
+    def _dropped(self, pid: str) -> bool:
+        """Whether the collector no longer waits for ``pid`` in new snapshots."""
+        after = self.cfg.drop_silent_after
+        return after is not None and pid in self.silent and self.now >= self.cfg.silent_at + after
 
     def _deliver(self, item: Item) -> None:
         if isinstance(item, AppMsg):
@@ -623,14 +824,11 @@ class Simulation:
             return
         proc = self.by_pid[item.receiver]
         core = proc.process.core
-        if item.close:
-            core.close_epoch(item.epoch, item.forget)
-        elif item.flush:
-            core.flush(item.epoch, item.round, item.fence)
-        else:
-            before = core.epoch
-            core.take_snapshot(item.epoch)
-            self._note_cuts(proc, before)
+        if self._silent(proc.pid):
+            return  # the collector's stream to it is dead
+        before = core.epoch
+        item.carry_out(core)
+        self._note_cuts(proc, before)
         self._flush(proc)
 
     def _note_cuts(self, proc: Proc, before: int) -> None:
@@ -638,6 +836,9 @@ class Simulation:
             self.cut_at[proc.pid][epoch] = self.now
 
     def _flush(self, proc: Proc) -> None:
+        if self._silent(proc.pid):
+            proc.process.drain()  # nothing reaches the collector any more
+            return
         self.reports[proc.pid].extend(Report(event, self.now) for event in proc.process.drain())
 
     def _deliver_overdue_reports(self) -> None:
@@ -656,6 +857,8 @@ class Simulation:
             seen = self.untracked_seen.get(event.process, 0)
             self.untracked_seen[event.process] = max(seen, event.untracked_changes)
         if event.epoch in self.cuts:
+            if isinstance(event, Bounced):
+                self.late_bounced.add((event.epoch, event.msg_key.sender, event.msg_key.call_id))
             return  # finished already: late pieces are ignored
         assembler = self.assemblers[event.epoch]
         assembler.add(event)
@@ -716,7 +919,35 @@ class Simulation:
             for call in self.calls.values()
             if call.sent_epoch < k
             and call.ended_epoch is None
-            and (call.stripped or any(kind == REQUEST or epoch < k for kind, epoch in call.blocked))
+            and (
+                call.stripped
+                or call.failure_stuck
+                or any(kind == REQUEST or epoch < k for kind, epoch in call.blocked)
+            )
+        }
+
+    def expected_subsystem_tokens(self, k: int) -> int:
+        """What cut k of its members must hold: their tokens, less what they sent outside (or lost)
+        before their cuts, plus what they consumed from outside before their cuts. (No uninstrumented
+        servers in worlds with silent processes.)"""
+        members = set(self.members.get(k, self.by_pid))
+        total = self.cfg.initial * len(members)
+        for key, msg in self.messages.items():
+            if not msg.stamped and not msg.stripped:
+                continue
+            inside_from, inside_to = msg.sender in members, msg.receiver in members
+            if inside_from and msg.epoch < k and (msg.lost or not inside_to):
+                total -= msg.amount
+            elif not inside_from and inside_to and self.consumed_epoch.get(key, k) < k:
+                total += msg.amount
+        return total
+
+    def expected_subsystem_in_transit(self, k: int) -> set[CallMsg]:
+        members = set(self.members.get(k, self.by_pid))
+        return {
+            key
+            for key in self.expected_in_transit(k)
+            if self.messages[key].sender in members and self.messages[key].receiver in members
         }
 
 

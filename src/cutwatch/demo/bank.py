@@ -26,6 +26,7 @@ addresses, its own may be in it) and transfers money until SIGTERM.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import random
 import sys
@@ -34,7 +35,7 @@ import time
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.struct_pb2 import Struct
@@ -50,18 +51,48 @@ TRANSFER_TIMEOUT = 30.0
 """Deadline of one Credit call: long enough that a healthy, loaded peer always answers in time."""
 
 _LOG = logging.getLogger("bank")
+ATTEMPT_HEADER = "grpc-previous-rpc-attempts"
+RETRYING_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [
+        {
+            "name": [{"service": SERVICE}],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.005s",
+                "maxBackoff": "0.05s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+}
+"""gRPC's service config for ``--balanced``: spread Credit calls over the peers, retry UNAVAILABLE."""
 
 
 class Bank:
     """One bank's money, its peers and its counters."""
 
-    def __init__(self, agent: cutwatch.Agent, initial: int, max_delay: float, slow_state: float) -> None:
+    def __init__(
+        self,
+        agent: cutwatch.Agent,
+        initial: int,
+        max_delay: float,
+        slow_state: float,
+        *,
+        bounce: float = 0.0,
+        balanced: bool = False,
+    ) -> None:
         self.agent = agent
         self.balance = initial
         self.transfers_ok = 0
         self.transfers_failed = 0
+        self.credits_bounced = 0
+        self.credits_retried = 0
         self._max_delay = max_delay
         self._slow_state = slow_state
+        self._bounce = bounce
+        self._balanced = balanced
         # atomic() is about cuts; this lock is about threads (balance, counters, peers).
         self._lock = threading.Lock()
         self._peers: dict[str, grpc.UnaryUnaryMultiCallable[Struct, Struct]] = {}
@@ -76,8 +107,16 @@ class Bank:
 
     # Server side ---------------------------------------------------------------------------------
     def credit(self, request: Struct, context: grpc.ServicerContext) -> Struct:
+        retried = any(key == ATTEMPT_HEADER for key, _ in context.invocation_metadata())
         # Wait a little first, so that calls overtake each other and some are in transit at a cut.
         time.sleep(random.uniform(0, self._max_delay))
+        bounce = random.random() < self._bounce
+        with self._lock:
+            self.credits_retried += retried
+            self.credits_bounced += bounce
+        if bounce:
+            # Before anything is applied: the caller's retry policy sends the call again.
+            context.abort(grpc.StatusCode.UNAVAILABLE, "bounced: try another server")
         with self.agent.atomic(), self._lock:
             self.balance += int(request["amount"])  # type: ignore[arg-type]  # a number, from our peers
         return Struct()
@@ -88,6 +127,8 @@ class Bank:
                 process=self.agent.process_id,
                 transfers_ok=self.transfers_ok,
                 transfers_failed=self.transfers_failed,
+                credits_bounced=self.credits_bounced,
+                credits_retried=self.credits_retried,
                 balance=self.balance,
                 peers_alive=len(self._peers),
             )
@@ -106,7 +147,19 @@ class Bank:
 
     # Client side ---------------------------------------------------------------------------------
     def connect(self, addresses: list[str]) -> None:
-        """One instrumented channel per peer (a client interceptor per channel)."""
+        """One instrumented channel per peer (a client interceptor per channel), or, ``balanced``, one
+        over all of them that spreads calls (``round_robin``) and retries UNAVAILABLE."""
+        if self._balanced and addresses:
+            target = "ipv4:" + ",".join(addresses)
+            options = [("grpc.service_config", json.dumps(RETRYING_CONFIG))]
+            channel = grpc.intercept_channel(
+                grpc.insecure_channel(target, options=options), self.agent.client_interceptor()
+            )
+            self._channels.append(channel)
+            self._peers[target] = channel.unary_unary(
+                CREDIT, request_serializer=Struct.SerializeToString, response_deserializer=Struct.FromString
+            )
+            return
         for address in addresses:
             channel = grpc.intercept_channel(grpc.insecure_channel(address), self.agent.client_interceptor())
             self._channels.append(channel)
@@ -129,13 +182,22 @@ class Bank:
                 # The request that carries the money and the debit are on the same side of every cut.
                 future = credit.future(struct(amount=amount), timeout=TRANSFER_TIMEOUT)
                 self.balance -= amount
-            try:
-                future.result()
-            except grpc.RpcError as exc:
-                self._failed(address, amount, exc)
-            else:
-                with self._lock:
-                    self.transfers_ok += 1
+            while True:
+                try:
+                    future.result()
+                except grpc.RpcError as exc:
+                    if self._balanced and exc.code() == grpc.StatusCode.UNAVAILABLE and not stop.is_set():
+                        # Every attempt bounced, so nothing was applied: send the money again rather
+                        # than refund it. A refund would be value carried by the failure, a response,
+                        # which a cut can split (docs/snapshots.md); a new request carries it whole.
+                        with self.agent.atomic():
+                            future = credit.future(struct(amount=amount), timeout=TRANSFER_TIMEOUT)
+                        continue
+                    self._failed(address, amount, exc)
+                else:
+                    with self._lock:
+                        self.transfers_ok += 1
+                break
 
     def _failed(self, address: str, amount: int, exc: grpc.RpcError) -> None:
         """Refund a transfer whose Credit failed; a peer that is gone leaves the peer list.
@@ -148,7 +210,9 @@ class Bank:
         with self.agent.atomic(), self._lock:
             self.balance += amount
             self.transfers_failed += 1
-            if code == grpc.StatusCode.UNAVAILABLE and self._peers.pop(address, None) is not None:
+            # Over one balanced channel, UNAVAILABLE means every attempt bounced, not a peer gone.
+            gone = code == grpc.StatusCode.UNAVAILABLE and not self._balanced
+            if gone and self._peers.pop(address, None) is not None:
                 _LOG.warning("peer %s is unavailable; dropped it", address)
 
     def close(self) -> None:
@@ -173,6 +237,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-delay-ms", type=float, default=20.0, help="Credit handlers wait up to this.")
     parser.add_argument("--slow-state-ms", type=float, default=0.0, help="The state provider takes this.")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--bounce-percent",
+        type=float,
+        default=0.0,
+        help="Percent of Credit calls failed with UNAVAILABLE before they apply anything (retried).",
+    )
+    parser.add_argument(
+        "--balanced",
+        action="store_true",
+        help="Send transfers over one round_robin channel to all peers that retries UNAVAILABLE.",
+    )
     return parser.parse_args(argv)
 
 
@@ -183,7 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     random.seed(seed)
 
     agent = cutwatch.Agent(service="bank", instance_id=args.name, collector=args.collector).start()
-    bank = Bank(agent, args.initial, args.max_delay_ms / 1000, args.slow_state_ms / 1000)
+    bank = Bank(
+        agent,
+        args.initial,
+        args.max_delay_ms / 1000,
+        args.slow_state_ms / 1000,
+        bounce=args.bounce_percent / 100,
+        balanced=args.balanced,
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=SERVER_THREADS),
         interceptors=[agent.server_interceptor(max_workers=SERVER_THREADS)],
@@ -192,9 +274,19 @@ def main(argv: list[str] | None = None) -> int:
     return serve(agent, bank, server, args.name, args.ready_file, args.peers_file, args.workers, seed, stop)
 
 
+class Service(Protocol):
+    """What :func:`serve` runs: a bank of any kind that meets its peers and moves money to them."""
+
+    def connect(self, addresses: list[str]) -> None: ...
+
+    def transfer_forever(self, stop: threading.Event, rng: random.Random) -> None: ...
+
+    def close(self) -> None: ...
+
+
 def serve(
     agent: cutwatch.Agent,
-    bank: Bank,
+    bank: Service,
     server: grpc.Server,
     name: str,
     ready_file: Path,
