@@ -21,10 +21,10 @@ import wrapt
 from cutwatch.agent._calls import (
     NOT_VISIBLE,
     STREAM_RESPONSE,
+    CountedWrites,
     counted_sends_async,
     failure_name,
     finish_outbound,
-    sending,
     took,
     waiting,
 )
@@ -50,21 +50,7 @@ def _stamped_details(details: grpc.aio.ClientCallDetails, stamp: bytes) -> grpc.
     )
 
 
-class _Writes:
-    """``write()`` of an aio call whose requests stream: the message counts as sent when ``write`` is
-    called (inside an ``atomic()`` block, with the change it carries), not when it is awaited."""
-
-    _self_core: ProcessCore
-    _self_end: StreamEnd | None
-    __wrapped__: Any
-
-    def write(self, request: Any) -> Any:
-        if self._self_end is not None:
-            sending(self._self_core, self._self_end, request)
-        return self.__wrapped__.write(request)
-
-
-class _StampedCall(_Writes, wrapt.ObjectProxy[Any]):
+class _StampedCall(CountedWrites, wrapt.ObjectProxy[Any]):
     """Proxy of an aio call with a response stream that finishes the outbound call when it ends and
     counts the messages the application takes; its stream end closes when the application stops
     reading (the stream ends, the call is cancelled, the call object is dropped)."""
@@ -204,7 +190,7 @@ class _AioClientBase:
         return _AwaitedCall(call, outbound, self._core, stream)
 
 
-class _AwaitedCall(_Writes, wrapt.ObjectProxy[Any]):
+class _AwaitedCall(CountedWrites, wrapt.ObjectProxy[Any]):
     """A unary-response aio call that marks its caller blocking while it awaits it (and counts the
     messages it writes, for a request stream)."""
 

@@ -17,14 +17,14 @@ import grpc
 import grpc.aio
 import wrapt
 
-from cutwatch.agent._calls import counted_pulls_async, counted_sends_async, sending, took
+from cutwatch.agent._calls import CountedWrites, counted_pulls_async, counted_sends_async, took
 from cutwatch.agent._metadata import with_stamp
 from cutwatch.agent._server import HandlerCache, _HandlerWrapper, add_response_stamp, stamp_key, wrap_handler
 from cutwatch.core import Inbound, ProcessCore, Refused, StreamEnd
 from cutwatch.proto import AioServerInterceptorBase
 
 
-class _StampingContext(wrapt.ObjectProxy[Any]):
+class _StampingContext(CountedWrites, wrapt.ObjectProxy[Any]):
     """The servicer context, with aborts that carry the response stamp, and, for a streaming call,
     ``read()`` and ``write()`` that count the stream's messages (a write counts when it is called,
     so that one called inside an ``atomic()`` block goes with the change it carries)."""
@@ -40,19 +40,14 @@ class _StampingContext(wrapt.ObjectProxy[Any]):
         super().__init__(context)
         self._self_core = core
         self._self_inbound = inbound
-        self._self_stream = stream
+        self._self_end = stream
         self._self_max_payload = max_payload
 
     async def read(self) -> Any:
         message = await self.__wrapped__.read()
-        if self._self_stream is not None and message is not grpc.aio.EOF:  # type: ignore[attr-defined]
-            took(self._self_core, self._self_stream, message, self._self_max_payload)
+        if self._self_end is not None and message is not grpc.aio.EOF:  # type: ignore[attr-defined]
+            took(self._self_core, self._self_end, message, self._self_max_payload)
         return message
-
-    def write(self, message: Any) -> Any:
-        if self._self_stream is not None:
-            sending(self._self_core, self._self_stream, message)
-        return self.__wrapped__.write(message)
 
     def _self_trailing(self, trailing_metadata: Any) -> Any:
         base = trailing_metadata or self.__wrapped__.trailing_metadata()

@@ -23,6 +23,7 @@ from cutwatch.core import SENDING, Inbound, Outbound, ProcessCore, Refused, Send
 __all__ = [
     "NOT_VISIBLE",
     "STREAM_RESPONSE",
+    "CountedWrites",
     "begin_inbound",
     "counted_pulls",
     "counted_pulls_async",
@@ -132,10 +133,16 @@ def counted_sends(core: ProcessCore, end: StreamEnd, messages: Iterable[Any]) ->
             return
         finally:
             SENDING.reset(token)
-        if not producing.counted:
-            core.stream_sent(end)
-        write_stamp(core, end, message)
+        _produced(core, producing, message)
         yield message
+
+
+def _produced(core: ProcessCore, producing: Sending, message: Any) -> None:
+    """gRPC takes ``message``, produced for ``producing.end``: counted as sent now unless an
+    ``atomic()`` block that ran while producing it counted it, and stamped (the envelope)."""
+    if not producing.counted:
+        core.stream_sent(producing.end)
+    write_stamp(core, producing.end, message)
 
 
 def took(core: ProcessCore, end: StreamEnd, message: Any, max_payload: int) -> None:
@@ -178,9 +185,7 @@ async def counted_sends_async(
             return
         finally:
             SENDING.reset(token)
-        if not producing.counted:
-            core.stream_sent(end)
-        write_stamp(core, end, message)
+        _produced(core, producing, message)
         yield message
 
 
@@ -191,6 +196,21 @@ async def counted_pulls_async(
     async for message in messages:
         took(core, end, message, max_payload)
         yield message
+
+
+class CountedWrites:
+    """Mixin of a proxy of a grpc.aio call or servicer context that writes on the stream end
+    ``_self_end``: a message counts as sent when ``write()`` is called (inside an ``atomic()``
+    block, with the change it carries), not when the write is awaited."""
+
+    _self_core: ProcessCore
+    _self_end: StreamEnd | None
+    __wrapped__: Any
+
+    def write(self, message: Any) -> Any:
+        if self._self_end is not None:
+            sending(self._self_core, self._self_end, message)
+        return self.__wrapped__.write(message)
 
 
 @contextmanager

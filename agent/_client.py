@@ -191,6 +191,7 @@ class _ResponseStream(_FinishingProxy):
         self, call: Any, core: ProcessCore, outbound: Outbound, max_payload: int, stream: StreamEnd
     ) -> None:
         super().__init__(call, core, outbound, max_payload, stream)
+        self._self_end = stream
         weakref.finalize(self, core.close_stream, stream)
 
     def _self_call_over(self) -> None:
@@ -205,13 +206,13 @@ class _ResponseStream(_FinishingProxy):
                 message = next(self.__wrapped__)
             except (StopIteration, grpc.RpcError):
                 self._self_finish()
-                self._self_core.close_stream(self._self_stream)  # type: ignore[arg-type]
+                self._self_core.close_stream(self._self_end)
                 raise
-        took(self._self_core, self._self_stream, message, self._self_max_payload)  # type: ignore[arg-type]
+        took(self._self_core, self._self_end, message, self._self_max_payload)
         return message
 
     def cancel(self) -> Any:
-        self._self_core.close_stream(self._self_stream)  # type: ignore[arg-type]
+        self._self_core.close_stream(self._self_end)
         return self.__wrapped__.cancel()
 
     def next(self) -> Any:

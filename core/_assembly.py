@@ -196,11 +196,11 @@ class CutAssembler:
         self._recount = False
         """An answer without a stamp came after the latest round was asked: ask another."""
         self._started_after_cut: set[tuple[str, int]] = set()
+        """Calls whose request is in transit: their handlers started after their server's cut."""
         self._bounced: dict[tuple[str, int], ChannelRecord] = {}
         """The record taken back of each call whose latest recorded attempt bounced."""
         self._stream_records: dict[tuple[str, int, str], dict[int, ChannelRecord]] = {}
         """Stream messages the receivers recorded, by (caller, call id, kind) and index."""
-        """Calls whose request is in transit: their handlers started after their server's cut."""
         self.foreign_records = 0
 
     # Input ---------------------------------------------------------------------------------
@@ -243,11 +243,7 @@ class CutAssembler:
                 record.msg_key.position
             ] = record
             return
-        self._records.append(record)
-        if record.msg_key.kind == REQUEST:
-            self._started_after_cut.add((record.caller, record.msg_key.call_id))
-        where = f"{record.kind} in transit to {record.receiver}"
-        self._settle(record.caller, record.msg_key.call_id, where)
+        self._keep(record)
 
     def add_bounced(self, notice: Bounced) -> None:
         """A recorded request was turned away unapplied. If its caller still waits for the call, a retry
@@ -260,13 +256,15 @@ class CutAssembler:
         call = (key.sender, key.call_id)
         if call in self._failures:
             return
-        removed = [r for r in self._records if r.receiver == notice.process and r.msg_key == key]
+        kept, removed = [], []
+        for record in self._records:
+            (removed if record.receiver == notice.process and record.msg_key == key else kept).append(record)
         if not removed:
             return  # a record this assembler left out (a non-participant's), or a stream's
-        self._records = [r for r in self._records if not (r.receiver == notice.process and r.msg_key == key)]
+        self._records = kept
         self._bounced[call] = removed[0]
         how = self._settled.get(call, [])
-        where = f"{REQUEST} in transit to {notice.process}"
+        where = _in_transit(removed[0])
         if where in how:
             how.remove(where)
         if how:
@@ -292,9 +290,7 @@ class CutAssembler:
             record = self._bounced.pop(call, None)
             if record is not None and call not in self._settled:
                 # No attempt follows the one that bounced: its record stands (see add_bounced).
-                self._records.append(record)
-                self._started_after_cut.add(call)
-                self._settle(*call, f"{REQUEST} in transit to {record.receiver}")
+                self._keep(record)
 
     def add_stopped(self, notice: RecordingStopped) -> None:
         self._check_epoch(notice.epoch)
@@ -446,6 +442,13 @@ class CutAssembler:
         if count > self._untracked_now.get(process, 0):
             self._untracked_now[process] = count
 
+    def _keep(self, record: ChannelRecord) -> None:
+        """A call's request or response in transit at the cut: kept in the cut, and its call settled."""
+        self._records.append(record)
+        if record.msg_key.kind == REQUEST:
+            self._started_after_cut.add((record.caller, record.msg_key.call_id))
+        self._settle(record.caller, record.msg_key.call_id, _in_transit(record))
+
     def _settle(self, caller: str, call_id: int, how: str) -> None:
         self._settled.setdefault((caller, call_id), []).append(how)
         self._waiting.discard((caller, call_id))
@@ -486,3 +489,8 @@ class CutAssembler:
             for (caller, call_id), how in sorted(self._settled.items())
             if len(how) > 1
         )
+
+
+def _in_transit(record: ChannelRecord) -> str:
+    """How a record settles its call, as ``duplicates`` lists it."""
+    return f"{record.kind} in transit to {record.receiver}"

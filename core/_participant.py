@@ -130,6 +130,11 @@ class Delivery:
     recorded_in: list[int] = field(default_factory=list)
     """The epochs whose records hold this request (to take back if it bounces)."""
 
+    @classmethod
+    def of_stream(cls, message: PendingStreamMessage) -> Delivery:
+        """A stream message taken by the application, as a record needs it."""
+        return cls(message.sender, message.since, message.payload, message.key, message.method)
+
     @property
     def payload_json(self) -> str:
         """The payload as JSON, rendered once (at the first record that needs it)."""
@@ -339,16 +344,18 @@ class SnapshotParticipant:
             self._calls.pop(call_id, None)
             self._failed.pop(call_id)
 
-    def on_bounce(self, delivery: Delivery) -> None:
-        """The handler of a delivered request failed before consuming it: the request changed nothing
-        here and may come again as a new attempt, here or elsewhere. Takes back its records of the
-        epochs still open, so that they neither settle its call nor count in transit."""
+    def on_bounce(self, delivery: Delivery) -> bool:
+        """The handler of a delivered request failed: if it had not consumed it, the request changed
+        nothing here and may come again as a new attempt, here or elsewhere. Takes back its records of
+        the epochs still open, so that they neither settle its call nor count in transit; returns
+        whether the request bounced."""
         if delivery.consumed or delivery.duplicate or delivery.msg_key.kind != REQUEST:
-            return
+            return False
         for epoch in delivery.recorded_in:
             if epoch in self._open:
                 self._outbox.append(Bounced(epoch, self.process, delivery.msg_key))
         delivery.recorded_in.clear()
+        return True
 
     def on_reply(self, delivery: Delivery) -> int:
         """The handler of a delivered request answers (consuming it if it had not); returns the epoch."""
@@ -365,7 +372,7 @@ class SnapshotParticipant:
         it is in transit for one depends on its sender's count at that cut, which the collector has)."""
         epochs = [epoch for epoch in self._open if epoch > message.since]
         if epochs:
-            delivery = Delivery(message.sender, message.since, message.payload, message.key, message.method)
+            delivery = Delivery.of_stream(message)
             for epoch in epochs:
                 self._record(epoch, delivery)
 
@@ -431,10 +438,7 @@ class SnapshotParticipant:
                 self._record(epoch, delivery)
             for message in capture.stream_pending:
                 if epoch > message.since:
-                    self._record(
-                        epoch,
-                        Delivery(message.sender, message.since, message.payload, message.key, message.method),
-                    )
+                    self._record(epoch, Delivery.of_stream(message))
         return taken
 
     def flush(

@@ -215,8 +215,7 @@ class ProcessCore:
         if sending is not None and not sending.counted:
             # The code producing a stream message ran this block: the message goes with it.
             sending.counted = True
-            with self._lock:
-                sending.end.sent += 1
+            self.stream_sent(sending.end)
         if PULLS.get():
             self._consume_pulls()
         task = self.tasks.current()
@@ -415,9 +414,8 @@ class ProcessCore:
                 delivery = task.delivery
                 bounced = False
                 if isinstance(delivery, Delivery):
-                    bounced = failed and not delivery.consumed and not delivery.duplicate
-                    if bounced:
-                        self._part.on_bounce(delivery)
+                    if failed and self._part.on_bounce(delivery):
+                        bounced = True
                         self._emit()
                     epoch = self._part.on_reply(delivery)
                 else:
@@ -520,7 +518,6 @@ class ProcessCore:
         collector could not say how far this end got.
         """
         with self._lock:
-            end.closed = True
             if self._streams.pop(id(end), None) is not None:
                 self._counters.stream_ends_closed += 1
                 self._closed[id(end)] = (end, CLOSED_STREAM_SNAPSHOTS)

@@ -73,7 +73,6 @@ class StreamEnd:
     __slots__ = (
         "call_id",
         "caller",
-        "closed",
         "consumed",
         "method",
         "peer",
@@ -98,7 +97,6 @@ class StreamEnd:
         """Messages the application took from the stream; ``consumed`` of them are applied."""
         self.consumed = 0
         self.pending: deque[tuple[int, Payload]] = deque()
-        self.closed = False
 
     @property
     def kind(self) -> str:
@@ -112,8 +110,8 @@ class StreamEnd:
 
     def message(self, index: int, payload: Payload, receiver: str) -> PendingStreamMessage:
         """The ``index``-th message this end received, as a record needs it."""
-        sender = self.caller if self.role == SERVER else self.peer
-        return PendingStreamMessage(sender, receiver, self.method, self.key(index), payload, self.since)
+        key = self.key(index)
+        return PendingStreamMessage(key.sender, receiver, self.method, key, payload, self.since)
 
     def count(self) -> StreamCount:
         if self.role == CLIENT:
@@ -203,8 +201,9 @@ def place_streams(
     the sender's count and ``consumed`` the receiver's: messages
     ``consumed+1 .. sent`` were in flight and must all be recorded; more
     consumed than sent is a message sent after its sender's cut and
-    consumed before its receiver's. A lone end means the other closed before
-    its own cut, and how far it got is unknown.
+    consumed before its receiver's. A lone end means that the other closed
+    too long before its own cut to be listed, or that the server has not
+    received the call yet: how far the other end got is unknown.
     """
     by_call: dict[tuple[str, int], dict[str, tuple[str, StreamCount]]] = {}
     for process, count in ends:
