@@ -256,7 +256,8 @@ class CutAssembler:
         call = (key.sender, key.call_id)
         if call in self._failures:
             return
-        kept, removed = [], []
+        kept: list[ChannelRecord] = []
+        removed: list[ChannelRecord] = []
         for record in self._records:
             (removed if record.receiver == notice.process and record.msg_key == key else kept).append(record)
         if not removed:
