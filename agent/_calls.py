@@ -18,12 +18,13 @@ import grpc
 from cutwatch.agent._envelope import read_stamp, write_stamp
 from cutwatch.agent._metadata import find_answer_stamp, find_attempt, find_stamp
 from cutwatch.agent._payload import lazy_message_json, render_later
-from cutwatch.core import SENDING, Inbound, Outbound, ProcessCore, Refused, Sending, StreamEnd
+from cutwatch.core import SENDING, Arrival, Inbound, Outbound, ProcessCore, Refused, Sending, StreamEnd
 
 __all__ = [
     "NOT_VISIBLE",
     "STREAM_RESPONSE",
     "CountedWrites",
+    "arrive",
     "begin_inbound",
     "counted_pulls",
     "counted_pulls_async",
@@ -42,6 +43,18 @@ STREAM_RESPONSE: dict[str, str] = {"cutwatch": "stream"}
 """What a response stream's record holds: its messages are not captured."""
 
 
+def arrive(core: ProcessCore, method: str, metadata: Iterable[Any] | None, pool: str) -> Arrival | None:
+    """Record a call that reached the server and waits for a worker (see ``ProcessCore.arrive``)."""
+    try:
+        stamp = find_stamp(metadata)
+        if stamp is None:
+            return None
+        return core.arrive(method, stamp, find_attempt(metadata), pool)
+    except Exception:
+        core.internal_error("reading a request's metadata")
+        return None
+
+
 def begin_inbound(
     core: ProcessCore,
     method: str,
@@ -49,15 +62,17 @@ def begin_inbound(
     pool: str,
     request: object,
     max_payload: int,
+    arrival: Arrival | None = None,
 ) -> Inbound | Refused | None:
     """The receive event of a request reaching its handler (None: it runs untracked; :data:`REFUSED`:
-    it must not run, see ``ProcessCore.begin_handler``)."""
+    it must not run, see ``ProcessCore.begin_handler``); ``arrival`` is the call's record from when it
+    reached the server, if any."""
     try:
         stamp, attempt = find_stamp(metadata), find_attempt(metadata)
     except Exception:
         core.internal_error("reading a request's metadata")
         return None
-    return core.begin_handler(method, stamp, attempt, pool, lazy_message_json(request, max_payload))
+    return core.begin_handler(method, stamp, attempt, pool, lazy_message_json(request, max_payload), arrival)
 
 
 def failure_name(status: object) -> str | None:

@@ -5,10 +5,25 @@ reads the request stamp from ``context.invocation_metadata()`` and adds the
 response stamp to whatever trailing metadata the application set, at the
 moment the response (or the end of the response stream, or an abort) goes
 out.
+
+A call is recorded twice. grpcio's sync server runs ``intercept_service``
+on its polling thread, for every call as it arrives, before it submits the
+call to its thread pool (``_process_event_and_continue`` ->
+``_handle_call`` -> ``_find_method_handler``, then
+``_handle_with_method_handler`` -> ``thread_pool.submit``): there the call
+is recorded as *arrived* (``ProcessCore.arrive``), so that a call queued
+behind busy workers is a fact of the server's local snapshots. The handler's
+receive event comes when a worker runs it. Both run in the call's own
+``contextvars.Context`` (grpcio makes one per call and runs the interceptor
+and the handler in it), through which the arrival reaches the handler.
+The polling thread is also where the pool's size is read: the server's
+executor is the ``thread_pool`` of the state that thread serves, known as
+the first call arrives, before any worker runs it.
 """
 
 from __future__ import annotations
 
+import contextvars
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -16,12 +31,21 @@ from typing import Any
 
 import grpc
 
-from cutwatch.agent._calls import begin_inbound, counted_pulls, counted_sends
+from cutwatch.agent._calls import arrive, begin_inbound, counted_pulls, counted_sends
 from cutwatch.agent._metadata import with_stamp
-from cutwatch.core import BOUNCED_STAMP_METADATA_KEY, STAMP_METADATA_KEY, Inbound, ProcessCore, Refused
+from cutwatch.core import (
+    BOUNCED_STAMP_METADATA_KEY,
+    STAMP_METADATA_KEY,
+    Arrival,
+    Inbound,
+    ProcessCore,
+    Refused,
+)
 from cutwatch.proto import ServerInterceptorBase
 
 _MAX_CACHED_HANDLERS = 4096
+ARRIVAL: contextvars.ContextVar[Arrival | None] = contextvars.ContextVar("cutwatch_arrival", default=None)
+"""The arrival of the call whose context this is (set by ``intercept_service``, read by the handler)."""
 
 
 def stamp_key(inbound: Inbound) -> str:
@@ -75,7 +99,13 @@ class _HandlerWrapper:
     def start(self, context: Any, request: Any) -> Inbound | Refused | None:
         """The request's receive event (None: untracked; :data:`REFUSED`: it must not run)."""
         inbound = begin_inbound(
-            self.core, self.method, context.invocation_metadata(), self.pool, request, self.max_payload
+            self.core,
+            self.method,
+            context.invocation_metadata(),
+            self.pool,
+            request,
+            self.max_payload,
+            ARRIVAL.get(),
         )
         if self.probe is not None:
             self.probe()
@@ -206,11 +236,29 @@ class ServerInterceptor(ServerInterceptorBase):
         self._probed = False
 
     def _probe(self) -> None:
+        """In a handler thread: the pool's size, if the server's polling thread did not tell it."""
         if not self._probed:
             self._probed = True
             capacity = _executor_capacity()
             if capacity:
                 self._core.learn_pool_capacity(self._pool, capacity)
+
+    def _arrive(self, method: str, metadata: Any) -> None:
+        """Record the call arriving, unless gRPC is about to turn it away (see the module docstring)."""
+        server = _serving_state()
+        if server is not None:
+            if not self._probed:
+                capacity = getattr(getattr(server, "thread_pool", None), "_max_workers", 0)
+                if isinstance(capacity, int) and capacity > 0:
+                    self._probed = True
+                    self._core.learn_pool_capacity(self._pool, capacity)
+            limit = getattr(server, "maximum_concurrent_rpcs", None)
+            active = getattr(server, "active_rpc_count", 0)
+            if isinstance(limit, int) and isinstance(active, int) and active >= limit:
+                return  # "Concurrent RPC limit exceeded": rejected without running
+        arrival = arrive(self._core, method, metadata, self._pool)
+        if arrival is not None:
+            ARRIVAL.set(arrival)
 
     def _wrapper(self, method: str) -> _HandlerWrapper:
         return _HandlerWrapper(self._core, self._pool, method, self._max_payload, self._probe)
@@ -225,12 +273,29 @@ class ServerInterceptor(ServerInterceptorBase):
             return handler
         method = handler_call_details.method
         try:
-            return self._handlers.get(  # type: ignore[no-any-return]
+            wrapped = self._handlers.get(
                 method, handler, lambda: wrap_handler(handler, self._wrapper(method))
             )
         except Exception:
             self._core.internal_error("wrapping a method handler")
             return handler
+        try:
+            self._arrive(method, handler_call_details.invocation_metadata)
+        except Exception:
+            self._core.internal_error("recording a call that arrived")
+        return wrapped  # type: ignore[no-any-return]
+
+
+def _serving_state() -> Any:
+    """The grpcio server state the current thread serves, on the server's polling thread; else None.
+
+    grpcio starts that thread as ``threading.Thread(target=_serve, args=(state,))``; its state holds
+    the executor (``thread_pool``), ``maximum_concurrent_rpcs`` and ``active_rpc_count``.
+    """
+    args = getattr(threading.current_thread(), "_args", ())
+    if args and hasattr(args[0], "thread_pool") and hasattr(args[0], "active_rpc_count"):
+        return args[0]
+    return None
 
 
 def _executor_capacity() -> int:

@@ -22,7 +22,7 @@ from cutwatch.core._assembly import (
     DuplicateDelivery,
     UnsettledCall,
 )
-from cutwatch.core._calls import REFUSED, ChannelPeer, Inbound, Outbound, Refused
+from cutwatch.core._calls import REFUSED, Arrival, ChannelPeer, Inbound, Outbound, Refused
 from cutwatch.core._clock import LocalClock, VectorClock
 from cutwatch.core._control import (
     PROTOCOL_VERSION,
@@ -94,6 +94,7 @@ from cutwatch.core._waitfor import (
     NEED_CALL,
     NEED_LOCK,
     NEED_OTHER,
+    NEED_QUEUED,
     NEED_WORKER,
     RES_LOCK,
     RES_OTHER,
@@ -136,6 +137,7 @@ __all__ = [
     "NEED_CALL",
     "NEED_LOCK",
     "NEED_OTHER",
+    "NEED_QUEUED",
     "NEED_WORKER",
     "OUTCOME_FAILED",
     "OUTCOME_UNSTAMPED",
@@ -159,6 +161,7 @@ __all__ = [
     "AgentEvent",
     "AgentStateError",
     "Answering",
+    "Arrival",
     "AssembledCut",
     "AssemblyError",
     "AssemblyStatus",

@@ -27,6 +27,12 @@ sums over them are inconclusive. An answer without a stamp to a call open at
 the cut asks for one more flush round, so that the count of the server that
 handled it is read after it did.
 
+Queued calls: a server lists the calls that reached it and wait for a
+worker (queued tasks). Such a call is in transit at the cut, and its
+request's record comes when a worker takes it; until then the cut waits,
+and if it finishes first, its reasons say where each call was queued
+rather than that nobody accounted for it.
+
 Bounced requests: a request recorded in transit whose handler then failed
 without consuming it is taken back by its receiver (:class:`Bounced`); its
 record leaves the cut and its call waits again, for the attempt a retry
@@ -201,6 +207,8 @@ class CutAssembler:
         """The record taken back of each call whose latest recorded attempt bounced."""
         self._stream_records: dict[tuple[str, int, str], dict[int, ChannelRecord]] = {}
         """Stream messages the receivers recorded, by (caller, call id, kind) and index."""
+        self._queued: dict[tuple[str, int], tuple[str, str]] = {}
+        """Calls a server listed as queued for a worker at its cut: (server, pool) by (caller, call id)."""
         self.foreign_records = 0
 
     # Input ---------------------------------------------------------------------------------
@@ -222,6 +230,9 @@ class CutAssembler:
                 self._waiting.add(key)
         for caller, call_id in snap.answering:
             self._settle(caller, call_id, f"handler at {snap.process}")
+        for task in snap.tasks:
+            if task.queued:
+                self._queued[(task.caller, task.call_id)] = (snap.process, task.pool)
 
     def add_record(self, record: ChannelRecord) -> None:
         self._check_epoch(record.epoch)
@@ -395,10 +406,19 @@ class CutAssembler:
             reasons.append("no flush round read the untracked changes after an answer without a stamp")
         streams = self._place_streams() if not missing else StreamPlacement()
         reasons += streams.reasons + streams.owed
-        if unsettled:
+        queued = [call for call in unsettled if (call.caller, call.call_id) in self._queued]
+        if queued:
+            shown = ", ".join(self._describe_queued(call) for call in queued[:10])
+            more = f" and {len(queued) - 10} more" if len(queued) > 10 else ""
+            reasons.append(
+                f"calls queued for a worker at their server at the cut, not taken by one yet (a request is "
+                f"recorded when a worker takes it): {shown}{more}"
+            )
+        lost = [call for call in unsettled if (call.caller, call.call_id) not in self._queued]
+        if lost:
             # A summary: an agent's megabyte method name or failure is kept once, in ``unsettled``.
-            shown = ", ".join(call.describe(REASON_NAME_LIMIT) for call in unsettled[:10])
-            more = f" and {len(unsettled) - 10} more" if len(unsettled) > 10 else ""
+            shown = ", ".join(call.describe(REASON_NAME_LIMIT) for call in lost[:10])
+            more = f" and {len(lost) - 10} more" if len(lost) > 10 else ""
             reasons.append(f"calls in flight at the cut not accounted for: {shown}{more}")
         for notice in self._stopped:
             reasons.append(f"{notice.reason} at {notice.process}")
@@ -422,6 +442,11 @@ class CutAssembler:
             covers=self.participants,
             untracked=self.untracked(),
         )
+
+    def _describe_queued(self, call: UnsettledCall) -> str:
+        server, pool = self._queued[(call.caller, call.call_id)]
+        what = _capped(call.method, REASON_NAME_LIMIT) or "call"
+        return f"{what} #{call.call_id} from {_capped(call.caller, REASON_NAME_LIMIT)} at {server} ({pool})"
 
     def untracked(self) -> dict[str, int]:
         """Participants whose untracked changes grew since the snapshot started, and by how many."""

@@ -10,7 +10,9 @@ from cutwatch.core._tasks import OutboundCall, Task
 if TYPE_CHECKING:
     import contextvars
 
-__all__ = ["REFUSED", "ChannelPeer", "Inbound", "Outbound", "Refused"]
+    from cutwatch.core._stamp import DecodedStamp
+
+__all__ = ["REFUSED", "Arrival", "ChannelPeer", "Inbound", "Outbound", "Refused"]
 
 
 class ChannelPeer:
@@ -57,6 +59,22 @@ class Inbound:
         """The handler failed before consuming the request: its answer's stamp goes under
         ``BOUNCED_STAMP_METADATA_KEY``."""
         self.token: contextvars.Token[Task | None] | None = None
+
+
+class Arrival:
+    """A call that reached this process's server and waits for a worker (``ProcessCore.arrive``)."""
+
+    __slots__ = ("decoded", "key", "pool", "stamp", "task")
+
+    def __init__(
+        self, task: Task, decoded: DecodedStamp, stamp: bytes, key: tuple[str, int, int], pool: str
+    ) -> None:
+        self.task = task
+        self.decoded = decoded
+        self.stamp = stamp
+        self.key = key
+        """(caller, call id, attempt)."""
+        self.pool = pool
 
 
 class Refused:

@@ -40,6 +40,11 @@ class ProcessStats:
     stream_ends_closed: int = 0
     """Ends of streaming calls closed here (each still listed, with its final counts, in the next two
     local snapshots)."""
+    calls_queued: int = 0
+    """Calls recorded as they reached a server, before a worker took them (see ``ProcessCore.arrive``)."""
+    queued_calls_dropped: int = 0
+    """Queued calls no longer listed before a worker took them: dropped by gRPC (cancelled while queued),
+    or past the bound on queued calls."""
 
     @property
     def untracked(self) -> int:
@@ -65,6 +70,8 @@ class Counters:
     requests_refused: int
     untracked_changes: int
     stream_ends_closed: int
+    calls_queued: int
+    queued_calls_dropped: int
 
     def __init__(self) -> None:
         for f in fields(ProcessStats):

@@ -113,6 +113,9 @@ class Capture(NamedTuple):
     """The streaming calls open at this process, with their counts (see ``core._streams``)."""
     stream_pending: tuple[PendingStreamMessage, ...] = ()
     """Stream messages taken and not applied yet: in transit for the cut."""
+    queued: tuple[tuple[int, TaskView], ...] = ()
+    """Server tasks whose calls arrived and wait for a worker, each with the epoch its request was sent
+    in: a snapshot of epoch ``e`` lists those sent before ``e`` (see ``TaskRegistry.capture``)."""
 
 
 class OpenCall(NamedTuple):

@@ -419,7 +419,7 @@ class SnapshotParticipant:
                 self.process,
                 clock,
                 capture.state,
-                capture.tasks,
+                capture.tasks + tuple([view for sent, view in capture.queued if sent < epoch]),
                 open_calls=tuple(calls),
                 answering=tuple(answering),
                 requests_sent=self.requests_sent,

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Final
 
-from cutwatch.core._calls import REFUSED, ChannelPeer, Inbound, Outbound, Refused
+from cutwatch.core._calls import REFUSED, Arrival, ChannelPeer, Inbound, Outbound, Refused
 from cutwatch.core._clock import VectorClock
 from cutwatch.core._control import CloseEpoch, Flush, Order, TakeSnapshot
 from cutwatch.core._counters import Counters, ProcessStats
@@ -73,6 +73,8 @@ CLOSED_STREAM_SNAPSHOTS: Final = 2
 """How many local snapshots still list a stream end after it closed."""
 MAX_CLOSED_STREAMS: Final = 10_000
 """Closed stream ends kept for those snapshots at most (the oldest go first)."""
+MAX_QUEUED_CALLS: Final = 10_000
+"""Calls kept as waiting for a worker at most, per process (the oldest are given up first)."""
 
 Emit = Callable[[Sequence[SnapshotEvent]], None]
 Observer = Callable[[str, Mapping[str, int], str], None]
@@ -144,6 +146,9 @@ class ProcessCore:
         """This process's ends of the streaming calls in flight, by ``id``."""
         self._closed: OrderedDict[int, tuple[StreamEnd, int]] = OrderedDict()
         """Ends closed lately, with how many more local snapshots list them (see :meth:`close_stream`)."""
+        self._queued: dict[str, OrderedDict[tuple[str, int, int], Arrival]] = {}
+        """Calls that arrived and wait for a worker, by pool, in arrival order (see :meth:`arrive`)."""
+        self._queued_count = 0
 
     # Views ------------------------------------------------------------------------------------
     @property
@@ -329,8 +334,94 @@ class ProcessCore:
             self.internal_error("finishing an outbound call")
 
     # Server side --------------------------------------------------------------------------------
+    def arrive(self, method: str, stamp: bytes | str | None, attempt: int, pool: str) -> Arrival | None:
+        """A call reached this process's server ``pool`` and waits for a worker to run its handler.
+
+        Not a receive event (the clock and the snapshot protocol move when
+        the handler starts, :meth:`begin_handler`) but a fact for deadlock
+        detection: until a worker takes the call, local snapshots list it as
+        a *queued* server task of ``pool``, which holds no worker and waits
+        for one, so that a call queued behind busy workers has a known callee
+        and pool in the cut. Cheap and never blocking: the sync gRPC server
+        calls it on its polling thread. Calls without a valid stamp are not
+        recorded (no cut can tell who waits on them).
+        """
+        if not isinstance(stamp, bytes):
+            return None
+        try:
+            with self._lock:
+                decoded = self._clock.peek(stamp)
+            if decoded is None:
+                return None
+            task = self.tasks.start(
+                "server",
+                method=method,
+                caller=decoded.sender,
+                call_id=decoded.call_id,
+                pool=pool,
+                queued=True,
+                sent_epoch=decoded.epoch,
+            )
+            task.trace_id, task.span_id = decoded.trace_id, decoded.span_id
+            key = (decoded.sender, decoded.call_id, attempt)
+            arrival = Arrival(task, decoded, stamp, key, pool)
+            with self._lock:
+                queue = self._queued.setdefault(pool, OrderedDict())
+                old = queue.pop(key, None)
+                if old is not None:
+                    self._queued_count -= 1
+                    self.tasks.end(old.task)
+                queue[key] = arrival
+                self._queued_count += 1
+                self._counters.calls_queued += 1
+                if self._queued_count > MAX_QUEUED_CALLS:
+                    self._give_up_oldest_arrival()
+            return arrival
+        except Exception:
+            self.internal_error("recording a call that arrived")
+            return None
+
+    def _take_arrival(self, pool: str, key: tuple[str, int, int]) -> Arrival | None:
+        """The arrival of the call a worker now runs, if still listed; caller holds the event lock.
+
+        Workers take calls in arrival order (a thread pool's queue is FIFO),
+        so calls of the same pool that arrived before this one and are still
+        listed were dropped by gRPC without running a handler (cancelled
+        while queued) or are being taken by another worker right now; both
+        stop being listed as queued. (A call given up here by mistake only
+        loses its queued record, for a moment: its handler starts as usual.)
+        """
+        queue = self._queued.get(pool)
+        if not queue or key not in queue:
+            return None
+        while queue:
+            first_key, first = queue.popitem(last=False)
+            self._queued_count -= 1
+            if first_key == key:
+                return first
+            self.tasks.end(first.task)
+            self._counters.queued_calls_dropped += 1
+        return None  # pragma: no cover - the key was in the queue
+
+    def _give_up_oldest_arrival(self) -> None:
+        """Too many calls wait for workers: forget the oldest one's queued record (counted)."""
+        oldest_pool = min(
+            (pool for pool, queue in self._queued.items() if queue),
+            key=lambda pool: next(iter(self._queued[pool].values())).task.task_id,
+        )
+        _, arrival = self._queued[oldest_pool].popitem(last=False)
+        self._queued_count -= 1
+        self.tasks.end(arrival.task)
+        self._counters.queued_calls_dropped += 1
+
     def begin_handler(
-        self, method: str, stamp: bytes | str | None, attempt: int, pool: str, request: Payload
+        self,
+        method: str,
+        stamp: bytes | str | None,
+        attempt: int,
+        pool: str,
+        request: Payload,
+        arrival: Arrival | None = None,
     ) -> Inbound | Refused | None:
         """Receive event of a request: merge its clock, start its task and bind it to this context.
 
@@ -340,12 +431,22 @@ class ProcessCore:
         request goes untracked, and :data:`REFUSED` when its caller gave the
         call up and a snapshot fenced it: the handler must not run (the
         caller has its failure already; running it could change state that
-        a stored cut says never changed).
+        a stored cut says never changed). ``arrival`` is what :meth:`arrive`
+        returned for this call, if the server recorded it then: its queued
+        task becomes the handler's task.
         """
         try:
             delivery: Delivery | None = None
+            queued: Arrival | None = None
             with self._lock:
-                decoded = self._clock.decode(stamp)
+                reuse = arrival is not None and arrival.stamp == stamp
+                decoded = arrival.decoded if arrival is not None and reuse else self._clock.decode(stamp)
+                if decoded is not None:
+                    key = (decoded.sender, decoded.call_id, attempt)
+                    if self._queued_count:
+                        queued = self._take_arrival(pool, key)
+                    if queued is None and arrival is not None and arrival.key == key:
+                        queued = arrival  # given up meanwhile: its task is registered again below
                 if decoded is not None and decoded.epoch > self._part.epoch:
                     self._snapshot_unlocked(decoded.epoch)
                 caller = decoded.sender if decoded else None
@@ -362,6 +463,8 @@ class ProcessCore:
                     )
                     if delivery.refused:
                         self._counters.requests_refused += 1
+                        if queued is not None:
+                            self.tasks.end(queued.task)
                         return REFUSED
                 self._clock.receive(decoded)
                 self._counters.requests_received += 1
@@ -370,7 +473,15 @@ class ProcessCore:
                         f"receive request {method} call={call_id} from {caller or 'untracked peer'}"
                     )
                 self._emit()
-            task = self.tasks.start("server", method=method, caller=caller or "", call_id=call_id, pool=pool)
+                if queued is not None:
+                    # Under the event lock: no local snapshot sees the request received and its task
+                    # still queued.
+                    task = queued.task
+                    self.tasks.run(task)
+            if queued is None:
+                task = self.tasks.start(
+                    "server", method=method, caller=caller or "", call_id=call_id, pool=pool
+                )
             task.delivery = delivery
             task.untracked = decoded is None and pool not in self._edge_pools
             trace_id, span_id = self._span_ids()
@@ -618,10 +729,11 @@ class ProcessCore:
         state, state_bytes, errors = self._states.capture()
         self._counters.state_errors += errors
         clock = self._clock.as_dict()
+        running, queued = self.tasks.capture()
         return Capture(
             clock,
             state,
-            tuple(self.tasks.views()),
+            running,
             dict(self._worker_pools),
             state_bytes,
             self._counters.untracked_changes,
@@ -631,6 +743,7 @@ class ProcessCore:
                 for end in self._streams.values()
                 for index, payload in end.pending
             ),
+            queued,
         )
 
     def _stream_counts(self) -> tuple[StreamCount, ...]:

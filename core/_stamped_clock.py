@@ -68,6 +68,14 @@ class StampedClock:
             _LOG.debug("untracked message: %s", exc)
             return None
 
+    def peek(self, raw: bytes) -> DecodedStamp | None:
+        """Decode a stamp without counting anything (a call that arrived: :meth:`decode` counts it when
+        its handler starts)."""
+        try:
+            return self._codec.decode(raw)
+        except StampError:
+            return None
+
     def receive(self, decoded: DecodedStamp | None) -> None:
         """The receive event: merge the sender's clock (if any) and tick."""
         if decoded is not None:

@@ -55,6 +55,11 @@ class Task:
     untracked: bool = False
     """A server task whose request came without a (valid) stamp: each of its ``atomic()`` blocks is a
     state change no cut can place, and is counted."""
+    queued: bool = False
+    """A server task whose call has arrived and waits for a worker of ``pool``: it holds none yet."""
+    sent_epoch: int = 0
+    """The snapshot epoch its caller was in when it sent the request (for a queued task: the cuts
+    that list it are those after that epoch, see :meth:`TaskRegistry.capture`)."""
 
     def is_idle(self) -> bool:
         return not self.outbound and not self.held_locks and self.waiting_lock is None
@@ -75,6 +80,8 @@ class TaskView:
     waiting_lock: str | None
     outbound: tuple[OutboundCall, ...]
     pool: str = ""
+    queued: bool = False
+    """The call has reached the server and waits for a worker of ``pool`` (it holds none)."""
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> TaskView:
@@ -90,6 +97,9 @@ class TaskView:
         if not isinstance(outbound, list):
             raise ValueError("a task's outbound calls are a list")
         waiting = doc.get("waiting_lock")
+        queued = doc.get("queued", False)
+        if not isinstance(queued, bool):
+            raise ValueError("a task's queued is true or false")
         return cls(
             task_id=_int(doc, "task_id"),
             kind=_text(doc, "kind"),
@@ -102,6 +112,7 @@ class TaskView:
             waiting_lock=None if waiting is None else _text(doc, "waiting_lock"),
             outbound=tuple(_outbound(call) for call in outbound),
             pool=_text(doc, "pool"),
+            queued=queued,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -113,6 +124,7 @@ class TaskView:
             "caller": self.caller,
             "call_id": self.call_id,
             "pool": self.pool,
+            "queued": self.queued,
             "trace_id": self.trace_id,
             "span_id": self.span_id,
             "held_locks": list(self.held_locks),
@@ -199,14 +211,36 @@ class TaskRegistry:
         self.release_if_idle(task)
 
     def start(
-        self, kind: str, *, method: str = "", caller: str = "", call_id: int = 0, pool: str = ""
+        self,
+        kind: str,
+        *,
+        method: str = "",
+        caller: str = "",
+        call_id: int = 0,
+        pool: str = "",
+        queued: bool = False,
+        sent_epoch: int = 0,
     ) -> Task:
         task = Task(
-            task_id=next(self._ids), kind=kind, method=method, caller=caller, call_id=call_id, pool=pool
+            task_id=next(self._ids),
+            kind=kind,
+            method=method,
+            caller=caller,
+            call_id=call_id,
+            pool=pool,
+            queued=queued,
+            sent_epoch=sent_epoch,
         )
         with self._lock:
             self._tasks[task.task_id] = task
         return task
+
+    def run(self, task: Task) -> None:
+        """A queued server task got its worker: it runs (registered again if it was given up)."""
+        with self._lock:
+            task.queued = False
+            task.live = True
+            self._tasks[task.task_id] = task
 
     def end(self, task: Task) -> None:
         with self._lock:
@@ -252,26 +286,41 @@ class TaskRegistry:
             self._current.set(None)
 
     def views(self) -> list[TaskView]:
+        """Every live task, queued ones included (``agent.tasks()``)."""
         with self._lock:
-            return [
-                TaskView(
-                    task_id=t.task_id,
-                    kind=t.kind,
-                    method=t.method,
-                    caller=t.caller,
-                    call_id=t.call_id,
-                    trace_id=t.trace_id.hex(),
-                    span_id=t.span_id.hex(),
-                    held_locks=tuple(t.held_locks),
-                    waiting_lock=t.waiting_lock,
-                    outbound=tuple(
-                        OutboundCall(c.call_id, c.method, c.target, c.blocking) for c in t.outbound.values()
-                    ),
-                    pool=t.pool,
-                )
-                for t in self._tasks.values()
-            ]
+            return [_view(t) for t in self._tasks.values()]
+
+    def capture(self) -> tuple[tuple[TaskView, ...], tuple[tuple[int, TaskView], ...]]:
+        """What a local snapshot lists: the running tasks, and the queued ones with the epoch their
+        request was sent in. A local snapshot of epoch ``e`` lists a queued task only if it was sent
+        before its caller's cut ``e`` (epoch < ``e``): a request sent after it is not in the cut."""
+        with self._lock:
+            running: list[TaskView] = []
+            queued: list[tuple[int, TaskView]] = []
+            for t in self._tasks.values():
+                if t.queued:
+                    queued.append((t.sent_epoch, _view(t)))
+                else:
+                    running.append(_view(t))
+            return tuple(running), tuple(queued)
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._tasks)
+
+
+def _view(t: Task) -> TaskView:
+    return TaskView(
+        task_id=t.task_id,
+        kind=t.kind,
+        method=t.method,
+        caller=t.caller,
+        call_id=t.call_id,
+        trace_id=t.trace_id.hex(),
+        span_id=t.span_id.hex(),
+        held_locks=tuple(t.held_locks),
+        waiting_lock=t.waiting_lock,
+        outbound=tuple(OutboundCall(c.call_id, c.method, c.target, c.blocking) for c in t.outbound.values()),
+        pool=t.pool,
+        queued=t.queued,
+    )

@@ -7,7 +7,8 @@ Nodes are integers. Task ``t`` (``0 <= t < n_tasks``) is one entry of
   call whose handler runs waits for that handler to finish;
 - ``r >= n_tasks``: a lock (one unit, held by the task that lists it in
   ``held_locks``) or a worker pool (``capacity`` units, one held by every
-  live server task that runs in it).
+  server task that runs in it; a *queued* server task, a call that reached
+  its server and waits for a worker, holds none and needs one).
 
 A *need* is one thing a task waits for: a list of alternative resources, any
 one of which unblocks it (usually one; several when one call reached
@@ -19,7 +20,12 @@ reducing a graph of a million tasks stays a few passes over lists of ints.
 What a blocking outbound call ``c`` of a task at process ``p`` waits for:
 
 1. a server task anywhere with ``caller == p`` and ``call_id == c``: that
-   handler (its completion);
+   handler (its completion), running or queued. A queued task in turn needs
+   a worker of its pool: its server recorded the call as it arrived, so
+   this edge rests on nothing but the cut. (A queued task whose caller
+   reported without the call open waits for nobody: the call was answered
+   by another attempt, or given up; it needs nothing.) When the pool's
+   capacity is unknown, the wait is *uncertain* (below);
 2. otherwise, if the request is in transit (recorded by the callee when it
    reached a handler after the callee's cut) or the response is in transit:
    nothing. Both show the call making progress after the cut, which a
@@ -54,6 +60,7 @@ __all__ = [
     "NEED_CALL",
     "NEED_LOCK",
     "NEED_OTHER",
+    "NEED_QUEUED",
     "NEED_WORKER",
     "RES_LOCK",
     "RES_OTHER",
@@ -75,6 +82,8 @@ NEED_LOCK = 2
 """Waiting for a cutwatch lock: the alternative is the lock."""
 NEED_OTHER = 3
 """A need of a synthetic graph (tests, benchmarks)."""
+NEED_QUEUED = 4
+"""A queued server task waits for a worker of its pool (its server says so): the alternative is the pool."""
 
 RES_LOCK = 0
 RES_POOL = 1
@@ -162,7 +171,8 @@ class WaitForGraph:
         self.need_alts = need_alts
         self.need_kind = need_kind
         self.need_ref = need_ref
-        """The outbound call of a call or worker need; the lock name of a lock need."""
+        """The outbound call of a call or worker need; the lock name of a lock need; None for a queued
+        task's need (its task says it all)."""
         self.need_note = need_note
         """What a need rests on beyond the cut itself (None: nothing)."""
         self.uncertain = uncertain
@@ -332,7 +342,8 @@ def graph_from_cut(cut: Cut) -> WaitForGraph:
                     rid = res_ids.get((RES_POOL, process, pool))
                     if rid is None:
                         rid = resource(RES_POOL, process, pool, 0)
-                    hold_res.append(rid)
+                    if not task.queued:
+                        hold_res.append(rid)
             for name in task.held_locks:
                 rid = resource(RES_LOCK, process, name, 1)
                 hold_res.append(rid)
@@ -354,6 +365,8 @@ def graph_from_cut(cut: Cut) -> WaitForGraph:
         unsettled[(str(entry.get("caller", "")), int(entry.get("call_id", 0)))] = entry
     stopped = stopped_processes(cut) if unsettled else set()
     unflushed = unflushed_processes(cut) if unsettled else set()
+    open_calls: set[tuple[str, int]] | None = None
+    """Every outbound call open at its caller's cut (built when a queued task needs it)."""
 
     need_task: list[int] = []
     need_start = [0]
@@ -366,6 +379,30 @@ def graph_from_cut(cut: Cut) -> WaitForGraph:
     # Pass 2: what each task waits for.
     for t, task in enumerate(task_info):
         process = task_process[t]
+        if task.queued and task.pool:
+            if open_calls is None:
+                open_calls = {
+                    (p, call.call_id) for p in processes for view in cut.tasks[p] for call in view.outbound
+                }
+            if task.caller in reported and (task.caller, task.call_id) not in open_calls:
+                continue  # nobody waits for it: answered by another attempt, or given up
+            rid = res_ids[(RES_POOL, process, task.pool)]
+            if res_capacity[rid] <= 0:
+                uncertain.append(
+                    UncertainWait(
+                        t,
+                        f"queued call {task.method} #{task.call_id} from {task.caller}",
+                        f"the worker capacity of {process}'s pool {task.pool} is unknown",
+                    )
+                )
+                continue
+            need_task.append(t)
+            need_alts.append(rid + n)
+            need_start.append(len(need_alts))
+            need_kind.append(NEED_QUEUED)
+            need_ref.append(None)
+            need_note.append(None)
+            continue
         for call in task.outbound:
             if not call.blocking:
                 continue

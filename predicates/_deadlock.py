@@ -35,7 +35,8 @@ as proven (see :mod:`cutwatch.core._waitfor` for the edges):
         process, service, task_id, kind ("server" | "app"), method, pool, caller, call_id,
         trace_id, span_id (hex, "" when none), held_locks [str],
         holds [str]      what it holds, in words ("lock stock:42", "a worker of pool server-1"),
-        waits_for [obj]  every unmet wait: kind ("call" | "worker" | "lock"), text (in words),
+        queued bool      a call its server has queued for a worker (no handler runs it yet)
+        waits_for [obj]  every unmet wait: kind ("call" | "queued" | "worker" | "lock"), text (in words),
                          method, call_id, target (callee process), lock, pools [str],
                          waits_on [{process, task_id}], assumption (str or null)
         on_cycle bool    whether it lies on a cycle of waits (false: it waits on tasks that do)
@@ -107,7 +108,9 @@ def format_deadlocks(deadlocks: Sequence[Deadlock]) -> str:
         shown = deadlock.tasks[:_SHOWN_TASKS]
         for task in shown:
             where = f"{task.method or task.kind + ' task'}"
-            if task.kind == "server" and task.pool:
+            if task.queued:
+                where += f" (queued for a worker of {task.pool})"
+            elif task.kind == "server" and task.pool:
                 where += f" (handler in {task.pool})"
             marker = "*" if task.on_cycle else "-"
             lines.append(f"    {marker} {task.label}  service {task.service}  {where}")

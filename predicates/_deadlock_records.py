@@ -22,7 +22,8 @@ class Wait(NamedTuple):
     """
 
     kind: str
-    """``call`` (a handler is running it), ``worker`` (queued for a worker) or ``lock``."""
+    """``call`` (a handler runs it, or its server has it queued), ``queued`` (a queued call waits for a
+    worker, as its server recorded), ``worker`` (a call assumed queued for a worker) or ``lock``."""
     text: str
     method: str = ""
     call_id: int | None = None
@@ -62,6 +63,8 @@ class DeadlockedTask(NamedTuple):
     held_locks: tuple[str, ...]
     waits_for: tuple[Wait, ...]
     on_cycle: bool
+    queued: bool = False
+    """A call its server has queued for a worker: no handler runs it yet."""
 
     @property
     def label(self) -> str:
@@ -70,7 +73,7 @@ class DeadlockedTask(NamedTuple):
     @property
     def holds(self) -> tuple[str, ...]:
         out = [f"lock {name}" for name in self.held_locks]
-        if self.kind == "server" and self.pool:
+        if self.kind == "server" and self.pool and not self.queued:
             out.append(f"a worker of pool {self.pool}")
         return tuple(out)
 
@@ -90,6 +93,7 @@ class DeadlockedTask(NamedTuple):
             "holds": list(self.holds),
             "waits_for": [w.to_json() for w in self.waits_for],
             "on_cycle": self.on_cycle,
+            "queued": self.queued,
         }
 
 

@@ -12,6 +12,7 @@ from itertools import compress
 from cutwatch.core import (
     NEED_CALL,
     NEED_LOCK,
+    NEED_QUEUED,
     NEED_WORKER,
     Cut,
     OutboundCall,
@@ -256,6 +257,8 @@ class Reporter:
         if info is None:
             return "task"
         what = info.method or ("app task" if info.kind == "app" else "task")
+        if info.queued:
+            what += ", queued"
         if info.held_locks:
             what += ", holds lock " + ", ".join(info.held_locks)
         return what
@@ -278,6 +281,8 @@ class Reporter:
             return f"{call}, queued for a worker of {self._pool_words(r)} held by"
         if kind == NEED_LOCK:
             return f"waits for lock {ref} held by"
+        if kind == NEED_QUEUED:
+            return f"waits in the server's queue for a worker of {self._pool_words(r)} held by"
         what = g.res_name[r - self.n] if r >= self.n else self.labels[self.cid[r]]
         return f"waits for {what} held by"
 
@@ -333,6 +338,17 @@ class Reporter:
             pools = tuple(g.res_name[r - n] for r in alts)
             assumption = self._queued_words(note, alts) if note is not None else None
             return Wait("worker", text, method, call_id, target, "", pools, on, assumption)
+        if kind == NEED_QUEUED:
+            r = g.need_alts[g.need_start[i]]
+            info = g.task_info[g.need_task[i]]
+            where = g.task_process[g.need_task[i]]
+            text = (
+                f"a worker of {self._pool_words(r)}, held by {names}: its call arrived at {where} and waits "
+                f"in the server's queue"
+            )
+            method = info.method if info is not None else ""
+            call_id = info.call_id if info is not None else None
+            return Wait("queued", text, method, call_id, where, "", (g.res_name[r - n],), on, None)
         if kind == NEED_LOCK:
             where = g.task_process[g.need_task[i]]
             return Wait(
@@ -380,6 +396,7 @@ class Reporter:
             info.held_locks,
             tuple([self._wait(i) for i in self.unmet_needs[self.needs_start[c] : self.needs_start[c + 1]]]),
             on_cycle,
+            info.queued,
         )
 
     def _rests_on(self, members: list[int]) -> tuple[str, ...]:

@@ -543,6 +543,7 @@ def test_hostile_values_in_every_piece_of_a_snapshot_are_stored_exactly(world: W
             "caller": value,
             "call_id": U64[index % len(U64)],
             "pool": value,
+            "queued": index % 2 == 1,
             "trace_id": value,
             "span_id": value,
             "held_locks": [value, LONG if index == 0 else value + "!"],
