@@ -4,12 +4,19 @@ Usable from threads (``with lock:``) and from asyncio (``async with lock:``),
 even both at once. Ownership is handed straight to the next waiter in FIFO
 order on release, so the recorded holder is always the task that will run
 next, never a thread that has not woken up yet.
+
+The registry keeps locks weakly, so per-item names (``"inventory:42"``) cost
+memory only while a lock is held, waited on, or referenced by the application.
+A busy lock pins itself in the registry: ``agent.lock("x").acquire()`` and a
+later ``agent.lock("x").release()`` find the same lock with no reference kept
+in between.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections import deque
 from types import TracebackType
 
@@ -36,12 +43,16 @@ class _AsyncWaiter:
 class CutwatchLock:
     """A non-reentrant named lock known to cutwatch."""
 
-    def __init__(self, name: str, registry: TaskRegistry) -> None:
+    __slots__ = ("__weakref__", "_holder", "_mutex", "_pinned", "_registry", "_waiters", "name")
+
+    def __init__(self, name: str, registry: TaskRegistry, pinned: set[CutwatchLock] | None = None) -> None:
         self.name = name
         self._registry = registry
         self._mutex = threading.Lock()
         self._holder: Task | None = None
         self._waiters: deque[_ThreadWaiter | _AsyncWaiter] = deque()
+        # Where the lock keeps itself alive while busy (see LockRegistry).
+        self._pinned = pinned
 
     @property
     def holder(self) -> Task | None:
@@ -51,9 +62,24 @@ class CutwatchLock:
         return self._holder is not None
 
     # Bookkeeping ------------------------------------------------------------
+    def _pin(self) -> None:
+        """Keep the lock alive while held or waited on; caller holds ``_mutex``.
+
+        Only this lock's own ``_mutex`` orders its pin changes; the shared set
+        is safe for concurrent ``add``/``discard`` of different locks.
+        """
+        if self._pinned is not None:
+            self._pinned.add(self)
+
+    def _unpin_if_idle(self) -> None:
+        """Let an idle lock go once nobody references it; caller holds ``_mutex``."""
+        if self._pinned is not None and self._holder is None and not self._waiters:
+            self._pinned.discard(self)
+
     def _grant(self, task: Task) -> None:
         """Make ``task`` the holder; caller holds ``_mutex``."""
         self._holder = task
+        self._pin()
         with self._registry.mutate(task):
             if task.waiting_lock == self.name:
                 task.waiting_lock = None
@@ -65,9 +91,11 @@ class CutwatchLock:
         with self._registry.mutate():
             if self.name in task.held_locks:
                 task.held_locks.remove(self.name)
+        self._unpin_if_idle()
 
     def _enqueue(self, waiter: _ThreadWaiter | _AsyncWaiter) -> None:
         self._waiters.append(waiter)
+        self._pin()
         with self._registry.mutate(waiter.task):
             waiter.task.waiting_lock = self.name
 
@@ -78,6 +106,7 @@ class CutwatchLock:
                 self._waiters.remove(waiter)
                 with self._registry.mutate():
                     waiter.task.waiting_lock = None
+                self._unpin_if_idle()
                 return True
             return False
 
@@ -110,6 +139,7 @@ class CutwatchLock:
                     task.held_locks.remove(self.name)
             self._holder = None
             self._hand_over()
+            self._unpin_if_idle()
         self._registry.release_if_idle(task)
 
     def _hand_over(self) -> None:
@@ -187,16 +217,28 @@ class CutwatchLock:
 
 
 class LockRegistry:
-    """The named cutwatch locks of one agent: the same object for the same name."""
+    """The named cutwatch locks of one agent: the same object for the same name.
+
+    A name is remembered only while its lock is alive: held or waited on (the
+    lock is then in ``_pinned``) or referenced by the application. An idle,
+    unreferenced lock is dropped, and the next ``get`` makes a fresh one: the
+    old one was free and nobody could reach it any more.
+    """
 
     def __init__(self, tasks: TaskRegistry) -> None:
         self._tasks = tasks
         self._mutex = threading.Lock()
-        self._locks: dict[str, CutwatchLock] = {}
+        self._locks: weakref.WeakValueDictionary[str, CutwatchLock] = weakref.WeakValueDictionary()
+        self._pinned: set[CutwatchLock] = set()
 
     def get(self, name: str) -> CutwatchLock:
         with self._mutex:
             lock = self._locks.get(name)
             if lock is None:
-                lock = self._locks[name] = CutwatchLock(name, self._tasks)
+                lock = CutwatchLock(name, self._tasks, self._pinned)
+                self._locks[name] = lock
             return lock
+
+    def __len__(self) -> int:
+        """How many named locks are alive now."""
+        return len(self._locks)
