@@ -28,7 +28,7 @@ from cutwatch.agent._calls import (
     took,
     waiting,
 )
-from cutwatch.agent._metadata import method_name, with_stamp
+from cutwatch.agent._metadata import call_timeout, method_name, with_stamp
 from cutwatch.core import ChannelPeer, Outbound, ProcessCore, StreamEnd
 from cutwatch.proto import (
     AioStreamStreamClientBase,
@@ -163,7 +163,7 @@ class _AioClientBase:
     async def _intercept(
         self, continuation: Any, details: Any, request: Any, *, request_stream: bool, response_stream: bool
     ) -> Any:
-        started = self._core.begin_call(method_name(details.method), self._peer)
+        started = self._core.begin_call(method_name(details.method), self._peer, call_timeout(details))
         if started is None:
             return await continuation(details, request)
         outbound, stamp = started

@@ -26,7 +26,7 @@ from cutwatch.agent._calls import (
     took,
     waiting,
 )
-from cutwatch.agent._metadata import method_name, with_stamp
+from cutwatch.agent._metadata import call_timeout, method_name, with_stamp
 from cutwatch.core import ChannelPeer, Outbound, ProcessCore, StreamEnd
 from cutwatch.proto import (
     StreamStreamClientBase,
@@ -243,7 +243,7 @@ class ClientInterceptor(
     ) -> tuple[Any, Outbound | None, StreamEnd | None]:
         """The call, sent with a stamp; its outbound record (None: the call goes untracked) and, for a
         streaming call, its stream end (whose request messages are counted as gRPC sends them)."""
-        started = self._core.begin_call(method_name(details.method), self._peer)
+        started = self._core.begin_call(method_name(details.method), self._peer, call_timeout(details))
         if started is None:
             return continuation(details, request), None, None
         outbound, stamp = started

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import weakref
 from collections import deque
 from types import TracebackType
@@ -93,11 +94,13 @@ class CutwatchLock:
                 task.held_locks.remove(self.name)
         self._unpin_if_idle()
 
-    def _enqueue(self, waiter: _ThreadWaiter | _AsyncWaiter) -> None:
+    def _enqueue(self, waiter: _ThreadWaiter | _AsyncWaiter, timeout: float = -1) -> None:
         self._waiters.append(waiter)
         self._pin()
         with self._registry.mutate(waiter.task):
             waiter.task.waiting_lock = self.name
+            # Deadlock reports say when a wait with a timeout gives up.
+            waiter.task.lock_deadline = time.monotonic() + timeout if timeout >= 0 else None
 
     def _abandon(self, waiter: _ThreadWaiter | _AsyncWaiter) -> bool:
         """Withdraw a waiter that gave up; False if it was granted meanwhile."""
@@ -121,7 +124,7 @@ class CutwatchLock:
                 self._registry.release_if_idle(task)
                 return False
             waiter = _ThreadWaiter(task)
-            self._enqueue(waiter)
+            self._enqueue(waiter, timeout)
         if waiter.event.wait(None if timeout < 0 else timeout):
             return True
         if self._abandon(waiter):

@@ -58,6 +58,14 @@ def method_name(method: str | bytes) -> str:
     return method.decode("utf-8", "replace") if isinstance(method, bytes) else method
 
 
+def call_timeout(details: Any) -> float | None:
+    """The deadline a client call was given, in seconds from now (None: none, or not a number)."""
+    timeout = getattr(details, "timeout", None)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout != timeout:
+        return None
+    return max(float(timeout), 0.0) if timeout < 1e9 else None
+
+
 ATTEMPT_METADATA_KEY = "grpc-previous-rpc-attempts"
 
 

@@ -241,8 +241,13 @@ class ProcessCore:
                 self._counters.untracked_changes += 1
 
     # Client side --------------------------------------------------------------------------------
-    def begin_call(self, method: str, channel: ChannelPeer) -> tuple[Outbound, bytes] | None:
-        """Send event of a request; returns the call in flight and its stamp (None: send it untracked)."""
+    def begin_call(
+        self, method: str, channel: ChannelPeer, timeout: float | None = None
+    ) -> tuple[Outbound, bytes] | None:
+        """Send event of a request; returns the call in flight and its stamp (None: send it untracked).
+
+        ``timeout``: the call's deadline, in seconds from now (None: none); deadlock reports say when
+        it would end a wait."""
         try:
             trace_id, span_id = self._span_ids()
             task = self.tasks.current_or_app_task()
@@ -255,6 +260,8 @@ class ProcessCore:
                 if self.observer is not None:
                     self._observe(f"send request {method} call={call_id}")
             call = OutboundCall(call_id=call_id, method=method, target=channel.server or "")
+            if timeout is not None:
+                call.deadline = self._now() + timeout
             # The span the task now waits in (e.g. the handler's own server span).
             self.tasks.add_outbound(task, call, trace_id, span_id)
             return Outbound(call, task, channel), stamp

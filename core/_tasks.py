@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+import math
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +33,10 @@ class OutboundCall:
     """Process id of the callee when known (a response came back before)."""
     blocking: bool = True
     """False while the caller holds a future it is not waiting on."""
+    time_left: float | None = None
+    """Seconds until the call's deadline, as of the view (None: it has none); in views only."""
+    deadline: float | None = None
+    """When the call's deadline passes, on this process's monotonic clock (None: never); not sent."""
 
 
 @dataclass(slots=True)
@@ -45,6 +51,8 @@ class Task:
     span_id: bytes = b""
     held_locks: list[str] = field(default_factory=list)
     waiting_lock: str | None = None
+    lock_deadline: float | None = None
+    """When the wait for ``waiting_lock`` gives up (``acquire(timeout=...)``), on the monotonic clock."""
     outbound: dict[int, OutboundCall] = field(default_factory=dict)
     live: bool = True
     """False once ended or released; a context may still hold it (see ``current_or_app_task``)."""
@@ -82,6 +90,8 @@ class TaskView:
     pool: str = ""
     queued: bool = False
     """The call has reached the server and waits for a worker of ``pool`` (it holds none)."""
+    lock_time_left: float | None = None
+    """Seconds until the wait for ``waiting_lock`` gives up, as of the view (None: it never does)."""
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> TaskView:
@@ -100,6 +110,7 @@ class TaskView:
         queued = doc.get("queued", False)
         if not isinstance(queued, bool):
             raise ValueError("a task's queued is true or false")
+        lock_time_left = _seconds(doc.get("lock_time_left"), "lock_time_left")
         return cls(
             task_id=_int(doc, "task_id"),
             kind=_text(doc, "kind"),
@@ -113,6 +124,7 @@ class TaskView:
             outbound=tuple(_outbound(call) for call in outbound),
             pool=_text(doc, "pool"),
             queued=queued,
+            lock_time_left=lock_time_left,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -129,8 +141,15 @@ class TaskView:
             "span_id": self.span_id,
             "held_locks": list(self.held_locks),
             "waiting_lock": self.waiting_lock,
+            "lock_time_left": self.lock_time_left,
             "outbound": [
-                {"call_id": c.call_id, "method": c.method, "target": c.target, "blocking": c.blocking}
+                {
+                    "call_id": c.call_id,
+                    "method": c.method,
+                    "target": c.target,
+                    "blocking": c.blocking,
+                    "time_left": c.time_left,
+                }
                 for c in self.outbound
             ],
         }
@@ -156,13 +175,22 @@ def _texts(values: object, key: str) -> tuple[str, ...]:
     return tuple(values)
 
 
+def _seconds(value: object, key: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"a task's {key} is a number of seconds or null")
+    return max(float(value), 0.0)
+
+
 def _outbound(doc: object) -> OutboundCall:
     if not isinstance(doc, Mapping):
         raise ValueError("a task's outbound call is a JSON object")
     blocking = doc.get("blocking", True)
     if not isinstance(blocking, bool):
         raise ValueError("an outbound call's blocking is true or false")
-    return OutboundCall(_int(doc, "call_id"), _text(doc, "method"), _text(doc, "target"), blocking)
+    time_left = _seconds(doc.get("time_left"), "outbound call's time_left")
+    return OutboundCall(_int(doc, "call_id"), _text(doc, "method"), _text(doc, "target"), blocking, time_left)
 
 
 class TaskRegistry:
@@ -287,21 +315,23 @@ class TaskRegistry:
 
     def views(self) -> list[TaskView]:
         """Every live task, queued ones included (``agent.tasks()``)."""
+        now = time.monotonic()
         with self._lock:
-            return [_view(t) for t in self._tasks.values()]
+            return [_view(t, now) for t in self._tasks.values()]
 
     def capture(self) -> tuple[tuple[TaskView, ...], tuple[tuple[int, TaskView], ...]]:
         """What a local snapshot lists: the running tasks, and the queued ones with the epoch their
         request was sent in. A local snapshot of epoch ``e`` lists a queued task only if it was sent
         before its caller's cut ``e`` (epoch < ``e``): a request sent after it is not in the cut."""
+        now = time.monotonic()
         with self._lock:
             running: list[TaskView] = []
             queued: list[tuple[int, TaskView]] = []
             for t in self._tasks.values():
                 if t.queued:
-                    queued.append((t.sent_epoch, _view(t)))
+                    queued.append((t.sent_epoch, _view(t, now)))
                 else:
-                    running.append(_view(t))
+                    running.append(_view(t, now))
             return tuple(running), tuple(queued)
 
     def __len__(self) -> int:
@@ -309,7 +339,11 @@ class TaskRegistry:
             return len(self._tasks)
 
 
-def _view(t: Task) -> TaskView:
+def _left(deadline: float | None, now: float) -> float | None:
+    return None if deadline is None else round(max(deadline - now, 0.0), 3)
+
+
+def _view(t: Task, now: float) -> TaskView:
     return TaskView(
         task_id=t.task_id,
         kind=t.kind,
@@ -320,7 +354,11 @@ def _view(t: Task) -> TaskView:
         span_id=t.span_id.hex(),
         held_locks=tuple(t.held_locks),
         waiting_lock=t.waiting_lock,
-        outbound=tuple(OutboundCall(c.call_id, c.method, c.target, c.blocking) for c in t.outbound.values()),
+        outbound=tuple(
+            OutboundCall(c.call_id, c.method, c.target, c.blocking, _left(c.deadline, now))
+            for c in t.outbound.values()
+        ),
         pool=t.pool,
         queued=t.queued,
+        lock_time_left=_left(t.lock_deadline, now) if t.waiting_lock else None,
     )

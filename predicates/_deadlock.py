@@ -4,14 +4,19 @@ Detection is Holt's reduction for multi-unit resources
 (:mod:`cutwatch.core._reduction`) on the cut's wait-for graph
 (:mod:`cutwatch.core._waitfor`). Deadlock is
 stable, and a consistent cut is a state the system really passed through, so
-every task reported was stuck from that moment on (until a deadline or a
-cancellation ends one of its calls: cutwatch cannot see deadlines).
+every task reported was stuck from that moment on, until a deadline or a
+cancellation ends one of its waits. Agents report the deadlines of calls
+(the client's timeout) and the timeouts of lock waits, as seconds left at
+their local snapshot: a report says when the first deadline on its cycle
+passes (``breaks_in``), or that none has one (``permanent``: stuck until
+someone intervenes). Permanent deadlocks are listed first.
 
 What a report may rest on, and when a deadlock on an INCOMPLETE cut counts
 as proven (see :mod:`cutwatch.core._waitfor` for the edges):
 
 - handler matches, in-transit records and lock holders come from the cut
-  itself and need no assumption;
+  itself and need no assumption; so do calls queued for a worker, which
+  their server recorded as they arrived;
 - a call listed in ``cut.unsettled`` (not failed) is taken to be queued for a
   worker of its callee; that is the one assumption a report may make, and it
   says so (with the caveat when the flush round did not run), together with
@@ -38,13 +43,17 @@ as proven (see :mod:`cutwatch.core._waitfor` for the edges):
         queued bool      a call its server has queued for a worker (no handler runs it yet)
         waits_for [obj]  every unmet wait: kind ("call" | "queued" | "worker" | "lock"), text (in words),
                          method, call_id, target (callee process), lock, pools [str],
-                         waits_on [{process, task_id}], assumption (str or null)
+                         waits_on [{process, task_id}], assumption (str or null),
+                         times_out_in (seconds from the cut until it ends by itself, or null)
         on_cycle bool    whether it lies on a cycle of waits (false: it waits on tasks that do)
+        times_out_in     the earliest of its waits' (null: no deadline, stuck until someone intervenes)
     cycle        [obj]  one cycle inside the deadlock, in order: process, task_id, task (the
                         task in brief), edge (how it waits for the next step; the last
                         step's edge leads back to the first)
     chain        str    the cycle as one line: ``A [..] -> edge -> B [..] -> edge -> A``
     rests_on     [str]  plain-English assumptions the proof needs; [] when the cut alone proves it
+    breaks_in    float  seconds from the cut until the first deadline on the cycle passes (or null)
+    permanent    bool   no wait on the cycle has a deadline
 """
 
 from __future__ import annotations
@@ -71,7 +80,8 @@ _SHOWN_TASKS = 30
 
 
 def find_deadlocks(cut: Cut) -> list[Deadlock]:
-    """Every deadlock that ``cut`` proves, in process order of their first task; [] when none."""
+    """Every deadlock that ``cut`` proves, [] when none: the permanent ones first (no deadline on their
+    cycle), then by when they would break, each group in process order of its first task."""
     graph = graph_from_cut(cut)
     return deadlocks_from(graph, reduce_graph(graph), cut)
 
@@ -86,7 +96,9 @@ def deadlocks_from(graph: WaitForGraph, reduction: Reduction, cut: Cut) -> list[
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return Reporter(graph, reduction, cut, stuck_tasks).report()
+        found = Reporter(graph, reduction, cut, stuck_tasks).report()
+        found.sort(key=lambda d: (not d.permanent, d.breaks_in or 0.0))
+        return found
     finally:
         if collecting:
             gc.enable()
@@ -103,6 +115,7 @@ def format_deadlocks(deadlocks: Sequence[Deadlock]) -> str:
             lines.append("")
         head = f"Deadlock {number} of {total} (cut {deadlock.epoch}, {deadlock.cut_status})"
         lines.append(f"{head}: {deadlock.summary()}")
+        lines.append(f"  lasts: {deadlock.lasts()}")
         lines.append("  cycle: " + deadlock.chain(limit=_SHOWN_STEPS))
         lines.append("  tasks (* on a cycle of waits, - stuck behind one):")
         shown = deadlock.tasks[:_SHOWN_TASKS]
@@ -119,6 +132,12 @@ def format_deadlocks(deadlocks: Sequence[Deadlock]) -> str:
             lines.append(f"        holds: {', '.join(task.holds) or 'nothing'}")
             for wait in task.waits_for:
                 lines.append(f"        waits for: {wait.text}")
+            if task.times_out_in is None:
+                lines.append("        no deadline: stuck until someone intervenes")
+            else:
+                lines.append(
+                    f"        a wait of it ends by itself about {task.times_out_in:.1f} s after the cut"
+                )
             if task.trace_id:
                 lines.append(f"        trace {task.trace_id} span {task.span_id or '-'}")
         if len(deadlock.tasks) > len(shown):

@@ -34,6 +34,9 @@ class Wait(NamedTuple):
     waits_on: tuple[tuple[str, int], ...] = ()
     """(process, task_id) of the tasks it waits on: handler, lock holder, busy workers."""
     assumption: str | None = None
+    times_out_in: float | None = None
+    """Seconds from the cut until this wait ends by itself (the call's deadline, the lock wait's timeout);
+    None when it never does."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -46,6 +49,7 @@ class Wait(NamedTuple):
             "pools": list(self.pools),
             "waits_on": [{"process": p, "task_id": t} for p, t in self.waits_on],
             "assumption": self.assumption,
+            "times_out_in": self.times_out_in,
         }
 
 
@@ -71,6 +75,12 @@ class DeadlockedTask(NamedTuple):
         return f"{self.process}#{self.task_id}"
 
     @property
+    def times_out_in(self) -> float | None:
+        """When the first of its waits ends by itself, in seconds from the cut (None: none does)."""
+        known = [w.times_out_in for w in self.waits_for if w.times_out_in is not None]
+        return min(known) if known else None
+
+    @property
     def holds(self) -> tuple[str, ...]:
         out = [f"lock {name}" for name in self.held_locks]
         if self.kind == "server" and self.pool and not self.queued:
@@ -94,6 +104,7 @@ class DeadlockedTask(NamedTuple):
             "waits_for": [w.to_json() for w in self.waits_for],
             "on_cycle": self.on_cycle,
             "queued": self.queued,
+            "times_out_in": self.times_out_in,
         }
 
 
@@ -115,6 +126,22 @@ class Deadlock:
     tasks: tuple[DeadlockedTask, ...]
     cycle: tuple[CycleStep, ...]
     rests_on: tuple[str, ...] = ()
+    breaks_in: float | None = None
+    """Seconds from the cut until the first deadline on its cycle passes, which ends one of its waits
+    (None: no wait on the cycle has a deadline, so it lasts until someone intervenes)."""
+
+    @property
+    def permanent(self) -> bool:
+        return self.breaks_in is None
+
+    def lasts(self) -> str:
+        """How long it lasts, in words."""
+        if self.breaks_in is None:
+            return "permanent: no wait on its cycle has a deadline; stuck until someone intervenes"
+        return (
+            f"a deadline on its cycle passes about {self.breaks_in:.1f} s after the cut, failing that call "
+            f"and ending this cycle"
+        )
 
     @property
     def processes(self) -> tuple[str, ...]:
@@ -160,4 +187,6 @@ class Deadlock:
             ],
             "chain": self.chain(),
             "rests_on": list(self.rests_on),
+            "breaks_in": self.breaks_in,
+            "permanent": self.permanent,
         }

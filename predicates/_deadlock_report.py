@@ -243,13 +243,27 @@ class Reporter:
         steps = tuple(
             [CycleStep(process[tasks[c]], self.ids[c], self._brief(c), self._edge(i, r)) for c, i, r in cycle]
         )
+        ends = [self._times_out_in(i) for _, i, _ in cycle]
+        known = [left for left in ends if left is not None]
         return Deadlock(
             epoch=self.cut.epoch,
             cut_status=self.cut.status,
             tasks=tuple([self._task(c, bool(on_cycle[c])) for c in members]),
             cycle=steps,
             rests_on=self._rests_on(members),
+            breaks_in=min(known) if known else None,
         )
+
+    def _times_out_in(self, i: int) -> float | None:
+        """When need ``i`` ends by itself, in seconds from the waiting task's local snapshot."""
+        g = self.g
+        kind = g.need_kind[i]
+        if kind in (NEED_CALL, NEED_WORKER):
+            return _call(g.need_ref[i]).time_left
+        if kind == NEED_LOCK:
+            info = g.task_info[g.need_task[i]]
+            return info.lock_time_left if info is not None else None
+        return None  # a queued call: its caller's wait carries the deadline
 
     # Words ------------------------------------------------------------------------------------------
     def _brief(self, c: int) -> str:
@@ -321,10 +335,14 @@ class Reporter:
             names = ", ".join([labels[c] for c in waited[:8]])
             if len(waited) > 8:
                 names += f" and {len(waited) - 8} more"
+        left = self._times_out_in(i)
         if kind == NEED_CALL:
             method, call_id = _method(ref), _call_id(ref)
-            text = f"the answer to its call {method} (call {call_id}), being handled by {names}"
-            return Wait("call", text, method, call_id, on[0][0], "", (), on, None)
+            handler = "queued at" if all(self._queued(c) for c in waited) else "being handled by"
+            text = (
+                f"the answer to its call {method} (call {call_id}), {handler} {names}{_deadline_words(left)}"
+            )
+            return Wait("call", text, method, call_id, on[0][0], "", (), on, None, left)
         if kind == NEED_WORKER:
             alts = g.need_alts[g.need_start[i] : g.need_start[i + 1]]
             note = g.need_note[i]
@@ -333,11 +351,11 @@ class Reporter:
             method, call_id = _method(ref), _call_id(ref)
             text = (
                 f"a worker of {where}, held by {names}, for its call {method} (call {call_id}) to {target}, "
-                f"which has not reached a handler"
+                f"which has not reached a handler{_deadline_words(left)}"
             )
             pools = tuple(g.res_name[r - n] for r in alts)
             assumption = self._queued_words(note, alts) if note is not None else None
-            return Wait("worker", text, method, call_id, target, "", pools, on, assumption)
+            return Wait("worker", text, method, call_id, target, "", pools, on, assumption, left)
         if kind == NEED_QUEUED:
             r = g.need_alts[g.need_start[i]]
             info = g.task_info[g.need_task[i]]
@@ -351,11 +369,14 @@ class Reporter:
             return Wait("queued", text, method, call_id, where, "", (g.res_name[r - n],), on, None)
         if kind == NEED_LOCK:
             where = g.task_process[g.need_task[i]]
-            return Wait(
-                "lock", f"lock {ref} at {where}, held by {names}", "", None, where, str(ref), (), on, None
-            )
+            text = f"lock {ref} at {where}, held by {names}{_deadline_words(left, 'its wait times out')}"
+            return Wait("lock", text, "", None, where, str(ref), (), on, None, left)
         alts = g.need_alts[g.need_start[i] : g.need_start[i + 1]]
         return Wait("other", f"resources {', '.join(str(r) for r in alts)}, held by {names}", waits_on=on)
+
+    def _queued(self, c: int) -> bool:
+        info = self.g.task_info[self.tasks[c]]
+        return info is not None and info.queued
 
     def _queued_words(self, note: QueuedCall, alts: Sequence[int]) -> str:
         span = max(self.cut.finished - self.cut.started, 0.0)
@@ -435,6 +456,12 @@ class Reporter:
                 f"whose local snapshots are consistent with one another"
             ] = None
         return tuple(out)
+
+
+def _deadline_words(left: float | None, what: str = "its deadline passes") -> str:
+    if left is None:
+        return " (no deadline)"
+    return f" ({what} about {left:.1f} s after the cut)"
 
 
 def _waits_at_cut(info: TaskView) -> int:

@@ -16,8 +16,16 @@ A, B, C = "orders:a1", "inventory:b2", "billing:c3"
 SERVICES = {A: "orders", B: "inventory", C: "billing"}
 
 
-def call(call_id: int, method: str, target: str = "", blocking: bool = True) -> dict[str, Any]:
-    return {"call_id": call_id, "method": method, "target": target, "blocking": blocking}
+def call(
+    call_id: int, method: str, target: str = "", blocking: bool = True, time_left: float | None = None
+) -> dict[str, Any]:
+    return {
+        "call_id": call_id,
+        "method": method,
+        "target": target,
+        "blocking": blocking,
+        "time_left": time_left,
+    }
 
 
 def task(
@@ -33,8 +41,12 @@ def task(
     calls: Sequence[dict[str, Any]] = (),
     trace: str = "",
     span: str = "",
+    queued: bool = False,
+    lock_time_left: float | None = None,
 ) -> dict[str, Any]:
     return {
+        "queued": queued,
+        "lock_time_left": lock_time_left,
         "task_id": task_id,
         "kind": kind,
         "method": method,
@@ -155,7 +167,19 @@ def test_two_process_lock_cycle_names_every_task_and_prints_the_chain() -> None:
     assert all(t.on_cycle for t in deadlock.tasks)
 
     (doc,) = json_roundtrip([deadlock])
-    assert set(doc) == {"epoch", "cut_status", "summary", "processes", "tasks", "cycle", "chain", "rests_on"}
+    assert set(doc) == {
+        "epoch",
+        "cut_status",
+        "summary",
+        "processes",
+        "tasks",
+        "cycle",
+        "chain",
+        "rests_on",
+        "breaks_in",
+        "permanent",
+    }
+    assert doc["permanent"] is True and doc["breaks_in"] is None
     assert doc["processes"] == [B, A]
     assert doc["chain"] == deadlock.chain()
     assert [(s["process"], s["task_id"]) for s in doc["cycle"]] == [(B, 3), (B, 5), (A, 2), (A, 1)]
@@ -541,3 +565,109 @@ def test_two_full_pools_waiting_on_each_other() -> None:
     # One free worker in either pool, and it is no deadlock.
     roomy = make_cut(tasks, pools={A: {"server-1": 3}, B: {"server-1": 2}, C: {}}, queued=queued)
     assert find_deadlocks(roomy) == []
+
+
+# Queued calls (recorded by their server as they arrived) ------------------------------------------
+def exhausted_pool_cut(*, capacity: int = 2, lookup_left: float | None = None, answered: bool = False) -> Cut:
+    """till's 2 workers run Pay, each calling fraud.Screen, which calls till.Lookup: queued at till.
+
+    ``answered``: fraud's calls are no longer open (another attempt answered them)."""
+    till: list[dict[str, Any]] = []
+    fraud: list[dict[str, Any]] = []
+    for k in range(2):
+        till.append(
+            task(
+                1 + k,
+                method="/shop.Till/Pay",
+                caller="client",
+                call_id=50 + k,
+                calls=[call(10 + k, "/shop.Fraud/Screen", B)],
+            )
+        )
+        fraud.append(
+            task(
+                5 + k,
+                method="/shop.Fraud/Screen",
+                caller=A,
+                call_id=10 + k,
+                calls=[] if answered else [call(20 + k, "/shop.Till/Lookup", "", time_left=lookup_left)],
+            )
+        )
+        till.append(task(8 + k, method="/shop.Till/Lookup", caller=B, call_id=20 + k, queued=True))
+    return make_cut({A: till, B: fraud}, pools={A: {"server-1": capacity}, B: {"server-1": 4}})
+
+
+def test_calls_queued_at_their_server_close_the_cycle_with_no_assumption() -> None:
+    """The callee is known from the server's own record, even on a channel that was never answered."""
+    cut = exhausted_pool_cut()
+    (deadlock,) = find_deadlocks(cut)
+    assert stuck([deadlock]) == {(A, 1), (A, 2), (A, 8), (A, 9), (B, 5), (B, 6)}
+    assert deadlock.rests_on == ()
+    lookup = next(t for t in deadlock.tasks if t.task_id == 8)
+    assert lookup.queued and lookup.holds == ()
+    (wait,) = lookup.waits_for
+    assert wait.kind == "queued" and wait.pools == ("server-1",) and wait.target == A
+    assert "2 of 2 workers busy" in wait.text and sorted(wait.waits_on) == [(A, 1), (A, 2)]
+    screen = next(t for t in deadlock.tasks if t.task_id == 5)
+    assert screen.waits_for[0].kind == "call" and "queued at orders:a1#8" in screen.waits_for[0].text
+    assert "waits in the server's queue for a worker of orders:a1's pool server-1 (2 of 2 workers busy)" in (
+        deadlock.chain()
+    )
+    assert {t["task_id"] for t in deadlock.to_json()["tasks"] if t["queued"]} == {8, 9}
+    assert "(queued for a worker of server-1)" in format_deadlocks([deadlock])
+
+
+def test_a_queued_call_with_a_free_worker_or_nobody_waiting_is_no_deadlock() -> None:
+    assert find_deadlocks(exhausted_pool_cut(capacity=3)) == []
+    assert find_deadlocks(exhausted_pool_cut(answered=True)) == []
+
+
+def test_a_queued_call_in_a_pool_of_unknown_size_is_uncertain() -> None:
+    cut = exhausted_pool_cut(capacity=0)
+    assert find_deadlocks(cut) == []
+    graph = graph_from_cut(cut)
+    assert {w.why for w in graph.uncertain} == {"the worker capacity of orders:a1's pool server-1 is unknown"}
+
+
+# Deadlines -----------------------------------------------------------------------------------------
+def test_reports_say_when_a_deadline_breaks_the_cycle_and_list_permanent_deadlocks_first() -> None:
+    timed = exhausted_pool_cut(lookup_left=12.5)
+    (deadlock,) = find_deadlocks(timed)
+    assert deadlock.breaks_in == 12.5 and not deadlock.permanent
+    screen = next(t for t in deadlock.tasks if t.task_id == 5)
+    assert screen.times_out_in == 12.5 and "its deadline passes about 12.5 s after the cut" in (
+        screen.waits_for[0].text
+    )
+    pay = next(t for t in deadlock.tasks if t.task_id == 1)
+    assert pay.times_out_in is None
+    text = format_deadlocks([deadlock])
+    assert "lasts: a deadline on its cycle passes about 12.5 s after the cut" in text
+    assert "no deadline: stuck until someone intervenes" in text
+    assert json_roundtrip([deadlock])[0]["breaks_in"] == 12.5
+
+    # The same pool deadlock at till, and a lock cycle with no deadline at billing: permanent first.
+    tasks = {p: list(ts) for p, ts in timed.tasks.items()}
+    doc_tasks = {p: [t.to_json() for t in ts] for p, ts in tasks.items()}
+    doc_tasks[C] = [
+        task(30, method="/shop.Billing/Hold", held=["x"], waiting="y", lock_time_left=None),
+        task(31, method="/shop.Billing/Take", held=["y"], waiting="x"),
+    ]
+    both = make_cut(doc_tasks, pools={A: {"server-1": 2}, B: {"server-1": 4}, C: {"server-1": 4}})
+    first, second = find_deadlocks(both)
+    assert first.permanent and first.processes == (C,)
+    assert second.breaks_in == 12.5
+
+
+def test_a_lock_wait_with_a_timeout_breaks_the_cycle() -> None:
+    cut = make_cut(
+        {
+            C: [
+                task(30, method="/shop.Billing/Hold", held=["x"], waiting="y", lock_time_left=3.0),
+                task(31, method="/shop.Billing/Take", held=["y"], waiting="x"),
+            ]
+        }
+    )
+    (deadlock,) = find_deadlocks(cut)
+    assert deadlock.breaks_in == 3.0
+    hold = next(t for t in deadlock.tasks if t.task_id == 30)
+    assert "its wait times out about 3.0 s after the cut" in hold.waits_for[0].text
