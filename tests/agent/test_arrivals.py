@@ -118,10 +118,15 @@ def test_a_call_cancelled_while_queued_stops_being_listed(one_worker: Blocked) -
     doomed = one_worker.stub.unary_unary.future(b"x", timeout=TIMEOUT)
     wait_until(lambda: queued(one_worker.server_agent), "the second call to queue")
     doomed.cancel()
+    # A third call on the same connection: once the server has it, it has read the cancellation that
+    # the client sent before it.
+    third = one_worker.stub.unary_unary.future(b"y", timeout=TIMEOUT)
+    wait_until(lambda: len(queued(one_worker.server_agent)) == 2, "the third call to queue")
     one_worker.release.set()
-    assert first.result(timeout=TIMEOUT) == b"x"
-    # gRPC drops the cancelled call without running a handler; the next call to run forgets it.
-    assert one_worker.stub.unary_unary(b"y", timeout=TIMEOUT) == b"y"
+    assert first.result(timeout=TIMEOUT) == b"x" and third.result(timeout=TIMEOUT) == b"y"
+    # gRPC dropped the cancelled call without running a handler; the third call, taken after it,
+    # stopped it being listed.
+    assert len(one_worker.running) == 2
     wait_until(lambda: one_worker.server_agent.tasks() == [], "no task left")
     assert one_worker.server_agent.stats().queued_calls_dropped == 1
 

@@ -548,6 +548,7 @@ def test_hostile_values_in_every_piece_of_a_snapshot_are_stored_exactly(world: W
             "span_id": value,
             "held_locks": [value, LONG if index == 0 else value + "!"],
             "waiting_lock": None,
+            "lock_time_left": None,
             "outbound": [],
         }
         for index, value in enumerate(HOSTILE)
