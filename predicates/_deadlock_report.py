@@ -364,9 +364,9 @@ class Reporter:
                 f"a worker of {self._pool_words(r)}, held by {names}: its call arrived at {where} and waits "
                 f"in the server's queue"
             )
-            method = info.method if info is not None else ""
-            call_id = info.call_id if info is not None else None
-            return Wait("queued", text, method, call_id, where, "", (g.res_name[r - n],), on, None)
+            queued_method = info.method if info is not None else ""
+            queued_id = info.call_id if info is not None else None
+            return Wait("queued", text, queued_method, queued_id, where, "", (g.res_name[r - n],), on, None)
         if kind == NEED_LOCK:
             where = g.task_process[g.need_task[i]]
             text = f"lock {ref} at {where}, held by {names}{_deadline_words(left, 'its wait times out')}"
