@@ -93,7 +93,7 @@ class _AioHandlerWrapper(_HandlerWrapper):
     ) -> tuple[Inbound | None, Any, StreamEnd | None]:
         """The request's receive event, the context the handler sees and, for a streaming call, the
         handler's stream end."""
-        inbound = self.start(context, request)
+        inbound = self.start(context, request, ends_at_deadline=True)
         if isinstance(inbound, Refused):
             await context.abort(grpc.StatusCode.ABORTED, inbound.reason)
             raise AssertionError("unreachable: abort raises")  # pragma: no cover

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import weakref
 from collections import deque
 from types import TracebackType
@@ -100,7 +99,7 @@ class CutwatchLock:
         with self._registry.mutate(waiter.task):
             waiter.task.waiting_lock = self.name
             # Deadlock reports say when a wait with a timeout gives up.
-            waiter.task.lock_deadline = time.monotonic() + timeout if timeout >= 0 else None
+            waiter.task.lock_deadline = self._registry.now() + timeout if timeout >= 0 else None
 
     def _abandon(self, waiter: _ThreadWaiter | _AsyncWaiter) -> bool:
         """Withdraw a waiter that gave up; False if it was granted meanwhile."""

@@ -96,8 +96,11 @@ class _HandlerWrapper:
         self.probe = probe
         """Called once a handler runs: the sync server learns its pool's capacity there."""
 
-    def start(self, context: Any, request: Any) -> Inbound | Refused | None:
-        """The request's receive event (None: untracked; :data:`REFUSED`: it must not run)."""
+    def start(
+        self, context: Any, request: Any, *, ends_at_deadline: bool = False
+    ) -> Inbound | Refused | None:
+        """The request's receive event (None: untracked; :data:`REFUSED`: it must not run), with the
+        call's deadline (``ends_at_deadline``: the server cancels the handler then)."""
         inbound = begin_inbound(
             self.core,
             self.method,
@@ -109,6 +112,12 @@ class _HandlerWrapper:
         )
         if self.probe is not None:
             self.probe()
+        if isinstance(inbound, Inbound):
+            try:
+                left = context.time_remaining()
+            except Exception:  # a context without deadlines
+                left = None
+            self.core.handler_deadline(inbound, left, ends=ends_at_deadline)
         return inbound
 
     def begin(self, context: Any, request: Any) -> Inbound | None:

@@ -17,7 +17,7 @@ import itertools
 import math
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,7 +52,12 @@ class Task:
     held_locks: list[str] = field(default_factory=list)
     waiting_lock: str | None = None
     lock_deadline: float | None = None
-    """When the wait for ``waiting_lock`` gives up (``acquire(timeout=...)``), on the monotonic clock."""
+    """When the wait for ``waiting_lock`` gives up (``acquire(timeout=...)``), on the registry's clock."""
+    deadline: float | None = None
+    """A server task's: when its caller's deadline passes, on the registry's clock (None: none)."""
+    ends_at_deadline: bool = False
+    """The handler is cancelled when its deadline passes (grpc.aio), which ends its waits; a sync
+    handler's thread goes on."""
     outbound: dict[int, OutboundCall] = field(default_factory=dict)
     live: bool = True
     """False once ended or released; a context may still hold it (see ``current_or_app_task``)."""
@@ -92,6 +97,10 @@ class TaskView:
     """The call has reached the server and waits for a worker of ``pool`` (it holds none)."""
     lock_time_left: float | None = None
     """Seconds until the wait for ``waiting_lock`` gives up, as of the view (None: it never does)."""
+    time_left: float | None = None
+    """A server task's: seconds until its caller's deadline passes, as of the view (None: none)."""
+    ends_at_deadline: bool = False
+    """Its handler is cancelled at that deadline (grpc.aio), which ends every wait of the task."""
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> TaskView:
@@ -111,6 +120,9 @@ class TaskView:
         if not isinstance(queued, bool):
             raise ValueError("a task's queued is true or false")
         lock_time_left = _seconds(doc.get("lock_time_left"), "lock_time_left")
+        ends_at_deadline = doc.get("ends_at_deadline", False)
+        if not isinstance(ends_at_deadline, bool):
+            raise ValueError("a task's ends_at_deadline is true or false")
         return cls(
             task_id=_int(doc, "task_id"),
             kind=_text(doc, "kind"),
@@ -125,6 +137,8 @@ class TaskView:
             pool=_text(doc, "pool"),
             queued=queued,
             lock_time_left=lock_time_left,
+            time_left=_seconds(doc.get("time_left"), "time_left"),
+            ends_at_deadline=ends_at_deadline,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -142,6 +156,8 @@ class TaskView:
             "held_locks": list(self.held_locks),
             "waiting_lock": self.waiting_lock,
             "lock_time_left": self.lock_time_left,
+            "time_left": self.time_left,
+            "ends_at_deadline": self.ends_at_deadline,
             "outbound": [
                 {
                     "call_id": c.call_id,
@@ -194,9 +210,10 @@ def _outbound(doc: object) -> OutboundCall:
 
 
 class TaskRegistry:
-    """The live tasks of one agent; thread-safe."""
+    """The live tasks of one agent; thread-safe. Deadlines are kept on ``monotonic``'s clock."""
 
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.now = monotonic
         self._lock = threading.Lock()
         self._tasks: dict[int, Task] = {}
         self._ids = itertools.count(1)
@@ -315,7 +332,7 @@ class TaskRegistry:
 
     def views(self) -> list[TaskView]:
         """Every live task, queued ones included (``agent.tasks()``)."""
-        now = time.monotonic()
+        now = self.now()
         with self._lock:
             return [_view(t, now) for t in self._tasks.values()]
 
@@ -323,7 +340,7 @@ class TaskRegistry:
         """What a local snapshot lists: the running tasks, and the queued ones with the epoch their
         request was sent in. A local snapshot of epoch ``e`` lists a queued task only if it was sent
         before its caller's cut ``e`` (epoch < ``e``): a request sent after it is not in the cut."""
-        now = time.monotonic()
+        now = self.now()
         with self._lock:
             running: list[TaskView] = []
             queued: list[tuple[int, TaskView]] = []
@@ -361,4 +378,6 @@ def _view(t: Task, now: float) -> TaskView:
         pool=t.pool,
         queued=t.queued,
         lock_time_left=_left(t.lock_deadline, now) if t.waiting_lock else None,
+        time_left=_left(t.deadline, now),
+        ends_at_deadline=t.ends_at_deadline,
     )

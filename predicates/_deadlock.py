@@ -47,6 +47,7 @@ as proven (see :mod:`cutwatch.core._waitfor` for the edges):
                          times_out_in (seconds from the cut until it ends by itself, or null)
         on_cycle bool    whether it lies on a cycle of waits (false: it waits on tasks that do)
         times_out_in     the earliest of its waits' (null: no deadline, stuck until someone intervenes)
+        caller_gives_up_in  a server task's: seconds until its caller's deadline passes (or null)
     cycle        [obj]  one cycle inside the deadlock, in order: process, task_id, task (the
                         task in brief), edge (how it waits for the next step; the last
                         step's edge leads back to the first)
@@ -138,6 +139,9 @@ def format_deadlocks(deadlocks: Sequence[Deadlock]) -> str:
                 lines.append(
                     f"        a wait of it ends by itself about {task.times_out_in:.1f} s after the cut"
                 )
+            if task.caller_gives_up_in is not None:
+                gives_up = task.caller_gives_up_in
+                lines.append(f"        its caller's deadline passes about {gives_up:.1f} s after the cut")
             if task.trace_id:
                 lines.append(f"        trace {task.trace_id} span {task.span_id or '-'}")
         if len(deadlock.tasks) > len(shown):

@@ -69,6 +69,9 @@ class DeadlockedTask(NamedTuple):
     on_cycle: bool
     queued: bool = False
     """A call its server has queued for a worker: no handler runs it yet."""
+    caller_gives_up_in: float | None = None
+    """A server task's: seconds from the cut until its caller's deadline passes (None: none). A sync
+    handler goes on past it; a grpc.aio handler is cancelled then."""
 
     @property
     def label(self) -> str:
@@ -105,6 +108,7 @@ class DeadlockedTask(NamedTuple):
             "on_cycle": self.on_cycle,
             "queued": self.queued,
             "times_out_in": self.times_out_in,
+            "caller_gives_up_in": self.caller_gives_up_in,
         }
 
 

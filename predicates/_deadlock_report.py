@@ -258,12 +258,16 @@ class Reporter:
         """When need ``i`` ends by itself, in seconds from the waiting task's local snapshot."""
         g = self.g
         kind = g.need_kind[i]
+        info = g.task_info[g.need_task[i]]
+        left: float | None = None
         if kind in (NEED_CALL, NEED_WORKER):
-            return _call(g.need_ref[i]).time_left
-        if kind == NEED_LOCK:
-            info = g.task_info[g.need_task[i]]
-            return info.lock_time_left if info is not None else None
-        return None  # a queued call: its caller's wait carries the deadline
+            left = _call(g.need_ref[i]).time_left
+        elif kind == NEED_LOCK and info is not None:
+            left = info.lock_time_left
+        # (A queued call's wait ends when its caller's does: the caller's wait carries the deadline.)
+        if info is not None and info.ends_at_deadline and info.time_left is not None:
+            left = info.time_left if left is None else min(left, info.time_left)
+        return left
 
     # Words ------------------------------------------------------------------------------------------
     def _brief(self, c: int) -> str:
@@ -418,6 +422,7 @@ class Reporter:
             tuple([self._wait(i) for i in self.unmet_needs[self.needs_start[c] : self.needs_start[c + 1]]]),
             on_cycle,
             info.queued,
+            info.time_left,
         )
 
     def _rests_on(self, members: list[int]) -> tuple[str, ...]:

@@ -176,6 +176,22 @@ def test_callers_tasks_carry_their_calls_deadlines(one_worker: Blocked) -> None:
         wait_until(lambda: one_worker.running, "the call to run")
         ((outbound,),) = [t.outbound for t in one_worker.client.tasks()]
         assert outbound.time_left is not None and 0 < outbound.time_left <= TIMEOUT
+        (handler,) = one_worker.server_agent.tasks()
+        # The server reads the same deadline; a sync handler's thread goes on past it.
+        assert handler.time_left is not None and 0 < handler.time_left <= TIMEOUT + 1
+        assert not handler.ends_at_deadline
+    finally:
+        one_worker.release.set()
+    assert call.result(timeout=TIMEOUT) == b"x"
+
+
+def test_calls_without_deadlines_say_so(one_worker: Blocked) -> None:
+    call = one_worker.stub.unary_unary.future(b"x")
+    try:
+        wait_until(lambda: one_worker.running, "the call to run")
+        ((outbound,),) = [t.outbound for t in one_worker.client.tasks()]
+        (handler,) = one_worker.server_agent.tasks()
+        assert outbound.time_left is None and handler.time_left is None
     finally:
         one_worker.release.set()
     assert call.result(timeout=TIMEOUT) == b"x"

@@ -549,6 +549,8 @@ def test_hostile_values_in_every_piece_of_a_snapshot_are_stored_exactly(world: W
             "held_locks": [value, LONG if index == 0 else value + "!"],
             "waiting_lock": None,
             "lock_time_left": None,
+            "time_left": None if index % 2 else 1e6,
+            "ends_at_deadline": index % 3 == 0,
             "outbound": [],
         }
         for index, value in enumerate(HOSTILE)

@@ -658,6 +658,22 @@ def test_reports_say_when_a_deadline_breaks_the_cycle_and_list_permanent_deadloc
     assert second.breaks_in == 12.5
 
 
+def test_a_handler_cancelled_at_its_deadline_breaks_the_cycle_a_sync_one_does_not() -> None:
+    def cycle(ends: bool) -> Deadlock:
+        hold = task(30, method="/shop.Billing/Hold", held=["x"], waiting="y")
+        hold["time_left"], hold["ends_at_deadline"] = 7.0, ends
+        (deadlock,) = find_deadlocks(
+            make_cut({C: [hold, task(31, method="/shop.Billing/Take", held=["y"], waiting="x")]})
+        )
+        return deadlock
+
+    aio, sync = cycle(True), cycle(False)
+    assert aio.breaks_in == 7.0 and sync.permanent
+    (held,) = [t for t in sync.tasks if t.task_id == 30]
+    assert held.caller_gives_up_in == 7.0 and held.times_out_in is None
+    assert "its caller's deadline passes about 7.0 s after the cut" in format_deadlocks([sync])
+
+
 def test_a_lock_wait_with_a_timeout_breaks_the_cycle() -> None:
     cut = make_cut(
         {
