@@ -43,7 +43,8 @@ START_TIMEOUT = 60.0
 """Generous: several Python processes importing grpc at once on a loaded machine."""
 SNAPSHOT_TIMEOUT = 30.0
 QUEUED_SNAPSHOT_TIMEOUT = 4.0
-"""A call queued behind an exhausted pool is never accounted for: its cut ends INCOMPLETE after this."""
+"""A call queued behind an exhausted pool never gets a worker, so its request is never recorded: its
+cut ends INCOMPLETE after this (the deadlock it is part of is certain all the same)."""
 DEADLOCK_TIMEOUT = 60.0
 """Longest the demo waits for a provoked deadlock to form and be reported."""
 SNAPSHOT_PAUSE = 0.3
