@@ -47,6 +47,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cutwatch.collector._queued import queued_calls_stuck
 from cutwatch.collector._records import StoredCut, stored_from_assembled
 from cutwatch.collector._sessions import (
     AgentSession,
@@ -88,6 +89,8 @@ __all__ = ["AgentSession", "Clock", "Coordinator", "CoordinatorStats", "NoAgents
 _LOG = logging.getLogger("cutwatch.collector")
 MAX_EPOCH = 1 << 62
 """Epochs stay far below protobuf's uint64 bound, whatever an agent reports."""
+QUEUED_PROBE_INTERVAL = 0.25
+"""Seconds between two looks at a snapshot that waits only on queued calls (each builds a wait-for graph)."""
 REASON_DISCONNECTED = "disconnected from the collector"
 REASON_EVENTS_LOST = "events lost on the way to the collector"
 REASON_REJECTED = "REJECTED (a cutwatch bug, please report it): "
@@ -108,6 +111,8 @@ class _Run:
     """The wave asked last: the next one is asked once all of these have sent their local snapshot."""
     done: threading.Event = field(default_factory=threading.Event)
     result: StoredCut | None = None
+    next_probe: float = 0.0
+    """When to look again whether the calls it waits for are stuck behind deadlocked workers."""
 
 
 class Coordinator:
@@ -398,7 +403,23 @@ class Coordinator:
             for run in list(self._runs.values()):
                 if now >= run.deadline:
                     finished += self._finish(run, "")
+                elif now >= run.next_probe and run.assembler.waits_only_on_queued_calls():
+                    run.next_probe = now + QUEUED_PROBE_INTERVAL
+                    finished += self._finish_if_stuck(run)
         self._store_all(finished)
+
+    def _finish_if_stuck(self, run: _Run) -> list[_Run]:
+        """Finish ``run`` now if every call it waits for is queued behind deadlocked workers (holds the
+        lock)."""
+        try:
+            cut = run.assembler.finish()
+            stuck = queued_calls_stuck(cut, run.started)
+        except AssemblyError as exc:
+            return self._reject(run, exc)
+        if not stuck:
+            return []
+        self._stats["finished_early"] += 1
+        return self._complete(run, cut)
 
     def running(self) -> tuple[int, ...]:
         with self._lock:

@@ -93,6 +93,9 @@ class CoordinatorStats:
     events_foreign: int
     """Snapshot pieces from agents that were not participants of that snapshot (they joined later)."""
     store_errors: int
+    finished_early: int = 0
+    """Snapshots finished before their timeout: all they waited for were calls queued behind deadlocked
+    workers (see ``collector._queued``)."""
 
     @classmethod
     def of(cls, agents: int, counts: Mapping[str, int]) -> CoordinatorStats:
@@ -108,6 +111,7 @@ class CoordinatorStats:
             events_late=counts.get("late", 0),
             events_foreign=counts.get("foreign", 0),
             store_errors=counts.get("store_errors", 0),
+            finished_early=counts.get("finished_early", 0),
         )
 
 

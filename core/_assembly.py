@@ -391,6 +391,23 @@ class CutAssembler:
             return "INCOMPLETE"
         return "PENDING" if streams.owed else "COMPLETE"
 
+    def waits_only_on_queued_calls(self) -> bool:
+        """Whether all that keeps the cut PENDING is calls queued for a worker at their servers.
+
+        Their requests are recorded when a worker takes them. If those
+        workers are deadlocked, no worker ever does: the cut can only end
+        INCOMPLETE, and whoever runs the assembler may finish it at once
+        rather than at its timeout (see ``collector._queued``).
+        """
+        if self._stopped or not self._waiting or len(self._locals) < len(self.participants):
+            return False
+        if self._round == 0 or self._recount or len(self._flushed) < len(self.participants):
+            return False
+        if any(key not in self._queued for key in self._waiting):
+            return False
+        streams = self._place_streams()
+        return not streams.reasons and not streams.owed
+
     def finish(self) -> AssembledCut:
         """The cut as it stands: COMPLETE if it is, else INCOMPLETE with what is missing and why."""
         self._check_clocks()

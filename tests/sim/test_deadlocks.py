@@ -8,18 +8,25 @@ truth (the tasks that never finish once nothing can happen):
 - every deadlock reported on any cut, COMPLETE or not, is real: each task
   it names never finishes;
 - the cut taken once nothing can happen reports every stuck task, calls
-  queued for a worker included, resting on nothing but the cut.
+  queued for a worker included, resting on nothing but the cut;
+- a snapshot that the collector would finish early, because all it waits
+  for are calls queued behind deadlocked workers, waits for calls that no
+  worker ever takes.
 
 Switched off, the servers' record of arriving calls is what the second
-property needs: hypothesis then finds a deadlock that no cut reports.
+property needs: hypothesis then finds a deadlock that no cut reports. And an
+early finish that skipped its deadlock check would give up on queued calls
+that busy workers take later.
 """
 
 from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
+from sim import waits
 from sim.waits import WaitConfig, run_world
 
 from cutwatch.predicates import find_deadlocks
@@ -50,6 +57,10 @@ def test_every_deadlock_reported_is_real_and_the_last_cut_reports_every_stuck_ta
         phantom = reported(cut) - stuck
         assert not phantom, f"cut {epoch} ({cut.status}) reports tasks that finish later: {sorted(phantom)}"
     assert reported(final) == stuck
+    for epoch, calls in world.said_stuck.items():
+        assert calls <= world.still_queued(), (
+            f"cut {epoch}: called stuck, but a worker took {calls - world.still_queued()}"
+        )
     for deadlock in find_deadlocks(final):
         assert all("INCOMPLETE" in item for item in deadlock.rests_on), deadlock.rests_on
 
@@ -57,7 +68,7 @@ def test_every_deadlock_reported_is_real_and_the_last_cut_reports_every_stuck_ta
 def test_the_worlds_deadlock_and_also_queue_without_deadlocking() -> None:
     """The properties above are not vacuous: seeded worlds deadlock through queued calls, and others
     take cuts with calls queued behind busy workers that then go on."""
-    deadlocked = live_queues = 0
+    deadlocked = live_queues = early = 0
     for seed in range(60):
         world, cuts, final = run_world(WaitConfig(calls=6, pool_sizes=(1, 2, 3)), random.Random(seed))
         stuck = world.stuck()
@@ -67,7 +78,8 @@ def test_the_worlds_deadlock_and_also_queue_without_deadlocking() -> None:
         for cut in cuts.values():
             queued = any(task.queued for tasks in cut.tasks.values() for task in tasks)
             live_queues += queued and not reported(cut)
-    assert deadlocked >= 3 and live_queues >= 10, (deadlocked, live_queues)
+        early += bool(world.said_stuck)
+    assert deadlocked >= 3 and live_queues >= 10 and early >= 3, (deadlocked, live_queues, early)
 
 
 def test_without_the_record_of_arriving_calls_hypothesis_finds_a_deadlock_no_cut_reports() -> None:
@@ -85,3 +97,16 @@ def test_without_the_record_of_arriving_calls_hypothesis_finds_a_deadlock_no_cut
         settings=settings(max_examples=2000, deadline=None, database=None),
     )
     assert not config.record_arrivals
+
+
+def test_an_early_finish_without_the_deadlock_check_would_give_up_on_calls_that_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Finishing a snapshot whenever it waits only on queued calls is wrong: busy pools take them later."""
+    monkeypatch.setattr(waits, "queued_calls_stuck", lambda cut, started: bool(cut.unsettled))
+
+    def gave_up_too_early(seed: int) -> bool:
+        world, _, _ = run_world(WaitConfig(calls=6, pool_sizes=(1, 2, 3)), random.Random(seed))
+        return any(not calls <= world.still_queued() for calls in world.said_stuck.values())
+
+    assert any(gave_up_too_early(seed) for seed in range(200))

@@ -17,7 +17,10 @@ moves on, when the collector starts a snapshot. Reports reach the real cut
 assembler in order per process, interleaved across processes.
 
 The ground truth is plain: once no step can happen, the tasks that never
-finished are deadlocked, and nothing else ever was.
+finished are deadlocked, and nothing else ever was. Whenever a snapshot waits
+only for calls queued at their servers, the world also asks the collector's
+early finish (:func:`cutwatch.collector._queued.queued_calls_stuck`) whether
+they are stuck behind deadlocked workers, and remembers what it said.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 
 from sim.world import Control
 
+from cutwatch.collector._queued import queued_calls_stuck
 from cutwatch.collector._records import cut_from_stored, stored_from_assembled
 from cutwatch.core import (
     AssembledCut,
@@ -69,6 +73,7 @@ class WaitConfig:
 @dataclass(eq=False)
 class Request:
     caller: str
+    call_id: int
     targets: tuple[str, ...]
     stamp: bytes
     plan: Plan
@@ -142,6 +147,8 @@ class WaitWorld:
         self.next_epoch = 1
         self.assemblers: dict[int, CutAssembler] = {}
         self.cuts: dict[int, AssembledCut] = {}
+        self.said_stuck: dict[int, set[tuple[str, int]]] = {}
+        """Calls the early finish called stuck behind deadlocked workers, by epoch."""
 
     def _now(self) -> float:
         return float(self.time)
@@ -176,7 +183,9 @@ class WaitWorld:
             started = waiter.context.run(core.begin_call, METHOD, channel)
             assert started is not None, "the core failed to send"
             waiter.calling, stamp = started
-            self.network.append(Request(waiter.process, targets, stamp, plan, waiter))
+            self.network.append(
+                Request(waiter.process, waiter.calling.call.call_id, targets, stamp, plan, waiter)
+            )
             return
         waiter.done = True
         if waiter.request is not None:
@@ -277,6 +286,12 @@ class WaitWorld:
             )
         if assembler.status() != "PENDING":
             self.cuts[event.epoch] = assembler.finish()
+        elif assembler.waits_only_on_queued_calls():
+            cut = assembler.finish()
+            if queued_calls_stuck(cut, 0.0):
+                self.said_stuck.setdefault(event.epoch, set()).update(
+                    (u.caller, u.call_id) for u in cut.unsettled
+                )
 
     def finish_cuts(self) -> None:
         """Every snapshot still open ends as it stands (the collector's timeout)."""
@@ -285,6 +300,10 @@ class WaitWorld:
                 self.cuts[epoch] = assembler.finish()
 
     # Ground truth ------------------------------------------------------------------------------
+    def still_queued(self) -> set[tuple[str, int]]:
+        """The calls (caller, call id) that no worker ever took."""
+        return {(q.request.caller, q.request.call_id) for s in self.servers.values() for q in s.queue}
+
     def stuck(self) -> set[tuple[str, int]]:
         """The tasks that will never finish: unfinished threads and handlers, and calls still queued."""
         out = {(w.process, w.task_id) for w in self.waiters if not w.done}
