@@ -67,17 +67,27 @@ def struct_to_python(message: Struct) -> dict[str, Any]:
 # Processes ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Spec:
-    """One shop service: its worker pool and its RPCs (``NAME=STEPS``, see shop_service.py)."""
+    """One shop service: its worker pool and its RPCs (``NAME=STEPS``, see shop_service.py).
 
-    workers: int
+    ``workers=None`` is ``ThreadPoolExecutor()``'s default size; ``tell_pool=False`` keeps the size
+    from cutwatch (it reads it from the executor). ``service`` is the shop's ``--name`` when it
+    differs from the spec's key: replicas of one service share it, and callers reach them through
+    one ``round_robin`` channel.
+    """
+
+    workers: int | None
     rpcs: Sequence[str]
     otel: bool = False
+    tell_pool: bool = True
+    service: str = ""
 
 
 @dataclass
 class Service:
     name: str
     proc: Proc
+    service: str
+    """The shop service it runs (its gRPC service, ``shop.<Service>``)."""
     address: str = ""
     admin: str = ""
     process_id: str = ""
@@ -106,23 +116,27 @@ class Shops:
         return self.collector
 
     def start(self, specs: Mapping[str, Spec], warm: bool = True) -> dict[str, Service]:
-        """The services of ``specs``, peered with each other (and, with ``warm``, each channel used once)."""
+        """The services of ``specs``, peered with each other (and, with ``warm``, each channel used once).
+
+        Without ``warm`` no service calls another before the test does: every channel between them is
+        fresh (no answer seen on it)."""
         assert self.collector, "start the collector first"
         peers_file = self.tmp / "peers.json"
         for seed, (name, spec) in enumerate(sorted(specs.items())):
             command = [
                 sys.executable,
                 str(SHOP_SCRIPT),
-                f"--name={name}",
+                f"--name={spec.service or name}",
                 f"--collector={self.collector}",
-                f"--workers={spec.workers}",
+                f"--workers={spec.workers or 'default'}",
+                *([] if spec.tell_pool else ["--no-tell-pool"]),
                 f"--ready-file={self.tmp / (name + '.ready')}",
                 f"--peers-file={peers_file}",
                 f"--seed={seed}",
                 *(f"--rpc={rpc}" for rpc in spec.rpcs),
                 *(["--otel"] if spec.otel else []),
             ]
-            self.services[name] = Service(name, self._spawn(name, command))
+            self.services[name] = Service(name, self._spawn(name, command), spec.service or name)
         for name in specs:
             service, ready = self.services[name], self.tmp / f"{name}.ready"
 
@@ -132,17 +146,21 @@ class Shops:
 
             wait_until(is_ready, f"{name} to serve and register", START_TIMEOUT, 0.1)
             _, service.address, service.admin, service.process_id = ready.read_text().split()
+        replicas: dict[str, list[str]] = {}
+        for name in sorted(specs):
+            replicas.setdefault(self.services[name].service, []).append(self.services[name].address)
         partial = self.tmp / "peers.json.partial"
-        partial.write_text(json.dumps({name: self.services[name].address for name in specs}))
+        # One address per service, as ever; the replicas of a service as a list (round_robin).
+        partial.write_text(json.dumps({s: a[0] if len(a) == 1 else a for s, a in replicas.items()}))
         os.replace(partial, peers_file)
-        wanted = sorted(specs)
 
         def connected(name: str) -> bool:
-            return sorted([name, *self.stats(name)["peers"]]) == wanted
+            return sorted(self.stats(name)["peers"]) == sorted(set(replicas) - {self.services[name].service})
 
         for name in specs:
             wait_until(lambda name=name: connected(name), f"{name} to read its peers", START_TIMEOUT, 0.05)
             if warm:
+                assert all(len(a) == 1 for a in replicas.values()), "Warm reaches one replica of each"
                 answered = self.admin_call(name, "Warm")["answered"]
                 assert answered == {peer: self.services[peer].process_id for peer in specs if peer != name}
         return {name: self.services[name] for name in specs}
@@ -161,27 +179,32 @@ class Shops:
 
     def call(self, service: str, method: str, timeout: float = 30.0) -> dict[str, Any]:
         """A call to a shop RPC from outside the model (an uninstrumented client)."""
-        reply = self._stub(self.services[service].address, path(service, method))(Struct(), timeout=timeout)
+        target = self.services[service]
+        reply = self._stub(target.address, path(target.service, method))(Struct(), timeout=timeout)
         return struct_to_python(reply)
 
     def call_stuck(self, service: str, method: str) -> grpc.Future:
         """A call expected to stay blocked: a long deadline, cancelled at teardown."""
-        stub = self._stub(self.services[service].address, path(service, method))
+        target = self.services[service]
+        stub = self._stub(target.address, path(target.service, method))
         future = stub.future(Struct(), timeout=STUCK_DEADLINE)
         self._stuck.append(future)
         return future
 
     def until_stuck(
-        self, calls: list[tuple[str, str]], formed: Callable[[], bool], what: str
+        self, calls: list[tuple[str, str]], formed: Callable[[], bool], what: str, again: bool = True
     ) -> list[grpc.Future]:
         """Make ``calls`` until ``formed()``: a call that finished (it ran before its partners came,
-        on a very slow machine) is made again, so that the deadlock forms however late they come."""
+        on a very slow machine) is made again, so that the deadlock forms however late they come.
+        Without ``again`` such a call fails the test instead: its answers warmed the channels that
+        were to deadlock fresh."""
         futures = [self.call_stuck(service, method) for service, method in calls]
 
         def stuck() -> bool:
             for i, (service, method) in enumerate(calls):
                 if futures[i].done():
                     assert futures[i].exception() is None, futures[i].exception()
+                    assert again, f"{service}.{method} finished before the deadlock formed"
                     futures[i] = self.call_stuck(service, method)
             return formed()
 
@@ -252,9 +275,14 @@ def assert_links(cycle: list[dict[str, Any]]) -> None:
             task,
             successor,
         )
-        if wait["kind"] == "call":  # the callee's handler runs this very call
+        if wait["kind"] == "call":  # the callee's handler runs this very call, or its server has it queued
             assert (successor["caller"], successor["call_id"]) == (task["process"], wait["call_id"])
             assert wait["target"] == successor["process"]
+        elif wait["kind"] == "queued":  # a worker of its own server's pool, one of them the next task's
+            assert task["queued"] and not successor["queued"] and task["holds"] == []
+            assert wait["target"] == task["process"] == successor["process"]
+            assert wait["pools"] == [task["pool"]] == [successor["pool"]]
+            assert wait["assumption"] is None
         elif wait["kind"] == "lock":
             assert wait["lock"] in successor["held_locks"]
             assert successor["process"] == task["process"]
@@ -367,41 +395,66 @@ def test_pool_exhaustion_is_reported_naming_the_pool(shops: Shops) -> None:
 
     stuck = shops.until_stuck([("orders", "Place")] * 2, exhausted, "orders' pool to be exhausted")
     with CollectorClient(address) as client:
-        # The calls back into orders are queued in its pool: nobody ever accounts for them.
+        # The calls back into orders are queued in its pool: no worker takes them, so the cut never
+        # sees their requests received, and ends INCOMPLETE saying where each one is queued.
         cut = client.snapshot(timeout=QUEUED_SNAPSHOT_TIMEOUT)
         assert cut.status == "INCOMPLETE"
         queued = {(u["caller"], u["method"], u["target"]) for u in cut.unsettled}
         assert queued == {(inventory, path("orders", "Price"), orders)}, cut.unsettled
         assert len(cut.unsettled) == 2
         assert cut.pools[orders] == {"server-1": 2}
+        assert any("queued for a worker" in reason and orders in reason for reason in cut.reasons), (
+            cut.reasons
+        )
         found = client.deadlocks()
     (deadlock,) = found
     assert deadlock["epoch"] == cut.epoch and deadlock["cut_status"] == "INCOMPLETE"
     assert deadlock["processes"] == sorted([orders, inventory])
     by_method = Counter(t["method"] for t in deadlock["tasks"])
-    assert by_method == {path("orders", "Place"): 2, path("inventory", "Reserve"): 2}
+    assert by_method == {
+        path("orders", "Place"): 2,
+        path("inventory", "Reserve"): 2,
+        path("orders", "Price"): 2,
+    }
 
-    cycle = rotated(cycle_of(deadlock), lambda t: t["process"] == orders)
+    # Place -> (call) Reserve -> (call) Price, queued at orders -> (a worker of orders' pool) Place.
+    cycle = rotated(cycle_of(deadlock), lambda t: t["method"] == path("orders", "Place"))
     assert steps(cycle, services) == [
         ("orders", path("orders", "Place"), []),
         ("inventory", path("inventory", "Reserve"), []),
+        ("orders", path("orders", "Price"), []),
     ]
+    assert [t["queued"] for t in cycle] == [False, False, True]
     assert_links(cycle)
+    places = sorted(t["task_id"] for t in deadlock["tasks"] if t["method"] == path("orders", "Place"))
     for task in deadlock["tasks"]:
         (wait,) = task["waits_for"]
-        if task["process"] == orders:
+        assert wait["assumption"] is None
+        if task["method"] == path("orders", "Place"):
             assert "a worker of pool server-1" in task["holds"]
             assert wait["kind"] == "call" and wait["method"] == path("inventory", "Reserve")
+        elif task["method"] == path("inventory", "Reserve"):  # its call is queued at orders: a fact
+            assert wait["kind"] == "call" and wait["method"] == path("orders", "Price")
+            assert wait["target"] == orders
         else:  # queued for a worker of orders' pool, held by the two Place handlers
-            assert wait["kind"] == "worker" and wait["method"] == path("orders", "Price")
+            assert task["queued"] and task["process"] == orders and task["caller"] == inventory
+            assert task["holds"] == [] and task["pool"] == "server-1"
+            assert wait["kind"] == "queued" and wait["method"] == path("orders", "Price")
             assert wait["target"] == orders and wait["pools"] == ["server-1"]
-            assert sorted(w["process"] for w in wait["waits_on"]) == [orders, orders]
+            assert sorted(w["task_id"] for w in wait["waits_on"]) == places
+            assert {w["process"] for w in wait["waits_on"]} == {orders}
             assert "2 of 2 workers busy" in wait["text"]
-            assert wait["assumption"] and "queued" in wait["assumption"]
-    (edge,) = [s["edge"] for s in deadlock["cycle"] if s["process"] == inventory]
-    assert f"queued for a worker of {orders}'s pool server-1 (2 of 2 workers busy)" in edge
-    rests_on = " ".join(deadlock["rests_on"])
-    assert "pool server-1 has 2 workers" in rests_on and "INCOMPLETE" in rests_on
+    edges = {(s["process"], s["task"]): s["edge"] for s in deadlock["cycle"]}
+    assert edges[(inventory, path("inventory", "Reserve"))].startswith(
+        f"calls {path('orders', 'Price')} (call "
+    )
+    assert edges[(orders, path("orders", "Price") + ", queued")] == (
+        f"waits in the server's queue for a worker of {orders}'s pool server-1 (2 of 2 workers busy) held by"
+    )
+    # Nothing is assumed: the queued calls are facts of orders' local snapshot. The cut is INCOMPLETE
+    # only because of them, which is all the report may say it rests on.
+    assert all("assum" not in line and "pool server-1 has" not in line for line in deadlock["rests_on"])
+    assert all("calls queued for a worker at their server" in line for line in deadlock["rests_on"])
     assert not any(future.done() for future in stuck)
 
 
