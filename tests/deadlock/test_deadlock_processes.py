@@ -3,8 +3,10 @@
 The services (``shop_service.py``) do what their command line says: take a
 cutwatch lock, call another service, sleep. The tests build distributed
 deadlocks out of that (lock cycles across two and three services, a worker
-pool exhausted by calls back into it, a deadlock in one corner of a busy
-system), and heavy deadlock-free traffic on which the collector must never
+pool exhausted by calls back into it, also on the very first calls between
+services, with a pool whose size cutwatch reads from the executor, behind a
+round_robin balancer and through three services, a deadlock in one corner
+of a busy system), and heavy deadlock-free traffic on which the collector must never
 report one, while a naive detector that reads each process in turn does.
 
 The test's own calls come from an uninstrumented client: they are outside
@@ -455,6 +457,241 @@ def test_pool_exhaustion_is_reported_naming_the_pool(shops: Shops) -> None:
     # only because of them, which is all the report may say it rests on.
     assert all("assum" not in line and "pool server-1 has" not in line for line in deadlock["rests_on"])
     assert all("calls queued for a worker at their server" in line for line in deadlock["rests_on"])
+    assert not any(future.done() for future in stuck)
+
+
+# 2b. Pool exhaustion on first calls ---------------------------------------------------------------
+PERIODIC = ("--every", "1s", "--snapshot-timeout", "3s")
+"""A snapshot a second; a cut with calls queued for good ends (INCOMPLETE) 3 s after it started."""
+REPORT_TIMEOUT = 90.0
+"""Generous bound on a periodic cut reporting a deadlock that has formed (a few seconds when quiet)."""
+PAY_MS = 1500
+"""Pay waits before its call: every Pay of a test holds its worker before any Lookup arrives."""
+TILL_RPCS = (f"Pay=sleep:{PAY_MS},call:fraud.Screen", "Lookup=sleep:1")
+FRAUD = Spec(workers=40, rpcs=["Screen=call:till.Lookup"])
+"""More workers than any till pool here (ThreadPoolExecutor's default is at most 32)."""
+
+
+def queued_tasks(shops: Shops, name: str, method: str) -> list[dict[str, Any]]:
+    return [t for t in shops.tasks(name) if t["method"] == method and t["queued"]]
+
+
+def calling(shops: Shops, name: str, method: str) -> list[dict[str, Any]]:
+    """Handlers of ``method`` running at ``name`` and waiting on a call."""
+    return [t for t in shops.tasks(name) if t["method"] == method and not t["queued"] and t["outbound"]]
+
+
+def assert_nothing_answered(shops: Shops, names: Sequence[str]) -> None:
+    """No handler of any service has finished: no channel between them has seen an answer."""
+    for name in names:
+        stats = shops.stats(name)
+        assert stats["handled"] == {} and stats["failed"] == {}, (name, stats)
+
+
+def reported(client: CollectorClient) -> list[dict[str, Any]]:
+    """The deadlocks of the first periodic cut that shows any (bounded wait)."""
+    found: list[dict[str, Any]] = wait_until(
+        client.deadlocks, "a periodic cut to report it", REPORT_TIMEOUT, 0.1
+    )
+    return found
+
+
+def assert_queued_at_exhausted_pool(
+    deadlock: Mapping[str, Any],
+    shops: Shops,
+    method: str,
+    replicas: Sequence[str],
+    workers: Mapping[str, int],
+    whole: bool = True,
+) -> None:
+    """Every queued task of the report is ``method``, at the replica whose server really lists it
+    queued (read from each replica's own tasks), waiting for a worker of its full pool; with
+    ``whole``, the report has every call the replicas list queued."""
+    where = {
+        (t["caller"], t["call_id"]): shops.services[name].process_id
+        for name in replicas
+        for t in queued_tasks(shops, name, method)
+    }
+    queued = [t for t in deadlock["tasks"] if t["queued"]]
+    assert queued and all(where.get((t["caller"], t["call_id"])) == t["process"] for t in queued), (
+        where,
+        queued,
+    )
+    if whole:
+        assert len(queued) == len(where), (where, queued)
+    busy = {
+        t["process"]: sorted(
+            x["task_id"] for x in deadlock["tasks"] if x["process"] == t["process"] and not x["queued"]
+        )
+        for t in queued
+    }
+    for task in queued:
+        (wait,) = task["waits_for"]
+        n = workers[task["process"]]
+        assert task["method"] == method and task["holds"] == [] and task["pool"] == "server-1"
+        assert wait["kind"] == "queued" and wait["assumption"] is None and wait["pools"] == ["server-1"]
+        assert wait["target"] == task["process"] and f"{n} of {n} workers busy" in wait["text"], wait
+        assert sorted(w["task_id"] for w in wait["waits_on"]) == busy[task["process"]]
+        assert {w["process"] for w in wait["waits_on"]} == {task["process"]}
+    for line in deadlock["rests_on"]:
+        assert "assum" not in line and "calls queued for a worker at their server" in line, line
+
+
+def test_pool_exhaustion_on_first_calls_is_reported(shops: Shops) -> None:
+    """till (2 workers): Pay calls fraud.Screen, which calls till.Lookup. Two Pay calls at once, on
+    channels that never carried a call: both Lookups queue behind the two Pays."""
+    address = shops.start_collector(*PERIODIC)
+    services = shops.start({"till": Spec(workers=2, rpcs=list(TILL_RPCS)), "fraud": FRAUD}, warm=False)
+    till, fraud = services["till"].process_id, services["fraud"].process_id
+    pay, screen, lookup = path("till", "Pay"), path("fraud", "Screen"), path("till", "Lookup")
+
+    def formed() -> bool:
+        return len(queued_tasks(shops, "till", lookup)) == 2 and len(calling(shops, "fraud", screen)) == 2
+
+    stuck = shops.until_stuck([("till", "Pay")] * 2, formed, "both Lookups to queue", again=False)
+    assert_nothing_answered(shops, ["till", "fraud"])
+    with CollectorClient(address) as client:
+        (deadlock,) = reported(client)
+    assert deadlock["processes"] == sorted([till, fraud])
+    assert Counter(t["method"] for t in deadlock["tasks"]) == {pay: 2, screen: 2, lookup: 2}
+    assert all(t["on_cycle"] for t in deadlock["tasks"])
+    cycle = rotated(cycle_of(deadlock), lambda t: t["method"] == pay)
+    assert steps(cycle, services) == [("till", pay, []), ("fraud", screen, []), ("till", lookup, [])]
+    assert_links(cycle)
+    assert_queued_at_exhausted_pool(deadlock, shops, lookup, ["till"], {till: 2})
+    assert (
+        f"waits in the server's queue for a worker of {till}'s pool server-1 (2 of 2 workers busy)"
+        in (deadlock["chain"])
+    )
+    assert not any(future.done() for future in stuck)
+
+
+@pytest.mark.parametrize("workers", [2, None], ids=["2-workers-untold", "default-executor"])
+def test_pool_exhaustion_is_reported_when_cutwatch_is_not_told_the_pool_size(
+    shops: Shops, workers: int | None
+) -> None:
+    """As above, with ``server_interceptor()`` given no ``max_workers``: the agent reads the size from
+    the server's executor, ``ThreadPoolExecutor(2)`` or ``ThreadPoolExecutor()``; as many Pay calls
+    as it has workers."""
+    address = shops.start_collector(*PERIODIC)
+    till_spec = Spec(workers=workers, rpcs=list(TILL_RPCS), tell_pool=False)
+    services = shops.start({"till": till_spec, "fraud": FRAUD}, warm=False)
+    till, fraud = services["till"].process_id, services["fraud"].process_id
+    pay, screen, lookup = path("till", "Pay"), path("fraud", "Screen"), path("till", "Lookup")
+    # The size is learnt as the first call arrives: a Ping from this (uninstrumented) client, on
+    # none of the channels that will deadlock.
+    assert shops.admin_call("till", "Tasks")["pools"] == {"server-1": 0}
+    shops.call("till", "Ping")
+    size = int(shops.admin_call("till", "Tasks")["pools"]["server-1"])
+    with ThreadPoolExecutor() as default:
+        assert size == (workers or default._max_workers), size  # what the executor really has
+
+    def formed() -> bool:
+        return (
+            len(queued_tasks(shops, "till", lookup)) == size and len(calling(shops, "fraud", screen)) == size
+        )
+
+    stuck = shops.until_stuck([("till", "Pay")] * size, formed, f"{size} Lookups to queue", again=False)
+    assert_nothing_answered(shops, ["till", "fraud"])
+    with CollectorClient(address) as client:
+        (deadlock,) = reported(client)
+    assert deadlock["processes"] == sorted([till, fraud])
+    assert Counter(t["method"] for t in deadlock["tasks"]) == {pay: size, screen: size, lookup: size}
+    cycle = rotated(cycle_of(deadlock), lambda t: t["method"] == pay)
+    assert steps(cycle, services) == [("till", pay, []), ("fraud", screen, []), ("till", lookup, [])]
+    assert_links(cycle)
+    assert_queued_at_exhausted_pool(deadlock, shops, lookup, ["till"], {till: size})
+    assert not any(future.done() for future in stuck)
+
+
+def test_pool_exhaustion_behind_round_robin_is_attributed_to_the_replica_that_queued_it(shops: Shops) -> None:
+    """Two till replicas of 1 worker each; fraud reaches till through one round_robin channel over
+    both. One Pay per replica: each Lookup lands on some replica, whose only worker is taken."""
+    address = shops.start_collector(*PERIODIC)
+    replica = Spec(workers=1, rpcs=list(TILL_RPCS), service="till")
+    services = shops.start({"till-a": replica, "till-b": replica, "fraud": FRAUD}, warm=False)
+    tills = ["till-a", "till-b"]
+    pids = {name: services[name].process_id for name in [*tills, "fraud"]}
+    pay, screen, lookup = path("till", "Pay"), path("fraud", "Screen"), path("till", "Lookup")
+
+    def formed() -> bool:
+        queued = sum(len(queued_tasks(shops, name, lookup)) for name in tills)
+        return queued == 2 and len(calling(shops, "fraud", screen)) == 2
+
+    stuck = shops.until_stuck([(name, "Pay") for name in tills], formed, "both Lookups to queue", again=False)
+    assert_nothing_answered(shops, [*tills, "fraud"])
+    # Where each Pay's Lookup landed, as the replicas themselves list it: Pay's replica -> Lookup's.
+    by_pid = {pids[name]: name for name in tills}
+    screens = {t["outbound"][0]["call_id"]: by_pid[t["caller"]] for t in calling(shops, "fraud", screen)}
+    landed = {screens[t["call_id"]]: name for name in tills for t in queued_tasks(shops, name, lookup)}
+    assert sorted(landed) == tills, landed
+    print(f"each Pay's Lookup queued at: {landed}")
+    # One cycle through both replicas when the Lookups crossed over; else one per Lookup that came back
+    # to its own Pay's replica (a Pay whose Lookup joined another's cycle is stuck behind it).
+    cycles = sum(landed[name] == name for name in tills) or 1
+    with CollectorClient(address) as client:
+        found = reported(client)
+    assert len(found) == cycles, (landed, [d["summary"] for d in found])
+    every = [(t["process"], t["task_id"]) for d in found for t in d["tasks"]]
+    assert len(every) == len(set(every)) == 6
+    assert Counter(t["method"] for d in found for t in d["tasks"]) == {pay: 2, screen: 2, lookup: 2}
+    for deadlock in found:
+        assert deadlock["processes"] == sorted({t["process"] for t in deadlock["tasks"]})
+        assert_queued_at_exhausted_pool(
+            deadlock, shops, lookup, tills, {pids[n]: 1 for n in tills}, whole=False
+        )
+        # Pay -> Screen -> Lookup, queued at the replica it landed on -> that replica's Pay (-> ...).
+        cycle = rotated(cycle_of(deadlock), lambda t: t["method"] == pay)
+        assert [method for _, method, _ in steps(cycle, services)] == [pay, screen, lookup] * (
+            len(cycle) // 3
+        )
+        assert_links(cycle)
+    if cycles == 1:  # one deadlock spanning fraud and both tills
+        (deadlock,) = found
+        assert deadlock["processes"] == sorted(pids.values())
+        crossed = landed == {"till-a": "till-b", "till-b": "till-a"}
+        assert len(deadlock["cycle"]) == (6 if crossed else 3)
+        assert all(t["on_cycle"] for t in deadlock["tasks"]) == crossed
+    assert not any(future.done() for future in stuck)
+
+
+def test_pool_exhaustion_through_three_services_on_first_calls(shops: Shops) -> None:
+    """web (2 workers) -> orders -> stock -> back into web's exhausted pool; two Start calls."""
+    address = shops.start_collector(*PERIODIC)
+    services = shops.start(
+        {
+            "web": Spec(workers=2, rpcs=[f"Start=sleep:{PAY_MS},call:orders.Relay", "End=sleep:1"]),
+            "orders": Spec(workers=4, rpcs=["Relay=call:stock.Forward"]),
+            "stock": Spec(workers=4, rpcs=["Forward=call:web.End"]),
+        },
+        warm=False,
+    )
+    web = services["web"].process_id
+    start, relay, forward, end = (
+        path("web", "Start"),
+        path("orders", "Relay"),
+        path("stock", "Forward"),
+        path("web", "End"),
+    )
+
+    def formed() -> bool:
+        return len(queued_tasks(shops, "web", end)) == 2 and len(calling(shops, "stock", forward)) == 2
+
+    stuck = shops.until_stuck([("web", "Start")] * 2, formed, "both Ends to queue", again=False)
+    assert_nothing_answered(shops, ["web", "orders", "stock"])
+    with CollectorClient(address) as client:
+        (deadlock,) = reported(client)
+    assert deadlock["processes"] == sorted(s.process_id for s in services.values())
+    assert Counter(t["method"] for t in deadlock["tasks"]) == {start: 2, relay: 2, forward: 2, end: 2}
+    cycle = rotated(cycle_of(deadlock), lambda t: t["method"] == start)
+    assert steps(cycle, services) == [
+        ("web", start, []),
+        ("orders", relay, []),
+        ("stock", forward, []),
+        ("web", end, []),
+    ]
+    assert_links(cycle)
+    assert_queued_at_exhausted_pool(deadlock, shops, end, ["web"], {web: 2})
     assert not any(future.done() for future in stuck)
 
 
