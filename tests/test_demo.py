@@ -68,7 +68,7 @@ def test_demo_runs_end_to_end_and_reports_both_deadlocks(tmp_path: Path) -> None
         "/shop.Payments/Settle",
     }
     assert pool["cut_status"] == "INCOMPLETE"
-    assert "queued for a worker" in pool["chain"] and "/shop.Orders/Checkout" in pool["chain"]
+    assert "waits in the server's queue for a worker" in pool["chain"] and "/shop.Orders/Checkout" in pool["chain"]
     for deadlock in (lock, pool):
         first = deadlock["chain"].split(" [", 1)[0]
         assert deadlock["chain"].endswith(" -> " + first), deadlock["chain"]
