@@ -3,8 +3,10 @@
 The services (``shop_service.py``) do what their command line says: take a
 cutwatch lock, call another service, sleep. The tests build distributed
 deadlocks out of that (lock cycles across two and three services, a worker
-pool exhausted by calls back into it, a deadlock in one corner of a busy
-system), and heavy deadlock-free traffic on which the collector must never
+pool exhausted by calls back into it, also on the very first calls between
+services, with a pool whose size cutwatch reads from the executor, behind a
+round_robin balancer and through three services, a deadlock in one corner
+of a busy system), and heavy deadlock-free traffic on which the collector must never
 report one, while a naive detector that reads each process in turn does.
 
 The test's own calls come from an uninstrumented client: they are outside
@@ -67,17 +69,27 @@ def struct_to_python(message: Struct) -> dict[str, Any]:
 # Processes ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Spec:
-    """One shop service: its worker pool and its RPCs (``NAME=STEPS``, see shop_service.py)."""
+    """One shop service: its worker pool and its RPCs (``NAME=STEPS``, see shop_service.py).
 
-    workers: int
+    ``workers=None`` is ``ThreadPoolExecutor()``'s default size; ``tell_pool=False`` keeps the size
+    from cutwatch (it reads it from the executor). ``service`` is the shop's ``--name`` when it
+    differs from the spec's key: replicas of one service share it, and callers reach them through
+    one ``round_robin`` channel.
+    """
+
+    workers: int | None
     rpcs: Sequence[str]
     otel: bool = False
+    tell_pool: bool = True
+    service: str = ""
 
 
 @dataclass
 class Service:
     name: str
     proc: Proc
+    service: str
+    """The shop service it runs (its gRPC service, ``shop.<Service>``)."""
     address: str = ""
     admin: str = ""
     process_id: str = ""
@@ -106,23 +118,27 @@ class Shops:
         return self.collector
 
     def start(self, specs: Mapping[str, Spec], warm: bool = True) -> dict[str, Service]:
-        """The services of ``specs``, peered with each other (and, with ``warm``, each channel used once)."""
+        """The services of ``specs``, peered with each other (and, with ``warm``, each channel used once).
+
+        Without ``warm`` no service calls another before the test does: every channel between them is
+        fresh (no answer seen on it)."""
         assert self.collector, "start the collector first"
         peers_file = self.tmp / "peers.json"
         for seed, (name, spec) in enumerate(sorted(specs.items())):
             command = [
                 sys.executable,
                 str(SHOP_SCRIPT),
-                f"--name={name}",
+                f"--name={spec.service or name}",
                 f"--collector={self.collector}",
-                f"--workers={spec.workers}",
+                f"--workers={spec.workers or 'default'}",
+                *([] if spec.tell_pool else ["--no-tell-pool"]),
                 f"--ready-file={self.tmp / (name + '.ready')}",
                 f"--peers-file={peers_file}",
                 f"--seed={seed}",
                 *(f"--rpc={rpc}" for rpc in spec.rpcs),
                 *(["--otel"] if spec.otel else []),
             ]
-            self.services[name] = Service(name, self._spawn(name, command))
+            self.services[name] = Service(name, self._spawn(name, command), spec.service or name)
         for name in specs:
             service, ready = self.services[name], self.tmp / f"{name}.ready"
 
@@ -132,17 +148,21 @@ class Shops:
 
             wait_until(is_ready, f"{name} to serve and register", START_TIMEOUT, 0.1)
             _, service.address, service.admin, service.process_id = ready.read_text().split()
+        replicas: dict[str, list[str]] = {}
+        for name in sorted(specs):
+            replicas.setdefault(self.services[name].service, []).append(self.services[name].address)
         partial = self.tmp / "peers.json.partial"
-        partial.write_text(json.dumps({name: self.services[name].address for name in specs}))
+        # One address per service, as ever; the replicas of a service as a list (round_robin).
+        partial.write_text(json.dumps({s: a[0] if len(a) == 1 else a for s, a in replicas.items()}))
         os.replace(partial, peers_file)
-        wanted = sorted(specs)
 
         def connected(name: str) -> bool:
-            return sorted([name, *self.stats(name)["peers"]]) == wanted
+            return sorted(self.stats(name)["peers"]) == sorted(set(replicas) - {self.services[name].service})
 
         for name in specs:
             wait_until(lambda name=name: connected(name), f"{name} to read its peers", START_TIMEOUT, 0.05)
             if warm:
+                assert all(len(a) == 1 for a in replicas.values()), "Warm reaches one replica of each"
                 answered = self.admin_call(name, "Warm")["answered"]
                 assert answered == {peer: self.services[peer].process_id for peer in specs if peer != name}
         return {name: self.services[name] for name in specs}
@@ -161,27 +181,32 @@ class Shops:
 
     def call(self, service: str, method: str, timeout: float = 30.0) -> dict[str, Any]:
         """A call to a shop RPC from outside the model (an uninstrumented client)."""
-        reply = self._stub(self.services[service].address, path(service, method))(Struct(), timeout=timeout)
+        target = self.services[service]
+        reply = self._stub(target.address, path(target.service, method))(Struct(), timeout=timeout)
         return struct_to_python(reply)
 
     def call_stuck(self, service: str, method: str) -> grpc.Future:
         """A call expected to stay blocked: a long deadline, cancelled at teardown."""
-        stub = self._stub(self.services[service].address, path(service, method))
+        target = self.services[service]
+        stub = self._stub(target.address, path(target.service, method))
         future = stub.future(Struct(), timeout=STUCK_DEADLINE)
         self._stuck.append(future)
         return future
 
     def until_stuck(
-        self, calls: list[tuple[str, str]], formed: Callable[[], bool], what: str
+        self, calls: list[tuple[str, str]], formed: Callable[[], bool], what: str, again: bool = True
     ) -> list[grpc.Future]:
         """Make ``calls`` until ``formed()``: a call that finished (it ran before its partners came,
-        on a very slow machine) is made again, so that the deadlock forms however late they come."""
+        on a very slow machine) is made again, so that the deadlock forms however late they come.
+        Without ``again`` such a call fails the test instead: its answers warmed the channels that
+        were to deadlock fresh."""
         futures = [self.call_stuck(service, method) for service, method in calls]
 
         def stuck() -> bool:
             for i, (service, method) in enumerate(calls):
                 if futures[i].done():
                     assert futures[i].exception() is None, futures[i].exception()
+                    assert again, f"{service}.{method} finished before the deadlock formed"
                     futures[i] = self.call_stuck(service, method)
             return formed()
 
@@ -252,9 +277,14 @@ def assert_links(cycle: list[dict[str, Any]]) -> None:
             task,
             successor,
         )
-        if wait["kind"] == "call":  # the callee's handler runs this very call
+        if wait["kind"] == "call":  # the callee's handler runs this very call, or its server has it queued
             assert (successor["caller"], successor["call_id"]) == (task["process"], wait["call_id"])
             assert wait["target"] == successor["process"]
+        elif wait["kind"] == "queued":  # a worker of its own server's pool, one of them the next task's
+            assert task["queued"] and not successor["queued"] and task["holds"] == []
+            assert wait["target"] == task["process"] == successor["process"]
+            assert wait["pools"] == [task["pool"]] == [successor["pool"]]
+            assert wait["assumption"] is None
         elif wait["kind"] == "lock":
             assert wait["lock"] in successor["held_locks"]
             assert successor["process"] == task["process"]
@@ -367,41 +397,301 @@ def test_pool_exhaustion_is_reported_naming_the_pool(shops: Shops) -> None:
 
     stuck = shops.until_stuck([("orders", "Place")] * 2, exhausted, "orders' pool to be exhausted")
     with CollectorClient(address) as client:
-        # The calls back into orders are queued in its pool: nobody ever accounts for them.
+        # The calls back into orders are queued in its pool: no worker takes them, so the cut never
+        # sees their requests received, and ends INCOMPLETE saying where each one is queued.
         cut = client.snapshot(timeout=QUEUED_SNAPSHOT_TIMEOUT)
         assert cut.status == "INCOMPLETE"
         queued = {(u["caller"], u["method"], u["target"]) for u in cut.unsettled}
         assert queued == {(inventory, path("orders", "Price"), orders)}, cut.unsettled
         assert len(cut.unsettled) == 2
         assert cut.pools[orders] == {"server-1": 2}
+        assert any("queued for a worker" in reason and orders in reason for reason in cut.reasons), (
+            cut.reasons
+        )
         found = client.deadlocks()
     (deadlock,) = found
     assert deadlock["epoch"] == cut.epoch and deadlock["cut_status"] == "INCOMPLETE"
     assert deadlock["processes"] == sorted([orders, inventory])
     by_method = Counter(t["method"] for t in deadlock["tasks"])
-    assert by_method == {path("orders", "Place"): 2, path("inventory", "Reserve"): 2}
+    assert by_method == {
+        path("orders", "Place"): 2,
+        path("inventory", "Reserve"): 2,
+        path("orders", "Price"): 2,
+    }
 
-    cycle = rotated(cycle_of(deadlock), lambda t: t["process"] == orders)
+    # Place -> (call) Reserve -> (call) Price, queued at orders -> (a worker of orders' pool) Place.
+    cycle = rotated(cycle_of(deadlock), lambda t: t["method"] == path("orders", "Place"))
     assert steps(cycle, services) == [
         ("orders", path("orders", "Place"), []),
         ("inventory", path("inventory", "Reserve"), []),
+        ("orders", path("orders", "Price"), []),
     ]
+    assert [t["queued"] for t in cycle] == [False, False, True]
     assert_links(cycle)
+    places = sorted(t["task_id"] for t in deadlock["tasks"] if t["method"] == path("orders", "Place"))
     for task in deadlock["tasks"]:
         (wait,) = task["waits_for"]
-        if task["process"] == orders:
+        assert wait["assumption"] is None
+        if task["method"] == path("orders", "Place"):
             assert "a worker of pool server-1" in task["holds"]
             assert wait["kind"] == "call" and wait["method"] == path("inventory", "Reserve")
+        elif task["method"] == path("inventory", "Reserve"):  # its call is queued at orders: a fact
+            assert wait["kind"] == "call" and wait["method"] == path("orders", "Price")
+            assert wait["target"] == orders
         else:  # queued for a worker of orders' pool, held by the two Place handlers
-            assert wait["kind"] == "worker" and wait["method"] == path("orders", "Price")
+            assert task["queued"] and task["process"] == orders and task["caller"] == inventory
+            assert task["holds"] == [] and task["pool"] == "server-1"
+            assert wait["kind"] == "queued" and wait["method"] == path("orders", "Price")
             assert wait["target"] == orders and wait["pools"] == ["server-1"]
-            assert sorted(w["process"] for w in wait["waits_on"]) == [orders, orders]
+            assert sorted(w["task_id"] for w in wait["waits_on"]) == places
+            assert {w["process"] for w in wait["waits_on"]} == {orders}
             assert "2 of 2 workers busy" in wait["text"]
-            assert wait["assumption"] and "queued" in wait["assumption"]
-    (edge,) = [s["edge"] for s in deadlock["cycle"] if s["process"] == inventory]
-    assert f"queued for a worker of {orders}'s pool server-1 (2 of 2 workers busy)" in edge
-    rests_on = " ".join(deadlock["rests_on"])
-    assert "pool server-1 has 2 workers" in rests_on and "INCOMPLETE" in rests_on
+    edges = {(s["process"], s["task"]): s["edge"] for s in deadlock["cycle"]}
+    assert edges[(inventory, path("inventory", "Reserve"))].startswith(
+        f"calls {path('orders', 'Price')} (call "
+    )
+    assert edges[(orders, path("orders", "Price") + ", queued")] == (
+        f"waits in the server's queue for a worker of {orders}'s pool server-1 (2 of 2 workers busy) held by"
+    )
+    # Nothing is assumed: the queued calls are facts of orders' local snapshot. The cut is INCOMPLETE
+    # only because of them, which is all the report may say it rests on.
+    assert all("assum" not in line and "pool server-1 has" not in line for line in deadlock["rests_on"])
+    assert all("calls queued for a worker at their server" in line for line in deadlock["rests_on"])
+    assert not any(future.done() for future in stuck)
+
+
+# 2b. Pool exhaustion on first calls ---------------------------------------------------------------
+PERIODIC = ("--every", "1s", "--snapshot-timeout", "3s")
+"""A snapshot a second; a cut with calls queued for good ends (INCOMPLETE) 3 s after it started."""
+REPORT_TIMEOUT = 90.0
+"""Generous bound on a periodic cut reporting a deadlock that has formed (a few seconds when quiet)."""
+PAY_MS = 1500
+"""Pay waits before its call: every Pay of a test holds its worker before any Lookup arrives."""
+TILL_RPCS = (f"Pay=sleep:{PAY_MS},call:fraud.Screen", "Lookup=sleep:1")
+FRAUD = Spec(workers=40, rpcs=["Screen=call:till.Lookup"])
+"""More workers than any till pool here (ThreadPoolExecutor's default is at most 32)."""
+
+
+def queued_tasks(shops: Shops, name: str, method: str) -> list[dict[str, Any]]:
+    return [t for t in shops.tasks(name) if t["method"] == method and t["queued"]]
+
+
+def calling(shops: Shops, name: str, method: str) -> list[dict[str, Any]]:
+    """Handlers of ``method`` running at ``name`` and waiting on a call."""
+    return [t for t in shops.tasks(name) if t["method"] == method and not t["queued"] and t["outbound"]]
+
+
+def assert_nothing_answered(shops: Shops, names: Sequence[str]) -> None:
+    """No handler of any service has finished: no channel between them has seen an answer."""
+    for name in names:
+        stats = shops.stats(name)
+        assert stats["handled"] == {} and stats["failed"] == {}, (name, stats)
+
+
+def reported(client: CollectorClient) -> list[dict[str, Any]]:
+    """The deadlocks of the first periodic cut that shows any (bounded wait)."""
+    found: list[dict[str, Any]] = wait_until(
+        client.deadlocks, "a periodic cut to report it", REPORT_TIMEOUT, 0.1
+    )
+    return found
+
+
+def assert_queued_at_exhausted_pool(
+    deadlock: Mapping[str, Any],
+    shops: Shops,
+    method: str,
+    replicas: Sequence[str],
+    workers: Mapping[str, int],
+    whole: bool = True,
+) -> None:
+    """Every queued task of the report is ``method``, at the replica whose server really lists it
+    queued (read from each replica's own tasks), waiting for a worker of its full pool; with
+    ``whole``, the report has every call the replicas list queued."""
+    where = {
+        (t["caller"], t["call_id"]): shops.services[name].process_id
+        for name in replicas
+        for t in queued_tasks(shops, name, method)
+    }
+    queued = [t for t in deadlock["tasks"] if t["queued"]]
+    assert queued and all(where.get((t["caller"], t["call_id"])) == t["process"] for t in queued), (
+        where,
+        queued,
+    )
+    if whole:
+        assert len(queued) == len(where), (where, queued)
+    busy = {
+        t["process"]: sorted(
+            x["task_id"] for x in deadlock["tasks"] if x["process"] == t["process"] and not x["queued"]
+        )
+        for t in queued
+    }
+    for task in queued:
+        (wait,) = task["waits_for"]
+        n = workers[task["process"]]
+        assert task["method"] == method and task["holds"] == [] and task["pool"] == "server-1"
+        assert wait["kind"] == "queued" and wait["assumption"] is None and wait["pools"] == ["server-1"]
+        assert wait["target"] == task["process"] and f"{n} of {n} workers busy" in wait["text"], wait
+        assert sorted(w["task_id"] for w in wait["waits_on"]) == busy[task["process"]]
+        assert {w["process"] for w in wait["waits_on"]} == {task["process"]}
+    for line in deadlock["rests_on"]:
+        assert "assum" not in line and "calls queued for a worker at their server" in line, line
+
+
+def test_pool_exhaustion_on_first_calls_is_reported(shops: Shops) -> None:
+    """till (2 workers): Pay calls fraud.Screen, which calls till.Lookup. Two Pay calls at once, on
+    channels that never carried a call: both Lookups queue behind the two Pays."""
+    address = shops.start_collector(*PERIODIC)
+    services = shops.start({"till": Spec(workers=2, rpcs=list(TILL_RPCS)), "fraud": FRAUD}, warm=False)
+    till, fraud = services["till"].process_id, services["fraud"].process_id
+    pay, screen, lookup = path("till", "Pay"), path("fraud", "Screen"), path("till", "Lookup")
+
+    def formed() -> bool:
+        return len(queued_tasks(shops, "till", lookup)) == 2 and len(calling(shops, "fraud", screen)) == 2
+
+    stuck = shops.until_stuck([("till", "Pay")] * 2, formed, "both Lookups to queue", again=False)
+    assert_nothing_answered(shops, ["till", "fraud"])
+    with CollectorClient(address) as client:
+        (deadlock,) = reported(client)
+    assert deadlock["processes"] == sorted([till, fraud])
+    assert Counter(t["method"] for t in deadlock["tasks"]) == {pay: 2, screen: 2, lookup: 2}
+    assert all(t["on_cycle"] for t in deadlock["tasks"])
+    cycle = rotated(cycle_of(deadlock), lambda t: t["method"] == pay)
+    assert steps(cycle, services) == [("till", pay, []), ("fraud", screen, []), ("till", lookup, [])]
+    assert_links(cycle)
+    assert_queued_at_exhausted_pool(deadlock, shops, lookup, ["till"], {till: 2})
+    assert (
+        f"waits in the server's queue for a worker of {till}'s pool server-1 (2 of 2 workers busy)"
+        in (deadlock["chain"])
+    )
+    assert not any(future.done() for future in stuck)
+
+
+@pytest.mark.parametrize("workers", [2, None], ids=["2-workers-untold", "default-executor"])
+def test_pool_exhaustion_is_reported_when_cutwatch_is_not_told_the_pool_size(
+    shops: Shops, workers: int | None
+) -> None:
+    """As above, with ``server_interceptor()`` given no ``max_workers``: the agent reads the size from
+    the server's executor, ``ThreadPoolExecutor(2)`` or ``ThreadPoolExecutor()``; as many Pay calls
+    as it has workers."""
+    address = shops.start_collector(*PERIODIC)
+    till_spec = Spec(workers=workers, rpcs=list(TILL_RPCS), tell_pool=False)
+    services = shops.start({"till": till_spec, "fraud": FRAUD}, warm=False)
+    till, fraud = services["till"].process_id, services["fraud"].process_id
+    pay, screen, lookup = path("till", "Pay"), path("fraud", "Screen"), path("till", "Lookup")
+    # The size is learnt as the first call arrives: a Ping from this (uninstrumented) client, on
+    # none of the channels that will deadlock.
+    assert shops.admin_call("till", "Tasks")["pools"] == {"server-1": 0}
+    shops.call("till", "Ping")
+    size = int(shops.admin_call("till", "Tasks")["pools"]["server-1"])
+    with ThreadPoolExecutor() as default:
+        assert size == (workers or default._max_workers), size  # what the executor really has
+
+    def formed() -> bool:
+        return (
+            len(queued_tasks(shops, "till", lookup)) == size and len(calling(shops, "fraud", screen)) == size
+        )
+
+    stuck = shops.until_stuck([("till", "Pay")] * size, formed, f"{size} Lookups to queue", again=False)
+    assert_nothing_answered(shops, ["till", "fraud"])
+    with CollectorClient(address) as client:
+        (deadlock,) = reported(client)
+    assert deadlock["processes"] == sorted([till, fraud])
+    assert Counter(t["method"] for t in deadlock["tasks"]) == {pay: size, screen: size, lookup: size}
+    cycle = rotated(cycle_of(deadlock), lambda t: t["method"] == pay)
+    assert steps(cycle, services) == [("till", pay, []), ("fraud", screen, []), ("till", lookup, [])]
+    assert_links(cycle)
+    assert_queued_at_exhausted_pool(deadlock, shops, lookup, ["till"], {till: size})
+    assert not any(future.done() for future in stuck)
+
+
+def test_pool_exhaustion_behind_round_robin_is_attributed_to_the_replica_that_queued_it(shops: Shops) -> None:
+    """Two till replicas of 1 worker each; fraud reaches till through one round_robin channel over
+    both. One Pay per replica: each Lookup lands on some replica, whose only worker is taken."""
+    address = shops.start_collector(*PERIODIC)
+    replica = Spec(workers=1, rpcs=list(TILL_RPCS), service="till")
+    services = shops.start({"till-a": replica, "till-b": replica, "fraud": FRAUD}, warm=False)
+    tills = ["till-a", "till-b"]
+    pids = {name: services[name].process_id for name in [*tills, "fraud"]}
+    pay, screen, lookup = path("till", "Pay"), path("fraud", "Screen"), path("till", "Lookup")
+
+    def formed() -> bool:
+        queued = sum(len(queued_tasks(shops, name, lookup)) for name in tills)
+        return queued == 2 and len(calling(shops, "fraud", screen)) == 2
+
+    stuck = shops.until_stuck([(name, "Pay") for name in tills], formed, "both Lookups to queue", again=False)
+    assert_nothing_answered(shops, [*tills, "fraud"])
+    # Where each Pay's Lookup landed, as the replicas themselves list it: Pay's replica -> Lookup's.
+    by_pid = {pids[name]: name for name in tills}
+    screens = {t["outbound"][0]["call_id"]: by_pid[t["caller"]] for t in calling(shops, "fraud", screen)}
+    landed = {screens[t["call_id"]]: name for name in tills for t in queued_tasks(shops, name, lookup)}
+    assert sorted(landed) == tills, landed
+    print(f"each Pay's Lookup queued at: {landed}")
+    # One cycle through both replicas when the Lookups crossed over; else one per Lookup that came back
+    # to its own Pay's replica (a Pay whose Lookup joined another's cycle is stuck behind it).
+    cycles = sum(landed[name] == name for name in tills) or 1
+    with CollectorClient(address) as client:
+        found = reported(client)
+    assert len(found) == cycles, (landed, [d["summary"] for d in found])
+    every = [(t["process"], t["task_id"]) for d in found for t in d["tasks"]]
+    assert len(every) == len(set(every)) == 6
+    assert Counter(t["method"] for d in found for t in d["tasks"]) == {pay: 2, screen: 2, lookup: 2}
+    for deadlock in found:
+        assert deadlock["processes"] == sorted({t["process"] for t in deadlock["tasks"]})
+        assert_queued_at_exhausted_pool(
+            deadlock, shops, lookup, tills, {pids[n]: 1 for n in tills}, whole=False
+        )
+        # Pay -> Screen -> Lookup, queued at the replica it landed on -> that replica's Pay (-> ...).
+        cycle = rotated(cycle_of(deadlock), lambda t: t["method"] == pay)
+        assert [method for _, method, _ in steps(cycle, services)] == [pay, screen, lookup] * (
+            len(cycle) // 3
+        )
+        assert_links(cycle)
+    if cycles == 1:  # one deadlock spanning fraud and both tills
+        (deadlock,) = found
+        assert deadlock["processes"] == sorted(pids.values())
+        crossed = landed == {"till-a": "till-b", "till-b": "till-a"}
+        assert len(deadlock["cycle"]) == (6 if crossed else 3)
+        assert all(t["on_cycle"] for t in deadlock["tasks"]) == crossed
+    assert not any(future.done() for future in stuck)
+
+
+def test_pool_exhaustion_through_three_services_on_first_calls(shops: Shops) -> None:
+    """web (2 workers) -> orders -> stock -> back into web's exhausted pool; two Start calls."""
+    address = shops.start_collector(*PERIODIC)
+    services = shops.start(
+        {
+            "web": Spec(workers=2, rpcs=[f"Start=sleep:{PAY_MS},call:orders.Relay", "End=sleep:1"]),
+            "orders": Spec(workers=4, rpcs=["Relay=call:stock.Forward"]),
+            "stock": Spec(workers=4, rpcs=["Forward=call:web.End"]),
+        },
+        warm=False,
+    )
+    web = services["web"].process_id
+    start, relay, forward, end = (
+        path("web", "Start"),
+        path("orders", "Relay"),
+        path("stock", "Forward"),
+        path("web", "End"),
+    )
+
+    def formed() -> bool:
+        return len(queued_tasks(shops, "web", end)) == 2 and len(calling(shops, "stock", forward)) == 2
+
+    stuck = shops.until_stuck([("web", "Start")] * 2, formed, "both Ends to queue", again=False)
+    assert_nothing_answered(shops, ["web", "orders", "stock"])
+    with CollectorClient(address) as client:
+        (deadlock,) = reported(client)
+    assert deadlock["processes"] == sorted(s.process_id for s in services.values())
+    assert Counter(t["method"] for t in deadlock["tasks"]) == {start: 2, relay: 2, forward: 2, end: 2}
+    cycle = rotated(cycle_of(deadlock), lambda t: t["method"] == start)
+    assert steps(cycle, services) == [
+        ("web", start, []),
+        ("orders", relay, []),
+        ("stock", forward, []),
+        ("web", end, []),
+    ]
+    assert_links(cycle)
+    assert_queued_at_exhausted_pool(deadlock, shops, end, ["web"], {web: 2})
     assert not any(future.done() for future in stuck)
 
 

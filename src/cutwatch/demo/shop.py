@@ -27,7 +27,10 @@ The main server is a sync gRPC server with ``agent.server_interceptor(
 max_workers=W, edge=True)``: the shop's front door, called by clients
 without an agent (a load generator, a test), whose requests are input from
 outside rather than messages that lost their stamp. Its W workers are the pool whose exhaustion the deadlock
-tests provoke. Introspection lives on a separate, uninstrumented admin server
+tests provoke. ``--no-tell-pool`` leaves ``max_workers`` out (the agent reads
+the pool's size from the server's executor), and ``--workers default`` also
+leaves it out of the executor: ``ThreadPoolExecutor()``, whose size Python
+picks (``min(32, cpus + 4)``). Introspection lives on a separate, uninstrumented admin server
 (a debug port), so that reading a process never takes a worker of the pool
 being read: ``Tasks`` returns ``agent.tasks()`` and the worker pools as JSON,
 ``Warm`` pings every peer through the instrumented channels, ``Stats`` the
@@ -35,9 +38,10 @@ calls served and failed.
 
 Startup: the service writes ``NAME ADDRESS ADMIN_ADDRESS PROCESS_ID`` to
 ``--ready-file`` once it serves and the collector knows it, then waits for
-``--peers-file`` (a JSON object: service name -> main address) and serves
-until SIGTERM. A call that needs a peer before the peers file exists fails
-with UNAVAILABLE.
+``--peers-file`` (a JSON object: service name -> main address, or a list
+of addresses of the service's replicas, called through one channel with the
+``round_robin`` load balancer) and serves until SIGTERM. A call that needs
+a peer before the peers file exists fails with UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -170,12 +174,12 @@ class Shop:
             return dict(self.handled)
 
     # Peers ----------------------------------------------------------------------------------------
-    def connect(self, peers: dict[str, str]) -> None:
+    def connect(self, peers: dict[str, list[str]]) -> None:
         """One instrumented channel per peer: its client interceptor learns who answers on it."""
         with self._lock:
-            for service, address in peers.items():
+            for service, addresses in peers.items():
                 if service != self.name and service not in self._peers:
-                    raw = grpc.insecure_channel(address)
+                    raw = peer_channel(addresses)
                     channel = grpc.intercept_channel(raw, self.agent.client_interceptor())
                     if self._otel_client is not None:  # OpenTelemetry outside cutwatch on sync channels
                         from opentelemetry.instrumentation.grpc import grpcext
@@ -281,19 +285,50 @@ class Shop:
 
 
 # Startup ---------------------------------------------------------------------------------------------
+def peer_channel(addresses: list[str]) -> grpc.Channel:
+    """A channel to one address, or to several replicas (IPv4 ``host:port``) behind ``round_robin``."""
+    if len(addresses) == 1:
+        return grpc.insecure_channel(addresses[0])
+    return grpc.insecure_channel(
+        "ipv4:" + ",".join(addresses), options=[("grpc.lb_policy_name", "round_robin")]
+    )
 
 
-def wait_for_peers(path: Path, stop: threading.Event) -> dict[str, str] | None:
-    """The services in the peers file, once it exists; None when told to stop first."""
+def wait_for_peers(path: Path, stop: threading.Event) -> dict[str, list[str]] | None:
+    """The services in the peers file (each with its addresses), once it exists; None when told to
+    stop first."""
     peers = wait_for_json(path, stop)
-    return None if peers is None else {str(k): str(v) for k, v in peers.items()}
+    if peers is None:
+        return None
+    return {str(k): [str(a) for a in v] if isinstance(v, list) else [str(v)] for k, v in peers.items()}
+
+
+def parse_workers(text: str) -> int | None:
+    """``--workers``: a count, or ``default`` (None: the executor's own default size)."""
+    if text == "default":
+        return None
+    workers = int(text)
+    if workers < 1:
+        raise ValueError("--workers must be at least 1")
+    return workers
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--name", required=True, help="The service name (orders, inventory, ...).")
     parser.add_argument("--collector", required=True, help="The cutwatch collector's host:port.")
-    parser.add_argument("--workers", type=int, default=4, help="Worker threads of the main server.")
+    parser.add_argument(
+        "--workers",
+        default="4",
+        help="Worker threads of the main server, or 'default' (ThreadPoolExecutor()'s: min(32, cpus + 4)).",
+    )
+    parser.add_argument(
+        "--tell-pool",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Give the pool's size to agent.server_interceptor(max_workers=...) (default: with a --workers "
+        "count); without it the agent reads it from the executor.",
+    )
     parser.add_argument("--ready-file", type=Path, required=True)
     parser.add_argument("--peers-file", type=Path, required=True)
     parser.add_argument(
@@ -307,8 +342,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.rpcs = dict(parse_rpc(text) for text in args.rpc)
     except ValueError as exc:
         parser.error(str(exc))
-    if args.workers < 1:
-        parser.error("--workers must be at least 1")
+    try:
+        args.workers = parse_workers(args.workers)
+    except ValueError as exc:
+        parser.error(f"--workers: {exc}")
+    if args.tell_pool is None:
+        args.tell_pool = args.workers is not None
+    elif args.tell_pool and args.workers is None:
+        parser.error("--tell-pool needs a --workers count")
     return args
 
 
@@ -336,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     agent = cutwatch.Agent(service=args.name, collector=args.collector).start()
     otel_server, otel_client = opentelemetry_interceptors() if args.otel else (None, None)
     shop = Shop(agent, args.name, args.rpcs, args.call_timeout, otel_client)
-    interceptors: list[Any] = [agent.server_interceptor(max_workers=args.workers, edge=True)]
+    told = args.workers if args.tell_pool else None
+    interceptors: list[Any] = [agent.server_interceptor(max_workers=told, edge=True)]
     if otel_server is not None:  # OpenTelemetry first: a handler's task carries its server span
         interceptors.insert(0, otel_server)
     server = grpc.server(
