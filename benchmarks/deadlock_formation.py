@@ -15,10 +15,11 @@ fresh), then makes the calls that deadlock them:
 *Formed* is the moment the admin Tasks RPCs first show every Lookup (End)
 queued at its server; *reported* the first time ``client.deadlocks()``
 (polled every 20 ms) returns it. A queued call never reaches a handler, so
-the cut that shows it ends INCOMPLETE at the snapshot timeout: the table
-shows when the reporting cut started, from formation (``start``; negative:
-before formation was observed, its local snapshots taken after), and how
-long it ran (``cut``).
+the cut that shows it ends INCOMPLETE: at once when all it waits for are
+calls queued behind deadlocked workers, else at the snapshot timeout. The
+table shows when the reporting cut started, from formation (``start``;
+negative: before formation was observed, its local snapshots taken after),
+and how long it ran (``cut``).
 
     python benchmarks/deadlock_formation.py [--quick] [--json] [--runs N] [--timeouts 10s,2s]
 """
