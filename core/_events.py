@@ -113,6 +113,8 @@ class Capture(NamedTuple):
     """The streaming calls open at this process, with their counts (see ``core._streams``)."""
     stream_pending: tuple[PendingStreamMessage, ...] = ()
     """Stream messages taken and not applied yet: in transit for the cut."""
+    state_missing: str = ""
+    """Why ``state`` was not captured (an ``atomic()`` block was half done); "" when it was."""
 
 
 class OpenCall(NamedTuple):
@@ -158,6 +160,9 @@ class LocalSnapshot:
     """This process's ends of the streaming calls open at its cut, with their messages counted."""
     state_bytes: int = field(default=0, compare=False)
     """The state's size as JSON, from :attr:`Capture.state_bytes`; not part of what is sent."""
+    state_missing: str = ""
+    """Why the application state was not captured ("" when it was): the snapshot was taken while an
+    ``atomic()`` block was half done, with ``state`` empty and everything else as usual."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from cutwatch.core import (
     TaskView,
     WaitForGraph,
 )
-from cutwatch.predicates._deadlock_records import CycleStep, Deadlock, DeadlockedTask, Wait
+from cutwatch.predicates._deadlock_records import CycleStep, Deadlock, DeadlockedTask, Wait, lock_words
 
 __all__ = ["Reporter"]
 
@@ -257,7 +257,7 @@ class Reporter:
             return "task"
         what = info.method or ("app task" if info.kind == "app" else "task")
         if info.held_locks:
-            what += ", holds lock " + ", ".join(info.held_locks)
+            what += ", holds " + ", ".join(lock_words(name) for name in info.held_locks)
         return what
 
     def _pool_words(self, r: int) -> str:
@@ -277,7 +277,7 @@ class Reporter:
             call = f"calls {_method(ref)} (call {_call_id(ref)})"
             return f"{call}, queued for a worker of {self._pool_words(r)} held by"
         if kind == NEED_LOCK:
-            return f"waits for lock {ref} held by"
+            return f"waits for {lock_words(str(ref))} held by"
         what = g.res_name[r - self.n] if r >= self.n else self.labels[self.cid[r]]
         return f"waits for {what} held by"
 
@@ -336,7 +336,15 @@ class Reporter:
         if kind == NEED_LOCK:
             where = g.task_process[g.need_task[i]]
             return Wait(
-                "lock", f"lock {ref} at {where}, held by {names}", "", None, where, str(ref), (), on, None
+                "lock",
+                f"{lock_words(str(ref))} at {where}, held by {names}",
+                "",
+                None,
+                where,
+                str(ref),
+                (),
+                on,
+                None,
             )
         alts = g.need_alts[g.need_start[i] : g.need_start[i + 1]]
         return Wait("other", f"resources {', '.join(str(r) for r in alts)}, held by {names}", waits_on=on)
