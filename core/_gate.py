@@ -63,6 +63,7 @@ class SnapshotGate:
             raise ValueError("atomic_timeout must be positive")
         self.timeout = timeout
         self._tasks = tasks if tasks is not None else TaskRegistry()
+        self._current = self._tasks._current.get  # TaskRegistry.current without its frame: every block
         self._lock = threading.RLock()
         self._depth = _Depth()
         self._holder: Task | None = None
@@ -79,10 +80,10 @@ class SnapshotGate:
         """
         state = self._depth
         depth = state.depth
-        if not self._lock.acquire(blocking=False):
+        if not self._lock.acquire(False):
             self._wait_to_enter()  # never at depth > 0: this thread would own the lock
         elif depth == 0:
-            self._holder = self._tasks.current()
+            self._holder = self._current()
         state.depth = depth + 1
         try:
             yield
