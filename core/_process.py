@@ -93,8 +93,8 @@ class ProcessCore:
     and ``max_clock_entries`` to the stamp codec, ``max_state_bytes`` bounds
     each state provider's value;
     ``atomic_timeout`` is how long a snapshot waits for an ``atomic()`` block
-    before it takes that snapshot without the application state. ``span_ids`` returns the active span's
-    (trace id, span id), carried in stamps and tasks.
+    before it takes that snapshot without the application state. ``span_ids``
+    returns the active span's (trace id, span id), carried in stamps and tasks.
     """
 
     def __init__(
@@ -576,12 +576,12 @@ class ProcessCore:
                 self._gate.leave()
         if gate is not None:
             _LOG.warning(
-                "cutwatch: snapshot %d taken without the application state: %s", epoch, self._missing
+                "cutwatch: snapshot %d taken without the application state: %s", epoch, self._state_missing
             )
             self._report_stuck_block(gate)
 
     @property
-    def _missing(self) -> str:
+    def _state_missing(self) -> str:
         return f"{REASON_ATOMIC_TIMEOUT} for more than {self._gate.timeout} s"
 
     def _report_stuck_block(self, gate: GateOccupants) -> None:
@@ -684,7 +684,7 @@ class ProcessCore:
             self._counters.state_errors += errors
             tasks = tuple(self.tasks.views())
         else:
-            state, state_bytes, tasks, missing = {}, 0, gate.tasks, self._missing
+            state, state_bytes, tasks, missing = {}, 0, gate.tasks, self._state_missing
         clock = self._clock.as_dict()
         return Capture(
             clock,
