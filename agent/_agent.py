@@ -253,12 +253,17 @@ class Agent:
         handler leaves its first ``atomic()`` block, its request is consumed:
         its effect is in the state, not in the channel. Keep blocks short and
         synchronous: never wait for a response inside one (a snapshot due
-        meanwhile is given up), never ``await`` inside one.
+        meanwhile is given up, and a call that needs a block of this process
+        hangs until its deadline: cuts then show the deadlock), never
+        ``await`` inside one.
         """
         return self._core.atomic()
 
     def lock(self, name: str) -> CutwatchLock:
-        """The cutwatch lock called ``name`` (the same object for the same name)."""
+        """The cutwatch lock called ``name`` (the same object for the same name).
+
+        Names starting with ``cutwatch:`` are reserved (``ValueError``).
+        """
         return self._locks.get(name)
 
     # Interceptor factories ---------------------------------------------------

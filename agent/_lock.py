@@ -20,7 +20,7 @@ import weakref
 from collections import deque
 from types import TracebackType
 
-from cutwatch.core import Task, TaskRegistry
+from cutwatch.core import RESERVED_LOCK_PREFIX, Task, TaskRegistry
 
 
 class _ThreadWaiter:
@@ -234,6 +234,10 @@ class LockRegistry:
         self._pinned: set[CutwatchLock] = set()
 
     def get(self, name: str) -> CutwatchLock:
+        """The lock ``name``; names that start with ``cutwatch:`` are cutwatch's own (the snapshot lock
+        behind ``atomic()`` shows in cuts as ``cutwatch:atomic()``) and are refused."""
+        if name.startswith(RESERVED_LOCK_PREFIX):
+            raise ValueError(f"lock names starting with {RESERVED_LOCK_PREFIX!r} are cutwatch's own")
         with self._mutex:
             lock = self._locks.get(name)
             if lock is None:

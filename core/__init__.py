@@ -61,6 +61,7 @@ from cutwatch.core._events import (
     RecordingStopped,
     SnapshotEvent,
 )
+from cutwatch.core._gate import ATOMIC_LOCK, RESERVED_LOCK_PREFIX
 from cutwatch.core._participant import Delivery, SnapshotParticipant, SnapshotStats
 from cutwatch.core._process import REASON_ATOMIC_TIMEOUT, REASON_ATOMIC_WAIT, ProcessCore
 from cutwatch.core._reduction import Reduction, reduce_graph
@@ -127,6 +128,7 @@ from cutwatch.core.errors import (
 )
 
 __all__ = [
+    "ATOMIC_LOCK",
     "BOUNCED_STAMP_METADATA_KEY",
     "CLIENT",
     "CUT_FORMAT",
@@ -150,6 +152,7 @@ __all__ = [
     "REASON_TRUNCATED",
     "REFUSED",
     "REQUEST",
+    "RESERVED_LOCK_PREFIX",
     "RESPONSE",
     "RES_LOCK",
     "RES_OTHER",

@@ -39,6 +39,13 @@ record leaves the cut and its call waits again, for the attempt a retry
 policy sends next. If the call fails at its caller instead (no attempt
 left), the record stands: the request was in transit at the cut, and its
 value goes back to the caller with the failure.
+
+States not captured: a local snapshot taken while an ``atomic()`` block
+held the snapshot lock past the agent's timeout has no state
+(:attr:`LocalSnapshot.state_missing` says why) but everything else: its
+calls and records settle as usual and its tasks are in the cut, so that
+deadlock detection sees who holds and who waits for the lock. Such a cut is
+assembled as far as it goes, then INCOMPLETE, never COMPLETE.
 """
 
 from __future__ import annotations
@@ -375,7 +382,8 @@ class CutAssembler:
 
     # Output --------------------------------------------------------------------------------
     def status(self) -> AssemblyStatus:
-        """COMPLETE, PENDING (may still complete) or INCOMPLETE (never can: recording stopped).
+        """COMPLETE, PENDING (may still complete) or INCOMPLETE (never can: recording stopped, or once
+        all is in, a state not captured).
 
         Raises :class:`AssemblyError` when what has arrived is contradictory.
         """
@@ -389,7 +397,9 @@ class CutAssembler:
         streams = self._place_streams()
         if streams.reasons:
             return "INCOMPLETE"
-        return "PENDING" if streams.owed else "COMPLETE"
+        if streams.owed:
+            return "PENDING"
+        return "INCOMPLETE" if self._states_missing() else "COMPLETE"
 
     def waits_only_on_queued_calls(self) -> bool:
         """Whether all that keeps the cut PENDING is calls queued for a worker at their servers.
@@ -439,6 +449,7 @@ class CutAssembler:
             reasons.append(f"calls in flight at the cut not accounted for: {shown}{more}")
         for notice in self._stopped:
             reasons.append(f"{notice.reason} at {notice.process}")
+        reasons += self._states_missing()
         in_transit = tuple(
             sorted(
                 [*self._records, *streams.in_transit],
@@ -480,6 +491,14 @@ class CutAssembler:
         if not ends:
             return StreamPlacement()
         return place_streams(ends, self._started_after_cut, self._stream_records)
+
+    def _states_missing(self) -> list[str]:
+        """Why the state of a process that reported is not in the cut, for each such process."""
+        return [
+            f"state of {process} not captured: {_capped(snap.state_missing, REASON_NAME_LIMIT)}"
+            for process, snap in sorted(self._locals.items())
+            if snap.state_missing
+        ]
 
     def _see_untracked(self, process: str, count: int) -> None:
         if count > self._untracked_now.get(process, 0):

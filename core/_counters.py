@@ -29,7 +29,10 @@ class ProcessStats:
     """Failures inside cutwatch itself, caught before the application saw them."""
     snapshots_taken: int = 0
     snapshots_skipped: int = 0
-    """Snapshots given up because an ``atomic()`` block held the snapshot lock."""
+    """Snapshots given up because they were due inside an ``atomic()`` block of the same thread."""
+    snapshots_without_state: int = 0
+    """Snapshots taken without the application state: an ``atomic()`` block held the snapshot lock
+    past ``atomic_timeout`` (their cuts are INCOMPLETE, their tasks show who holds and waits)."""
     state_errors: int = 0
     """State providers that raised, returned non-JSON or too much; their value is an error marker."""
     requests_refused: int = 0
@@ -66,6 +69,7 @@ class Counters:
     internal_errors: int
     snapshots_taken: int
     snapshots_skipped: int
+    snapshots_without_state: int
     state_errors: int
     requests_refused: int
     untracked_changes: int

@@ -116,6 +116,8 @@ class Capture(NamedTuple):
     queued: tuple[tuple[int, TaskView], ...] = ()
     """Server tasks whose calls arrived and wait for a worker, each with the epoch its request was sent
     in: a snapshot of epoch ``e`` lists those sent before ``e`` (see ``TaskRegistry.capture``)."""
+    state_missing: str = ""
+    """Why ``state`` was not captured (an ``atomic()`` block was half done); "" when it was."""
 
 
 class OpenCall(NamedTuple):
@@ -161,6 +163,9 @@ class LocalSnapshot:
     """This process's ends of the streaming calls open at its cut, with their messages counted."""
     state_bytes: int = field(default=0, compare=False)
     """The state's size as JSON, from :attr:`Capture.state_bytes`; not part of what is sent."""
+    state_missing: str = ""
+    """Why the application state was not captured ("" when it was): the snapshot was taken while an
+    ``atomic()`` block was half done, with ``state`` empty and everything else as usual."""
 
 
 @dataclass(frozen=True)

@@ -430,6 +430,7 @@ class SnapshotParticipant:
                 untracked_changes=capture.untracked_changes,
                 streams=capture.streams,
                 state_bytes=capture.state_bytes,
+                state_missing=capture.state_missing,
             )
             taken.append(snap)
             self._outbox.append(snap)

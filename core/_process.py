@@ -49,7 +49,7 @@ from cutwatch.core._events import (
     SnapshotEvent,
     StreamCount,
 )
-from cutwatch.core._gate import SnapshotGate
+from cutwatch.core._gate import GateOccupants, SnapshotGate
 from cutwatch.core._participant import DEFAULT_MAX_OPEN_EPOCHS, Delivery, SnapshotParticipant, SnapshotStats
 from cutwatch.core._stamp import DEFAULT_MAX_CLOCK_ENTRIES, DEFAULT_MAX_STAMP_BYTES
 from cutwatch.core._stamped_clock import StampedClock
@@ -68,7 +68,9 @@ __all__ = [
 
 _LOG = logging.getLogger("cutwatch.agent")
 REASON_ATOMIC_WAIT = "a snapshot was due while an atomic() block waited for a response"
-REASON_ATOMIC_TIMEOUT = "an atomic() block held the snapshot lock too long"
+REASON_ATOMIC_TIMEOUT = "an atomic() block held the snapshot lock"
+"""How a local snapshot taken without the state says why (with how long it waited)."""
+_SHOWN_WAITERS: Final = 5
 CLOSED_STREAM_SNAPSHOTS: Final = 2
 """How many local snapshots still list a stream end after it closed."""
 MAX_CLOSED_STREAMS: Final = 10_000
@@ -95,8 +97,8 @@ class ProcessCore:
     and ``max_clock_entries`` to the stamp codec, ``max_state_bytes`` bounds
     each state provider's value;
     ``atomic_timeout`` is how long a snapshot waits for an ``atomic()`` block
-    before it gives that snapshot up. ``span_ids`` returns the active span's
-    (trace id, span id), carried in stamps and tasks.
+    before it takes that snapshot without the application state. ``span_ids``
+    returns the active span's (trace id, span id), carried in stamps and tasks.
     """
 
     def __init__(
@@ -125,7 +127,10 @@ class ProcessCore:
         self._now = monotonic
         self._span_ids = span_ids
         self._lock = threading.RLock()
-        self._gate = SnapshotGate(atomic_timeout)
+        self.tasks = TaskRegistry(monotonic)
+        self._gate = SnapshotGate(atomic_timeout, self.tasks)
+        self._warned_holder = 0
+        """The last holder of a stuck ``atomic()`` block logged (a task id), so that it is logged once."""
         self.in_atomic = self._gate.inside
         """Whether this thread is inside an ``atomic()`` block of this process."""
         self._counters = Counters()
@@ -139,7 +144,6 @@ class ProcessCore:
             max_seen_keys=max_seen_messages,
             abandoned_grace=abandoned_grace,
         )
-        self.tasks = TaskRegistry(monotonic)
         self._call_ids = itertools.count(1)
         self._states = StateProviders(max_state_bytes)
         self._worker_pools: dict[str, int] = {}
@@ -253,6 +257,7 @@ class ProcessCore:
         try:
             trace_id, span_id = self._span_ids()
             task = self.tasks.current_or_app_task()
+            self._gate.claim(task)  # inside a block, the task that waits on this call holds the gate
             with self._lock:
                 call_id = next(self._call_ids)
                 self._clock.tick()
@@ -672,22 +677,72 @@ class ProcessCore:
 
         Called without the event lock. Inside an ``atomic()`` block of this
         very thread (a response awaited in the block) the block is half done,
-        so the snapshots are given up rather than taken mid-change.
+        so the snapshots are given up rather than taken mid-change. When
+        another thread's block holds the snapshot lock past the timeout, they
+        are taken without the application state but with everything else,
+        the gate's holder and waiters among the tasks (see :meth:`_capture`):
+        a block that never ends is then an edge of the wait-for graph.
         """
         if self.in_atomic():
             self._skip_snapshots(epoch, REASON_ATOMIC_WAIT)
             return
-        if not self._gate.enter():
-            self._skip_snapshots(epoch, REASON_ATOMIC_TIMEOUT)
-            return
+        entered = self._gate.enter()
+        gate: GateOccupants | None = None
         try:
             with self._lock:
-                if epoch > self._part.epoch:
-                    taken = self._part.take_snapshot(epoch, self._capture(), now=self._now())
-                    self._counters.snapshots_taken += len(taken)
-                    self._emit()
+                if epoch <= self._part.epoch:
+                    return
+                # The block may have ended since the wait timed out; a try never waits, so taking the
+                # snapshot lock after the event lock here cannot deadlock.
+                entered = entered or self._gate.enter(blocking=False)
+                gate = None if entered else self._gate.occupants()
+                taken = self._part.take_snapshot(epoch, self._capture(gate), now=self._now())
+                self._counters.snapshots_taken += len(taken)
+                if gate is not None:
+                    self._counters.snapshots_without_state += len(taken)
+                self._emit()
         finally:
-            self._gate.leave()
+            if entered:
+                self._gate.leave()
+        if gate is not None:
+            _LOG.warning(
+                "cutwatch: snapshot %d taken without the application state: %s", epoch, self._state_missing
+            )
+            self._report_stuck_block(gate)
+
+    @property
+    def _state_missing(self) -> str:
+        return f"{REASON_ATOMIC_TIMEOUT} for more than {self._gate.timeout} s"
+
+    def _report_stuck_block(self, gate: GateOccupants) -> None:
+        """Log, once per holder, an ``atomic()`` block that waits on a call while tasks of this process
+        wait to enter ``atomic()``: most likely a call back into this process, which hangs until its
+        deadline (the cut shows it as a deadlock)."""
+        holder = gate.holder
+        calls = [call for call in holder.outbound if call.blocking] if holder is not None else []
+        if holder is None or not calls or not gate.waiters or holder.task_id == self._warned_holder:
+            return
+        self._warned_holder = holder.task_id
+        waiters = ", ".join(
+            f"{w.method or w.kind + ' task'} (task {w.task_id})" for w in gate.waiters[:_SHOWN_WAITERS]
+        )
+        if len(gate.waiters) > _SHOWN_WAITERS:
+            waiters += f" and {len(gate.waiters) - _SHOWN_WAITERS} more"
+        waits = ", ".join(
+            f"{c.method} (call {c.call_id}{' to ' + c.target if c.target else ''})" for c in calls
+        )
+        _LOG.warning(
+            "cutwatch: %s (task %d) of %s has held atomic() for more than %s s while it waits on %s; "
+            "%s to enter atomic(): %s. Never wait for a response inside atomic(): a call that "
+            "needs an atomic() block of this process hangs until its deadline.",
+            holder.method or "an application thread",
+            holder.task_id,
+            self.process_id,
+            self._gate.timeout,
+            waits,
+            "1 task of this process waits" if len(gate.waiters) == 1 else f"{len(gate.waiters)} tasks wait",
+            waiters,
+        )
 
     def flush(self, epoch: int, round_: int = 0, fence: Iterable[tuple[str, int]] = ()) -> None:
         """Refuse the calls in ``fence`` from now on, then emit the flush marker of round ``round_``
@@ -742,17 +797,32 @@ class ProcessCore:
                 )
         _LOG.warning("cutwatch: snapshots %d..%d given up: %s", first, epoch, reason)
 
-    def _capture(self) -> Capture:
-        """The local snapshot's contents; caller holds both locks. The snapshot is an event: it ticks."""
+    def _capture(self, gate: GateOccupants | None = None) -> Capture:
+        """The local snapshot's contents; caller holds both locks. The snapshot is an event: it ticks.
+
+        ``gate``: the caller holds only the event lock, because an ``atomic()``
+        block held the snapshot lock past the timeout. Every event is still
+        serialised by the event lock, so all but the state is as consistent
+        as ever (the block's request counts as not consumed yet, as it is);
+        the state, half changed, is left out and the snapshot says why. The
+        tasks come from ``gate``, with its holder and waiters marked.
+        """
         self._clock.tick()
-        state, state_bytes, errors = self._states.capture()
-        self._counters.state_errors += errors
-        clock = self._clock.as_dict()
+        missing = ""
         running, queued = self.tasks.capture()
+        if gate is None:
+            state, state_bytes, errors = self._states.capture()
+            self._counters.state_errors += errors
+            tasks = running
+        else:
+            # Queued calls hold no lock and wait for no block: they come from the registry, filtered.
+            state, state_bytes, missing = {}, 0, self._state_missing
+            tasks = tuple(task for task in gate.tasks if not task.queued)
+        clock = self._clock.as_dict()
         return Capture(
             clock,
             state,
-            running,
+            tasks,
             dict(self._worker_pools),
             state_bytes,
             self._counters.untracked_changes,
@@ -763,6 +833,7 @@ class ProcessCore:
                 for index, payload in end.pending
             ),
             queued,
+            state_missing=missing,
         )
 
     def _stream_counts(self) -> tuple[StreamCount, ...]:

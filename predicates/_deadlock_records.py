@@ -11,7 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-__all__ = ["CycleStep", "Deadlock", "DeadlockedTask", "Wait"]
+from cutwatch.core import ATOMIC_LOCK
+
+__all__ = ["CycleStep", "Deadlock", "DeadlockedTask", "Wait", "lock_words"]
+
+
+def lock_words(name: str) -> str:
+    """A lock as a report names it: cutwatch's own snapshot lock in words, the others by name."""
+    return "the atomic() snapshot lock" if name == ATOMIC_LOCK else f"lock {name}"
 
 
 class Wait(NamedTuple):
@@ -85,7 +92,7 @@ class DeadlockedTask(NamedTuple):
 
     @property
     def holds(self) -> tuple[str, ...]:
-        out = [f"lock {name}" for name in self.held_locks]
+        out = [lock_words(name) for name in self.held_locks]
         if self.kind == "server" and self.pool and not self.queued:
             out.append(f"a worker of pool {self.pool}")
         return tuple(out)

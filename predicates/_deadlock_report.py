@@ -21,7 +21,7 @@ from cutwatch.core import (
     TaskView,
     WaitForGraph,
 )
-from cutwatch.predicates._deadlock_records import CycleStep, Deadlock, DeadlockedTask, Wait
+from cutwatch.predicates._deadlock_records import CycleStep, Deadlock, DeadlockedTask, Wait, lock_words
 
 __all__ = ["Reporter"]
 
@@ -278,7 +278,7 @@ class Reporter:
         if info.queued:
             what += ", queued"
         if info.held_locks:
-            what += ", holds lock " + ", ".join(info.held_locks)
+            what += ", holds " + ", ".join(lock_words(name) for name in info.held_locks)
         return what
 
     def _pool_words(self, r: int) -> str:
@@ -298,7 +298,7 @@ class Reporter:
             call = f"calls {_method(ref)} (call {_call_id(ref)})"
             return f"{call}, queued for a worker of {self._pool_words(r)} held by"
         if kind == NEED_LOCK:
-            return f"waits for lock {ref} held by"
+            return f"waits for {lock_words(str(ref))} held by"
         if kind == NEED_QUEUED:
             return f"waits in the server's queue for a worker of {self._pool_words(r)} held by"
         what = g.res_name[r - self.n] if r >= self.n else self.labels[self.cid[r]]
@@ -373,7 +373,8 @@ class Reporter:
             return Wait("queued", text, queued_method, queued_id, where, "", (g.res_name[r - n],), on, None)
         if kind == NEED_LOCK:
             where = g.task_process[g.need_task[i]]
-            text = f"lock {ref} at {where}, held by {names}{_deadline_words(left, 'its wait times out')}"
+            ends = _deadline_words(left, "its wait times out")
+            text = f"{lock_words(str(ref))} at {where}, held by {names}{ends}"
             return Wait("lock", text, "", None, where, str(ref), (), on, None, left)
         alts = g.need_alts[g.need_start[i] : g.need_start[i + 1]]
         return Wait("other", f"resources {', '.join(str(r) for r in alts)}, held by {names}", waits_on=on)

@@ -113,6 +113,7 @@ def event_to_message(event: SnapshotEvent, seq: int) -> pb.AgentMessage:
                     )
                     for s in event.streams
                 ],
+                state_missing=event.state_missing,
             ),
         )
     if isinstance(event, ChannelRecord):
@@ -262,6 +263,7 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
             worker_pools=dict(snap.worker_pools),
             untracked_changes=snap.untracked_changes,
             streams=tuple(_stream_count(s) for s in snap.streams),
+            state_missing=snap.state_missing,
         )
     if body == "channel_record":
         rec = message.channel_record

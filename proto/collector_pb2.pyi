@@ -176,7 +176,7 @@ class StreamCount(_message.Message):
     def __init__(self, caller: _Optional[str] = ..., call_id: _Optional[int] = ..., role: _Optional[str] = ..., method: _Optional[str] = ..., requests: _Optional[int] = ..., responses: _Optional[int] = ...) -> None: ...
 
 class LocalSnapshot(_message.Message):
-    __slots__ = ("epoch", "process_id", "clock", "state_json", "tasks_json", "open_calls", "answering", "requests_sent", "responses_sent", "requests_consumed", "responses_consumed", "worker_pools", "untracked_changes", "streams")
+    __slots__ = ("epoch", "process_id", "clock", "state_json", "tasks_json", "open_calls", "answering", "requests_sent", "responses_sent", "requests_consumed", "responses_consumed", "worker_pools", "untracked_changes", "streams", "state_missing")
     class ClockEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -226,6 +226,7 @@ class LocalSnapshot(_message.Message):
     WORKER_POOLS_FIELD_NUMBER: _ClassVar[int]
     UNTRACKED_CHANGES_FIELD_NUMBER: _ClassVar[int]
     STREAMS_FIELD_NUMBER: _ClassVar[int]
+    STATE_MISSING_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     process_id: str
     clock: _containers.ScalarMap[str, int]
@@ -240,7 +241,8 @@ class LocalSnapshot(_message.Message):
     worker_pools: _containers.ScalarMap[str, int]
     untracked_changes: int
     streams: _containers.RepeatedCompositeFieldContainer[StreamCount]
-    def __init__(self, epoch: _Optional[int] = ..., process_id: _Optional[str] = ..., clock: _Optional[_Mapping[str, int]] = ..., state_json: _Optional[str] = ..., tasks_json: _Optional[str] = ..., open_calls: _Optional[_Iterable[_Union[OpenCall, _Mapping]]] = ..., answering: _Optional[_Iterable[_Union[Answering, _Mapping]]] = ..., requests_sent: _Optional[int] = ..., responses_sent: _Optional[_Mapping[str, int]] = ..., requests_consumed: _Optional[_Mapping[str, int]] = ..., responses_consumed: _Optional[_Mapping[str, int]] = ..., worker_pools: _Optional[_Mapping[str, int]] = ..., untracked_changes: _Optional[int] = ..., streams: _Optional[_Iterable[_Union[StreamCount, _Mapping]]] = ...) -> None: ...
+    state_missing: str
+    def __init__(self, epoch: _Optional[int] = ..., process_id: _Optional[str] = ..., clock: _Optional[_Mapping[str, int]] = ..., state_json: _Optional[str] = ..., tasks_json: _Optional[str] = ..., open_calls: _Optional[_Iterable[_Union[OpenCall, _Mapping]]] = ..., answering: _Optional[_Iterable[_Union[Answering, _Mapping]]] = ..., requests_sent: _Optional[int] = ..., responses_sent: _Optional[_Mapping[str, int]] = ..., requests_consumed: _Optional[_Mapping[str, int]] = ..., responses_consumed: _Optional[_Mapping[str, int]] = ..., worker_pools: _Optional[_Mapping[str, int]] = ..., untracked_changes: _Optional[int] = ..., streams: _Optional[_Iterable[_Union[StreamCount, _Mapping]]] = ..., state_missing: _Optional[str] = ...) -> None: ...
 
 class ChannelRecord(_message.Message):
     __slots__ = ("epoch", "sender", "receiver", "method", "kind", "payload_json", "call_id", "attempt", "index")

@@ -524,6 +524,14 @@ def test_lock_records_holder_and_waiter(make_agent: Any) -> None:
     assert not lock.locked()
 
 
+def test_lock_names_of_cutwatch_s_own_are_refused(make_agent: Any) -> None:
+    agent = make_agent("locks")
+    for name in ("cutwatch:atomic()", "cutwatch:anything"):
+        with pytest.raises(ValueError, match="cutwatch's own"):
+            agent.lock(name)
+    assert agent.lock("cutwatch-ish:1").name == "cutwatch-ish:1"
+
+
 def test_lock_try_and_timeout_leave_no_waiter(make_agent: Any) -> None:
     agent = make_agent("locks")
     lock = agent.lock("inventory:42")

@@ -268,7 +268,7 @@ def test_a_message_from_a_newer_epoch_forces_the_snapshot_before_delivery() -> N
         b.close()
 
 
-def test_a_snapshot_gives_up_on_a_long_atomic_block_and_the_application_goes_on() -> None:
+def test_a_snapshot_past_a_long_atomic_block_goes_without_the_state_and_the_application_goes_on() -> None:
     a = Ledger("a", None, atomic_timeout=0.2)
     inside, release = threading.Event(), threading.Event()
 
@@ -283,7 +283,12 @@ def test_a_snapshot_gives_up_on_a_long_atomic_block_and_the_application_goes_on(
         assert inside.wait(TIMEOUT)
         a.agent._core.take_snapshot(1)
         stats = a.agent.stats()
-        assert (stats.snapshots_taken, stats.snapshots_skipped, a.agent.epoch) == (0, 1, 1)
+        assert (stats.snapshots_taken, stats.snapshots_without_state, stats.snapshots_skipped) == (1, 1, 0)
+        assert a.agent.epoch == 1
+        release.set()
+        thread.join(TIMEOUT)
+        a.agent._core.take_snapshot(2)
+        assert a.agent.stats().snapshots_without_state == 1  # the block is over: the state is back
     finally:
         release.set()
         thread.join(TIMEOUT)

@@ -399,13 +399,12 @@ def test_cuts_stay_exact_through_crashes_restarts_and_repeats() -> None:
     fixed = settings(machine_settings(EXAMPLES, STEPS), derandomize=True, database=None)
     run_state_machine_as_test(ClusterMachine, settings=fixed)
     seen = SEEN - before
-    minimum = {
-        "complete": 200,
-        "complete, with several processes": 100,
-        "complete, after a collector restart": 20,
-        "incomplete: a process crashed": 5,
-        "snapshots while a process may be reconnecting": 20,
-    }
+    # Derandomized is not the same walk everywhere: hypothesis' engine chose differently after unrelated
+    # modules were imported (from about the 240th rule on), and rare cases (a collector restart before a
+    # complete cut) went from hundreds to a handful. So this run asserts only that it checked many cuts;
+    # test_seeded_walks_exercise_every_rule, whose walks depend on their seeds alone, asserts that every
+    # case, rare ones included, was exercised.
+    minimum = {"complete": 200, "complete, with several processes": 100}
     assert all(seen[what] >= least for what, least in minimum.items()), seen
 
 
