@@ -376,6 +376,14 @@ def graph_from_cut(cut: Cut) -> WaitForGraph:
     need_note: list[QueuedCall | None] = []
     uncertain: list[UncertainWait] = []
 
+    def close_need(t: int, kind: int, ref: OutboundCall | str | None, note: QueuedCall | None = None) -> None:
+        """End a need of task ``t`` whose alternatives were just appended to ``need_alts``."""
+        need_task.append(t)
+        need_start.append(len(need_alts))
+        need_kind.append(kind)
+        need_ref.append(ref)
+        need_note.append(note)
+
     # Pass 2: what each task waits for.
     for t, task in enumerate(task_info):
         process = task_process[t]
@@ -396,12 +404,8 @@ def graph_from_cut(cut: Cut) -> WaitForGraph:
                     )
                 )
                 continue
-            need_task.append(t)
             need_alts.append(rid + n)
-            need_start.append(len(need_alts))
-            need_kind.append(NEED_QUEUED)
-            need_ref.append(None)
-            need_note.append(None)
+            close_need(t, NEED_QUEUED, None)
             continue
         for call in task.outbound:
             if not call.blocking:
@@ -410,15 +414,11 @@ def graph_from_cut(cut: Cut) -> WaitForGraph:
             key = (process, call_id)
             handler = handlers.get(key)
             if handler is not None:
-                need_task.append(t)
                 need_alts.append(handler)
                 more = extra_handlers.get(key)
                 if more:
                     need_alts.extend(more)
-                need_start.append(len(need_alts))
-                need_kind.append(NEED_CALL)
-                need_ref.append(call)
-                need_note.append(None)
+                close_need(t, NEED_CALL, call)
                 continue
             pending = unsettled.get(key)
             if pending is None or key in requests_in_transit or key in responses_in_transit:
@@ -440,14 +440,10 @@ def graph_from_cut(cut: Cut) -> WaitForGraph:
             if why:
                 uncertain.append(UncertainWait(t, what, why))
                 continue
-            need_task.append(t)
             need_alts.extend(pools)
-            need_start.append(len(need_alts))
-            need_kind.append(NEED_WORKER)
-            need_ref.append(call)
             no_flush = unflushed is None or process in unflushed or target in unflushed
             method = str(pending.get("method") or call.method)
-            need_note.append(QueuedCall(process, int(call_id), method, target, no_flush))
+            close_need(t, NEED_WORKER, call, QueuedCall(process, int(call_id), method, target, no_flush))
         lock = task.waiting_lock
         if lock:
             rid = res_ids.get((RES_LOCK, process, lock))
@@ -459,12 +455,8 @@ def graph_from_cut(cut: Cut) -> WaitForGraph:
                     UncertainWait(t, f"lock {lock}", f"{holders} tasks of {process} list it as held")
                 )
                 continue
-            need_task.append(t)
             need_alts.append(rid + n)
-            need_start.append(len(need_alts))
-            need_kind.append(NEED_LOCK)
-            need_ref.append(lock)
-            need_note.append(None)
+            close_need(t, NEED_LOCK, lock)
 
     return WaitForGraph(
         task_process=task_process,
