@@ -109,6 +109,8 @@ class Reporter:
         self.resources = [0] * len(rid)
         for r, c in rid.items():
             self.resources[c - s] = r
+        self._ends: dict[int, float] = {}
+        """When each unmet need ends by itself (seconds from the cut), for the needs that do."""
 
     def report(self) -> list[Deadlock]:
         s = len(self.tasks)
@@ -240,15 +242,16 @@ class Reporter:
         self, members: list[int], cycle: list[tuple[int, int, int]], on_cycle: bytearray
     ) -> Deadlock:
         process, tasks = self.g.task_process, self.tasks
+        records = tuple([self._task(c, bool(on_cycle[c])) for c in members])  # fills self._ends
         steps = tuple(
             [CycleStep(process[tasks[c]], self.ids[c], self._brief(c), self._edge(i, r)) for c, i, r in cycle]
         )
-        ends = [self._times_out_in(i) for _, i, _ in cycle]
-        known = [left for left in ends if left is not None]
+        ends = self._ends
+        known = [left for _, i, _ in cycle if (left := ends.get(i)) is not None]
         return Deadlock(
             epoch=self.cut.epoch,
             cut_status=self.cut.status,
-            tasks=tuple([self._task(c, bool(on_cycle[c])) for c in members]),
+            tasks=records,
             cycle=steps,
             rests_on=self._rests_on(members),
             breaks_in=min(known) if known else None,
@@ -277,8 +280,9 @@ class Reporter:
         what = info.method or ("app task" if info.kind == "app" else "task")
         if info.queued:
             what += ", queued"
-        if info.held_locks:
-            what += ", holds " + ", ".join(lock_words(name) for name in info.held_locks)
+        held = info.held_locks
+        if held:
+            what += ", holds " + (lock_words(held[0]) if len(held) == 1 else ", ".join(map(lock_words, held)))
         return what
 
     def _pool_words(self, r: int) -> str:
@@ -340,12 +344,15 @@ class Reporter:
             if len(waited) > 8:
                 names += f" and {len(waited) - 8} more"
         left = self._times_out_in(i)
+        if left is None:
+            ends = NO_DEADLINE
+        else:
+            self._ends[i] = left
+            ends = _deadline_words(left)
         if kind == NEED_CALL:
             method, call_id = _method(ref), _call_id(ref)
-            handler = "queued at" if all(self._queued(c) for c in waited) else "being handled by"
-            text = (
-                f"the answer to its call {method} (call {call_id}), {handler} {names}{_deadline_words(left)}"
-            )
+            handler = "queued at" if self._all_queued(waited) else "being handled by"
+            text = f"the answer to its call {method} (call {call_id}), {handler} {names}{ends}"
             return Wait("call", text, method, call_id, on[0][0], "", (), on, None, left)
         if kind == NEED_WORKER:
             alts = g.need_alts[g.need_start[i] : g.need_start[i + 1]]
@@ -355,7 +362,7 @@ class Reporter:
             method, call_id = _method(ref), _call_id(ref)
             text = (
                 f"a worker of {where}, held by {names}, for its call {method} (call {call_id}) to {target}, "
-                f"which has not reached a handler{_deadline_words(left)}"
+                f"which has not reached a handler{ends}"
             )
             pools = tuple(g.res_name[r - n] for r in alts)
             assumption = self._queued_words(note, alts) if note is not None else None
@@ -373,15 +380,21 @@ class Reporter:
             return Wait("queued", text, queued_method, queued_id, where, "", (g.res_name[r - n],), on, None)
         if kind == NEED_LOCK:
             where = g.task_process[g.need_task[i]]
-            ends = _deadline_words(left, "its wait times out")
+            if left is not None:
+                ends = _deadline_words(left, "its wait times out")
             text = f"{lock_words(str(ref))} at {where}, held by {names}{ends}"
             return Wait("lock", text, "", None, where, str(ref), (), on, None, left)
         alts = g.need_alts[g.need_start[i] : g.need_start[i + 1]]
         return Wait("other", f"resources {', '.join(str(r) for r in alts)}, held by {names}", waits_on=on)
 
-    def _queued(self, c: int) -> bool:
-        info = self.g.task_info[self.tasks[c]]
-        return info is not None and info.queued
+    def _all_queued(self, waited: list[int]) -> bool:
+        """Whether the tasks a call waits on (compact ids) are all queued calls."""
+        task_info, tasks = self.g.task_info, self.tasks
+        for c in waited:
+            info = task_info[tasks[c]]
+            if info is None or not info.queued:
+                return False
+        return True
 
     def _queued_words(self, note: QueuedCall, alts: Sequence[int]) -> str:
         span = max(self.cut.finished - self.cut.started, 0.0)
@@ -464,9 +477,10 @@ class Reporter:
         return tuple(out)
 
 
-def _deadline_words(left: float | None, what: str = "its deadline passes") -> str:
-    if left is None:
-        return " (no deadline)"
+NO_DEADLINE = " (no deadline)"
+
+
+def _deadline_words(left: float, what: str = "its deadline passes") -> str:
     return f" ({what} about {left:.1f} s after the cut)"
 
 
