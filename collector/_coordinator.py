@@ -90,7 +90,8 @@ _LOG = logging.getLogger("cutwatch.collector")
 MAX_EPOCH = 1 << 62
 """Epochs stay far below protobuf's uint64 bound, whatever an agent reports."""
 QUEUED_PROBE_INTERVAL = 0.25
-"""Seconds between two looks at a snapshot that waits only on queued calls (each builds a wait-for graph)."""
+"""Seconds before the first look at a snapshot that waits only on queued calls; each look that finds
+them able to run doubles the wait before the next (each look builds the cut's wait-for graph)."""
 REASON_DISCONNECTED = "disconnected from the collector"
 REASON_EVENTS_LOST = "events lost on the way to the collector"
 REASON_REJECTED = "REJECTED (a cutwatch bug, please report it): "
@@ -113,6 +114,7 @@ class _Run:
     result: StoredCut | None = None
     next_probe: float = 0.0
     """When to look again whether the calls it waits for are stuck behind deadlocked workers."""
+    probe_interval: float = QUEUED_PROBE_INTERVAL
 
 
 class Coordinator:
@@ -404,7 +406,8 @@ class Coordinator:
                 if now >= run.deadline:
                     finished += self._finish(run, "")
                 elif now >= run.next_probe and run.assembler.waits_only_on_queued_calls():
-                    run.next_probe = now + QUEUED_PROBE_INTERVAL
+                    run.next_probe = now + run.probe_interval
+                    run.probe_interval *= 2
                     finished += self._finish_if_stuck(run)
         self._store_all(finished)
 

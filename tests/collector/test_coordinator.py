@@ -19,6 +19,7 @@ from cutwatch.collector._coordinator import (
 from cutwatch.collector._records import cut_from_stored
 from cutwatch.core import (
     REQUEST,
+    Answering,
     ChannelRecord,
     CloseEpoch,
     Flush,
@@ -27,10 +28,13 @@ from cutwatch.core import (
     Heartbeat,
     LocalSnapshot,
     MsgKey,
+    OpenCall,
+    OutboundCall,
     Registered,
     Registration,
     SnapshotEvent,
     TakeSnapshot,
+    TaskView,
     VectorClock,
 )
 
@@ -304,3 +308,83 @@ def test_drops_before_an_agent_met_this_collector_do_not_spoil_its_snapshots(
     assert coordinator.running() == (epoch,)  # no new drop: the snapshot goes on
     coordinator.on_message(old_hand, 0, Heartbeat(dropped=8))
     assert f"{REASON_EVENTS_LOST} at bank:a" in reasons_of(coordinator, epoch)
+
+
+def _pool_deadlock_pieces(epoch: int, capacity: int) -> tuple[LocalSnapshot, LocalSnapshot]:
+    """till's worker runs Pay, which calls fraud (call 5); fraud's Screen calls till back (call 7),
+    which till has queued for a worker: a deadlock when till's pool has one worker."""
+    pay = TaskView(
+        1,
+        "server",
+        "/shop.Till/Pay",
+        "",
+        0,
+        "",
+        "",
+        (),
+        None,
+        (OutboundCall(5, "/shop.Fraud/Screen", "shop:f"),),
+        "server-1",
+    )
+    lookup = TaskView(
+        2, "server", "/shop.Till/Lookup", "shop:f", 7, "", "", (), None, (), "server-1", queued=True
+    )
+    screen = TaskView(
+        3,
+        "server",
+        "/shop.Fraud/Screen",
+        "shop:t",
+        5,
+        "",
+        "",
+        (),
+        None,
+        (OutboundCall(7, "/shop.Till/Lookup", ""),),
+        "server-1",
+    )
+    till = local(
+        epoch,
+        "shop:t",
+        {"shop:t": 3},
+        tasks=(pay, lookup),
+        open_calls=(OpenCall(5, "/shop.Fraud/Screen", "shop:f"),),
+        worker_pools={"server-1": capacity},
+    )
+    fraud = local(
+        epoch,
+        "shop:f",
+        {"shop:f": 2, "shop:t": 2},
+        tasks=(screen,),
+        open_calls=(OpenCall(7, "/shop.Till/Lookup"),),
+        answering=(Answering("shop:t", 5),),
+        worker_pools={"server-1": 4},
+    )
+    return till, fraud
+
+
+@pytest.mark.parametrize("capacity", [1, 2])
+def test_a_snapshot_waiting_only_on_calls_queued_behind_deadlocked_workers_ends_at_once(
+    coordinator: Coordinator, capacity: int
+) -> None:
+    """With one worker the queued call can never run: the cut ends before its timeout. With two it
+    may, and the cut waits for its request's record, which makes it COMPLETE."""
+    t, f = register(coordinator, "shop:t"), register(coordinator, "shop:f")
+    epoch = coordinator.start_snapshot()
+    till, fraud = _pool_deadlock_pieces(epoch, capacity)
+    send(coordinator, t, till, 1)
+    send(coordinator, f, fraud, 1)
+    send(coordinator, t, Flushed(epoch, "shop:t", 1), 2)
+    send(coordinator, f, Flushed(epoch, "shop:f", 1), 2)
+    coordinator.expire()
+    if capacity == 1:
+        cut = coordinator.wait(epoch, 10.0)
+        assert cut is not None and cut.status == "INCOMPLETE"
+        assert any("queued for a worker at their server" in reason for reason in cut.reasons), cut.reasons
+        assert coordinator.stats().finished_early == 1
+        return
+    assert coordinator.running() == (epoch,)
+    record = ChannelRecord(epoch, "shop:f", "shop:t", "null", MsgKey("shop:f", 7, 0, REQUEST))
+    send(coordinator, t, record, 3)
+    cut = coordinator.wait(epoch, 10.0)
+    assert cut is not None and cut.status == "COMPLETE", cut.reasons
+    assert coordinator.stats().finished_early == 0
