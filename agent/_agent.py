@@ -228,8 +228,9 @@ class Agent:
         )
 
     def tasks(self) -> list[TaskView]:
-        """The live tasks: handler executions and application tasks that wait or hold."""
-        return self._core.tasks.views()
+        """The live tasks: handler executions, calls queued for a worker, and application tasks that
+        wait or hold."""
+        return self._core.task_views()
 
     @property
     def worker_pools(self) -> dict[str, int]:

@@ -40,6 +40,7 @@ from cutwatch.core._control import (
 from cutwatch.core._counters import ProcessStats
 from cutwatch.core._cut import CUT_FORMAT, Cut, InTransitMessage
 from cutwatch.core._events import (
+    OUTCOME_BOUNCED,
     OUTCOME_FAILED,
     OUTCOME_UNSTAMPED,
     REASON_TOO_MANY_CALLS,
@@ -141,6 +142,7 @@ __all__ = [
     "NEED_OTHER",
     "NEED_QUEUED",
     "NEED_WORKER",
+    "OUTCOME_BOUNCED",
     "OUTCOME_FAILED",
     "OUTCOME_UNSTAMPED",
     "PROTOCOL_VERSION",

@@ -36,9 +36,13 @@ rather than that nobody accounted for it.
 Bounced requests: a request recorded in transit whose handler then failed
 without consuming it is taken back by its receiver (:class:`Bounced`); its
 record leaves the cut and its call waits again, for the attempt a retry
-policy sends next. If the call fails at its caller instead (no attempt
-left), the record stands: the request was in transit at the cut, and its
-value goes back to the caller with the failure.
+policy sends next. If the call fails at its caller with the error answer
+of an attempt that bounced (no attempt left), the record stands: the request
+was in transit at the cut, and its value goes back to the caller with the
+failure; a flush round after that outcome reads the error answer's own
+record, which comes behind it. A call that fails without such an answer (a
+deadline, a lost answer) may have had a later attempt applied elsewhere, so
+its bounced record says nothing and it is settled as failed by a fence.
 
 States not captured: a local snapshot taken while an ``atomic()`` block
 held the snapshot lock past the agent's timeout has no state
@@ -56,6 +60,7 @@ from typing import Literal
 
 from cutwatch.core._clock import VectorClock
 from cutwatch.core._events import (
+    OUTCOME_BOUNCED,
     OUTCOME_FAILED,
     OUTCOME_UNSTAMPED,
     REQUEST,
@@ -208,8 +213,12 @@ class CutAssembler:
         """The highest count each participant reported since."""
         self._recount = False
         """An answer without a stamp came after the latest round was asked: ask another."""
+        self._reround = False
+        """A failed call's record was kept after the latest round was asked: ask another."""
         self._started_after_cut: set[tuple[str, int]] = set()
         """Calls whose request is in transit: their handlers started after their server's cut."""
+        self._last_bounced: set[tuple[str, int]] = set()
+        """Calls that failed with the error answer of an attempt that bounced (no attempt after it)."""
         self._bounced: dict[tuple[str, int], ChannelRecord] = {}
         """The record taken back of each call whose latest recorded attempt bounced."""
         self._stream_records: dict[tuple[str, int, str], dict[int, ChannelRecord]] = {}
@@ -266,13 +275,15 @@ class CutAssembler:
     def add_bounced(self, notice: Bounced) -> None:
         """A recorded request was turned away unapplied. If its caller still waits for the call, a retry
         may carry it elsewhere: its record neither settles the call nor counts in transit, and the call
-        waits for its next attempt. If the call failed (no attempt follows), or fails later, the record
-        stands: at the cut the request was where the record says, and its value goes back to its
-        caller with the failure."""
+        waits for its next attempt. If the call failed with the error answer of an attempt that bounced
+        (``OUTCOME_BOUNCED``: no attempt follows), now or later, the record stands: at the cut the
+        request was where the record says, and its value goes back to its caller with the failure. A
+        call that failed without such an answer (a deadline) may have had a later attempt applied
+        elsewhere: the record goes, and the call is fenced as failed."""
         self._check_epoch(notice.epoch)
         key = notice.msg_key
         call = (key.sender, key.call_id)
-        if call in self._failures:
+        if call in self._last_bounced:
             return
         kept: list[ChannelRecord] = []
         removed: list[ChannelRecord] = []
@@ -296,6 +307,11 @@ class CutAssembler:
         snap = self._locals.get(key.sender)
         if snap is not None and any(c.call_id == key.call_id for c in snap.open_calls):
             self._waiting.add(call)
+            fenced_in = self._fenced.get(call)
+            if fenced_in is not None and fenced_in <= self._acked:
+                # A failed call every participant fenced already, delivered before its fence and turned
+                # away unapplied: delivered nowhere after all.
+                self._settle(*call, "failed at its caller; fenced, delivered nowhere")
 
     def add_outcome(self, outcome: CallOutcome) -> None:
         self._check_epoch(outcome.epoch)
@@ -303,13 +319,22 @@ class CutAssembler:
             self._settle(outcome.process, outcome.call_id, "answered by an uninstrumented server")
             # Or by a participant, through a hop that strips stamps: its count must be read again.
             self._recount = self._recount or self._round > 0
-        elif outcome.outcome == OUTCOME_FAILED:
+        elif outcome.outcome in (OUTCOME_FAILED, OUTCOME_BOUNCED):
             call = (outcome.process, outcome.call_id)
             self._failures[call] = outcome.detail or "failed"
+            if outcome.outcome == OUTCOME_FAILED:
+                # No answer told what became of it: a later attempt may have been applied somewhere
+                # (its answer lost) or lost itself. A record of an attempt that bounced says nothing
+                # then; the call is fenced and settled as failed (see next_flush).
+                return
+            self._last_bounced.add(call)
             record = self._bounced.pop(call, None)
             if record is not None and call not in self._settled:
                 # No attempt follows the one that bounced: its record stands (see add_bounced).
                 self._keep(record)
+                # The caller learnt of the failure from an error answer, whose own record comes behind
+                # this outcome on the caller's stream: a round after it reads that record too.
+                self._reround = self._reround or self._round > 0
 
     def add_stopped(self, notice: RecordingStopped) -> None:
         self._check_epoch(notice.epoch)
@@ -343,10 +368,10 @@ class CutAssembler:
         if len(self._locals) < len(self.participants):
             return None
         new = [k for k in self._waiting if k in self._failures and k not in self._fenced]
-        if self._round and not new and not self._recount:
+        if self._round and not new and not self._recount and not self._reround:
             return None
         self._round += 1
-        self._recount = False
+        self._recount = self._reround = False
         self._flushed = set()
         for key in new:
             self._fenced[key] = self._round
@@ -392,7 +417,7 @@ class CutAssembler:
             return "INCOMPLETE"
         if len(self._locals) < len(self.participants) or self._waiting:
             return "PENDING"
-        if self._round == 0 or self._recount or len(self._flushed) < len(self.participants):
+        if self._round == 0 or self._recount or self._reround or len(self._flushed) < len(self.participants):
             return "PENDING"
         streams = self._place_streams()
         if streams.reasons:
@@ -411,7 +436,7 @@ class CutAssembler:
         """
         if self._stopped or not self._waiting or len(self._locals) < len(self.participants):
             return False
-        if self._round == 0 or self._recount or len(self._flushed) < len(self.participants):
+        if self._round == 0 or self._recount or self._reround or len(self._flushed) < len(self.participants):
             return False
         if any(key not in self._queued for key in self._waiting):
             return False
@@ -431,6 +456,8 @@ class CutAssembler:
             reasons.append("no flush marker from " + ", ".join(unflushed))
         elif self._recount:
             reasons.append("no flush round read the untracked changes after an answer without a stamp")
+        elif self._reround:
+            reasons.append("no flush round came after a failed call's bounced request was kept")
         streams = self._place_streams() if not missing else StreamPlacement()
         reasons += streams.reasons + streams.owed
         queued = [call for call in unsettled if (call.caller, call.call_id) in self._queued]

@@ -62,19 +62,25 @@ class Inbound:
 
 
 class Arrival:
-    """A call that reached this process's server and waits for a worker (``ProcessCore.arrive``)."""
+    """A call that reached this process's server and waits for a worker (``ProcessCore.arrive``).
 
-    __slots__ = ("decoded", "key", "pool", "stamp", "task")
+    Recorded as it is, undecoded: its stamp is read when a local snapshot lists it (``decoded``) or
+    when its handler starts.
+    """
 
-    def __init__(
-        self, task: Task, decoded: DecodedStamp, stamp: bytes, key: tuple[str, int, int], pool: str
-    ) -> None:
-        self.task = task
-        self.decoded = decoded
+    __slots__ = ("attempt", "decoded", "method", "pool", "readable", "stamp", "task_id")
+
+    def __init__(self, method: str, stamp: bytes, attempt: int, pool: str, task_id: int) -> None:
+        self.method = method
         self.stamp = stamp
-        self.key = key
-        """(caller, call id, attempt)."""
+        self.attempt = attempt
         self.pool = pool
+        self.task_id = task_id
+        """The id its task has while queued, and keeps when a worker runs it."""
+        self.decoded: DecodedStamp | None = None
+        """The stamp, once read."""
+        self.readable = True
+        """False once its stamp failed to decode (its handler counts it)."""
 
 
 class Refused:

@@ -17,6 +17,7 @@ from cutwatch.core._clock import VectorClock
 from cutwatch.core._tasks import TaskView
 
 __all__ = [
+    "OUTCOME_BOUNCED",
     "OUTCOME_FAILED",
     "OUTCOME_UNSTAMPED",
     "REASON_TOO_MANY_CALLS",
@@ -52,6 +53,8 @@ OUTCOME_UNSTAMPED: Final = "unstamped"
 """The call was answered without a stamp: the server is not instrumented, nothing can be recorded."""
 OUTCOME_FAILED: Final = "failed"
 """The call failed without a stamped answer: whether its request reached a handler is unknown."""
+OUTCOME_BOUNCED: Final = "bounced"
+"""The call failed with the error answer of an attempt that bounced: no attempt followed that one."""
 
 Payload = str | Callable[[], str]
 """A message's payload as JSON, or a function that renders it (only called when it is recorded)."""

@@ -82,6 +82,7 @@ from typing import Final
 
 from cutwatch.core._clock import VectorClock
 from cutwatch.core._events import (
+    OUTCOME_BOUNCED,
     OUTCOME_FAILED,
     REASON_TOO_MANY_CALLS,
     REASON_TOO_MANY_OPEN,
@@ -319,7 +320,7 @@ class SnapshotParticipant:
         if failure and call is not None:
             for epoch in self._open:
                 if call.sent_epoch < epoch:
-                    self._outbox.append(CallOutcome(epoch, self.process, call_id, OUTCOME_FAILED, failure))
+                    self._outbox.append(CallOutcome(epoch, self.process, call_id, OUTCOME_BOUNCED, failure))
         self.responses_consumed[sender] = self.responses_consumed.get(sender, 0) + 1
         if msg_epoch < self.epoch:  # sent before the sender's cut, consumed after ours: in transit
             delivery = Delivery(sender, msg_epoch, payload, MsgKey(sender, call_id, 0, RESPONSE), method)

@@ -51,11 +51,11 @@ from cutwatch.core._events import (
 )
 from cutwatch.core._gate import GateOccupants, SnapshotGate
 from cutwatch.core._participant import DEFAULT_MAX_OPEN_EPOCHS, Delivery, SnapshotParticipant, SnapshotStats
-from cutwatch.core._stamp import DEFAULT_MAX_CLOCK_ENTRIES, DEFAULT_MAX_STAMP_BYTES
+from cutwatch.core._stamp import DEFAULT_MAX_CLOCK_ENTRIES, DEFAULT_MAX_STAMP_BYTES, STAMP_VERSION
 from cutwatch.core._stamped_clock import StampedClock
 from cutwatch.core._states import DEFAULT_MAX_STATE_BYTES, StateProviders
 from cutwatch.core._streams import CLIENT, PULLS, SENDING, SERVER, StreamEnd
-from cutwatch.core._tasks import OutboundCall, TaskRegistry
+from cutwatch.core._tasks import OutboundCall, TaskRegistry, TaskView
 
 __all__ = [
     "REASON_ATOMIC_TIMEOUT",
@@ -75,6 +75,8 @@ CLOSED_STREAM_SNAPSHOTS: Final = 2
 """How many local snapshots still list a stream end after it closed."""
 MAX_CLOSED_STREAMS: Final = 10_000
 """Closed stream ends kept for those snapshots at most (the oldest go first)."""
+_STAMP_START: Final = bytes((0x08, STAMP_VERSION))
+"""How every stamp of this version begins (its version field comes first, as protobuf writes it)."""
 MAX_DEADLINE: Final = 1e9
 """Seconds: a deadline further away is none (grpcio reports no deadline as about 9e18 s)."""
 MAX_QUEUED_CALLS: Final = 10_000
@@ -152,9 +154,9 @@ class ProcessCore:
         """This process's ends of the streaming calls in flight, by ``id``."""
         self._closed: OrderedDict[int, tuple[StreamEnd, int]] = OrderedDict()
         """Ends closed lately, with how many more local snapshots list them (see :meth:`close_stream`)."""
-        self._queued: dict[str, OrderedDict[tuple[str, int, int], Arrival]] = {}
-        """Calls that arrived and wait for a worker, by pool, in arrival order (see :meth:`arrive`)."""
-        self._queued_count = 0
+        self._queued: dict[str, OrderedDict[tuple[bytes, int], Arrival]] = {}
+        """Calls that arrived and wait for a worker, by pool, in arrival order, by (stamp, attempt)."""
+        self._queue_lock = threading.Lock()
 
     # Views ------------------------------------------------------------------------------------
     @property
@@ -356,46 +358,32 @@ class ProcessCore:
         detection: until a worker takes the call, local snapshots list it as
         a *queued* server task of ``pool``, which holds no worker and waits
         for one, so that a call queued behind busy workers has a known callee
-        and pool in the cut. Cheap and never blocking: the sync gRPC server
-        calls it on its polling thread. Calls without a valid stamp are not
-        recorded (no cut can tell who waits on them).
+        and pool in the cut. The sync gRPC server calls this on its polling
+        thread, in the path of every call, so it only files the call: no
+        event lock, no decoding (a local snapshot reads the stamps of the
+        calls still queued; a handler reads its own). Calls without a stamp
+        are not recorded (no cut can tell who waits on them).
         """
-        if not isinstance(stamp, bytes):
-            return None
+        if not isinstance(stamp, bytes) or not stamp.startswith(_STAMP_START):
+            return None  # not a stamp (a value gRPC will refuse, say): its handler, if any, counts it
         try:
-            with self._lock:
-                decoded = self._clock.peek(stamp)
-            if decoded is None:
-                return None
-            task = self.tasks.start(
-                "server",
-                method=method,
-                caller=decoded.sender,
-                call_id=decoded.call_id,
-                pool=pool,
-                queued=True,
-                sent_epoch=decoded.epoch,
-            )
-            task.trace_id, task.span_id = decoded.trace_id, decoded.span_id
-            key = (decoded.sender, decoded.call_id, attempt)
-            arrival = Arrival(task, decoded, stamp, key, pool)
-            with self._lock:
-                queue = self._queued.setdefault(pool, OrderedDict())
-                old = queue.pop(key, None)
-                if old is not None:
-                    self._queued_count -= 1
-                    self.tasks.end(old.task)
-                queue[key] = arrival
-                self._queued_count += 1
+            queue = self._queued.get(pool)
+            if queue is None:
+                with self._queue_lock:
+                    queue = self._queued.setdefault(pool, OrderedDict())
+            arrival = Arrival(method, stamp, attempt, pool, self.tasks.new_id())
+            with self._queue_lock:  # only polling threads take it: workers use the queue's atomic methods
+                queue[(stamp, attempt)] = arrival
                 self._counters.calls_queued += 1
-                if self._queued_count > MAX_QUEUED_CALLS:
-                    self._give_up_oldest_arrival()
+                while len(queue) > MAX_QUEUED_CALLS:
+                    queue.popitem(last=False)
+                    self._counters.queued_calls_dropped += 1
             return arrival
         except Exception:
             self.internal_error("recording a call that arrived")
             return None
 
-    def _take_arrival(self, pool: str, key: tuple[str, int, int]) -> Arrival | None:
+    def _take_arrival(self, pool: str, key: tuple[bytes, int]) -> Arrival | None:
         """The arrival of the call a worker now runs, if still listed; caller holds the event lock.
 
         Workers take calls in arrival order (a thread pool's queue is FIFO),
@@ -404,29 +392,58 @@ class ProcessCore:
         while queued) or are being taken by another worker right now; both
         stop being listed as queued. (A call given up here by mistake only
         loses its queued record, for a moment: its handler starts as usual.)
+        Each step is one atomic method of the queue, so the polling thread
+        may file calls meanwhile.
         """
         queue = self._queued.get(pool)
         if not queue or key not in queue:
             return None
-        while queue:
-            first_key, first = queue.popitem(last=False)
-            self._queued_count -= 1
+        while True:
+            try:
+                first_key, first = queue.popitem(last=False)
+            except KeyError:  # pragma: no cover - another worker took the rest
+                return None
             if first_key == key:
                 return first
-            self.tasks.end(first.task)
             self._counters.queued_calls_dropped += 1
-        return None  # pragma: no cover - the key was in the queue
 
-    def _give_up_oldest_arrival(self) -> None:
-        """Too many calls wait for workers: forget the oldest one's queued record (counted)."""
-        oldest_pool = min(
-            (pool for pool, queue in self._queued.items() if queue),
-            key=lambda pool: next(iter(self._queued[pool].values())).task.task_id,
-        )
-        _, arrival = self._queued[oldest_pool].popitem(last=False)
-        self._queued_count -= 1
-        self.tasks.end(arrival.task)
-        self._counters.queued_calls_dropped += 1
+    def _queued_views(self) -> tuple[tuple[int, TaskView], ...]:
+        """The calls queued now, as tasks, each with the epoch its request was sent in (a local snapshot
+        of epoch ``e`` lists those sent before ``e``: a request sent after its caller's cut is not in
+        the cut); caller holds the event lock, which reading stamps needs."""
+        out: list[tuple[int, TaskView]] = []
+        for queue in list(self._queued.values()):
+            for arrival in list(queue.values()):
+                decoded = arrival.decoded
+                if decoded is None:
+                    if not arrival.readable:
+                        continue
+                    decoded = arrival.decoded = self._clock.peek(arrival.stamp)
+                    if decoded is None:
+                        arrival.readable = False  # its handler counts the malformed stamp
+                        continue
+                view = TaskView(
+                    task_id=arrival.task_id,
+                    kind="server",
+                    method=arrival.method,
+                    caller=decoded.sender,
+                    call_id=decoded.call_id,
+                    trace_id=decoded.trace_id.hex(),
+                    span_id=decoded.span_id.hex(),
+                    held_locks=(),
+                    waiting_lock=None,
+                    outbound=(),
+                    pool=arrival.pool,
+                    queued=True,
+                )
+                out.append((decoded.epoch, view))
+        return tuple(out)
+
+    def task_views(self) -> list[TaskView]:
+        """Every task: the registry's, and the calls queued for a worker (``agent.tasks()``)."""
+        with self._lock:
+            queued = self._queued_views() if self._queued else ()
+        return [*self.tasks.views(), *(view for _, view in queued)]
 
     def begin_handler(
         self,
@@ -446,21 +463,18 @@ class ProcessCore:
         call up and a snapshot fenced it: the handler must not run (the
         caller has its failure already; running it could change state that
         a stored cut says never changed). ``arrival`` is what :meth:`arrive`
-        returned for this call, if the server recorded it then: its queued
-        task becomes the handler's task.
+        returned for this call, if the server recorded it then: the handler's
+        task keeps the id it had while queued.
         """
         try:
             delivery: Delivery | None = None
             queued: Arrival | None = None
             with self._lock:
-                reuse = arrival is not None and arrival.stamp == stamp
-                decoded = arrival.decoded if arrival is not None and reuse else self._clock.decode(stamp)
-                if decoded is not None:
-                    key = (decoded.sender, decoded.call_id, attempt)
-                    if self._queued_count:
-                        queued = self._take_arrival(pool, key)
-                    if queued is None and arrival is not None and arrival.key == key:
-                        queued = arrival  # given up meanwhile: its task is registered again below
+                decoded = self._clock.decode(stamp)
+                if self._queued and isinstance(stamp, bytes):
+                    queued = self._take_arrival(pool, (stamp, attempt))
+                if queued is None and arrival is not None and arrival.stamp == stamp:
+                    queued = arrival  # given up meanwhile, or another pool's: it keeps its id
                 if decoded is not None and decoded.epoch > self._part.epoch:
                     self._snapshot_unlocked(decoded.epoch)
                 caller = decoded.sender if decoded else None
@@ -477,8 +491,6 @@ class ProcessCore:
                     )
                     if delivery.refused:
                         self._counters.requests_refused += 1
-                        if queued is not None:
-                            self.tasks.end(queued.task)
                         return REFUSED
                 self._clock.receive(decoded)
                 self._counters.requests_received += 1
@@ -487,15 +499,14 @@ class ProcessCore:
                         f"receive request {method} call={call_id} from {caller or 'untracked peer'}"
                     )
                 self._emit()
-                if queued is not None:
-                    # Under the event lock: no local snapshot sees the request received and its task
-                    # still queued.
-                    task = queued.task
-                    self.tasks.run(task)
-            if queued is None:
-                task = self.tasks.start(
-                    "server", method=method, caller=caller or "", call_id=call_id, pool=pool
-                )
+            task = self.tasks.start(
+                "server",
+                method=method,
+                caller=caller or "",
+                call_id=call_id,
+                pool=pool,
+                task_id=queued.task_id if queued is not None else None,
+            )
             task.delivery = delivery
             task.untracked = decoded is None and pool not in self._edge_pools
             trace_id, span_id = self._span_ids()
@@ -809,15 +820,13 @@ class ProcessCore:
         """
         self._clock.tick()
         missing = ""
-        running, queued = self.tasks.capture()
+        queued = self._queued_views() if self._queued else ()
         if gate is None:
             state, state_bytes, errors = self._states.capture()
             self._counters.state_errors += errors
-            tasks = running
+            tasks = tuple(self.tasks.views())
         else:
-            # Queued calls hold no lock and wait for no block: they come from the registry, filtered.
-            state, state_bytes, missing = {}, 0, self._state_missing
-            tasks = tuple(task for task in gate.tasks if not task.queued)
+            state, state_bytes, tasks, missing = {}, 0, gate.tasks, self._state_missing
         clock = self._clock.as_dict()
         return Capture(
             clock,

@@ -68,11 +68,6 @@ class Task:
     untracked: bool = False
     """A server task whose request came without a (valid) stamp: each of its ``atomic()`` blocks is a
     state change no cut can place, and is counted."""
-    queued: bool = False
-    """A server task whose call has arrived and waits for a worker of ``pool``: it holds none yet."""
-    sent_epoch: int = 0
-    """The snapshot epoch its caller was in when it sent the request (for a queued task: the cuts
-    that list it are those after that epoch, see :meth:`TaskRegistry.capture`)."""
 
     def is_idle(self) -> bool:
         return not self.outbound and not self.held_locks and self.waiting_lock is None
@@ -263,29 +258,25 @@ class TaskRegistry:
         caller: str = "",
         call_id: int = 0,
         pool: str = "",
-        queued: bool = False,
-        sent_epoch: int = 0,
+        task_id: int | None = None,
     ) -> Task:
+        """A new live task; ``task_id`` one taken with :meth:`new_id` before (a call's id while it was
+        queued), or a new one."""
         task = Task(
-            task_id=next(self._ids),
+            task_id=next(self._ids) if task_id is None else task_id,
             kind=kind,
             method=method,
             caller=caller,
             call_id=call_id,
             pool=pool,
-            queued=queued,
-            sent_epoch=sent_epoch,
         )
         with self._lock:
             self._tasks[task.task_id] = task
         return task
 
-    def run(self, task: Task) -> None:
-        """A queued server task got its worker: it runs (registered again if it was given up)."""
-        with self._lock:
-            task.queued = False
-            task.live = True
-            self._tasks[task.task_id] = task
+    def new_id(self) -> int:
+        """A task id no other task has (taking one needs no lock)."""
+        return next(self._ids)
 
     def end(self, task: Task) -> None:
         with self._lock:
@@ -331,25 +322,9 @@ class TaskRegistry:
             self._current.set(None)
 
     def views(self) -> list[TaskView]:
-        """Every live task, queued ones included (``agent.tasks()``)."""
         now = self.now()
         with self._lock:
             return [_view(t, now) for t in self._tasks.values()]
-
-    def capture(self) -> tuple[tuple[TaskView, ...], tuple[tuple[int, TaskView], ...]]:
-        """What a local snapshot lists: the running tasks, and the queued ones with the epoch their
-        request was sent in. A local snapshot of epoch ``e`` lists a queued task only if it was sent
-        before its caller's cut ``e`` (epoch < ``e``): a request sent after it is not in the cut."""
-        now = self.now()
-        with self._lock:
-            running: list[TaskView] = []
-            queued: list[tuple[int, TaskView]] = []
-            for t in self._tasks.values():
-                if t.queued:
-                    queued.append((t.sent_epoch, _view(t, now)))
-                else:
-                    running.append(_view(t, now))
-            return tuple(running), tuple(queued)
 
     def __len__(self) -> int:
         with self._lock:
@@ -376,7 +351,6 @@ def _view(t: Task, now: float) -> TaskView:
             for c in t.outbound.values()
         ),
         pool=t.pool,
-        queued=t.queued,
         lock_time_left=_left(t.lock_deadline, now) if t.waiting_lock else None,
         time_left=_left(t.deadline, now),
         ends_at_deadline=t.ends_at_deadline,

@@ -24,6 +24,7 @@ import math
 
 from cutwatch.core import (
     CLIENT,
+    OUTCOME_BOUNCED,
     OUTCOME_FAILED,
     OUTCOME_UNSTAMPED,
     REQUEST,
@@ -71,7 +72,7 @@ __all__ = [
 ]
 
 _KINDS = frozenset((REQUEST, RESPONSE))
-_OUTCOMES = frozenset((OUTCOME_FAILED, OUTCOME_UNSTAMPED))
+_OUTCOMES = frozenset((OUTCOME_BOUNCED, OUTCOME_FAILED, OUTCOME_UNSTAMPED))
 MAX_JSON_DEPTH = 200
 """Nesting of a JSON field; far below Python's recursion limit, which a stored cut's readers share."""
 MAX_WORKER_POOLS = 256

@@ -227,7 +227,7 @@ class WaitWorld:
             arrival = None
             if self.cfg.record_arrivals:
                 arrival = server.core.arrive(METHOD, message.stamp, 0, server.pool)
-            task_id = arrival.task.task_id if arrival is not None else None
+            task_id = arrival.task_id if arrival is not None else None
             server.queue.append(Queued(message, arrival, task_id))
         else:
             waiter = message.waiter
