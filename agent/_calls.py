@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from cutwatch.agent._envelope import read_stamp, write_stamp
-from cutwatch.agent._metadata import find_answer_stamp, find_attempt, find_stamp
+from cutwatch.agent._metadata import find_answer_stamp, find_attempt, find_stamp, find_stamp_and_attempt
 from cutwatch.agent._payload import lazy_message_json, render_later
 from cutwatch.core import SENDING, Arrival, Inbound, Outbound, ProcessCore, Refused, Sending, StreamEnd
 
@@ -46,10 +46,10 @@ STREAM_RESPONSE: dict[str, str] = {"cutwatch": "stream"}
 def arrive(core: ProcessCore, method: str, metadata: Iterable[Any] | None, pool: str) -> Arrival | None:
     """Record a call that reached the server and waits for a worker (see ``ProcessCore.arrive``)."""
     try:
-        stamp = find_stamp(metadata)
+        stamp, attempt = find_stamp_and_attempt(metadata)
         if stamp is None:
             return None
-        return core.arrive(method, stamp, find_attempt(metadata), pool)
+        return core.arrive(method, stamp, attempt, pool)
     except Exception:
         core.internal_error("reading a request's metadata")
         return None

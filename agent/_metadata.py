@@ -69,15 +69,33 @@ def call_timeout(details: Any) -> float | None:
 ATTEMPT_METADATA_KEY = "grpc-previous-rpc-attempts"
 
 
+def find_stamp_and_attempt(metadata: Iterable[Any] | None) -> tuple[bytes | str | None, int]:
+    """:func:`find_stamp` and :func:`find_attempt` in one pass (on the server's polling thread)."""
+    stamp: bytes | str | None = None
+    attempt = 0
+    if not metadata:
+        return stamp, attempt
+    for item in metadata:
+        key = item[0]
+        if key == STAMP_METADATA_KEY:
+            stamp = item[1]
+        elif key == ATTEMPT_METADATA_KEY:
+            attempt = _attempt(item[1])
+    return stamp, attempt
+
+
 def find_attempt(metadata: Iterable[Any] | None) -> int:
     """Which attempt of a retried or hedged call this is (0 for the first), from gRPC's own header."""
     if not metadata:
         return 0
     for item in metadata:
         if item[0] == ATTEMPT_METADATA_KEY:
-            value = item[1]
-            try:
-                return max(0, min(int(value), 1 << 16))
-            except (TypeError, ValueError):
-                return 0
+            return _attempt(item[1])
     return 0
+
+
+def _attempt(value: object) -> int:
+    try:
+        return max(0, min(int(value), 1 << 16))  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return 0

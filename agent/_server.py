@@ -113,11 +113,10 @@ class _HandlerWrapper:
         if self.probe is not None:
             self.probe()
         if isinstance(inbound, Inbound):
-            try:
-                left = context.time_remaining()
-            except Exception:  # a context without deadlines
-                left = None
-            self.core.handler_deadline(inbound, left, ends=ends_at_deadline)
+            # Read when a snapshot lists the task, not now: most calls end before any snapshot.
+            task = inbound.task
+            task.time_remaining = getattr(context, "time_remaining", None)
+            task.ends_at_deadline = ends_at_deadline
         return inbound
 
     def begin(self, context: Any, request: Any) -> Inbound | None:
@@ -243,6 +242,9 @@ class ServerInterceptor(ServerInterceptorBase):
         self._max_payload = max_payload
         self._handlers = HandlerCache()
         self._probed = False
+        self._serving_thread = 0
+        """The polling thread seen last, and its server when that limits concurrent calls."""
+        self._serving: Any = None
 
     def _probe(self) -> None:
         """In a handler thread: the pool's size, if the server's polling thread did not tell it."""
@@ -254,20 +256,32 @@ class ServerInterceptor(ServerInterceptorBase):
 
     def _arrive(self, method: str, metadata: Any) -> None:
         """Record the call arriving, unless gRPC is about to turn it away (see the module docstring)."""
-        server = _serving_state()
+        ident = threading.get_ident()
+        if ident != self._serving_thread:
+            self._serving_thread = ident
+            self._serving = self._learn_server()
+        server = self._serving
         if server is not None:
-            if not self._probed:
-                capacity = getattr(getattr(server, "thread_pool", None), "_max_workers", 0)
-                if isinstance(capacity, int) and capacity > 0:
-                    self._probed = True
-                    self._core.learn_pool_capacity(self._pool, capacity)
-            limit = getattr(server, "maximum_concurrent_rpcs", None)
             active = getattr(server, "active_rpc_count", 0)
-            if isinstance(limit, int) and isinstance(active, int) and active >= limit:
+            if isinstance(active, int) and active >= server.maximum_concurrent_rpcs:
                 return  # "Concurrent RPC limit exceeded": rejected without running
         arrival = arrive(self._core, method, metadata, self._pool)
         if arrival is not None:
             ARRIVAL.set(arrival)
+
+    def _learn_server(self) -> Any:
+        """On a new polling thread: the pool's size from the server it serves, and that server when it
+        limits concurrent calls (else None: nothing to check per call)."""
+        server = _serving_state()
+        if server is None:
+            return None
+        if not self._probed:
+            capacity = getattr(getattr(server, "thread_pool", None), "_max_workers", 0)
+            if isinstance(capacity, int) and capacity > 0:
+                self._probed = True
+                self._core.learn_pool_capacity(self._pool, capacity)
+        limit = getattr(server, "maximum_concurrent_rpcs", None)
+        return server if isinstance(limit, int) else None
 
     def _wrapper(self, method: str) -> _HandlerWrapper:
         return _HandlerWrapper(self._core, self._pool, method, self._max_payload, self._probe)

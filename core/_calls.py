@@ -10,7 +10,7 @@ from cutwatch.core._tasks import OutboundCall, Task
 if TYPE_CHECKING:
     import contextvars
 
-    from cutwatch.core._stamp import DecodedStamp
+    from cutwatch.core._stamp import StampHeader
 
 __all__ = ["REFUSED", "Arrival", "ChannelPeer", "Inbound", "Outbound", "Refused"]
 
@@ -77,7 +77,7 @@ class Arrival:
         self.pool = pool
         self.task_id = task_id
         """The id its task has while queued, and keeps when a worker runs it."""
-        self.decoded: DecodedStamp | None = None
+        self.decoded: StampHeader | None = None
         """The stamp, once read."""
         self.readable = True
         """False once its stamp failed to decode (its handler counts it)."""

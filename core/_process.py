@@ -77,8 +77,6 @@ MAX_CLOSED_STREAMS: Final = 10_000
 """Closed stream ends kept for those snapshots at most (the oldest go first)."""
 _STAMP_START: Final = bytes((0x08, STAMP_VERSION))
 """How every stamp of this version begins (its version field comes first, as protobuf writes it)."""
-MAX_DEADLINE: Final = 1e9
-"""Seconds: a deadline further away is none (grpcio reports no deadline as about 9e18 s)."""
 MAX_QUEUED_CALLS: Final = 10_000
 """Calls kept as waiting for a worker at most, per process (the oldest are given up first)."""
 
@@ -520,16 +518,6 @@ class ProcessCore:
         except Exception:
             self.internal_error("starting an inbound call")
             return None
-
-    def handler_deadline(self, inbound: Inbound, time_left: float | None, *, ends: bool = False) -> None:
-        """The handler's call must end within ``time_left`` seconds (None: no deadline), as the
-        server's context says; ``ends``: the server cancels the handler then (grpc.aio), which ends
-        its waits. Deadlock reports say when."""
-        if not isinstance(time_left, int | float) or not 0 <= time_left <= MAX_DEADLINE:
-            return  # none, or not a number of seconds
-        task = inbound.task
-        task.deadline = self._now() + time_left
-        task.ends_at_deadline = ends
 
     def end_handler(self, inbound: Inbound, *, failed: bool = False) -> bytes | None:
         """Send event of the response; ends the task. Returns the response's stamp, once.

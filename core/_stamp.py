@@ -19,8 +19,16 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from cutwatch.core._wire import WireError, encode_with_prefix, parse_stamp, peer_tail, stamp_prefix
+from cutwatch.core._wire import (
+    StampFields,
+    WireError,
+    encode_with_prefix,
+    parse_stamp,
+    peer_tail,
+    stamp_prefix,
+)
 from cutwatch.core.errors import StampError
 
 STAMP_METADATA_KEY = "cutwatch-stamp-bin"
@@ -65,6 +73,16 @@ class DecodedStamp:
     span_id: bytes
     unresolved: int
     """Entries dropped because their names were not known yet."""
+
+
+class StampHeader(NamedTuple):
+    """What a stamp says of its message without its clock (``StampCodec.peek``)."""
+
+    sender: str
+    epoch: int
+    call_id: int
+    trace_id: bytes
+    span_id: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,37 +198,18 @@ class StampCodec:
         return EncodedStamp(best, best_count, True)
 
     # Decoding ---------------------------------------------------------------
+    def peek(self, data: bytes) -> StampHeader:
+        """Who sent ``data``, in which epoch, for which call: checked as :meth:`decode` checks it, but
+        learning nothing from it (no names, no epoch); raise ``StampError`` and nothing else."""
+        message, epoch = self._checked(data)
+        return StampHeader(message.sender, epoch, message.call_id, message.trace_id, message.span_id)
+
     def decode(self, data: bytes) -> DecodedStamp:
         """Decode a peer's stamp; raise ``StampError`` and nothing else."""
-        if len(data) > self.max_stamp_bytes:
-            raise StampError(f"stamp of {len(data)} bytes exceeds the {self.max_stamp_bytes}-byte limit")
-        try:
-            message = parse_stamp(data)
-        except WireError as exc:
-            raise StampError(f"stamp does not parse: {exc}") from None
-        if message.version != STAMP_VERSION:
-            raise StampError(f"unsupported stamp version {message.version}")
-        sender = message.sender
-        if not sender or len(sender) > MAX_PROCESS_ID_LENGTH:
-            raise StampError("stamp has no valid sender")
-        values = message.clock
+        message, epoch = self._checked(data)
+        sender, values, start, names = message.sender, message.clock, message.names_start, message.names
         count = len(values)
-        if count > self.max_clock_entries:
-            raise StampError(f"stamp clock has {count} entries, over {self.max_clock_entries}")
-        start = message.names_start
-        names = message.names
-        if names and (start < 1 or start + len(names) > count):
-            raise StampError("stamp names do not match its clock")
-        for name in names:
-            if not name or len(name) > MAX_PROCESS_ID_LENGTH:
-                raise StampError("stamp carries an invalid process id")
-        if values and max(values) > _MAX_COUNTER:
-            raise StampError("stamp clock value out of range")
         trace_id, span_id = message.trace_id, message.span_id
-        if len(trace_id) not in (0, 16) or len(span_id) not in (0, 8):
-            raise StampError("stamp trace or span id has the wrong length")
-        epoch = min(message.epoch, self._newest_epoch + self.max_epoch_ahead)
-
         table = self._table_for(sender)
         if names:
             if len(table) < start:
@@ -253,6 +252,37 @@ class StampCodec:
             span_id=span_id,
             unresolved=unresolved,
         )
+
+    def _checked(self, data: bytes) -> tuple[StampFields, int]:
+        """The stamp's fields, checked, and its epoch as this codec takes it; raise ``StampError``."""
+        if len(data) > self.max_stamp_bytes:
+            raise StampError(f"stamp of {len(data)} bytes exceeds the {self.max_stamp_bytes}-byte limit")
+        try:
+            message = parse_stamp(data)
+        except WireError as exc:
+            raise StampError(f"stamp does not parse: {exc}") from None
+        if message.version != STAMP_VERSION:
+            raise StampError(f"unsupported stamp version {message.version}")
+        sender = message.sender
+        if not sender or len(sender) > MAX_PROCESS_ID_LENGTH:
+            raise StampError("stamp has no valid sender")
+        values = message.clock
+        count = len(values)
+        if count > self.max_clock_entries:
+            raise StampError(f"stamp clock has {count} entries, over {self.max_clock_entries}")
+        start = message.names_start
+        names = message.names
+        if names and (start < 1 or start + len(names) > count):
+            raise StampError("stamp names do not match its clock")
+        for name in names:
+            if not name or len(name) > MAX_PROCESS_ID_LENGTH:
+                raise StampError("stamp carries an invalid process id")
+        if values and max(values) > _MAX_COUNTER:
+            raise StampError("stamp clock value out of range")
+        trace_id, span_id = message.trace_id, message.span_id
+        if len(trace_id) not in (0, 16) or len(span_id) not in (0, 8):
+            raise StampError("stamp trace or span id has the wrong length")
+        return message, min(message.epoch, self._newest_epoch + self.max_epoch_ahead)
 
     # Dictionary bookkeeping ---------------------------------------------------
     def _table_for(self, sender: str) -> list[str | None]:

@@ -11,7 +11,7 @@ import logging
 
 from cutwatch.core._clock import LocalClock, VectorClock
 from cutwatch.core._counters import Counters
-from cutwatch.core._stamp import DecodedStamp, StampCodec
+from cutwatch.core._stamp import DecodedStamp, StampCodec, StampHeader
 from cutwatch.core.errors import StampError
 
 __all__ = ["StampedClock"]
@@ -68,11 +68,11 @@ class StampedClock:
             _LOG.debug("untracked message: %s", exc)
             return None
 
-    def peek(self, raw: bytes) -> DecodedStamp | None:
-        """Decode a stamp without counting anything (a call that arrived: :meth:`decode` counts it when
-        its handler starts)."""
+    def peek(self, raw: bytes) -> StampHeader | None:
+        """A stamp's sender, epoch and call, learning nothing from it and counting nothing (a call that
+        waits for a worker: :meth:`decode` reads it, and counts it, when its handler starts)."""
         try:
-            return self._codec.decode(raw)
+            return self._codec.peek(raw)
         except StampError:
             return None
 

@@ -53,8 +53,9 @@ class Task:
     waiting_lock: str | None = None
     lock_deadline: float | None = None
     """When the wait for ``waiting_lock`` gives up (``acquire(timeout=...)``), on the registry's clock."""
-    deadline: float | None = None
-    """A server task's: when its caller's deadline passes, on the registry's clock (None: none)."""
+    time_remaining: Callable[[], object] | None = None
+    """A server task's: how long its call has left, in seconds, as its server context says (gRPC's
+    ``context.time_remaining()``), read when a view is made."""
     ends_at_deadline: bool = False
     """The handler is cancelled when its deadline passes (grpc.aio), which ends its waits; a sync
     handler's thread goes on."""
@@ -331,6 +332,21 @@ class TaskRegistry:
             return len(self._tasks)
 
 
+MAX_DEADLINE = 1e9
+"""Seconds: a deadline further away is none (grpcio reports no deadline as about 9e18 s)."""
+
+
+def _remaining(read: Callable[[], object]) -> float | None:
+    """Seconds left by a server context's clock; None when it has no deadline or says nothing usable."""
+    try:
+        left = read()
+    except Exception:
+        return None
+    if isinstance(left, bool) or not isinstance(left, int | float) or not 0 <= left <= MAX_DEADLINE:
+        return None
+    return round(float(left), 3)
+
+
 def _left(deadline: float | None, now: float) -> float | None:
     return None if deadline is None else round(max(deadline - now, 0.0), 3)
 
@@ -352,6 +368,6 @@ def _view(t: Task, now: float) -> TaskView:
         ),
         pool=t.pool,
         lock_time_left=_left(t.lock_deadline, now) if t.waiting_lock else None,
-        time_left=_left(t.deadline, now),
+        time_left=_remaining(t.time_remaining) if t.time_remaining is not None else None,
         ends_at_deadline=t.ends_at_deadline,
     )
