@@ -95,7 +95,9 @@ def find_attempt(metadata: Iterable[Any] | None) -> int:
 
 
 def _attempt(value: object) -> int:
+    if not isinstance(value, str | bytes | int):
+        return 0
     try:
-        return max(0, min(int(value), 1 << 16))  # type: ignore[call-overload]
-    except (TypeError, ValueError):
+        return max(0, min(int(value), 1 << 16))
+    except ValueError:
         return 0
