@@ -10,9 +10,10 @@ A call is recorded twice. grpcio's sync server runs ``intercept_service``
 on its polling thread, for every call as it arrives, before it submits the
 call to its thread pool (``_process_event_and_continue`` ->
 ``_handle_call`` -> ``_find_method_handler``, then
-``_handle_with_method_handler`` -> ``thread_pool.submit``): there the call
-is recorded as *arrived* (``ProcessCore.arrive``), so that a call queued
-behind busy workers is a fact of the server's local snapshots. The handler's
+``_handle_with_method_handler`` -> ``thread_pool.submit``): there a call
+that finds every worker busy is recorded as *arrived* (``ProcessCore.arrive``),
+so that a call queued behind busy workers is a fact of the server's local
+snapshots (one that a worker takes at once is not: it never waits). The handler's
 receive event comes when a worker runs it. Both run in the call's own
 ``contextvars.Context`` (grpcio makes one per call and runs the interceptor
 and the handler in it), through which the arrival reaches the handler.
@@ -262,26 +263,32 @@ class ServerInterceptor(ServerInterceptorBase):
             self._serving = self._learn_server()
         server = self._serving
         if server is not None:
-            active = getattr(server, "active_rpc_count", 0)
-            if isinstance(active, int) and active >= server.maximum_concurrent_rpcs:
+            limit = server.maximum_concurrent_rpcs
+            if limit is not None and server.active_rpc_count >= limit:
                 return  # "Concurrent RPC limit exceeded": rejected without running
+            if _worker_free(server.thread_pool):
+                return  # a worker takes it at once: it never waits for one
         arrival = arrive(self._core, method, metadata, self._pool)
         if arrival is not None:
             ARRIVAL.set(arrival)
 
     def _learn_server(self) -> Any:
-        """On a new polling thread: the pool's size from the server it serves, and that server when it
-        limits concurrent calls (else None: nothing to check per call)."""
+        """On a new polling thread: the pool's size from the server it serves; that server, whose
+        limit and executor are read per call (None when they cannot be: every call is recorded)."""
         server = _serving_state()
         if server is None:
             return None
+        executor = getattr(server, "thread_pool", None)
         if not self._probed:
-            capacity = getattr(getattr(server, "thread_pool", None), "_max_workers", 0)
+            capacity = getattr(executor, "_max_workers", 0)
             if isinstance(capacity, int) and capacity > 0:
                 self._probed = True
                 self._core.learn_pool_capacity(self._pool, capacity)
-        limit = getattr(server, "maximum_concurrent_rpcs", None)
-        return server if isinstance(limit, int) else None
+        limit = getattr(server, "maximum_concurrent_rpcs", 0)
+        counted = isinstance(getattr(server, "active_rpc_count", None), int)
+        if (limit is not None and not isinstance(limit, int)) or not counted or not _knows_idle(executor):
+            return None
+        return server
 
     def _wrapper(self, method: str) -> _HandlerWrapper:
         return _HandlerWrapper(self._core, self._pool, method, self._max_payload, self._probe)
@@ -319,6 +326,25 @@ def _serving_state() -> Any:
     if args and hasattr(args[0], "thread_pool") and hasattr(args[0], "active_rpc_count"):
         return args[0]
     return None
+
+
+def _knows_idle(executor: Any) -> bool:
+    """Whether ``executor`` is a CPython ``ThreadPoolExecutor`` whose idle workers can be counted."""
+    return (
+        isinstance(getattr(executor, "_max_workers", None), int)
+        and isinstance(getattr(executor, "_threads", None), set)
+        and isinstance(getattr(getattr(executor, "_idle_semaphore", None), "_value", None), int)
+    )
+
+
+def _worker_free(executor: Any) -> bool:
+    """Whether a call submitted now runs at once: a worker is idle, or one more may start.
+
+    Read on the polling thread just before grpcio submits the call, which only it does: between the
+    two, workers can only become idle. Each call submitted earlier took an idle worker (or started
+    one), so a free one is left for this call, and a queued call is never missed.
+    """
+    return executor._idle_semaphore._value > 0 or len(executor._threads) < executor._max_workers  # type: ignore[no-any-return]
 
 
 def _executor_capacity() -> int:

@@ -44,7 +44,7 @@ class ProcessStats:
     """Ends of streaming calls closed here (each still listed, with its final counts, in the next two
     local snapshots)."""
     calls_queued: int = 0
-    """Calls recorded as they reached a server, before a worker took them (see ``ProcessCore.arrive``)."""
+    """Calls recorded as they reached a server whose workers were all busy (see ``ProcessCore.arrive``)."""
     queued_calls_dropped: int = 0
     """Queued calls no longer listed before a worker took them: dropped by gRPC (cancelled while queued),
     or past the bound on queued calls."""
