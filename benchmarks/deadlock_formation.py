@@ -45,11 +45,16 @@ from google.protobuf.struct_pb2 import Struct
 
 from cutwatch.collector import CollectorClient
 
+_TESTS = str(Path(__file__).resolve().parents[1] / "tests")
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
 _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:  # loaded by path, as the smoke tests do
     sys.path.insert(0, _HERE)
 
 from _machine import describe_machine, emit  # noqa: E402
+from polling import wait_until  # noqa: E402
+from processes import cutwatch_command  # noqa: E402
 
 EVERY = "1s"
 START_TIMEOUT = 60.0
@@ -115,24 +120,6 @@ def method_path(service: str, method: str) -> str:
     return f"/shop.{service[:1].upper()}{service[1:]}/{method}"
 
 
-def cutwatch_command() -> list[str]:
-    script = Path(sys.executable).parent / "cutwatch"
-    return (
-        [str(script)] if script.exists() else [sys.executable, "-c", "from cutwatch.cli import main; main()"]
-    )
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
 @dataclass
 class Cluster:
     """A collector and the shops of one case, as processes in ``workdir``."""
@@ -161,7 +148,7 @@ class Cluster:
             text = log.read_text(errors="replace")
             return text.split("listening on ", 1)[1].split()[0] if "listening on " in text else ""
 
-        self.collector = wait_for(listening, "the collector", START_TIMEOUT)
+        self.collector = wait_until(listening, "the collector", START_TIMEOUT)
         peers = self.workdir / "peers.json"
         for label, shop in case.shops.items():
             self.spawn(
@@ -181,7 +168,7 @@ class Cluster:
         replicas: dict[str, list[str]] = {}
         for label, shop in case.shops.items():
             ready = self.workdir / f"{label}.ready"
-            wait_for(ready.exists, f"{label} to serve", START_TIMEOUT)
+            wait_until(ready.exists, f"{label} to serve", START_TIMEOUT)
             _, address, admin, _ = ready.read_text().split()
             self.shops[label] = (shop.service, address, admin)
             replicas.setdefault(shop.service, []).append(address)
@@ -190,7 +177,7 @@ class Cluster:
         partial.replace(peers)
         for label, (service, _, _) in self.shops.items():
             others = sorted(set(replicas) - {service})
-            wait_for(
+            wait_until(
                 lambda label=label, o=others: self.admin(label, "Stats")["peers"] == o, "peers", START_TIMEOUT
             )
 
@@ -264,10 +251,10 @@ def measure(case: Case, timeout: str) -> dict[str, Any]:
                 raise RuntimeError(f"{case.name}: a call finished before the deadlock formed")
             return c.queued(*case.queued) == len(calls)
 
-        wait_for(formed, f"{case.name} to deadlock", START_TIMEOUT, 0.02)
+        wait_until(formed, f"{case.name} to deadlock", START_TIMEOUT, 0.02)
         formed_at, formed_wall = time.monotonic(), time.time()
         with CollectorClient(c.collector) as client:
-            found = wait_for(client.deadlocks, "a report", REPORT_TIMEOUT, 0.02)
+            found = wait_until(client.deadlocks, "a report", REPORT_TIMEOUT, 0.02)
             reported_at = time.monotonic()
             cut = client.get(found[0]["epoch"])
         assert cut is not None

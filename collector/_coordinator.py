@@ -402,24 +402,40 @@ class Coordinator:
                         "agent %s silent for %.0f s: dropped", shown(session.process), now - session.last_seen
                     )
                     finished += self._drop(session)
+            probes: list[tuple[_Run, AssembledCut]] = []
             for run in list(self._runs.values()):
                 if now >= run.deadline:
                     finished += self._finish(run, "")
                 elif now >= run.next_probe and run.assembler.waits_only_on_queued_calls():
                     run.next_probe = now + run.probe_interval
                     run.probe_interval *= 2
-                    finished += self._finish_if_stuck(run)
+                    try:
+                        probes.append((run, run.assembler.finish()))
+                    except AssemblyError as exc:
+                        finished += self._reject(run, exc)
+        # Building a big cut's wait-for graph takes a while: not under the lock agents' events need.
+        for run, cut in probes:
+            try:
+                stuck = queued_calls_stuck(cut, run.started)
+            except Exception:  # the run ends at its deadline as before
+                _LOG.exception("looking for deadlocked queued calls in snapshot %d failed", run.epoch)
+                continue
+            if stuck:
+                with self._lock:
+                    finished += self._finish_stuck(run, cut)
         self._store_all(finished)
 
-    def _finish_if_stuck(self, run: _Run) -> list[_Run]:
-        """Finish ``run`` now if every call it waits for is queued behind deadlocked workers (holds the
-        lock)."""
+    def _finish_stuck(self, run: _Run, probed: AssembledCut) -> list[_Run]:
+        """Finish ``run`` now: ``probed``, its cut as it stood, proves that every call it waits for is
+        queued behind deadlocked workers; holds the lock. Unless the run ended meanwhile, or pieces
+        that came since settled one of those calls (a deadlock is stable: they cannot have run)."""
+        if self._runs.get(run.epoch) is not run or not run.assembler.waits_only_on_queued_calls():
+            return []
         try:
             cut = run.assembler.finish()
-            stuck = queued_calls_stuck(cut, run.started)
         except AssemblyError as exc:
             return self._reject(run, exc)
-        if not stuck:
+        if cut.unsettled != probed.unsettled:
             return []
         self._stats["finished_early"] += 1
         return self._complete(run, cut)

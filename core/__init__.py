@@ -15,6 +15,7 @@ tests all drive this same code::
 See docs/architecture.md for the parts and the arrows between them.
 """
 
+from cutwatch.core._arrivals import Arrival
 from cutwatch.core._assembly import (
     AssembledCut,
     AssemblyStatus,
@@ -22,7 +23,7 @@ from cutwatch.core._assembly import (
     DuplicateDelivery,
     UnsettledCall,
 )
-from cutwatch.core._calls import REFUSED, Arrival, ChannelPeer, Inbound, Outbound, Refused
+from cutwatch.core._calls import REFUSED, ChannelPeer, Inbound, Outbound, Refused
 from cutwatch.core._clock import LocalClock, VectorClock
 from cutwatch.core._control import (
     PROTOCOL_VERSION,

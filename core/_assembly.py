@@ -88,6 +88,8 @@ __all__ = [
 ]
 
 AssemblyStatus = Literal["COMPLETE", "PENDING", "INCOMPLETE"]
+REASON_RECOUNT = "no flush round read the untracked changes after an answer without a stamp"
+REASON_REREAD = "no flush round came after a failed call's bounced request was kept"
 REASON_NAME_LIMIT = 200
 """Characters of each name (method, target, failure) that a reason repeats from an unsettled call."""
 
@@ -211,10 +213,10 @@ class CutAssembler:
         """Each participant's untracked changes before the snapshot started (missing: 0)."""
         self._untracked_now: dict[str, int] = {}
         """The highest count each participant reported since."""
-        self._recount = False
-        """An answer without a stamp came after the latest round was asked: ask another."""
-        self._reround = False
-        """A failed call's record was kept after the latest round was asked: ask another."""
+        self._round_due = ""
+        """Why another flush round is due since the latest was asked ("" when none is): an answer
+        without a stamp came (its server's count must be read again), or a failed call's bounced
+        record was kept (the error answer's own record comes behind the outcome)."""
         self._started_after_cut: set[tuple[str, int]] = set()
         """Calls whose request is in transit: their handlers started after their server's cut."""
         self._last_bounced: set[tuple[str, int]] = set()
@@ -318,7 +320,7 @@ class CutAssembler:
         if outcome.outcome == OUTCOME_UNSTAMPED:
             self._settle(outcome.process, outcome.call_id, "answered by an uninstrumented server")
             # Or by a participant, through a hop that strips stamps: its count must be read again.
-            self._recount = self._recount or self._round > 0
+            self._ask_again(REASON_RECOUNT)
         elif outcome.outcome in (OUTCOME_FAILED, OUTCOME_BOUNCED):
             call = (outcome.process, outcome.call_id)
             self._failures[call] = outcome.detail or "failed"
@@ -334,7 +336,7 @@ class CutAssembler:
                 self._keep(record)
                 # The caller learnt of the failure from an error answer, whose own record comes behind
                 # this outcome on the caller's stream: a round after it reads that record too.
-                self._reround = self._reround or self._round > 0
+                self._ask_again(REASON_REREAD)
 
     def add_stopped(self, notice: RecordingStopped) -> None:
         self._check_epoch(notice.epoch)
@@ -368,10 +370,10 @@ class CutAssembler:
         if len(self._locals) < len(self.participants):
             return None
         new = [k for k in self._waiting if k in self._failures and k not in self._fenced]
-        if self._round and not new and not self._recount and not self._reround:
+        if self._round and not new and not self._round_due:
             return None
         self._round += 1
-        self._recount = self._reround = False
+        self._round_due = ""
         self._flushed = set()
         for key in new:
             self._fenced[key] = self._round
@@ -417,7 +419,7 @@ class CutAssembler:
             return "INCOMPLETE"
         if len(self._locals) < len(self.participants) or self._waiting:
             return "PENDING"
-        if self._round == 0 or self._recount or self._reround or len(self._flushed) < len(self.participants):
+        if self._round == 0 or self._round_due or len(self._flushed) < len(self.participants):
             return "PENDING"
         streams = self._place_streams()
         if streams.reasons:
@@ -436,7 +438,7 @@ class CutAssembler:
         """
         if self._stopped or not self._waiting or len(self._locals) < len(self.participants):
             return False
-        if self._round == 0 or self._recount or self._reround or len(self._flushed) < len(self.participants):
+        if self._round == 0 or self._round_due or len(self._flushed) < len(self.participants):
             return False
         if any(key not in self._queued for key in self._waiting):
             return False
@@ -454,10 +456,8 @@ class CutAssembler:
         unflushed = [p for p in self.participants if p in self._locals and p not in self._flushed]
         if unflushed and not missing:
             reasons.append("no flush marker from " + ", ".join(unflushed))
-        elif self._recount:
-            reasons.append("no flush round read the untracked changes after an answer without a stamp")
-        elif self._reround:
-            reasons.append("no flush round came after a failed call's bounced request was kept")
+        elif self._round_due:
+            reasons.append(self._round_due)
         streams = self._place_streams() if not missing else StreamPlacement()
         reasons += streams.reasons + streams.owed
         queued = [call for call in unsettled if (call.caller, call.call_id) in self._queued]
@@ -526,6 +526,11 @@ class CutAssembler:
             for process, snap in sorted(self._locals.items())
             if snap.state_missing
         ]
+
+    def _ask_again(self, why: str) -> None:
+        """Another flush round is due (once any was asked), for ``why`` (the first reason stands)."""
+        if self._round > 0 and not self._round_due:
+            self._round_due = why
 
     def _see_untracked(self, process: str, count: int) -> None:
         if count > self._untracked_now.get(process, 0):

@@ -10,9 +10,8 @@ from cutwatch.core._tasks import OutboundCall, Task
 if TYPE_CHECKING:
     import contextvars
 
-    from cutwatch.core._stamp import StampHeader
 
-__all__ = ["REFUSED", "Arrival", "ChannelPeer", "Inbound", "Outbound", "Refused"]
+__all__ = ["REFUSED", "ChannelPeer", "Inbound", "Outbound", "Refused"]
 
 
 class ChannelPeer:
@@ -59,28 +58,6 @@ class Inbound:
         """The handler failed before consuming the request: its answer's stamp goes under
         ``BOUNCED_STAMP_METADATA_KEY``."""
         self.token: contextvars.Token[Task | None] | None = None
-
-
-class Arrival:
-    """A call that reached this process's server and waits for a worker (``ProcessCore.arrive``).
-
-    Recorded as it is, undecoded: its stamp is read when a local snapshot lists it (``decoded``) or
-    when its handler starts.
-    """
-
-    __slots__ = ("attempt", "decoded", "method", "pool", "readable", "stamp", "task_id")
-
-    def __init__(self, method: str, stamp: bytes, attempt: int, pool: str, task_id: int) -> None:
-        self.method = method
-        self.stamp = stamp
-        self.attempt = attempt
-        self.pool = pool
-        self.task_id = task_id
-        """The id its task has while queued, and keeps when a worker runs it."""
-        self.decoded: StampHeader | None = None
-        """The stamp, once read."""
-        self.readable = True
-        """False once its stamp failed to decode (its handler counts it)."""
 
 
 class Refused:

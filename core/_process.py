@@ -34,7 +34,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Final
 
-from cutwatch.core._calls import REFUSED, Arrival, ChannelPeer, Inbound, Outbound, Refused
+from cutwatch.core._arrivals import Arrival, ArrivalQueues
+from cutwatch.core._calls import REFUSED, ChannelPeer, Inbound, Outbound, Refused
 from cutwatch.core._clock import VectorClock
 from cutwatch.core._control import CloseEpoch, Flush, Order, TakeSnapshot
 from cutwatch.core._counters import Counters, ProcessStats
@@ -51,7 +52,7 @@ from cutwatch.core._events import (
 )
 from cutwatch.core._gate import GateOccupants, SnapshotGate
 from cutwatch.core._participant import DEFAULT_MAX_OPEN_EPOCHS, Delivery, SnapshotParticipant, SnapshotStats
-from cutwatch.core._stamp import DEFAULT_MAX_CLOCK_ENTRIES, DEFAULT_MAX_STAMP_BYTES, STAMP_VERSION
+from cutwatch.core._stamp import DEFAULT_MAX_CLOCK_ENTRIES, DEFAULT_MAX_STAMP_BYTES
 from cutwatch.core._stamped_clock import StampedClock
 from cutwatch.core._states import DEFAULT_MAX_STATE_BYTES, StateProviders
 from cutwatch.core._streams import CLIENT, PULLS, SENDING, SERVER, StreamEnd
@@ -75,10 +76,6 @@ CLOSED_STREAM_SNAPSHOTS: Final = 2
 """How many local snapshots still list a stream end after it closed."""
 MAX_CLOSED_STREAMS: Final = 10_000
 """Closed stream ends kept for those snapshots at most (the oldest go first)."""
-_STAMP_START: Final = bytes((0x08, STAMP_VERSION))
-"""How every stamp of this version begins (its version field comes first, as protobuf writes it)."""
-MAX_QUEUED_CALLS: Final = 10_000
-"""Calls kept as waiting for a worker at most, per process (the oldest are given up first)."""
 
 Emit = Callable[[Sequence[SnapshotEvent]], None]
 Observer = Callable[[str, Mapping[str, int], str], None]
@@ -152,9 +149,8 @@ class ProcessCore:
         """This process's ends of the streaming calls in flight, by ``id``."""
         self._closed: OrderedDict[int, tuple[StreamEnd, int]] = OrderedDict()
         """Ends closed lately, with how many more local snapshots list them (see :meth:`close_stream`)."""
-        self._queued: dict[str, OrderedDict[tuple[bytes, int], Arrival]] = {}
-        """Calls that arrived and wait for a worker, by pool, in arrival order, by (stamp, attempt)."""
-        self._queue_lock = threading.Lock()
+        self._arrivals = ArrivalQueues(self._counters, self.tasks.new_id)
+        """Calls that arrived and wait for a worker (see :meth:`arrive`)."""
 
     # Views ------------------------------------------------------------------------------------
     @property
@@ -356,91 +352,20 @@ class ProcessCore:
         detection: until a worker takes the call, local snapshots list it as
         a *queued* server task of ``pool``, which holds no worker and waits
         for one, so that a call queued behind busy workers has a known callee
-        and pool in the cut. The sync gRPC server calls this on its polling
-        thread, in the path of every call, so it only files the call: no
-        event lock, no decoding (a local snapshot reads the stamps of the
-        calls still queued; a handler reads its own). Calls without a stamp
-        are not recorded (no cut can tell who waits on them).
+        and pool in the cut (see ``core._arrivals``: filing takes no event
+        lock and decodes nothing). Calls without a stamp are not recorded (no
+        cut can tell who waits on them).
         """
-        if not isinstance(stamp, bytes) or not stamp.startswith(_STAMP_START):
-            return None  # not a stamp (a value gRPC will refuse, say): its handler, if any, counts it
         try:
-            queue = self._queued.get(pool)
-            if queue is None:
-                with self._queue_lock:
-                    queue = self._queued.setdefault(pool, OrderedDict())
-            arrival = Arrival(method, stamp, attempt, pool, self.tasks.new_id())
-            with self._queue_lock:  # only polling threads take it: workers use the queue's atomic methods
-                queue[(stamp, attempt)] = arrival
-                self._counters.calls_queued += 1
-                while len(queue) > MAX_QUEUED_CALLS:
-                    queue.popitem(last=False)
-                    self._counters.queued_calls_dropped += 1
-            return arrival
+            return self._arrivals.file(method, stamp, attempt, pool)
         except Exception:
             self.internal_error("recording a call that arrived")
             return None
 
-    def _take_arrival(self, pool: str, key: tuple[bytes, int]) -> Arrival | None:
-        """The arrival of the call a worker now runs, if still listed; caller holds the event lock.
-
-        Workers take calls in arrival order (a thread pool's queue is FIFO),
-        so calls of the same pool that arrived before this one and are still
-        listed were dropped by gRPC without running a handler (cancelled
-        while queued) or are being taken by another worker right now; both
-        stop being listed as queued. (A call given up here by mistake only
-        loses its queued record, for a moment: its handler starts as usual.)
-        Each step is one atomic method of the queue, so the polling thread
-        may file calls meanwhile.
-        """
-        queue = self._queued.get(pool)
-        if not queue or key not in queue:
-            return None
-        while True:
-            try:
-                first_key, first = queue.popitem(last=False)
-            except KeyError:  # pragma: no cover - another worker took the rest
-                return None
-            if first_key == key:
-                return first
-            self._counters.queued_calls_dropped += 1
-
-    def _queued_views(self) -> tuple[tuple[int, TaskView], ...]:
-        """The calls queued now, as tasks, each with the epoch its request was sent in (a local snapshot
-        of epoch ``e`` lists those sent before ``e``: a request sent after its caller's cut is not in
-        the cut); caller holds the event lock, which reading stamps needs."""
-        out: list[tuple[int, TaskView]] = []
-        for queue in list(self._queued.values()):
-            for arrival in list(queue.values()):
-                decoded = arrival.decoded
-                if decoded is None:
-                    if not arrival.readable:
-                        continue
-                    decoded = arrival.decoded = self._clock.peek(arrival.stamp)
-                    if decoded is None:
-                        arrival.readable = False  # its handler counts the malformed stamp
-                        continue
-                view = TaskView(
-                    task_id=arrival.task_id,
-                    kind="server",
-                    method=arrival.method,
-                    caller=decoded.sender,
-                    call_id=decoded.call_id,
-                    trace_id=decoded.trace_id.hex(),
-                    span_id=decoded.span_id.hex(),
-                    held_locks=(),
-                    waiting_lock=None,
-                    outbound=(),
-                    pool=arrival.pool,
-                    queued=True,
-                )
-                out.append((decoded.epoch, view))
-        return tuple(out)
-
     def task_views(self) -> list[TaskView]:
         """Every task: the registry's, and the calls queued for a worker (``agent.tasks()``)."""
         with self._lock:
-            queued = self._queued_views() if self._queued else ()
+            queued = self._arrivals.views(self._clock.peek) if self._arrivals else ()
         return [*self.tasks.views(), *(view for _, view in queued)]
 
     def begin_handler(
@@ -469,8 +394,8 @@ class ProcessCore:
             queued: Arrival | None = None
             with self._lock:
                 decoded = self._clock.decode(stamp)
-                if self._queued and isinstance(stamp, bytes):
-                    queued = self._take_arrival(pool, (stamp, attempt))
+                if self._arrivals and isinstance(stamp, bytes):
+                    queued = self._arrivals.take(pool, (stamp, attempt))
                 if queued is None and arrival is not None and arrival.stamp == stamp:
                     queued = arrival  # given up meanwhile, or another pool's: it keeps its id
                 if decoded is not None and decoded.epoch > self._part.epoch:
@@ -808,7 +733,7 @@ class ProcessCore:
         """
         self._clock.tick()
         missing = ""
-        queued = self._queued_views() if self._queued else ()
+        queued = self._arrivals.views(self._clock.peek) if self._arrivals else ()
         if gate is None:
             state, state_bytes, errors = self._states.capture()
             self._counters.state_errors += errors
