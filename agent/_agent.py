@@ -24,6 +24,7 @@ from cutwatch.agent._lock import LockRegistry
 from cutwatch.agent._payload import DEFAULT_MAX_PAYLOAD_BYTES
 from cutwatch.core import (
     DEFAULT_MAX_CLOCK_ENTRIES,
+    DEFAULT_MAX_RECORDED_EVENTS,
     DEFAULT_MAX_STAMP_BYTES,
     DEFAULT_MAX_STATE_BYTES,
     MAX_PROCESS_ID_LENGTH,
@@ -90,6 +91,8 @@ class Agent:
     demands, if it demands any. ``stream_stamp_field`` names the ``bytes``
     field of stream messages that carries a stamp of its own (the opt-in
     envelope; message types without it go as they are; docs/snapshots.md).
+    ``max_recorded_events`` bounds the state changes recorded for lattice
+    predicates between two local snapshots (see :meth:`register_state`).
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class Agent:
         control_options: ControlOptions | None = None,
         collector_credentials: CollectorCredentials | None = None,
         stream_stamp_field: str = "cutwatch_stamp",
+        max_recorded_events: int = DEFAULT_MAX_RECORDED_EVENTS,
     ) -> None:
         if not _SERVICE_NAME.match(service):
             raise ValueError(f"service name {service!r} must be 1-100 letters, digits, '.', '_' or '-'")
@@ -147,6 +151,7 @@ class Agent:
             emit=self._control.submit if self._control is not None else None,
             span_ids=current_span_ids,
             stream_stamp_field=stream_stamp_field,
+            max_recorded_events=max_recorded_events,
         )
         self._locks = LockRegistry(self._core.tasks)
         self._event_log_path = Path(event_log) if event_log is not None else None
@@ -238,13 +243,22 @@ class Agent:
         return self._core.worker_pools
 
     # The application's side -------------------------------------------------------------
-    def register_state(self, name: str, provider: Callable[[], object]) -> None:
+    def register_state(self, name: str, provider: Callable[[], object], *, record: bool = False) -> None:
         """Include ``provider()`` (JSON-serialisable) under ``name`` in every local snapshot.
 
         It is called under the snapshot lock, so it sees no ``atomic()`` block
         half done; keep it quick and never make an RPC from it.
+
+        ``record=True``: also record every new value of it, at the end of each
+        ``atomic()`` block that changed it, with the vector clock of that
+        change, for the lattice predicates that read it (``@invariant(...,
+        lattice=True)``): they then see the consistent cuts *between*
+        snapshots too. Change the value only inside ``atomic()``. The changes
+        travel with the next local snapshot; at most ``max_recorded_events``
+        wait between two snapshots, more are dropped and counted
+        (``stats().changes_dropped``) and make that window's answer unknown.
         """
-        self._core.register_state(name, provider)
+        self._core.register_state(name, provider, record=record)
 
     def atomic(self) -> AbstractContextManager[None]:
         """A state change that no snapshot splits, and that consumes the current request.

@@ -327,7 +327,10 @@ def approximate_size(event: SnapshotEvent) -> int:
         # may be an application's request path.
         tasks = len(event.tasks) if isinstance(event.tasks, Sized) else 0
         entries = len(event.clock) + len(event.open_calls) + len(event.answering)
-        return _EVENT_OVERHEAD * (1 + tasks) + _ENTRY_BYTES * entries + event.state_bytes
+        entries += sum(len(e.clock) + len(e.values) for e in event.recorded)
+        return (
+            _EVENT_OVERHEAD * (1 + tasks + len(event.recorded)) + _ENTRY_BYTES * entries + event.state_bytes
+        )
     return _EVENT_OVERHEAD
 
 

@@ -25,10 +25,12 @@ from typing import Any, TypeVar
 
 from opentelemetry import trace
 
+from cutwatch.collector._recordings import RecordingLog
 from cutwatch.collector._records import StoredCut, StoredResult, cut_from_stored
 from cutwatch.collector._store import CutStore
 from cutwatch.core import Cut, StorageError
 from cutwatch.predicates import find_deadlocks, format_deadlocks
+from cutwatch.predicates._window import Window
 
 __all__ = ["DEADLOCK_CHECK", "CheckEvent", "CutChecker", "Subscription"]
 
@@ -92,9 +94,20 @@ class Subscription:
 class CutChecker:
     """Checks finished cuts on a background thread; ``engine`` runs the operator's predicates."""
 
-    def __init__(self, store: CutStore, engine: Any = None, *, max_queue: int = 16) -> None:
+    def __init__(
+        self,
+        store: CutStore,
+        engine: Any = None,
+        *,
+        max_queue: int = 16,
+        recordings: RecordingLog | None = None,
+    ) -> None:
         self.store = store
         self.engine = engine
+        self.recordings = recordings
+        """The changes agents recorded for lattice invariants (None: no lattice invariant loaded)."""
+        self._previous: Cut | None = None
+        """The last complete cut checked: the bottom of the next lattice window."""
         self._queue: queue.Queue[StoredCut | None] = queue.Queue(maxsize=max_queue)
         self._subscribers: set[Subscription] = set()
         self._lock = threading.Lock()
@@ -171,7 +184,12 @@ class CutChecker:
         if deadlock is not None:
             results.append(deadlock)
         if cut.complete and self.engine is not None:
-            for result in self.engine.evaluate(cut):
+            window = self._window(cut)
+            evaluated = self.engine.evaluate(cut) if window is None else self.engine.evaluate(cut, window)
+            if window is not None and self.recordings is not None:
+                self.recordings.checked(cut)
+                self._previous = cut
+            for result in evaluated:
                 results.append(
                     StoredResult(
                         epoch=cut.epoch,
@@ -183,6 +201,13 @@ class CutChecker:
                     )
                 )
         return results
+
+    def _window(self, cut: Cut) -> Window | None:
+        """The recorded changes between the previous complete cut and ``cut``, for lattice invariants."""
+        reads = getattr(self.engine, "lattice_reads", frozenset())
+        if self.recordings is None or not reads:
+            return None
+        return self.recordings.window(cut, self._previous, reads)
 
     def _deadlock_result(self, cut: Cut) -> StoredResult | None:
         started = time.perf_counter()

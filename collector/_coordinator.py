@@ -48,6 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cutwatch.collector._queued import queued_calls_stuck
+from cutwatch.collector._recordings import RecordingLog
 from cutwatch.collector._records import StoredCut, stored_from_assembled
 from cutwatch.collector._sessions import (
     AgentSession,
@@ -134,8 +135,11 @@ class Coordinator:
         silent_after: float = 15.0,
         forget_after: float = 3600.0,
         clock: Clock = time,
+        recordings: RecordingLog | None = None,
     ) -> None:
         self.store = store
+        self.recordings = recordings
+        """Where the state changes recorded for lattice predicates go (None: no lattice predicate)."""
         self.clock = clock
         self.snapshot_timeout = snapshot_timeout
         self.rejoin_grace = rejoin_grace
@@ -505,6 +509,8 @@ class Coordinator:
         """Take ``run`` out of the running set with its result; holds the lock."""
         self._runs.pop(run.epoch, None)
         self._stats["complete" if cut.status == "COMPLETE" else "incomplete"] += 1
+        if self.recordings is not None and cut.locals:
+            self.recordings.add(cut.locals.values())
         run.result = stored_from_assembled(
             cut,
             run.started,

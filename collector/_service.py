@@ -29,6 +29,7 @@ from cutwatch.collector._auth import AuthInterceptor
 from cutwatch.collector._checks import CutChecker
 from cutwatch.collector._coordinator import AgentSession, Coordinator
 from cutwatch.collector._limits import AgentMeter, CollectorLimits
+from cutwatch.collector._recordings import RecordingLog
 from cutwatch.collector._records import CutStatus, StoredCut, cut_from_stored, summary_to_json
 from cutwatch.collector._sqlite import SqliteCutStore
 from cutwatch.collector._store import MAX_LIST_LIMIT, CutStore
@@ -297,12 +298,15 @@ class CollectorServer:
                 engine.close()
             raise
         self.every = every
-        self.checker = CutChecker(self.store, engine)
+        # Changes recorded for lattice invariants are kept only when one is loaded.
+        self.recordings = RecordingLog() if engine is not None and engine.lattice_reads else None
+        self.checker = CutChecker(self.store, engine, recordings=self.recordings)
         self.coordinator = Coordinator(
             self.store,
             snapshot_timeout=snapshot_timeout,
             on_finished=self.checker.submit,
             rejoin_grace=rejoin_grace,
+            recordings=self.recordings,
         )
         self._listen = listen
         self.limits = limits or CollectorLimits()

@@ -66,6 +66,7 @@ from cutwatch.core._events import (
 from cutwatch.core._gate import ATOMIC_LOCK, RESERVED_LOCK_PREFIX
 from cutwatch.core._participant import Delivery, SnapshotParticipant, SnapshotStats
 from cutwatch.core._process import REASON_ATOMIC_TIMEOUT, REASON_ATOMIC_WAIT, ProcessCore
+from cutwatch.core._recording import DEFAULT_MAX_RECORDED_EVENTS, RecordedEvent
 from cutwatch.core._reduction import Reduction, reduce_graph
 from cutwatch.core._stamp import (
     BOUNCED_STAMP_METADATA_KEY,
@@ -135,6 +136,7 @@ __all__ = [
     "CLIENT",
     "CUT_FORMAT",
     "DEFAULT_MAX_CLOCK_ENTRIES",
+    "DEFAULT_MAX_RECORDED_EVENTS",
     "DEFAULT_MAX_STAMP_BYTES",
     "DEFAULT_MAX_STATE_BYTES",
     "MAX_PROCESS_ID_LENGTH",
@@ -212,6 +214,7 @@ __all__ = [
     "ProcessStats",
     "ProtocolViolationError",
     "QueuedCall",
+    "RecordedEvent",
     "RecordingStopped",
     "Reduction",
     "Refused",

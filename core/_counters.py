@@ -48,6 +48,11 @@ class ProcessStats:
     queued_calls_dropped: int = 0
     """Queued calls no longer listed before a worker took them: dropped by gRPC (cancelled while queued),
     or past the bound on queued calls."""
+    changes_recorded: int = 0
+    """State changes recorded for lattice predicates (``register_state(..., record=True)``)."""
+    changes_dropped: int = 0
+    """Recorded state changes dropped because the buffer was full between two local snapshots: the
+    window they fall in cannot be decided (its answer is unknown)."""
 
     @property
     def untracked(self) -> int:
@@ -76,6 +81,8 @@ class Counters:
     stream_ends_closed: int
     calls_queued: int
     queued_calls_dropped: int
+    changes_recorded: int
+    changes_dropped: int
 
     def __init__(self) -> None:
         for f in fields(ProcessStats):

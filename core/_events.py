@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
 from cutwatch.core._clock import VectorClock
+from cutwatch.core._recording import RecordedEvent
 from cutwatch.core._tasks import TaskView
 
 __all__ = [
@@ -121,6 +122,10 @@ class Capture(NamedTuple):
     in: a snapshot of epoch ``e`` lists those sent before ``e`` (see ``TaskRegistry.capture``)."""
     state_missing: str = ""
     """Why ``state`` was not captured (an ``atomic()`` block was half done); "" when it was."""
+    recorded: tuple[RecordedEvent, ...] = ()
+    """State changes recorded for lattice predicates since the last local snapshot (``core._recording``)."""
+    recorded_through: int = 0
+    """How many state changes this process recorded (or dropped) so far; 0 when it records none."""
 
 
 class OpenCall(NamedTuple):
@@ -169,6 +174,11 @@ class LocalSnapshot:
     state_missing: str = ""
     """Why the application state was not captured ("" when it was): the snapshot was taken while an
     ``atomic()`` block was half done, with ``state`` empty and everything else as usual."""
+    recorded: tuple[RecordedEvent, ...] = ()
+    """The state changes recorded for lattice predicates since the process's last local snapshot."""
+    recorded_through: int = 0
+    """How many state changes the process recorded (or dropped) before this snapshot: the events of
+    the window that ends at this cut are those numbered below it (0: the process records none)."""
 
 
 @dataclass(frozen=True)

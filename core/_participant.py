@@ -432,6 +432,8 @@ class SnapshotParticipant:
                 streams=capture.streams,
                 state_bytes=capture.state_bytes,
                 state_missing=capture.state_missing,
+                recorded=capture.recorded,
+                recorded_through=capture.recorded_through,
             )
             taken.append(snap)
             self._outbox.append(snap)

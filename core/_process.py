@@ -52,6 +52,7 @@ from cutwatch.core._events import (
 )
 from cutwatch.core._gate import GateOccupants, SnapshotGate
 from cutwatch.core._participant import DEFAULT_MAX_OPEN_EPOCHS, Delivery, SnapshotParticipant, SnapshotStats
+from cutwatch.core._recording import DEFAULT_MAX_RECORDED_EVENTS, Recorder
 from cutwatch.core._stamp import DEFAULT_MAX_CLOCK_ENTRIES, DEFAULT_MAX_STAMP_BYTES
 from cutwatch.core._stamped_clock import StampedClock
 from cutwatch.core._states import DEFAULT_MAX_STATE_BYTES, StateProviders
@@ -114,6 +115,7 @@ class ProcessCore:
         monotonic: Callable[[], float] = time.monotonic,
         stream_stamp_field: str = "cutwatch_stamp",
         span_ids: Callable[[], tuple[bytes, bytes]] = no_span,
+        max_recorded_events: int = DEFAULT_MAX_RECORDED_EVENTS,
     ) -> None:
         self.process_id = process_id
         self.stream_stamp_field = stream_stamp_field
@@ -151,6 +153,8 @@ class ProcessCore:
         """Ends closed lately, with how many more local snapshots list them (see :meth:`close_stream`)."""
         self._arrivals = ArrivalQueues(self._counters, self.tasks.new_id)
         """Calls that arrived and wait for a worker (see :meth:`arrive`)."""
+        self._recorder = Recorder(self._counters, max_recorded_events)
+        """The state names recorded for lattice predicates, and their events (see ``core._recording``)."""
 
     # Views ------------------------------------------------------------------------------------
     @property
@@ -180,10 +184,18 @@ class ProcessCore:
             return dict(self._worker_pools)
 
     # What a local snapshot captures -------------------------------------------------------------
-    def register_state(self, name: str, provider: Callable[[], object]) -> None:
-        """Capture ``provider()`` under ``name`` in every local snapshot (see :class:`StateProviders`)."""
+    def register_state(self, name: str, provider: Callable[[], object], *, record: bool = False) -> None:
+        """Capture ``provider()`` under ``name`` in every local snapshot (see :class:`StateProviders`).
+
+        ``record``: also record each new value at the end of an ``atomic()`` block, with the clock of
+        that event, for lattice predicates (see ``core._recording``); its value now is the first.
+        """
         with self._gate.held():
             self._states.register(name, provider)
+            if record:
+                first = self._recorder.add(name, provider)
+                if first:
+                    self._record(first)
 
     def register_pool(self, capacity: int | None, *, edge: bool = False) -> str:
         """A new server's worker pool of ``capacity`` workers (None: not known yet); returns its name.
@@ -218,6 +230,10 @@ class ProcessCore:
         return self._gate.atomic(self._consume_current)
 
     def _consume_current(self) -> None:
+        if self._recorder:
+            changed = self._recorder.changes()
+            if changed:
+                self._record(changed)
         sending = SENDING.get()
         if sending is not None and not sending.counted:
             # The code producing a stream message ran this block: the message goes with it.
@@ -241,6 +257,15 @@ class ProcessCore:
             # so that the cuts around any of them are not called COMPLETE.
             with self._lock:
                 self._counters.untracked_changes += 1
+
+    def _record(self, values: dict[str, object]) -> None:
+        """One recorded event of new ``values``: an event of this process, so the clock ticks."""
+        try:
+            with self._lock:
+                self._clock.tick()
+                self._recorder.append(self._clock.as_dict(), values)
+        except Exception:
+            self.internal_error("recording a state change")
 
     # Client side --------------------------------------------------------------------------------
     def begin_call(
@@ -756,6 +781,8 @@ class ProcessCore:
             ),
             queued,
             state_missing=missing,
+            recorded=self._recorder.drain(),
+            recorded_through=self._recorder.next_seq,
         )
 
     def _stream_counts(self) -> tuple[StreamCount, ...]:

@@ -96,6 +96,9 @@ class Invariant:
     source: str
     line: int
     takes_memory: bool
+    lattice: bool = False
+    """Written in the symbolic subset (``cutwatch.predicates.lattice``): checked on every cut and on
+    every consistent cut between two cuts (see docs/lattice.md)."""
 
 
 # Loading: registrations made while a source is imported land in the innermost collector list.
@@ -103,12 +106,19 @@ _collecting: list[list[Invariant]] = []
 _INVARIANTS_ATTR = "__cutwatch_invariants__"
 
 
-def invariant(name: str, *, timeout: float | None = None) -> Callable[[F], F]:
+def invariant(name: str, *, timeout: float | None = None, lattice: bool = False) -> Callable[[F], F]:
     """Declare ``func(cut)`` (or ``func(cut, memory)``) an invariant called ``name``.
 
     The function is returned unchanged, so tests can call it directly. Names
     must be unique among everything one engine loads; ``timeout`` (seconds)
     overrides the engine's default for this predicate.
+
+    ``lattice=True``: ``func(cut)`` is written in the symbolic subset (sums,
+    counts and comparisons of integer and boolean states, ``& | ~``; see
+    docs/lattice.md). It is checked on each cut, and on every consistent cut
+    between two cuts, from the state changes agents record: a violation that
+    no snapshot sampled is still found, with the cut where it happens. A
+    function outside the subset is refused when the collector loads it.
     """
     if not isinstance(name, str) or not name.strip():
         raise TypeError(
@@ -130,7 +140,10 @@ def invariant(name: str, *, timeout: float | None = None) -> Callable[[F], F]:
             source=_source_file(func),
             line=_source_line(func),
             takes_memory=_takes_memory(name, func),
+            lattice=bool(lattice),
         )
+        if spec.lattice and spec.takes_memory:
+            raise TypeError(f"invariant {name!r}: a lattice invariant takes (cut) only, no memory")
         specs = list(getattr(func, _INVARIANTS_ATTR, ()))
         specs.append(spec)
         # A builtin or slotted callable cannot carry it: the loader still sees it through the registry.

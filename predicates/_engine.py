@@ -28,6 +28,7 @@ from cutwatch.core import Cut, PredicateLoadError, PredicateWorkerError
 from cutwatch.predicates._api import ERROR, FAIL, PASS
 from cutwatch.predicates._loader import Source, resolve_source
 from cutwatch.predicates._results import DEFAULT_MAX_MEMORY_BYTES, DEFAULT_MAX_WITNESS_BYTES, PredicateResult
+from cutwatch.predicates._window import Window
 from cutwatch.predicates._worker_process import Worker, _WorkerDied
 
 __all__ = ["PredicateEngine", "PredicateInfo", "PredicateWorkerError"]
@@ -43,9 +44,18 @@ class PredicateInfo:
     timeout: float
     source: str
     line: int
+    lattice: bool = False
+    """Also checked on the consistent cuts between cuts (``@invariant(..., lattice=True)``)."""
+    reads: tuple[str, ...] = ()
+    """The state names a lattice invariant reads: the changes agents record for it."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "timeout": self.timeout, "source": self.source, "line": self.line}
+        doc: dict[str, Any] = {"name": self.name, "timeout": self.timeout, "source": self.source}
+        doc["line"] = self.line
+        if self.lattice:
+            doc["lattice"] = True
+            doc["reads"] = list(self.reads)
+        return doc
 
 
 class PredicateEngine:
@@ -130,12 +140,22 @@ class PredicateEngine:
         with self._state:
             return json.loads(json.dumps(self._memory.get(name, {})))  # type: ignore[no-any-return]
 
-    def evaluate(self, cut: Cut) -> list[PredicateResult]:
+    @property
+    def lattice_reads(self) -> frozenset[str]:
+        """The state names the lattice invariants read (empty: none loaded)."""
+        return frozenset(name for info in self._infos if info.lattice for name in info.reads)
+
+    def evaluate(self, cut: Cut, window: Window | None = None) -> list[PredicateResult]:
         """Every predicate's result on ``cut`` (a COMPLETE one), in load order; never raises for a
-        predicate's fault: a predicate that raises, times out or kills its worker is an ERROR."""
+        predicate's fault: a predicate that raises, times out or kills its worker is an ERROR.
+
+        ``window``: the changes recorded since the previous complete cut, for lattice invariants."""
         if not cut.complete:
             raise ValueError(f"predicates run on COMPLETE cuts only; epoch {cut.epoch} is {cut.status}")
-        cut_text = json.dumps(cut.to_json())
+        body = f'"cut": {json.dumps(cut.to_json())}'
+        if window is not None:
+            body += f', "window": {json.dumps(window.to_json())}'
+
         with self._evaluating:
             if self._closed:
                 raise RuntimeError("the predicate engine is closed")
@@ -143,7 +163,7 @@ class PredicateEngine:
             pending = list(self._infos)
             used: Worker | None = None
             while pending:
-                used = self._run(cut, cut_text, pending, results) or used
+                used = self._run(cut, body, pending, results) or used
             if self.closed and used is not None:
                 used.kill()  # close() came during the evaluation and only signalled it
             return [results[i.name] for i in self._infos]
@@ -221,6 +241,8 @@ class PredicateEngine:
                             timeout=float(p["timeout"]) if p.get("timeout") is not None else self._timeout,
                             source=str(p.get("source", "")),
                             line=int(p.get("line", 0)),
+                            lattice=bool(p.get("lattice", False)),
+                            reads=tuple(str(n) for n in p.get("reads", ())),
                         )
                         for p in reply["predicates"]
                     ]
@@ -268,10 +290,12 @@ class PredicateEngine:
         raise PredicateWorkerError("the predicate engine was closed during the evaluation")
 
     def _run(
-        self, cut: Cut, cut_text: str, pending: list[PredicateInfo], results: dict[str, PredicateResult]
+        self, cut: Cut, body: str, pending: list[PredicateInfo], results: dict[str, PredicateResult]
     ) -> Worker | None:
         """Run ``pending`` in order in one worker until they are done or the worker is lost; the
-        predicate that loses it gets an ERROR and leaves ``pending``. Returns the worker used."""
+        predicate that loses it gets an ERROR and leaves ``pending``. Returns the worker used.
+
+        ``body``: the request's ``"cut"`` member as JSON text (and its ``"window"``), made once per cut."""
 
         def error(info: PredicateInfo, text: str, duration: float = 0.0) -> None:
             results[info.name] = PredicateResult(info.name, ERROR, cut.epoch, error=text, duration=duration)
@@ -283,8 +307,8 @@ class PredicateEngine:
             for info in list(pending):
                 error(info, str(exc))
             return None
-        run = [{"name": i.name, "memory": self._memory.get(i.name)} for i in pending]
-        line = f'{{"op": "evaluate", "run": {json.dumps(run)}, "cut": {cut_text}}}\n'.encode()
+        run = [{"name": i.name, "memory": self._memory.get(i.name), "timeout": i.timeout} for i in pending]
+        line = f'{{"op": "evaluate", "run": {json.dumps(run)}, {body}}}\n'.encode()
         try:
             worker.send(line)
             reply = worker.read(time.monotonic() + self._load_timeout)

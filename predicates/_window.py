@@ -71,6 +71,9 @@ class History:
     events: tuple[Event, ...] = ()
     start_clock: Mapping[str, int] = field(default_factory=dict)
     """The process's vector clock at the bottom cut (empty when the window starts with recording)."""
+    missing: str = ""
+    """Why this history is not whole ("" when it is): changes lost, or a process that records none. A
+    predicate that reads this process cannot be decided on the window."""
 
     def names(self) -> set[str]:
         found = set(self.start)
@@ -85,6 +88,7 @@ class History:
             "start": dict(self.start),
             "start_clock": dict(self.start_clock),
             "events": [e.to_json() for e in self.events],
+            "missing": self.missing,
         }
 
 
@@ -305,6 +309,7 @@ class Window:
                         _values(h.get("start", {})),
                         events,
                         _clock(h.get("start_clock", {})),
+                        str(h.get("missing", "")),
                     )
                 )
             bottom = doc.get("bottom_epoch")

@@ -9,9 +9,11 @@ protocol. Requests and replies:
 
 - ``{"op": "load", "sources": [...], "sys_path": [...], "max_witness_bytes": n,
   "max_memory_bytes": n}`` -> ``{"op": "loading", "source": given}`` per
-  source, then ``{"op": "loaded", "predicates": [...]}`` or ``{"op":
+  source, then ``{"op": "loaded", "predicates": [...]}`` (a lattice invariant with the
+  state names it reads) or ``{"op":
   "load_error", ...}`` (and the worker exits);
-- ``{"op": "evaluate", "run": [{"name", "memory"}], "cut": {...}}`` ->
+- ``{"op": "evaluate", "run": [{"name", "memory", "timeout"}], "cut": {...}, "window": {...}}``
+  (``window``: the recorded changes before the cut, for lattice invariants; optional) ->
   ``{"op": "cut_ok"}`` (or ``cut_error``), then one ``{"op": "result",
   "result": {...}, "memory": {...} | null}`` per name, in order.
 
@@ -31,6 +33,7 @@ from typing import IO, Any
 
 from cutwatch.core import Cut, PredicateLoadError
 from cutwatch.predicates._api import ERROR, Invariant
+from cutwatch.predicates._lattice_run import lattice_reads, run_lattice_invariant
 from cutwatch.predicates._loader import Source, load_sources
 from cutwatch.predicates._results import (
     DEFAULT_MAX_MEMORY_BYTES,
@@ -39,8 +42,12 @@ from cutwatch.predicates._results import (
     PredicateResult,
     run_invariant,
 )
+from cutwatch.predicates._window import Window
 
 PARENT_POLL_SECONDS = 0.5
+SOLVER_SHARE = 0.8
+"""The part of a lattice invariant's timeout its solver may use: it gives up ("unknown") before the
+engine kills the worker."""
 
 
 def _watch_parent(parent: int) -> None:
@@ -94,6 +101,7 @@ def _load(channel: _Channel, request: dict[str, Any]) -> list[Invariant] | None:
     sources = [Source.from_json(s) for s in request["sources"]]
     try:
         specs = load_sources(sources, lambda s: channel.send({"op": "loading", "source": s.given}))
+        reads = {s.name: lattice_reads(s) for s in specs if s.lattice}
     except PredicateLoadError as exc:
         channel.send(
             {
@@ -109,7 +117,15 @@ def _load(channel: _Channel, request: dict[str, Any]) -> list[Invariant] | None:
         {
             "op": "loaded",
             "predicates": [
-                {"name": s.name, "timeout": s.timeout, "source": s.source, "line": s.line} for s in specs
+                {
+                    "name": s.name,
+                    "timeout": s.timeout,
+                    "source": s.source,
+                    "line": s.line,
+                    "lattice": s.lattice,
+                    "reads": list(reads.get(s.name, ())),
+                }
+                for s in specs
             ],
         }
     )
@@ -119,6 +135,7 @@ def _load(channel: _Channel, request: dict[str, Any]) -> list[Invariant] | None:
 def _evaluate(channel: _Channel, request: dict[str, Any], specs: dict[str, Invariant], limits: Any) -> None:
     try:
         cut = Cut.from_json(request["cut"])
+        window = Window.from_json(request["window"]) if request.get("window") is not None else None
     except (KeyError, ValueError) as exc:
         channel.send({"op": "cut_error", "error": str(exc)})
         return
@@ -129,6 +146,13 @@ def _evaluate(channel: _Channel, request: dict[str, Any], specs: dict[str, Invar
         spec = specs.get(name)
         if spec is None:
             result = PredicateResult(name, ERROR, cut.epoch, error="not declared in the predicate worker")
+            channel.send({"op": "result", "result": result.to_json(), "memory": None})
+            continue
+        if spec.lattice:
+            timeout = float(item.get("timeout") or 5.0)
+            result = run_lattice_invariant(
+                spec, cut, window, timeout=SOLVER_SHARE * timeout, max_witness_bytes=max_witness
+            )
             channel.send({"op": "result", "result": result.to_json(), "memory": None})
             continue
         state = item.get("memory")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 
 from cutwatch.core import (
     CLIENT,
@@ -46,6 +47,7 @@ from cutwatch.core import (
     MsgKey,
     OpenCall,
     Order,
+    RecordedEvent,
     RecordingStopped,
     Registered,
     Registration,
@@ -115,6 +117,15 @@ def event_to_message(event: SnapshotEvent, seq: int) -> pb.AgentMessage:
                     for s in event.streams
                 ],
                 state_missing=event.state_missing,
+                recorded=[
+                    pb.RecordedEvent(
+                        seq=e.seq,
+                        clock=dict(e.clock),
+                        values_json=json.dumps(dict(e.values), sort_keys=True, allow_nan=False),
+                    )
+                    for e in event.recorded
+                ],
+                recorded_through=event.recorded_through,
             ),
         )
     if isinstance(event, ChannelRecord):
@@ -223,6 +234,19 @@ def _depth(value: object) -> int:
     return deepest
 
 
+def _recorded(events: Iterable[pb.RecordedEvent], through: int) -> tuple[RecordedEvent, ...]:
+    """Recorded state changes, numbered below ``through`` and in order (the collector finds gaps)."""
+    found: list[RecordedEvent] = []
+    for e in events:
+        values = _json(e.values_json or "{}", "values_json")
+        if not isinstance(values, dict):
+            raise EventFormatError("a recorded event's values_json is not a JSON object")
+        if e.seq >= through or (found and e.seq <= found[-1].seq):
+            raise EventFormatError(f"recorded event {e.seq} out of order (recorded through {through})")
+        found.append(RecordedEvent(e.seq, VectorClock(dict(e.clock)), values))
+    return tuple(found)
+
+
 def _stream_count(message: pb.StreamCount) -> StreamCount:
     if message.role not in (CLIENT, SERVER):
         raise EventFormatError(
@@ -265,6 +289,8 @@ def event_from_message(message: pb.AgentMessage, process: str) -> SnapshotEvent 
             untracked_changes=snap.untracked_changes,
             streams=tuple(_stream_count(s) for s in snap.streams),
             state_missing=snap.state_missing,
+            recorded=_recorded(snap.recorded, snap.recorded_through),
+            recorded_through=snap.recorded_through,
         )
     if body == "channel_record":
         rec = message.channel_record

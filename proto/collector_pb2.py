@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63utwatch/proto/collector.proto\x12\x0b\x63utwatch.v1\"\xfe\x01\n\x0cRegistration\x12\x12\n\nprocess_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\x12@\n\x0cworker_pools\x18\x04 \x03(\x0b\x32*.cutwatch.v1.Registration.WorkerPoolsEntry\x12\r\n\x05\x65poch\x18\x05 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x06 \x01(\x04\x12\x19\n\x11untracked_changes\x18\x07 \x01(\x04\x1a\x32\n\x10WorkerPoolsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\xd4\x03\n\x0c\x41gentMessage\x12-\n\x08register\x18\x01 \x01(\x0b\x32\x19.cutwatch.v1.RegistrationH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.cutwatch.v1.HeartbeatH\x00\x12\x34\n\x0elocal_snapshot\x18\x03 \x01(\x0b\x32\x1a.cutwatch.v1.LocalSnapshotH\x00\x12\x34\n\x0e\x63hannel_record\x18\x04 \x01(\x0b\x32\x1a.cutwatch.v1.ChannelRecordH\x00\x12\x30\n\x0c\x63\x61ll_outcome\x18\x05 \x01(\x0b\x32\x18.cutwatch.v1.CallOutcomeH\x00\x12:\n\x11recording_stopped\x18\x06 \x01(\x0b\x32\x1d.cutwatch.v1.RecordingStoppedH\x00\x12\'\n\x07\x66lushed\x18\x07 \x01(\x0b\x32\x14.cutwatch.v1.FlushedH\x00\x12\'\n\x07goodbye\x18\x08 \x01(\x0b\x32\x14.cutwatch.v1.GoodbyeH\x00\x12\'\n\x07\x62ounced\x18\t \x01(\x0b\x32\x14.cutwatch.v1.BouncedH\x00\x12\x0b\n\x03seq\x18\x0f \x01(\x04\x42\x06\n\x04\x62ody\"\xd0\x01\n\x0e\x43ontrolMessage\x12-\n\nregistered\x18\x01 \x01(\x0b\x32\x17.cutwatch.v1.RegisteredH\x00\x12\x32\n\rtake_snapshot\x18\x02 \x01(\x0b\x32\x19.cutwatch.v1.TakeSnapshotH\x00\x12.\n\x0b\x63lose_epoch\x18\x03 \x01(\x0b\x32\x17.cutwatch.v1.CloseEpochH\x00\x12#\n\x05\x66lush\x18\x04 \x01(\x0b\x32\x12.cutwatch.v1.FlushH\x00\x42\x06\n\x04\x62ody\"\x1b\n\nRegistered\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\"\t\n\x07Goodbye\"0\n\tHeartbeat\x12\x12\n\nunix_nanos\x18\x01 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x04\"\x1d\n\x0cTakeSnapshot\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\"+\n\nCloseEpoch\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0e\n\x06\x66orget\x18\x02 \x03(\x04\"*\n\x07\x43\x61llRef\x12\x0e\n\x06\x63\x61ller\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\x04\"J\n\x05\x46lush\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\r\n\x05round\x18\x02 \x01(\r\x12#\n\x05\x66\x65nce\x18\x03 \x03(\x0b\x32\x14.cutwatch.v1.CallRef\"B\n\x07\x46lushed\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\r\n\x05round\x18\x02 \x01(\r\x12\x19\n\x11untracked_changes\x18\x03 \x01(\x04\"J\n\x07\x42ounced\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x03 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\"K\n\x08OpenCall\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\t\",\n\tAnswering\x12\x0e\n\x06\x63\x61ller\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\x04\"q\n\x0bStreamCount\x12\x0e\n\x06\x63\x61ller\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\x04\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x10\n\x08requests\x18\x05 \x01(\x04\x12\x11\n\tresponses\x18\x06 \x01(\x04\"\x8b\x07\n\rLocalSnapshot\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x12\n\nprocess_id\x18\x02 \x01(\t\x12\x34\n\x05\x63lock\x18\x03 \x03(\x0b\x32%.cutwatch.v1.LocalSnapshot.ClockEntry\x12\x12\n\nstate_json\x18\x04 \x01(\t\x12\x12\n\ntasks_json\x18\x05 \x01(\t\x12)\n\nopen_calls\x18\x06 \x03(\x0b\x32\x15.cutwatch.v1.OpenCall\x12)\n\tanswering\x18\x07 \x03(\x0b\x32\x16.cutwatch.v1.Answering\x12\x15\n\rrequests_sent\x18\x08 \x01(\x04\x12\x45\n\x0eresponses_sent\x18\t \x03(\x0b\x32-.cutwatch.v1.LocalSnapshot.ResponsesSentEntry\x12K\n\x11requests_consumed\x18\n \x03(\x0b\x32\x30.cutwatch.v1.LocalSnapshot.RequestsConsumedEntry\x12M\n\x12responses_consumed\x18\x0b \x03(\x0b\x32\x31.cutwatch.v1.LocalSnapshot.ResponsesConsumedEntry\x12\x41\n\x0cworker_pools\x18\x0c \x03(\x0b\x32+.cutwatch.v1.LocalSnapshot.WorkerPoolsEntry\x12\x19\n\x11untracked_changes\x18\r \x01(\x04\x12)\n\x07streams\x18\x0e \x03(\x0b\x32\x18.cutwatch.v1.StreamCount\x12\x15\n\rstate_missing\x18\x0f \x01(\t\x1a,\n\nClockEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x34\n\x12ResponsesSentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x37\n\x15RequestsConsumedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x38\n\x16ResponsesConsumedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x32\n\x10WorkerPoolsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\xa5\x01\n\rChannelRecord\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x10\n\x08receiver\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x14\n\x0cpayload_json\x18\x06 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x07 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\r\x12\r\n\x05index\x18\t \x01(\x04\"N\n\x0b\x43\x61llOutcome\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\x04\x12\x0f\n\x07outcome\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"B\n\x10RecordingStopped\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07\x64ropped\x18\x03 \x01(\x04\"*\n\x0fSnapshotRequest\x12\x17\n\x0ftimeout_seconds\x18\x01 \x01(\x01\")\n\x08\x43utQuery\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0e\n\x06status\x18\x02 \x01(\t\"+\n\x08\x43utReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x10\n\x08\x63ut_json\x18\x02 \x01(\t\"H\n\tListQuery\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\r\n\x05since\x18\x02 \x01(\x01\x12\r\n\x05until\x18\x03 \x01(\x01\x12\r\n\x05limit\x18\x04 \x01(\r\"\x1c\n\x07\x43utList\x12\x11\n\tcuts_json\x18\x01 \x01(\t\"+\n\x0cResultsQuery\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\"V\n\x0cResultsReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x12\n\ncut_status\x18\x03 \x01(\t\x12\x14\n\x0cresults_json\x18\x04 \x01(\t\"\x0e\n\x0cWatchRequest\" \n\nWatchEvent\x12\x12\n\nevent_json\x18\x01 \x01(\t\"\x0f\n\rStatusRequest\"\"\n\x0bStatusReply\x12\x13\n\x0bstatus_json\x18\x01 \x01(\t2\xc5\x03\n\tCollector\x12\x45\n\x07\x43ontrol\x12\x19.cutwatch.v1.AgentMessage\x1a\x1b.cutwatch.v1.ControlMessage(\x01\x30\x01\x12?\n\x08Snapshot\x12\x1c.cutwatch.v1.SnapshotRequest\x1a\x15.cutwatch.v1.CutReply\x12\x36\n\x06GetCut\x12\x15.cutwatch.v1.CutQuery\x1a\x15.cutwatch.v1.CutReply\x12\x38\n\x08ListCuts\x12\x16.cutwatch.v1.ListQuery\x1a\x14.cutwatch.v1.CutList\x12>\n\x06Status\x12\x1a.cutwatch.v1.StatusRequest\x1a\x18.cutwatch.v1.StatusReply\x12?\n\x07Results\x12\x19.cutwatch.v1.ResultsQuery\x1a\x19.cutwatch.v1.ResultsReply\x12=\n\x05Watch\x12\x19.cutwatch.v1.WatchRequest\x1a\x17.cutwatch.v1.WatchEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63utwatch/proto/collector.proto\x12\x0b\x63utwatch.v1\"\xfe\x01\n\x0cRegistration\x12\x12\n\nprocess_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\x12@\n\x0cworker_pools\x18\x04 \x03(\x0b\x32*.cutwatch.v1.Registration.WorkerPoolsEntry\x12\r\n\x05\x65poch\x18\x05 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x06 \x01(\x04\x12\x19\n\x11untracked_changes\x18\x07 \x01(\x04\x1a\x32\n\x10WorkerPoolsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\xd4\x03\n\x0c\x41gentMessage\x12-\n\x08register\x18\x01 \x01(\x0b\x32\x19.cutwatch.v1.RegistrationH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.cutwatch.v1.HeartbeatH\x00\x12\x34\n\x0elocal_snapshot\x18\x03 \x01(\x0b\x32\x1a.cutwatch.v1.LocalSnapshotH\x00\x12\x34\n\x0e\x63hannel_record\x18\x04 \x01(\x0b\x32\x1a.cutwatch.v1.ChannelRecordH\x00\x12\x30\n\x0c\x63\x61ll_outcome\x18\x05 \x01(\x0b\x32\x18.cutwatch.v1.CallOutcomeH\x00\x12:\n\x11recording_stopped\x18\x06 \x01(\x0b\x32\x1d.cutwatch.v1.RecordingStoppedH\x00\x12\'\n\x07\x66lushed\x18\x07 \x01(\x0b\x32\x14.cutwatch.v1.FlushedH\x00\x12\'\n\x07goodbye\x18\x08 \x01(\x0b\x32\x14.cutwatch.v1.GoodbyeH\x00\x12\'\n\x07\x62ounced\x18\t \x01(\x0b\x32\x14.cutwatch.v1.BouncedH\x00\x12\x0b\n\x03seq\x18\x0f \x01(\x04\x42\x06\n\x04\x62ody\"\xd0\x01\n\x0e\x43ontrolMessage\x12-\n\nregistered\x18\x01 \x01(\x0b\x32\x17.cutwatch.v1.RegisteredH\x00\x12\x32\n\rtake_snapshot\x18\x02 \x01(\x0b\x32\x19.cutwatch.v1.TakeSnapshotH\x00\x12.\n\x0b\x63lose_epoch\x18\x03 \x01(\x0b\x32\x17.cutwatch.v1.CloseEpochH\x00\x12#\n\x05\x66lush\x18\x04 \x01(\x0b\x32\x12.cutwatch.v1.FlushH\x00\x42\x06\n\x04\x62ody\"\x1b\n\nRegistered\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\"\t\n\x07Goodbye\"0\n\tHeartbeat\x12\x12\n\nunix_nanos\x18\x01 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x04\"\x1d\n\x0cTakeSnapshot\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\"+\n\nCloseEpoch\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0e\n\x06\x66orget\x18\x02 \x03(\x04\"*\n\x07\x43\x61llRef\x12\x0e\n\x06\x63\x61ller\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\x04\"J\n\x05\x46lush\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\r\n\x05round\x18\x02 \x01(\r\x12#\n\x05\x66\x65nce\x18\x03 \x03(\x0b\x32\x14.cutwatch.v1.CallRef\"B\n\x07\x46lushed\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\r\n\x05round\x18\x02 \x01(\r\x12\x19\n\x11untracked_changes\x18\x03 \x01(\x04\"J\n\x07\x42ounced\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x03 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\"K\n\x08OpenCall\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\t\",\n\tAnswering\x12\x0e\n\x06\x63\x61ller\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\x04\"q\n\x0bStreamCount\x12\x0e\n\x06\x63\x61ller\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\x04\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x10\n\x08requests\x18\x05 \x01(\x04\x12\x11\n\tresponses\x18\x06 \x01(\x04\"\xd3\x07\n\rLocalSnapshot\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x12\n\nprocess_id\x18\x02 \x01(\t\x12\x34\n\x05\x63lock\x18\x03 \x03(\x0b\x32%.cutwatch.v1.LocalSnapshot.ClockEntry\x12\x12\n\nstate_json\x18\x04 \x01(\t\x12\x12\n\ntasks_json\x18\x05 \x01(\t\x12)\n\nopen_calls\x18\x06 \x03(\x0b\x32\x15.cutwatch.v1.OpenCall\x12)\n\tanswering\x18\x07 \x03(\x0b\x32\x16.cutwatch.v1.Answering\x12\x15\n\rrequests_sent\x18\x08 \x01(\x04\x12\x45\n\x0eresponses_sent\x18\t \x03(\x0b\x32-.cutwatch.v1.LocalSnapshot.ResponsesSentEntry\x12K\n\x11requests_consumed\x18\n \x03(\x0b\x32\x30.cutwatch.v1.LocalSnapshot.RequestsConsumedEntry\x12M\n\x12responses_consumed\x18\x0b \x03(\x0b\x32\x31.cutwatch.v1.LocalSnapshot.ResponsesConsumedEntry\x12\x41\n\x0cworker_pools\x18\x0c \x03(\x0b\x32+.cutwatch.v1.LocalSnapshot.WorkerPoolsEntry\x12\x19\n\x11untracked_changes\x18\r \x01(\x04\x12)\n\x07streams\x18\x0e \x03(\x0b\x32\x18.cutwatch.v1.StreamCount\x12\x15\n\rstate_missing\x18\x0f \x01(\t\x12,\n\x08recorded\x18\x10 \x03(\x0b\x32\x1a.cutwatch.v1.RecordedEvent\x12\x18\n\x10recorded_through\x18\x11 \x01(\x04\x1a,\n\nClockEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x34\n\x12ResponsesSentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x37\n\x15RequestsConsumedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x38\n\x16ResponsesConsumedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x32\n\x10WorkerPoolsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\x95\x01\n\rRecordedEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x34\n\x05\x63lock\x18\x02 \x03(\x0b\x32%.cutwatch.v1.RecordedEvent.ClockEntry\x12\x13\n\x0bvalues_json\x18\x03 \x01(\t\x1a,\n\nClockEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xa5\x01\n\rChannelRecord\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x10\n\x08receiver\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x14\n\x0cpayload_json\x18\x06 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x07 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\r\x12\r\n\x05index\x18\t \x01(\x04\"N\n\x0b\x43\x61llOutcome\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\x04\x12\x0f\n\x07outcome\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"B\n\x10RecordingStopped\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07\x64ropped\x18\x03 \x01(\x04\"*\n\x0fSnapshotRequest\x12\x17\n\x0ftimeout_seconds\x18\x01 \x01(\x01\")\n\x08\x43utQuery\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0e\n\x06status\x18\x02 \x01(\t\"+\n\x08\x43utReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x10\n\x08\x63ut_json\x18\x02 \x01(\t\"H\n\tListQuery\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\r\n\x05since\x18\x02 \x01(\x01\x12\r\n\x05until\x18\x03 \x01(\x01\x12\r\n\x05limit\x18\x04 \x01(\r\"\x1c\n\x07\x43utList\x12\x11\n\tcuts_json\x18\x01 \x01(\t\"+\n\x0cResultsQuery\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\"V\n\x0cResultsReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x12\n\ncut_status\x18\x03 \x01(\t\x12\x14\n\x0cresults_json\x18\x04 \x01(\t\"\x0e\n\x0cWatchRequest\" \n\nWatchEvent\x12\x12\n\nevent_json\x18\x01 \x01(\t\"\x0f\n\rStatusRequest\"\"\n\x0bStatusReply\x12\x13\n\x0bstatus_json\x18\x01 \x01(\t2\xc5\x03\n\tCollector\x12\x45\n\x07\x43ontrol\x12\x19.cutwatch.v1.AgentMessage\x1a\x1b.cutwatch.v1.ControlMessage(\x01\x30\x01\x12?\n\x08Snapshot\x12\x1c.cutwatch.v1.SnapshotRequest\x1a\x15.cutwatch.v1.CutReply\x12\x36\n\x06GetCut\x12\x15.cutwatch.v1.CutQuery\x1a\x15.cutwatch.v1.CutReply\x12\x38\n\x08ListCuts\x12\x16.cutwatch.v1.ListQuery\x1a\x14.cutwatch.v1.CutList\x12>\n\x06Status\x12\x1a.cutwatch.v1.StatusRequest\x1a\x18.cutwatch.v1.StatusReply\x12?\n\x07Results\x12\x19.cutwatch.v1.ResultsQuery\x1a\x19.cutwatch.v1.ResultsReply\x12=\n\x05Watch\x12\x19.cutwatch.v1.WatchRequest\x1a\x17.cutwatch.v1.WatchEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,6 +43,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOCALSNAPSHOT_RESPONSESCONSUMEDENTRY']._serialized_options = b'8\001'
   _globals['_LOCALSNAPSHOT_WORKERPOOLSENTRY']._loaded_options = None
   _globals['_LOCALSNAPSHOT_WORKERPOOLSENTRY']._serialized_options = b'8\001'
+  _globals['_RECORDEDEVENT_CLOCKENTRY']._loaded_options = None
+  _globals['_RECORDEDEVENT_CLOCKENTRY']._serialized_options = b'8\001'
   _globals['_REGISTRATION']._serialized_start=48
   _globals['_REGISTRATION']._serialized_end=302
   _globals['_REGISTRATION_WORKERPOOLSENTRY']._serialized_start=252
@@ -76,45 +78,49 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMCOUNT']._serialized_start=1539
   _globals['_STREAMCOUNT']._serialized_end=1652
   _globals['_LOCALSNAPSHOT']._serialized_start=1655
-  _globals['_LOCALSNAPSHOT']._serialized_end=2562
-  _globals['_LOCALSNAPSHOT_CLOCKENTRY']._serialized_start=2297
-  _globals['_LOCALSNAPSHOT_CLOCKENTRY']._serialized_end=2341
-  _globals['_LOCALSNAPSHOT_RESPONSESSENTENTRY']._serialized_start=2343
-  _globals['_LOCALSNAPSHOT_RESPONSESSENTENTRY']._serialized_end=2395
-  _globals['_LOCALSNAPSHOT_REQUESTSCONSUMEDENTRY']._serialized_start=2397
-  _globals['_LOCALSNAPSHOT_REQUESTSCONSUMEDENTRY']._serialized_end=2452
-  _globals['_LOCALSNAPSHOT_RESPONSESCONSUMEDENTRY']._serialized_start=2454
-  _globals['_LOCALSNAPSHOT_RESPONSESCONSUMEDENTRY']._serialized_end=2510
+  _globals['_LOCALSNAPSHOT']._serialized_end=2634
+  _globals['_LOCALSNAPSHOT_CLOCKENTRY']._serialized_start=2369
+  _globals['_LOCALSNAPSHOT_CLOCKENTRY']._serialized_end=2413
+  _globals['_LOCALSNAPSHOT_RESPONSESSENTENTRY']._serialized_start=2415
+  _globals['_LOCALSNAPSHOT_RESPONSESSENTENTRY']._serialized_end=2467
+  _globals['_LOCALSNAPSHOT_REQUESTSCONSUMEDENTRY']._serialized_start=2469
+  _globals['_LOCALSNAPSHOT_REQUESTSCONSUMEDENTRY']._serialized_end=2524
+  _globals['_LOCALSNAPSHOT_RESPONSESCONSUMEDENTRY']._serialized_start=2526
+  _globals['_LOCALSNAPSHOT_RESPONSESCONSUMEDENTRY']._serialized_end=2582
   _globals['_LOCALSNAPSHOT_WORKERPOOLSENTRY']._serialized_start=252
   _globals['_LOCALSNAPSHOT_WORKERPOOLSENTRY']._serialized_end=302
-  _globals['_CHANNELRECORD']._serialized_start=2565
-  _globals['_CHANNELRECORD']._serialized_end=2730
-  _globals['_CALLOUTCOME']._serialized_start=2732
-  _globals['_CALLOUTCOME']._serialized_end=2810
-  _globals['_RECORDINGSTOPPED']._serialized_start=2812
-  _globals['_RECORDINGSTOPPED']._serialized_end=2878
-  _globals['_SNAPSHOTREQUEST']._serialized_start=2880
-  _globals['_SNAPSHOTREQUEST']._serialized_end=2922
-  _globals['_CUTQUERY']._serialized_start=2924
-  _globals['_CUTQUERY']._serialized_end=2965
-  _globals['_CUTREPLY']._serialized_start=2967
-  _globals['_CUTREPLY']._serialized_end=3010
-  _globals['_LISTQUERY']._serialized_start=3012
-  _globals['_LISTQUERY']._serialized_end=3084
-  _globals['_CUTLIST']._serialized_start=3086
-  _globals['_CUTLIST']._serialized_end=3114
-  _globals['_RESULTSQUERY']._serialized_start=3116
-  _globals['_RESULTSQUERY']._serialized_end=3159
-  _globals['_RESULTSREPLY']._serialized_start=3161
-  _globals['_RESULTSREPLY']._serialized_end=3247
-  _globals['_WATCHREQUEST']._serialized_start=3249
-  _globals['_WATCHREQUEST']._serialized_end=3263
-  _globals['_WATCHEVENT']._serialized_start=3265
-  _globals['_WATCHEVENT']._serialized_end=3297
-  _globals['_STATUSREQUEST']._serialized_start=3299
-  _globals['_STATUSREQUEST']._serialized_end=3314
-  _globals['_STATUSREPLY']._serialized_start=3316
-  _globals['_STATUSREPLY']._serialized_end=3350
-  _globals['_COLLECTOR']._serialized_start=3353
-  _globals['_COLLECTOR']._serialized_end=3806
+  _globals['_RECORDEDEVENT']._serialized_start=2637
+  _globals['_RECORDEDEVENT']._serialized_end=2786
+  _globals['_RECORDEDEVENT_CLOCKENTRY']._serialized_start=2369
+  _globals['_RECORDEDEVENT_CLOCKENTRY']._serialized_end=2413
+  _globals['_CHANNELRECORD']._serialized_start=2789
+  _globals['_CHANNELRECORD']._serialized_end=2954
+  _globals['_CALLOUTCOME']._serialized_start=2956
+  _globals['_CALLOUTCOME']._serialized_end=3034
+  _globals['_RECORDINGSTOPPED']._serialized_start=3036
+  _globals['_RECORDINGSTOPPED']._serialized_end=3102
+  _globals['_SNAPSHOTREQUEST']._serialized_start=3104
+  _globals['_SNAPSHOTREQUEST']._serialized_end=3146
+  _globals['_CUTQUERY']._serialized_start=3148
+  _globals['_CUTQUERY']._serialized_end=3189
+  _globals['_CUTREPLY']._serialized_start=3191
+  _globals['_CUTREPLY']._serialized_end=3234
+  _globals['_LISTQUERY']._serialized_start=3236
+  _globals['_LISTQUERY']._serialized_end=3308
+  _globals['_CUTLIST']._serialized_start=3310
+  _globals['_CUTLIST']._serialized_end=3338
+  _globals['_RESULTSQUERY']._serialized_start=3340
+  _globals['_RESULTSQUERY']._serialized_end=3383
+  _globals['_RESULTSREPLY']._serialized_start=3385
+  _globals['_RESULTSREPLY']._serialized_end=3471
+  _globals['_WATCHREQUEST']._serialized_start=3473
+  _globals['_WATCHREQUEST']._serialized_end=3487
+  _globals['_WATCHEVENT']._serialized_start=3489
+  _globals['_WATCHEVENT']._serialized_end=3521
+  _globals['_STATUSREQUEST']._serialized_start=3523
+  _globals['_STATUSREQUEST']._serialized_end=3538
+  _globals['_STATUSREPLY']._serialized_start=3540
+  _globals['_STATUSREPLY']._serialized_end=3574
+  _globals['_COLLECTOR']._serialized_start=3577
+  _globals['_COLLECTOR']._serialized_end=4030
 # @@protoc_insertion_point(module_scope)

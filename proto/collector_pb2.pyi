@@ -176,7 +176,7 @@ class StreamCount(_message.Message):
     def __init__(self, caller: _Optional[str] = ..., call_id: _Optional[int] = ..., role: _Optional[str] = ..., method: _Optional[str] = ..., requests: _Optional[int] = ..., responses: _Optional[int] = ...) -> None: ...
 
 class LocalSnapshot(_message.Message):
-    __slots__ = ("epoch", "process_id", "clock", "state_json", "tasks_json", "open_calls", "answering", "requests_sent", "responses_sent", "requests_consumed", "responses_consumed", "worker_pools", "untracked_changes", "streams", "state_missing")
+    __slots__ = ("epoch", "process_id", "clock", "state_json", "tasks_json", "open_calls", "answering", "requests_sent", "responses_sent", "requests_consumed", "responses_consumed", "worker_pools", "untracked_changes", "streams", "state_missing", "recorded", "recorded_through")
     class ClockEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +227,8 @@ class LocalSnapshot(_message.Message):
     UNTRACKED_CHANGES_FIELD_NUMBER: _ClassVar[int]
     STREAMS_FIELD_NUMBER: _ClassVar[int]
     STATE_MISSING_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_THROUGH_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     process_id: str
     clock: _containers.ScalarMap[str, int]
@@ -242,7 +244,26 @@ class LocalSnapshot(_message.Message):
     untracked_changes: int
     streams: _containers.RepeatedCompositeFieldContainer[StreamCount]
     state_missing: str
-    def __init__(self, epoch: _Optional[int] = ..., process_id: _Optional[str] = ..., clock: _Optional[_Mapping[str, int]] = ..., state_json: _Optional[str] = ..., tasks_json: _Optional[str] = ..., open_calls: _Optional[_Iterable[_Union[OpenCall, _Mapping]]] = ..., answering: _Optional[_Iterable[_Union[Answering, _Mapping]]] = ..., requests_sent: _Optional[int] = ..., responses_sent: _Optional[_Mapping[str, int]] = ..., requests_consumed: _Optional[_Mapping[str, int]] = ..., responses_consumed: _Optional[_Mapping[str, int]] = ..., worker_pools: _Optional[_Mapping[str, int]] = ..., untracked_changes: _Optional[int] = ..., streams: _Optional[_Iterable[_Union[StreamCount, _Mapping]]] = ..., state_missing: _Optional[str] = ...) -> None: ...
+    recorded: _containers.RepeatedCompositeFieldContainer[RecordedEvent]
+    recorded_through: int
+    def __init__(self, epoch: _Optional[int] = ..., process_id: _Optional[str] = ..., clock: _Optional[_Mapping[str, int]] = ..., state_json: _Optional[str] = ..., tasks_json: _Optional[str] = ..., open_calls: _Optional[_Iterable[_Union[OpenCall, _Mapping]]] = ..., answering: _Optional[_Iterable[_Union[Answering, _Mapping]]] = ..., requests_sent: _Optional[int] = ..., responses_sent: _Optional[_Mapping[str, int]] = ..., requests_consumed: _Optional[_Mapping[str, int]] = ..., responses_consumed: _Optional[_Mapping[str, int]] = ..., worker_pools: _Optional[_Mapping[str, int]] = ..., untracked_changes: _Optional[int] = ..., streams: _Optional[_Iterable[_Union[StreamCount, _Mapping]]] = ..., state_missing: _Optional[str] = ..., recorded: _Optional[_Iterable[_Union[RecordedEvent, _Mapping]]] = ..., recorded_through: _Optional[int] = ...) -> None: ...
+
+class RecordedEvent(_message.Message):
+    __slots__ = ("seq", "clock", "values_json")
+    class ClockEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
+    VALUES_JSON_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    clock: _containers.ScalarMap[str, int]
+    values_json: str
+    def __init__(self, seq: _Optional[int] = ..., clock: _Optional[_Mapping[str, int]] = ..., values_json: _Optional[str] = ...) -> None: ...
 
 class ChannelRecord(_message.Message):
     __slots__ = ("epoch", "sender", "receiver", "method", "kind", "payload_json", "call_id", "attempt", "index")
