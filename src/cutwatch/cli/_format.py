@@ -9,7 +9,7 @@ from typing import Any
 from cutwatch.collector import CheckResults, Cut
 from cutwatch.core import shown
 
-__all__ = ["format_cut", "format_results", "short", "when"]
+__all__ = ["format_cut", "format_results", "lattice_witness_lines", "short", "when"]
 
 
 def when(seconds: float) -> str:
@@ -71,4 +71,28 @@ def format_results(checked: CheckResults) -> str:
             lines.append("")
             lines.append(f"{result.name}: {result.status}")
             lines.extend("  " + line for line in result.message.splitlines())
+            lines.extend(lattice_witness_lines(result.witness))
     return "\n".join(lines)
+
+
+def lattice_witness_lines(witness: Any) -> list[str]:
+    """The consistent cut where a lattice invariant fails, one line per process (none otherwise)."""
+    window = witness.get("window") if isinstance(witness, dict) else None
+    found = window.get("witness") if isinstance(window, dict) and window.get("possibly") else None
+    frontier = found.get("frontier") if isinstance(found, dict) else None
+    if not isinstance(frontier, dict):
+        return []
+    lines = [f"  the consistent cut where it fails ({shown(str(window.get('decided_by', '?')))}):"]
+    width = max((len(shown(p)) for p in frontier), default=0)
+    for process, at in sorted(frontier.items()):
+        if not isinstance(at, dict):
+            continue
+        seq = at.get("seq")
+        where = "before any change in the window" if seq is None else f"after change #{seq}"
+        values = " ".join(
+            f"{shown(str(k))}={short(v, 30)}" for k, v in sorted(dict(at.get("values", {})).items())
+        )
+        lines.append(
+            f"    {shown(process):<{width}}  {where:<32} {values}  clock {short(at.get('clock'), 60)}"
+        )
+    return lines
