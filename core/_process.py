@@ -26,6 +26,7 @@ the call goes on untracked.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import threading
 import time
@@ -259,11 +260,17 @@ class ProcessCore:
                 self._counters.untracked_changes += 1
 
     def _record(self, values: dict[str, object]) -> None:
-        """One recorded event of new ``values``: an event of this process, so the clock ticks."""
+        """One recorded event of new ``values``: an event of this process, so the clock ticks.
+
+        The event log shows it as ``state change #N name=value``: the number a lattice invariant's
+        witness gives for each process, so the witness cut can be found in ShiViz."""
         try:
             with self._lock:
                 self._clock.tick()
-                self._recorder.append(self._clock.as_dict(), values)
+                seq = self._recorder.append(self._clock.as_dict(), values)
+                if self.observer is not None:
+                    shown = " ".join(f"{name}={json.dumps(value)}" for name, value in values.items())
+                    self._observe(f"state change #{seq} {shown}")
         except Exception:
             self.internal_error("recording a state change")
 

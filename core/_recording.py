@@ -90,15 +90,17 @@ class Recorder:
                 changed[name] = value
         return changed
 
-    def append(self, clock: Mapping[str, int], values: Mapping[str, object]) -> None:
-        """Keep one event (the caller ticked the clock for it); dropped, and counted, when full."""
+    def append(self, clock: Mapping[str, int], values: Mapping[str, object]) -> int:
+        """Keep one event (the caller ticked the clock for it), and return its number; dropped, and
+        counted, when the buffer is full."""
         seq = self.next_seq
         self.next_seq = seq + 1
         if len(self._buffer) >= self.max_events:
             self._counters.changes_dropped += 1
-            return
+            return seq
         self._counters.changes_recorded += 1
         self._buffer.append(RecordedEvent(seq, clock, values))
+        return seq
 
     def drain(self) -> tuple[RecordedEvent, ...]:
         """The events kept since the last drain, oldest first."""

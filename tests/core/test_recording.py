@@ -162,3 +162,15 @@ def test_recorded_events_cross_the_wire_and_malformed_ones_are_refused():
     message.local_snapshot.recorded[0].values_json = "[1]"
     with pytest.raises(EventFormatError, match="JSON object"):
         event_from_message(message, "svc:1")
+
+
+def test_the_event_log_shows_each_change_with_the_number_a_witness_gives():
+    core, state = _core()
+    seen: list[tuple[dict[str, int], str]] = []
+    core.observer = lambda process, clock, text: seen.append((dict(clock), text))
+    with core.atomic():
+        state["leader"] = True
+    (clock, text), *_ = seen
+    recorded = core._capture().recorded
+    assert text == "state change #2 leader=true"
+    assert clock == dict(recorded[-1].clock), "the log line carries the clock the witness shows"
