@@ -42,6 +42,17 @@ from cutwatch.predicates._helpers import (
     states_by_service,
 )
 from cutwatch.predicates._results import PredicateResult, check
+from cutwatch.predicates._symbolic import (
+    Formula,
+    LatticeView,
+    SubsetError,
+    Term,
+    all_of,
+    any_of,
+    count,
+    implies,
+    total,
+)
 
 __all__ = [
     "ERROR",
@@ -50,17 +61,25 @@ __all__ = [
     "MISSING",
     "PASS",
     "Deadlock",
+    "Formula",
     "Holds",
+    "LatticeView",
     "PredicateResult",
+    "SubsetError",
+    "Term",
     "Verdict",
     "Violation",
+    "all_of",
+    "any_of",
     "as_number",
     "at_most_one",
     "check",
     "conservation",
+    "count",
     "find_deadlocks",
     "format_deadlocks",
     "holds",
+    "implies",
     "invariant",
     "lock_holders",
     "lock_waiters",
@@ -71,5 +90,6 @@ __all__ = [
     "service_of",
     "state_values",
     "states_by_service",
+    "total",
     "violation",
 ]

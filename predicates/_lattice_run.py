@@ -22,7 +22,7 @@ from cutwatch.predicates._api import ERROR, FAIL, INCONCLUSIVE, PASS, Invariant
 from cutwatch.predicates._lattice import LatticeAnswer, decide
 from cutwatch.predicates._results import MAX_ERROR_CHARS, PredicateResult, _bounded_witness
 from cutwatch.predicates._symbolic import LatticeView, SubsetError, evaluate, explain
-from cutwatch.predicates._window import Value, Window
+from cutwatch.predicates._window import Window
 
 __all__ = ["cut_values", "lattice_reads", "run_lattice_invariant"]
 
@@ -49,15 +49,15 @@ def lattice_reads(spec: Invariant) -> tuple[str, ...]:
     return tuple(sorted(view.names_read))
 
 
-def cut_values(cut: Cut) -> dict[tuple[str, str], Value]:
-    """Every integer or boolean state value of ``cut``, by (process, name)."""
-    found: dict[tuple[str, str], Value] = {}
+def cut_values(cut: Cut) -> dict[tuple[str, str], Any]:
+    """Every state value of ``cut``, by (process, name); evaluating one that is not an integer or a
+    boolean raises a ``ValueError`` that names it."""
+    found: dict[tuple[str, str], Any] = {}
     for process, entry in cut.states.items():
         state = entry.get("state")
         if isinstance(state, Mapping):
             for name, value in state.items():
-                if isinstance(value, int):
-                    found[(process, str(name))] = value
+                found[(process, str(name))] = value
     return found
 
 

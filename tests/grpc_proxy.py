@@ -28,6 +28,8 @@ from typing import Any
 
 import grpc
 
+from cutwatch._signals import set_on_signals
+
 STAMPS = ("cutwatch-stamp-bin", "cutwatch-bounced-bin")
 TIMEOUT = 30.0
 
@@ -130,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     proxy = ForwardingProxy(args.target, strip=args.strip, workers=32)
     stop = threading.Event()
     stop_stripping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGUSR1, lambda *_: stop_stripping.set())
+    set_on_signals(stop, signal.SIGTERM)
+    set_on_signals(stop_stripping, signal.SIGUSR1)
     partial = args.ready_file.with_suffix(".partial")
     partial.write_text(f"proxy {proxy.address}\n")
     partial.replace(args.ready_file)

@@ -14,7 +14,8 @@ import pytest
 from processes import cutwatch_command
 
 DEMO_TIMEOUT = 240.0
-"""Generous: seven Python processes starting on a loaded 2-core machine, then two deadlocks to form."""
+"""Generous: ten Python processes starting on a loaded 2-core machine, two deadlocks to form, then
+a dozen snapshots of the lease."""
 
 
 def pid_alive(pid: int) -> bool:
@@ -25,14 +26,37 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def assert_nothing_left(doc: dict[str, Any]) -> None:
+def assert_nothing_left(doc: dict[str, Any], started: int = 10) -> None:
     pids = [p["pid"] for p in doc["processes"]]
-    assert len(pids) == 7, doc["processes"]  # 4 banks, orders, inventory, payments
+    assert len(pids) == started, doc["processes"]  # 4 banks, orders, inventory, payments, 3 leases
     assert [pid for pid in pids if pid_alive(pid)] == []
 
 
+def assert_the_lease_act(doc: dict[str, Any]) -> None:
+    """Act three: the lattice check found two leaders between sampled cuts, with a consistent cut."""
+    lease = doc["lease"]
+    assert sorted(lease["processes"]) == ["l1", "l2", "l3"]
+    assert lease["sampled"] >= 10 and lease["sampled"] == len(lease["snapshots"])
+    assert all(s["status"] == "COMPLETE" and s["leases"] == 3 for s in lease["snapshots"])
+    assert all(s["check"] in ("PASS", "FAIL") for s in lease["snapshots"]), lease["snapshots"]
+    assert lease["windows_with_two_leaders"] >= 1 and lease["decided_by"], lease
+    overlap = lease["first_overlap"]
+    assert overlap["decided_by"] and overlap["between"][1] in [s["epoch"] for s in lease["snapshots"]]
+    leaders = {leader["name"]: leader for leader in overlap["leaders"]}
+    assert len(leaders) >= 2 and set(leaders) <= {"l1", "l2", "l3"}, overlap
+    # Clocks of a consistent cut: one leader took the lease after seeing the other's change, and the
+    # other had not seen that yet (clocks are keyed by lease name in the demo's report).
+    assert any(
+        new != old
+        and leaders[new]["clock"].get(old, 0) >= leaders[old]["clock"][old]
+        and leaders[old]["clock"].get(new, 0) < leaders[new]["clock"][new]
+        for new in leaders
+        for old in leaders
+    ), leaders
+
+
 @pytest.mark.timeout(DEMO_TIMEOUT + 60)
-def test_demo_runs_end_to_end_and_reports_both_deadlocks(tmp_path: Path) -> None:
+def test_demo_runs_end_to_end_reports_both_deadlocks_and_the_two_leaders(tmp_path: Path) -> None:
     db = tmp_path / "demo.db"
     result = subprocess.run(
         [*cutwatch_command(), "demo", "--seconds", "4", "--json", "--db", str(db)],
@@ -77,6 +101,8 @@ def test_demo_runs_end_to_end_and_reports_both_deadlocks(tmp_path: Path) -> None
     for deadlock in (lock, pool):
         first = deadlock["chain"].split(" [", 1)[0]
         assert deadlock["chain"].endswith(" -> " + first), deadlock["chain"]
+    assert_the_lease_act(doc)
+    assert "at a consistent cut no snapshot sampled" in result.stderr
     assert "snapshot" in result.stderr and "stopping every process" in result.stderr
 
 
@@ -105,4 +131,5 @@ def test_demo_interrupted_stops_every_process(tmp_path: Path) -> None:
     doc = json.loads(out)
     assert doc["ok"] is False and doc["problems"] == ["interrupted"]
     assert doc["snapshots"] and doc["deadlocks"] == []
-    assert_nothing_left(doc)
+    assert doc["lease"]["snapshots"] == [] and doc["lease"]["first_overlap"] is None
+    assert_nothing_left(doc, started=7)

@@ -60,7 +60,8 @@ EVERY_PART = frozenset({*PARTS, "root"})
 RULES: dict[str, Allowed] = {
     "core": Allowed(frozenset({"core"}), ()),
     "proto": Allowed(frozenset({"core", "proto"}), ("grpc", "google.protobuf")),
-    "predicates": Allowed(frozenset({"core", "predicates"}), (), frozenset({"sqlite3"})),
+    # The solvers of lattice invariants, from the collector extra, imported where they are used.
+    "predicates": Allowed(frozenset({"core", "predicates"}), ("z3", "igraph"), frozenset({"sqlite3"})),
     "collector": Allowed(EVERY_PART - {"agent"}, ANY),
     "agent": Allowed(EVERY_PART - {"collector", "predicates"}, ANY),
     "integrations": Allowed(EVERY_PART - {"agent", "collector", "predicates"}, ANY),
@@ -374,7 +375,8 @@ def test_the_arrow_checker_catches_violations() -> None:
 # What a plain import loads, in a fresh interpreter
 # ---------------------------------------------------------------------------
 
-HEAVY = ("grpc", "google", "opentelemetry", "sqlite3")
+HEAVY = ("grpc", "google", "opentelemetry", "sqlite3", "z3", "igraph")
+"""Modules a plain import of the pure parts must not load (the solvers only when a window is decided)."""
 
 
 def _python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -17,16 +17,13 @@ from cutwatch.predicates._window import Event, History, Window
 NAMES = ("x", "leader")
 """An integer and a boolean state name."""
 
-_actions = st.lists(
-    st.tuples(
-        st.integers(0, 3),  # the process acting (modulo how many there are)
-        st.sampled_from(("record", "record", "send", "receive", "receive")),
-        st.integers(-3, 3),  # the new value of x, or which pending message to take
-        st.integers(0, 3),  # the receiver of a send; whether a record sets leader
-    ),
-    min_size=6,
-    max_size=80,
+_action = st.tuples(
+    st.integers(0, 3),  # the process acting (modulo how many there are)
+    st.sampled_from(("record", "record", "send", "receive", "receive")),
+    st.integers(-3, 3),  # the new value of x, or which pending message to take
+    st.integers(0, 3),  # the receiver of a send; whether a record sets leader
 )
+_actions = st.lists(_action, min_size=6, max_size=80)
 
 
 def build_window(
@@ -74,8 +71,10 @@ def windows(draw: st.DrawFn, max_processes: int = 4, max_events: int = 8) -> Win
     starts = []
     for _ in range(n):
         present = draw(st.booleans()) or draw(st.booleans())  # most processes hold values at the bottom
-        starts.append(
-            {"x": draw(st.integers(-3, 3)), "leader": draw(st.booleans())} if present else {}
-        )
-    actions = draw(_actions)
+        starts.append({"x": draw(st.integers(-3, 3)), "leader": draw(st.booleans())} if present else {})
+    # Left to itself a list strategy mostly draws short lists, hence tiny windows; a drawn length
+    # gives as many medium-sized windows (most processes recording several events) as small ones,
+    # and still shrinks toward small ones.
+    length = draw(st.one_of(st.integers(6, 24), st.integers(24, max(24, 3 * n * max_events))))
+    actions = draw(st.lists(_action, min_size=length, max_size=length))
     return build_window(n, actions, starts, max_events=max_events)

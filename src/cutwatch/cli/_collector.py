@@ -6,10 +6,10 @@ import logging
 import signal
 import sys
 import threading
-from types import FrameType
 
 import click
 
+from cutwatch._signals import set_on_signals
 from cutwatch.cli._options import (
     AGENT_TOKEN_ENV,
     EXIT_REFUSED,
@@ -175,12 +175,7 @@ def collector(
         click.echo(f"cutwatch: cannot start the collector: {exc}", err=True)
         sys.exit(EXIT_REFUSED)
     stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    set_on_signals(stop, signal.SIGINT, signal.SIGTERM)
     click.echo(f"cutwatch collector listening on {server.address}, storing cuts in {db}", err=True)
     on = [name.replace("_", " ") for name, enabled in security.describe().items() if enabled]
     click.echo(f"security: {', '.join(on) or 'none (plaintext, no tokens: loopback use only)'}", err=True)

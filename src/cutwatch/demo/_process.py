@@ -9,10 +9,11 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from google.protobuf.struct_pb2 import Struct
+
+from cutwatch._signals import set_on_signals
 
 
 def struct(**values: Any) -> Struct:
@@ -28,12 +29,7 @@ def service_process(name: str) -> threading.Event:
         level=logging.WARNING, stream=sys.stderr, format=f"%(asctime)s {name} %(name)s: %(message)s"
     )
     stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    set_on_signals(stop, signal.SIGTERM, signal.SIGINT)
     return stop
 
 
