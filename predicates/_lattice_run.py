@@ -12,6 +12,7 @@ when both hold.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 import traceback
 from collections.abc import Mapping
@@ -20,16 +21,27 @@ from typing import Any
 from cutwatch.core import Cut, PredicateLoadError
 from cutwatch.predicates._api import ERROR, FAIL, INCONCLUSIVE, PASS, Invariant
 from cutwatch.predicates._lattice import LatticeAnswer, decide
+from cutwatch.predicates._mincut import MISSING_IGRAPH
 from cutwatch.predicates._results import MAX_ERROR_CHARS, PredicateResult, _bounded_witness
 from cutwatch.predicates._symbolic import LatticeView, SubsetError, evaluate, explain
 from cutwatch.predicates._window import Window
 
 __all__ = ["cut_values", "lattice_reads", "run_lattice_invariant"]
 
+_SOLVERS = (("z3", "z3-solver"), ("igraph", "igraph"))
+"""The modules lattice invariants are decided with, and the packages that give them."""
+
 
 def lattice_reads(spec: Invariant) -> tuple[str, ...]:
     """The state names ``spec`` reads, found by running it on a sample symbolic cut; a
     :class:`PredicateLoadError` naming its file and line when it is outside the symbolic subset."""
+    missing = [package for module, package in _SOLVERS if importlib.util.find_spec(module) is None]
+    if missing:
+        raise PredicateLoadError(
+            spec.source,
+            spec.line,
+            f"{MISSING_IGRAPH} (lattice invariant {spec.name!r}; missing: {', '.join(missing)})",
+        )
     view = LatticeView.universal()
     try:
         returned = spec.func(view)
