@@ -128,6 +128,7 @@ from cutwatch.core.errors import (
     SecurityConfigError,
     StampError,
     StorageError,
+    SubsetError,
 )
 
 __all__ = [
@@ -231,6 +232,7 @@ __all__ = [
     "StreamCount",
     "StreamEnd",
     "StreamPlacement",
+    "SubsetError",
     "TakeSnapshot",
     "Task",
     "TaskRegistry",

@@ -15,7 +15,8 @@
     │   └── CollectorAuthError          the collector refused the credentials
     ├── SecurityConfigError         tokens or certificates cannot be used (also a ValueError)
     ├── PredicateLoadError          a predicate source failed to load
-    └── PredicateWorkerError        the predicate worker process failed
+    ├── PredicateWorkerError        the predicate worker process failed
+    └── SubsetError                 a lattice invariant left the symbolic subset (also a TypeError)
 
 None of these ever reaches an application RPC: the agent's interceptors
 catch them, count them and let the call through. Every class is re-exported
@@ -41,6 +42,7 @@ __all__ = [
     "SecurityConfigError",
     "StampError",
     "StorageError",
+    "SubsetError",
 ]
 
 
@@ -115,3 +117,8 @@ class PredicateLoadError(CutwatchError):
 
 class PredicateWorkerError(CutwatchError):
     """The worker could not be started, or stopped answering (inside the engine: becomes ERRORs)."""
+
+
+class SubsetError(CutwatchError, TypeError):
+    """A lattice invariant used what needs a concrete value (``and``, ``if``, a product of two state
+    values): the message says what to write instead. Raised when the collector loads it."""

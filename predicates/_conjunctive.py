@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 
 from cutwatch.predicates._window import Frontier, InconsistentWitness, Window
 
@@ -59,8 +59,9 @@ def find_conjunctive(window: Window, local: Mapping[int, Callable[[int], bool]])
                 queue.append(j)
     witness = tuple(frontier)
     window.check_witness(witness)
-    for i, predicate in local.items():
-        if not predicate(witness[i]):
+    for i, true_at in holds.items():
+        at = bisect.bisect_left(true_at, witness[i])
+        if at == len(true_at) or true_at[at] != witness[i]:
             raise InconsistentWitness(f"the condition of process {i} fails at {witness}")
     return witness
 
@@ -74,10 +75,8 @@ class _Requirements:
     def __init__(self, window: Window) -> None:
         self._window = window
         self._index = {pid: j for j, pid in enumerate(window.processes)}
-        self._own: list[Sequence[int]] = [
-            [int(e.clock.get(pid, 0)) for e in h.events]
-            for pid, h in zip(window.processes, window.histories, strict=True)
-        ]
+        self._own: dict[int, list[int]] = {}
+        """Each process's own counters at its events, read when first needed."""
         self._last: list[Mapping[str, int]] = [{} for _ in window.processes]
 
     def grown(self, i: int, k: int) -> Iterator[tuple[int, int]]:
@@ -93,4 +92,8 @@ class _Requirements:
                 continue
             j = self._index.get(pid)
             if j is not None and j != i:
-                yield j, bisect.bisect_right(self._own[j], seen)
+                own = self._own.get(j)
+                if own is None:
+                    pid_j = self._window.processes[j]
+                    own = self._own[j] = [e.clock.get(pid_j, 0) for e in self._window.histories[j].events]
+                yield j, bisect.bisect_right(own, seen)

@@ -189,7 +189,6 @@ def _connect(window: Window, chains: Sequence[_Chain]) -> None:
     nothing (entries only grow along a process), and among the targets that moved the one with
     the largest sum is maximal, and usually covers the rest (it is the event that sent the news)."""
     pids = [window.processes[c.process] for c in chains]
-    chain_of = {pid: n for n, pid in enumerate(pids)}.get
     clocks = [[window.histories[c.process].events[m - 1].clock for m in c.events] for c in chains]
     # Each clock's sum, and the kept events' own counters: an entry ``seen`` for chain k's process
     # covers its kept events up to bisect_right(threshold[k], seen). One pass, while each clock is
@@ -200,43 +199,49 @@ def _connect(window: Window, chains: Sequence[_Chain]) -> None:
         both = [(sum(clock.values()), clock.get(pid, 0)) for clock in row]
         sums.append([total for total, _ in both])
         threshold.append([mine for _, mine in both])
-    memo: list[dict[int, int]] = [{} for _ in chains]
+    # Per process of a chain: its chain, the memo (entry -> last kept event covered, -1: none), the
+    # kept events' own counters and clock sums.
+    known: dict[str, tuple[int, dict[int, int], list[int], list[int]]] = {
+        pid: (k, {}, threshold[k], sums[k]) for k, pid in enumerate(pids)
+    }
+    about = known.get
     for n, c in enumerate(chains):
         row = clocks[n]
         learned = list(map(sub, sums[n], threshold[n]))
         current = [-1] * len(chains)
         for p in compress(range(len(row)), map(ne, learned, [0, *learned[:-1]])):
             clock = row[p]
-            before: Callable[[str], int | None] = (row[p - 1] if p else _NOTHING).get
-            fresh: list[tuple[int, int]] = []
             fresh_pids: list[str] = []
             fresh_needs: list[int] = []
-            best = -1
-            top = (0, 0)
+            best = top_chain = top_position = -1
+            before: Callable[[str], int | None] = (row[p - 1] if p else _NOTHING).get
             for pid, seen in clock.items():
                 if seen == before(pid):
                     continue
-                k = chain_of(pid)
-                if k is None or k == n:
+                entry = about(pid)
+                if entry is None or entry[0] == n:
                     continue
-                t = memo[k].get(seen)
+                k, memo, marks, keys = entry
+                t = memo.get(seen)
                 if t is None:
-                    t = memo[k][seen] = bisect.bisect_right(threshold[k], seen) - 1
+                    t = memo[seen] = bisect.bisect_right(marks, seen) - 1
                 if t > current[k]:
                     current[k] = t
-                    fresh.append((k, t))
                     fresh_pids.append(pid)
-                    fresh_needs.append(threshold[k][t])
-                    if sums[k][t] > best:
-                        best, top = sums[k][t], (k, t)
-            if len(fresh) > 1:
-                top_clock = clocks[top[0]][top[1]]
-                if all(map(ge, map(top_clock.get, fresh_pids, repeat(0)), fresh_needs)):
-                    fresh = [top]
-                else:
-                    fresh = _maximal(fresh, sums, clocks, threshold, pids)
-            if fresh:
-                c.targets[p] = fresh
+                    fresh_needs.append(marks[t])
+                    if keys[t] > best:
+                        best, top_chain, top_position = keys[t], k, t
+            if not fresh_pids:
+                continue
+            top_clock = clocks[top_chain][top_position]
+            if all(map(ge, map(top_clock.get, fresh_pids, repeat(0)), fresh_needs)):
+                c.targets[p] = [(top_chain, top_position)]
+            else:
+                fresh = []
+                for pid, need in zip(fresh_pids, fresh_needs, strict=True):
+                    k = known[pid][0]
+                    fresh.append((k, bisect.bisect_left(threshold[k], need)))
+                c.targets[p] = _maximal(fresh, sums, clocks, threshold, pids)
     for c in chains:
         for tops in c.targets.values():
             for k, t in tops:
@@ -279,8 +284,8 @@ class _Graph:
 
     def closure(self, igraph: Any) -> list[int]:
         """The blocks of a maximum-weight closure, by minimum cut."""
-        for block, chain, position in self.pending:
-            to = self.block_of[(chain, position)]
+        for block, other, position in self.pending:
+            to = self.block_of[(other, position)]
             if to >= 0:  # -1: in its chain's always-taken start, so always there
                 self.source.append(block)
                 self.target.append(to)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+from cutwatch.core.errors import SubsetError
 from cutwatch.predicates._window import Window
 
 __all__ = [
@@ -62,10 +63,6 @@ __all__ = [
     "variables",
     "violation_of",
 ]
-
-
-class SubsetError(TypeError):
-    """A lattice invariant used something outside the symbolic subset; the message says what to write."""
 
 
 _TRUTH = (

@@ -11,12 +11,20 @@ because clocks are transitive), so ``t_i`` in ``0..levels_i`` replaces
 ``s``-th level of ``i`` needs more levels of ``j``.
 
 Two encodings of the values, raced (threads, one z3 context each; z3
-releases the GIL): ``ite``, an integer ``t_i`` and each value an
-if-then-else chain over its levels (z3's arithmetic core), and ``prefix``,
-booleans ``b_{i,s} = t_i >= s`` with each sum a pseudo-Boolean constraint
-weighted by the value deltas (z3's SAT core with cardinality and PB
-reasoning). Every answer is checked: a witness must be consistent by the
-clocks and violate the formula on its values, or it is a bug, never a result.
+releases the GIL): ``ite``, an integer ``t_i`` and each value a named
+integer equal to an if-then-else chain over its levels, with its bounds
+(z3's arithmetic core, through the plain ``smt`` tactic), and ``prefix``,
+booleans ``b_{i,s} = t_i >= s`` with each comparison one pseudo-Boolean
+constraint weighted by the value deltas (z3's SAT core, ``QF_FD``). Neither
+wins everywhere: ``ite`` decides sums out of reach and large counts in
+seconds where ``prefix`` times out, ``prefix`` finds a sum reached only
+through the message order (money in flight) where ``ite`` times out. ``ite``
+goes first and checks alone for :data:`_HEAD_START`, which decides most
+windows at the cost of one encoding. Contexts are pooled: making one costs
+more than solving a small window.
+
+Every answer is checked: a witness must be consistent by the clocks and
+violate the formula on its values, or it is a bug, never a result.
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ __all__ = [
     "SolverTimeout",
     "consistency_edges",
     "find_violation",
+    "frontier_of",
     "problem_of",
     "solve",
 ]
@@ -171,9 +180,9 @@ def frontier_of(problem: Problem, levels: dict[int, int]) -> Frontier:
 class _Low:
     """z3's C API on raw ASTs: z3py's wrappers cost several times the calls themselves (type checks,
     coercions, a Python object per node). z3 keeps a new AST only until the next call unless it is
-    referenced, so :meth:`keep` references each one, once, and none is ever released: they all go
-    with the context, at the end of one solve, once :meth:`release` has dropped the references
-    (a context deleted with them still held takes seconds to free)."""
+    referenced, so :meth:`keep` references each one, and :meth:`release` drops them all when the
+    attempt ends (a context freed with references still held takes seconds; a clean one can be
+    reused)."""
 
     def __init__(self, z3: Any, ctx: Any) -> None:
         self.z3, self.ctx, self.ref = z3, ctx, ctx.ref()
@@ -465,6 +474,9 @@ class Solution:
 Turn = tuple["threading.Event | None", threading.Event]
 """When an encoding may start building (the previous one has built), and the event it sets when built."""
 
+_HEAD_START = 0.2
+"""Seconds the encoding before gets to check alone: most windows are decided within it, at the
+cost of one encoding, and a hard one loses 0.2 s of the race."""
 _REUSE_BELOW = 5_000
 """Contexts that held a problem smaller than this (levels and edges) go back to the pool."""
 
@@ -529,11 +541,14 @@ def _attempt(
 
     Encodings build one after the other: building is Python and holds the GIL, so two at once only
     slow each other down, while one's ``check()`` (C, without the GIL) overlaps the next one's build.
+    Each waits :data:`_HEAD_START` more before it starts.
     """
     after, built = turn
     try:
-        while after is not None and not after.wait(0.01) and not stop.is_set():
-            pass
+        if after is not None:
+            while not after.wait(0.01) and not stop.is_set():
+                pass
+            stop.wait(_HEAD_START)
         if stop.is_set():
             return name, "stopped", None
         lease = leases[name] = _Lease(_POOL.take(z3, name))

@@ -46,6 +46,7 @@ _WHERE = {
     "SecurityConfigError": "cutwatch.core.errors",
     "StampError": "cutwatch.core.errors",
     "StorageError": "cutwatch.core.errors",
+    "SubsetError": "cutwatch.core.errors",
     "at_most_one": "cutwatch.predicates",
     "conservation": "cutwatch.predicates",
     "holds": "cutwatch.predicates",
@@ -79,6 +80,7 @@ __all__ = [
     "SecurityConfigError",
     "StampError",
     "StorageError",
+    "SubsetError",
     "TaskView",
     "VectorClock",
     "__version__",
@@ -110,6 +112,7 @@ if TYPE_CHECKING:
         SecurityConfigError,
         StampError,
         StorageError,
+        SubsetError,
     )
     from cutwatch.predicates import at_most_one, conservation, holds, invariant, violation
     from cutwatch.security import CollectorCredentials, CollectorSecurity

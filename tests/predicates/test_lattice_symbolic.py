@@ -381,9 +381,9 @@ def test_the_view_of_a_cut() -> None:
     with pytest.raises(
         SubsetError, match=re.escape("cut.states: a lattice invariant reads integer and boolean")
     ):
-        _ = view.states  # type: ignore[attr-defined]
+        _ = view.states
     with pytest.raises(AttributeError):
-        _ = view.__wrapped__  # type: ignore[attr-defined]
+        _ = view.__wrapped__
 
 
 def test_non_integer_values_fail_evaluation_naming_the_process_and_the_name() -> None:
@@ -418,7 +418,7 @@ def test_the_universal_view_validates_at_load_time() -> None:
         return True
 
     def reads_the_messages(cut: LatticeView) -> Any:
-        return len(cut.in_transit) == 0  # type: ignore[attr-defined]
+        return len(cut.in_transit) == 0
 
     fresh = LatticeView.universal()
     evaluate(one_leader(fresh), {})
