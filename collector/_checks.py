@@ -204,7 +204,7 @@ class CutChecker:
 
     def _window(self, cut: Cut) -> Window | None:
         """The recorded changes between the previous complete cut and ``cut``, for lattice invariants."""
-        reads = getattr(self.engine, "lattice_reads", frozenset())
+        reads: frozenset[str] = getattr(self.engine, "lattice_reads", frozenset())
         if self.recordings is None or not reads:
             return None
         return self.recordings.window(cut, self._previous, reads)

@@ -18,9 +18,11 @@ from typing import Any
 
 import grpc
 import pytest
+from click.testing import CliRunner
 from google.protobuf.struct_pb2 import Struct
 
 import cutwatch
+from cutwatch.cli import main as cli_main
 from cutwatch.collector import CheckResult, CollectorClient, CollectorServer
 from cutwatch.core import PredicateLoadError
 
@@ -158,6 +160,15 @@ def test_the_overlap_between_two_snapshots_is_found_with_the_cut_where_it_happen
     b_clock = frontier[b.agent.process_id]["clock"]
     assert b_clock.get(a.agent.process_id, 0) >= 1
     assert "consistent cut no snapshot sampled" in result.message
+
+    printed = CliRunner().invoke(
+        cli_main, ["check", "--collector", collector.address, "--epoch", str(second)]
+    )
+    assert printed.exit_code == 1, printed.output
+    assert "FAIL   lease.one_leader" in printed.output
+    assert "the consistent cut where it fails" in printed.output
+    witness_lines = [line for line in printed.output.splitlines() if "leader=true" in line]
+    assert len(witness_lines) == 2 and any(b.agent.process_id in line for line in witness_lines)
 
 
 def test_the_safe_handover_passes_every_window(collector: CollectorServer, leases: list[Lease]) -> None:

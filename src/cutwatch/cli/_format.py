@@ -78,7 +78,9 @@ def format_results(checked: CheckResults) -> str:
 def lattice_witness_lines(witness: Any) -> list[str]:
     """The consistent cut where a lattice invariant fails, one line per process (none otherwise)."""
     window = witness.get("window") if isinstance(witness, dict) else None
-    found = window.get("witness") if isinstance(window, dict) and window.get("possibly") else None
+    if not isinstance(window, dict) or not window.get("possibly"):
+        return []
+    found = window.get("witness")
     frontier = found.get("frontier") if isinstance(found, dict) else None
     if not isinstance(frontier, dict):
         return []
