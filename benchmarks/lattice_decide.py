@@ -1,7 +1,7 @@
 """Deciding possibly(not phi) on random computations, for the figures of ``benchmarks/lattice.py``.
 
 A computation: ``processes`` processes with ``events`` recorded changes each;
-before each change a process receives, with probability 1/2, the clock of a
+before each change a process receives, with probability 1/2 (``--message-rate``), the clock of a
 random earlier send of a random other process (so messages cross and
 overtake each other), and sends its own clock for others to receive. Every
 change sets ``x`` (an integer, a step of -2..2) and, one change in four,
@@ -39,12 +39,14 @@ GRID_FULL = [(p, e) for p in (4, 8, 16, 32, 128) for e in (10, 100, 1000, 10_000
 GRID_DEFAULT = [(4, 10), (8, 10), (8, 100), (16, 100), (32, 100), (16, 1000), (32, 1000), (128, 1000)]
 GRID_QUICK = [(4, 10), (8, 100)]
 MAX_CLOCK_ENTRIES = 20_000_000
-"""Windows whose clocks would hold more entries than this are not built (memory), and say so."""
+"""Windows whose clocks would hold more entries than this are not built (memory), and say so;
+``--full`` raises it to :data:`MAX_CLOCK_ENTRIES_FULL` (128 x 10,000: about 6 GB of dicts)."""
+MAX_CLOCK_ENTRIES_FULL = 200_000_000
 BRUTE_LIMIT = 2_000_000
 """Frontiers the brute-force anchor may try (its cost is the product of events + 1 per process)."""
 
 
-def computation(processes: int, events: int, seed: int = 1) -> Window:
+def computation(processes: int, events: int, seed: int = 1, message_rate: float = 0.5) -> Window:
     """A random window of ``processes`` x ``events`` recorded changes (see the module docstring)."""
     rng = random.Random(seed)
     names = [f"p{i:03d}" for i in range(processes)]
@@ -57,7 +59,7 @@ def computation(processes: int, events: int, seed: int = 1) -> Window:
     for i in order:
         me = names[i]
         clock = clocks[i]
-        if processes > 1 and rng.random() < 0.5:
+        if processes > 1 and rng.random() < message_rate:
             j = rng.randrange(processes - 1)
             j += j >= i
             if sent[j]:
@@ -110,11 +112,13 @@ def brute(window: Window, phi: Callable[[LatticeView], Any], budget: int) -> dic
     return {"seconds": time.perf_counter() - started, "possibly": found}
 
 
-def decide_figures(quick: bool = False, full: bool = False, timeout: float = 60.0) -> list[dict[str, Any]]:
+def decide_figures(
+    quick: bool = False, full: bool = False, timeout: float = 60.0, message_rate: float = 0.5
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     grid = GRID_QUICK if quick else GRID_FULL if full else GRID_DEFAULT
     for processes, events in grid:
-        if processes * events * processes > MAX_CLOCK_ENTRIES:
+        if processes * events * processes > (MAX_CLOCK_ENTRIES_FULL if full else MAX_CLOCK_ENTRIES):
             rows.append(
                 {
                     "processes": processes,
@@ -125,7 +129,7 @@ def decide_figures(quick: bool = False, full: bool = False, timeout: float = 60.
             continue
         print(f"[lattice] {processes} x {events}", file=sys.stderr, flush=True)
         built = time.perf_counter()
-        window = computation(processes, events)
+        window = computation(processes, events, message_rate=message_rate)
         build_seconds = time.perf_counter() - built
         for name, phi in predicates(window).items():
             formula = phi(LatticeView.of_window(window))
