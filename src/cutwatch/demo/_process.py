@@ -8,12 +8,24 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 from google.protobuf.struct_pb2 import Struct
 
 from cutwatch._signals import set_on_signals
+
+Behaviour = Callable[[Struct, grpc.ServicerContext], Struct]
+"""A demo RPC: a ``Struct`` in, a ``Struct`` out (the demo's services need no generated code)."""
+
+
+def unary(behaviour: Behaviour) -> grpc.RpcMethodHandler[Struct, Struct]:
+    """The handler of a unary demo RPC."""
+    return grpc.unary_unary_rpc_method_handler(
+        behaviour, request_deserializer=Struct.FromString, response_serializer=Struct.SerializeToString
+    )
 
 
 def struct(**values: Any) -> Struct:

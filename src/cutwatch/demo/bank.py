@@ -35,13 +35,13 @@ import time
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import grpc
 from google.protobuf.struct_pb2 import Struct
 
 import cutwatch
-from cutwatch.demo._process import service_process, struct, wait_for_json, write_atomically
+from cutwatch.demo._process import service_process, struct, unary, wait_for_json, write_atomically
 
 SERVICE = "bank.Bank"
 CREDIT = f"/{SERVICE}/Credit"
@@ -134,13 +134,6 @@ class Bank:
             )
 
     def handlers(self) -> grpc.GenericRpcHandler[Struct, Struct]:
-        def unary(behaviour: Any) -> grpc.RpcMethodHandler[Struct, Struct]:
-            return grpc.unary_unary_rpc_method_handler(
-                behaviour,
-                request_deserializer=Struct.FromString,
-                response_serializer=Struct.SerializeToString,
-            )
-
         return grpc.method_handlers_generic_handler(
             SERVICE, {"Credit": unary(self.credit), "Stats": unary(self.stats)}
         )

@@ -42,7 +42,7 @@ import grpc
 from google.protobuf.struct_pb2 import Struct
 
 import cutwatch
-from cutwatch.demo._process import service_process, struct, wait_for_json, write_atomically
+from cutwatch.demo._process import service_process, struct, unary, wait_for_json, write_atomically
 
 SERVICE = "lease.Lease"
 TAKE = f"/{SERVICE}/Take"
@@ -101,13 +101,6 @@ class Lease:
             )
 
     def handlers(self) -> grpc.GenericRpcHandler[Struct, Struct]:
-        def unary(behaviour: Any) -> grpc.RpcMethodHandler[Struct, Struct]:
-            return grpc.unary_unary_rpc_method_handler(
-                behaviour,
-                request_deserializer=Struct.FromString,
-                response_serializer=Struct.SerializeToString,
-            )
-
         return grpc.method_handlers_generic_handler(
             SERVICE, {"Take": unary(self.take), "Stats": unary(self.stats)}
         )

@@ -55,7 +55,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from concurrent import futures
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -67,7 +66,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 
 import cutwatch
-from cutwatch.demo._process import service_process, struct, wait_for_json, write_atomically
+from cutwatch.demo._process import Behaviour, service_process, struct, unary, wait_for_json, write_atomically
 
 ADMIN_SERVICE = "shop.Admin"
 ADMIN_WORKERS = 4
@@ -88,15 +87,6 @@ def grpc_service(name: str) -> str:
 def method_path(service: str, method: str) -> str:
     """``/shop.Orders/Place`` for ``("orders", "Place")``."""
     return f"/{grpc_service(service)}/{method}"
-
-
-Behaviour = Callable[[Struct, grpc.ServicerContext], Struct]
-
-
-def unary(behaviour: Behaviour) -> grpc.RpcMethodHandler[Struct, Struct]:
-    return grpc.unary_unary_rpc_method_handler(
-        behaviour, request_deserializer=Struct.FromString, response_serializer=Struct.SerializeToString
-    )
 
 
 # Configuration -----------------------------------------------------------------------------------
