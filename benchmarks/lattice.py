@@ -11,7 +11,8 @@ Part ``decide``: the time to decide possibly(not phi) on random
 computations (see ``lattice_decide.py``, run by this script).
 
     python benchmarks/lattice.py [--part recording|decide|all] [--rounds 7] [--blocks 20000]
-        [--full] [--timeout 60] [--message-rate 0.5] [--json] [--quick]
+        [--full | --sizes 128x10000,...] [--predicates sum_sat,...] [--timeout 60]
+        [--message-rate 0.5] [--json] [--quick]
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="Small sizes: checks that it runs.")
     parser.add_argument("--full", action="store_true", help="Decide on the whole grid, 4..128 x 10..10,000.")
     parser.add_argument("--timeout", type=float, default=60.0, help="Seconds z3 may take per question.")
+    parser.add_argument("--sizes", default="", help="Comma-separated PxE to decide on, e.g. 128x10000.")
+    parser.add_argument("--predicates", default="", help="Comma-separated predicate names (default: all).")
     parser.add_argument(
         "--message-rate", type=float, default=0.5, help="Chance that a process receives before each change."
     )
@@ -135,8 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         entries = [int(x) for x in args.clock_entries.split(",") if x]
         result["recording"] = recording_figures(args.rounds, args.blocks, entries)
     if args.part in ("decide", "all"):
+        sizes = [(int(p), int(e)) for p, e in (s.split("x") for s in args.sizes.split(",") if s)]
         result["decide"] = decide_figures(
-            quick=args.quick, full=args.full, timeout=args.timeout, message_rate=args.message_rate
+            quick=args.quick,
+            full=args.full,
+            timeout=args.timeout,
+            message_rate=args.message_rate,
+            sizes=sizes or None,
+            only={p for p in args.predicates.split(",") if p} or None,
         )
     emit(result, args.json, print_report)
     return 0

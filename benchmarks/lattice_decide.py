@@ -113,10 +113,18 @@ def brute(window: Window, phi: Callable[[LatticeView], Any], budget: int) -> dic
 
 
 def decide_figures(
-    quick: bool = False, full: bool = False, timeout: float = 60.0, message_rate: float = 0.5
+    quick: bool = False,
+    full: bool = False,
+    timeout: float = 60.0,
+    message_rate: float = 0.5,
+    sizes: list[tuple[int, int]] | None = None,
+    only: set[str] | None = None,
 ) -> list[dict[str, Any]]:
+    """One row per size and predicate; ``sizes`` (processes, events) replaces the grid, ``only``
+    keeps those predicates."""
     rows: list[dict[str, Any]] = []
-    grid = GRID_QUICK if quick else GRID_FULL if full else GRID_DEFAULT
+    grid = sizes or (GRID_QUICK if quick else GRID_FULL if full else GRID_DEFAULT)
+    full = full or bool(sizes)
     for processes, events in grid:
         if processes * events * processes > (MAX_CLOCK_ENTRIES_FULL if full else MAX_CLOCK_ENTRIES):
             rows.append(
@@ -132,6 +140,8 @@ def decide_figures(
         window = computation(processes, events, message_rate=message_rate)
         build_seconds = time.perf_counter() - built
         for name, phi in predicates(window).items():
+            if only and name not in only:
+                continue
             formula = phi(LatticeView.of_window(window))
             answer = decide(window, formula, timeout=timeout, definitely_budget=0, cross_check=False)
             row: dict[str, Any] = {
