@@ -3,8 +3,8 @@
 ``cutwatch collector`` runs a collector; ``cutwatch snapshot``, ``cuts``,
 ``status``, ``check`` and ``deadlocks`` talk to one; ``cutwatch decode-stamp`` turns a
 ``cutwatch-stamp-bin`` value copied from a log or a packet capture back into
-something a person can read; ``cutwatch demo`` runs a small bank and shop under cutwatch
-as real processes and checks what it sees.
+something a person can read; ``cutwatch demo`` runs a small bank, a shop and a leader
+lease under cutwatch as real processes and checks what it sees.
 
 Exit codes (stable, see docs/collector.md): 0 success (``snapshot``: the cut
 is COMPLETE; ``check``: every check holds; ``deadlocks``: none), 1 the
