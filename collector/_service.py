@@ -224,7 +224,11 @@ class _Servicer(pb_grpc.CollectorServicer):
                 for process, service, ago in self._coordinator.absent()
             ],
             "stats": stats.__dict__,
-            "checks": {"checked": self._checker.checked, "skipped": self._checker.skipped},
+            "checks": {
+                "checked": self._checker.checked,
+                "skipped": self._checker.skipped,
+                **_recording_counts(self._checker.recordings),
+            },
             "security": {
                 **self._security.describe(),
                 "refused_unauthenticated": self._auth.unauthenticated if self._auth else 0,
@@ -233,6 +237,14 @@ class _Servicer(pb_grpc.CollectorServicer):
             "limits": {**self._limits.__dict__, "agents_over_limit": self._over_limit},
         }
         return pb.StatusReply(status_json=json.dumps(doc, sort_keys=True))
+
+
+def _recording_counts(recordings: RecordingLog | None) -> dict[str, int]:
+    """The recorded changes waiting for their window, and those the collector dropped (none without a
+    lattice invariant)."""
+    if recordings is None:
+        return {}
+    return {"changes_waiting": recordings.size, "changes_dropped": recordings.dropped}
 
 
 def _describe_security(security: CollectorSecurity) -> str:

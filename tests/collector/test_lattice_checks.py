@@ -211,6 +211,9 @@ def test_changes_dropped_at_a_full_agent_buffer_make_the_window_unknown(
     else:  # a violation found in what did arrive is still a violation
         assert window["possibly"] is True
     assert a.agent.stats().changes_dropped + b.agent.stats().changes_dropped > 0
+    with CollectorClient(collector.address) as client:
+        checks = client.status()["checks"]
+    assert checks["changes_dropped"] == 0 and checks["changes_waiting"] >= 0, checks
 
 
 def test_a_lattice_invariant_outside_the_subset_is_refused_at_load(tmp_path: Path) -> None:
