@@ -13,6 +13,7 @@ answer is None, not a guess.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from cutwatch.predicates._window import Frontier, Window
@@ -21,14 +22,20 @@ __all__ = ["DEFAULT_BUDGET", "definitely", "possibly_brute_force"]
 
 DEFAULT_BUDGET = 200_000
 """Consistent cuts :func:`definitely` may look at before it gives up (the visited set's size)."""
+_CLOCK_EVERY = 256
+"""Cuts visited between two looks at the clock."""
 
 
 def definitely(
-    window: Window, violates: Callable[[Frontier], bool], *, budget: int = DEFAULT_BUDGET
+    window: Window,
+    violates: Callable[[Frontier], bool],
+    *,
+    budget: int = DEFAULT_BUDGET,
+    deadline: float | None = None,
 ) -> bool | None:
     """True when every run from ``window.bottom`` to ``window.top`` passes a cut where ``violates``
     holds (the bottom and the top count), False when some run avoids it, None when telling would
-    take looking at more than ``budget`` cuts."""
+    take looking at more than ``budget`` cuts, or go past ``deadline`` (``time.monotonic()``)."""
     bottom, top = window.bottom, window.top
     if violates(bottom):
         return True
@@ -41,6 +48,8 @@ def definitely(
             if cut in seen:
                 continue
             if len(seen) >= budget:
+                return None
+            if deadline is not None and len(seen) % _CLOCK_EVERY == 1 and time.monotonic() > deadline:
                 return None
             seen.add(cut)
             if violates(cut):

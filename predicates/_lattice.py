@@ -179,7 +179,8 @@ def decide(
         decided_by="+".join(dict.fromkeys(methods)),
         reason=reason,
     )
-    certain, why_not = _definitely(window, spec, possibly, frontier, definitely_budget)
+    deadline = time.monotonic() + max(0.0, timeout - (time.perf_counter() - started))
+    certain, why_not = _definitely(window, spec, possibly, frontier, definitely_budget, deadline)
     if why_not:
         notes.append(why_not)
     return replace(answer, definitely=certain, notes=tuple(notes), duration=time.perf_counter() - started)
@@ -292,7 +293,12 @@ def _witness(window: Window, phi: BoolNode, frontier: Frontier) -> dict[str, Any
 
 
 def _definitely(
-    window: Window, violation: BoolNode, possibly: bool | None, frontier: Frontier | None, budget: int
+    window: Window,
+    violation: BoolNode,
+    possibly: bool | None,
+    frontier: Frontier | None,
+    budget: int,
+    deadline: float,
 ) -> tuple[bool | None, str]:
     """definitely(violation), with the shortcuts; a note when it stays undecided."""
     if possibly is None:
@@ -302,7 +308,10 @@ def _definitely(
     violates = _violates(window, violation)
     if frontier in (window.bottom, window.top) or violates(window.bottom) or violates(window.top):
         return True, ""  # every run starts at the bottom and ends at the top
-    answer = definitely(window, violates, budget=budget)
+    answer = definitely(window, violates, budget=budget, deadline=deadline)
     if answer is None:
-        return None, f"definitely: not decided, the runs' lattice has more than {budget} consistent cuts"
+        return None, (
+            f"definitely: not decided within {budget} consistent cuts and the predicate's time; "
+            "possibly is exact"
+        )
     return answer, ""

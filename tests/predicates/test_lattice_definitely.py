@@ -8,6 +8,7 @@ its successors can avoid it; ``definitely`` holds when the bottom cannot.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -132,6 +133,12 @@ def test_the_budget_bounds_the_search() -> None:
     assert definitely(window, middle_with_a_gap) is False
     assert definitely(window, lambda cut: sum(cut) == 12, budget=100) is None
     assert definitely(window, lambda cut: sum(cut) == 12, budget=2401) is True
+
+
+def test_the_deadline_bounds_the_search_too() -> None:
+    window = independent(4, 6)
+    assert definitely(window, lambda cut: sum(cut) == 12, deadline=time.monotonic() - 1) is None
+    assert definitely(window, lambda cut: sum(cut) == 12, deadline=time.monotonic() + 60) is True
 
 
 def independent(processes: int, events: int) -> Window:
