@@ -20,6 +20,10 @@ import grpc
 import pytest
 from click.testing import CliRunner
 from google.protobuf.struct_pb2 import Struct
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from polling import wait_until
 
 import cutwatch
 from cutwatch.cli import main as cli_main
@@ -136,8 +140,12 @@ def _start(collector: CollectorServer, leases: list[Lease], **options: Any) -> t
 
 
 def test_the_overlap_between_two_snapshots_is_found_with_the_cut_where_it_happens(
-    collector: CollectorServer, leases: list[Lease]
+    collector: CollectorServer, leases: list[Lease], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr("cutwatch.collector._checks.trace.get_tracer", provider.get_tracer)
     a, b = _start(collector, leases)
     with CollectorClient(collector.address) as client:
         first = _snapshot(client)
@@ -169,6 +177,16 @@ def test_the_overlap_between_two_snapshots_is_found_with_the_cut_where_it_happen
     assert "the consistent cut where it fails" in printed.output
     witness_lines = [line for line in printed.output.splitlines() if "leader=true" in line]
     assert len(witness_lines) == 2 and any(b.agent.process_id in line for line in witness_lines)
+
+    # Exported like every failed check: one span, the witness cut in its event.
+    def exported() -> list[Any]:
+        return [s for s in exporter.get_finished_spans() if s.name == f"cutwatch {NAME}"]
+
+    wait_until(exported, "the failed check's span")
+    (span,) = exported()
+    assert span.attributes is not None and span.attributes["cutwatch.epoch"] == second
+    (event,) = span.events
+    assert event.attributes is not None and '"possibly": true' in str(event.attributes["witness"])
 
 
 def test_the_safe_handover_passes_every_window(collector: CollectorServer, leases: list[Lease]) -> None:
