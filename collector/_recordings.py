@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -28,6 +29,7 @@ _LOG = logging.getLogger("cutwatch.collector")
 DEFAULT_MAX_LOGGED_CHANGES = 2_000_000
 """Recorded changes the collector keeps waiting for their window; past it the oldest are dropped."""
 _KEPT_EPOCHS = 256
+_WARN_EVERY = 60.0
 NOT_RECORDING = "records no state changes (register_state(name, provider, record=True) in its agent)"
 
 
@@ -46,6 +48,7 @@ class RecordingLog:
         self._size = 0
         self.dropped = 0
         """Changes dropped because the log was full."""
+        self._warned = -_WARN_EVERY
 
     # Input -------------------------------------------------------------------------------------
     def add(self, snapshots: Iterable[LocalSnapshot]) -> None:
@@ -82,9 +85,15 @@ class RecordingLog:
                 excess -= len(doomed)
             if excess <= 0:
                 break
-        _LOG.warning(
-            "recorded state changes dropped: more than %d waiting for their window", self.max_changes
-        )
+        now = time.monotonic()
+        if now - self._warned >= _WARN_EVERY:  # a log line a minute, however long it lasts
+            self._warned = now
+            _LOG.warning(
+                "recorded state changes dropped (%d so far): more than %d wait for their window; the windows "
+                "they fall in are unknown",
+                self.dropped,
+                self.max_changes,
+            )
 
     @property
     def size(self) -> int:
