@@ -146,7 +146,7 @@ class _StampedCall(CountedWrites, wrapt.ObjectProxy[Any]):
                 self._self_core.close_stream(stream)
                 await self._self_finish(exc)
                 raise
-        if message is grpc.aio.EOF:  # type: ignore[attr-defined]
+        if message is grpc.aio.EOF:
             self._self_core.close_stream(stream)
             await self._self_finish()
         else:

@@ -45,7 +45,7 @@ class _StampingContext(CountedWrites, wrapt.ObjectProxy[Any]):
 
     async def read(self) -> Any:
         message = await self.__wrapped__.read()
-        if self._self_end is not None and message is not grpc.aio.EOF:  # type: ignore[attr-defined]
+        if self._self_end is not None and message is not grpc.aio.EOF:
             took(self._self_core, self._self_end, message, self._self_max_payload)
         return message
 
@@ -171,7 +171,7 @@ class AioServerInterceptor(AioServerInterceptorBase):
         self._handlers = HandlerCache()
 
     # grpc.aio hands None for unknown methods; the stubs do not say so.
-    async def intercept_service(  # type: ignore[override]
+    async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,

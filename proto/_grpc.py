@@ -1,6 +1,6 @@
 """gRPC's types as the type checker and the error paths of the agent's and collector's edges need them.
 
-grpc-stubs declares the interceptor bases generic while the runtime classes
+The typing stubs (types-grpcio) declare the interceptor bases generic while the runtime classes
 are not subscriptable, so the subclasses name them through these aliases.
 """
 

@@ -133,7 +133,7 @@ class Bank:
                 peers_alive=len(self._peers),
             )
 
-    def handlers(self) -> grpc.GenericRpcHandler[Struct, Struct]:
+    def handlers(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
             SERVICE, {"Credit": unary(self.credit), "Stats": unary(self.stats)}
         )

@@ -100,7 +100,7 @@ class Lease:
                 failed=self.failed,
             )
 
-    def handlers(self) -> grpc.GenericRpcHandler[Struct, Struct]:
+    def handlers(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
             SERVICE, {"Take": unary(self.take), "Stats": unary(self.stats)}
         )

@@ -197,7 +197,7 @@ class Shop:
             channel.close()
 
     # Main server ------------------------------------------------------------------------------------
-    def handlers(self) -> grpc.GenericRpcHandler[Struct, Struct]:
+    def handlers(self) -> grpc.GenericRpcHandler:
         methods = {name: unary(self._behaviour(name, steps)) for name, steps in self.rpcs.items()}
         methods["Ping"] = unary(self.ping)
         return grpc.method_handlers_generic_handler(grpc_service(self.name), methods)
@@ -239,7 +239,7 @@ class Shop:
             path.append({"service": step.service, "method": step.method, "reply": MessageToDict(reply)})
 
     # Admin server -------------------------------------------------------------------------------------
-    def admin_handlers(self) -> grpc.GenericRpcHandler[Struct, Struct]:
+    def admin_handlers(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
             ADMIN_SERVICE, {"Tasks": unary(self.tasks), "Warm": unary(self.warm), "Stats": unary(self.stats)}
         )

@@ -142,7 +142,7 @@ class StreamingBank:
                 transfers_ok=self.streams,
             )
 
-    def handlers(self) -> grpc.GenericRpcHandler[Any, Any]:
+    def handlers(self) -> grpc.GenericRpcHandler:
         codec = {
             "request_deserializer": self.message.FromString,
             "response_serializer": self.message.SerializeToString,
