@@ -370,12 +370,13 @@ class CollectorServer:
         server.start()
         self._server = server
         self._ticker.start()
-        _LOG.info("collector listening on %s (%s)", self.address, _describe_security(security))
+        # The command line says where it listens; a program that embeds the collector has .address.
+        _LOG.debug("collector listening on %s (%s)", self.address, _describe_security(security))
         if not _is_loopback(self._listen) and not (security.tls and (auth or security.mutual_tls)):
             _LOG.warning(
                 "collector listens on %s beyond loopback without TLS and tokens: anyone who can reach "
                 "it can read cuts and inject events (see docs/security.md)",
-                self._listen,
+                self.address,
             )
         return self
 

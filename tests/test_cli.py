@@ -11,8 +11,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
+from polling import wait_until
+from processes import Proc, cutwatch_command, listening_address, spawn, stop_all
 
 import cutwatch
 from cutwatch.agent import StampCodec
@@ -161,3 +164,42 @@ def test_installed_console_script_runs(stamp: bytes, tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert "Invalid value for STAMP" in bad.stderr
+
+
+@pytest.mark.parametrize("name", ["collector", "snapshot", "cuts", "status", "check", "deadlocks", "demo"])
+def test_every_option_has_help(name: str) -> None:
+    command = main.commands[name]  # type: ignore[attr-defined]
+    options = [p for p in command.params if isinstance(p, click.Option)]
+    assert options
+    assert [p.name for p in options if not (p.help or "").strip()] == []
+
+
+def test_durations_and_limits_show_their_defaults() -> None:
+    def shown(command: str) -> str:  # click wraps the help text: compare it with single spaces
+        return " ".join(CliRunner().invoke(main, [command, "--help"]).output.split())
+
+    collector_help = shown("collector")
+    assert "Longest a predicate may run on one cut" in collector_help and "[default: 5s]" in collector_help
+    assert "How many cuts to list, newest first. [default: 20; 1<=x<=1000]" in shown("cuts")
+
+
+def test_the_collector_says_once_where_it_listens(tmp_path: Path) -> None:
+    procs: list[Proc] = []
+    try:
+        command = [
+            *cutwatch_command(),
+            "collector",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            str(tmp_path / "c.db"),
+        ]
+        proc = spawn(tmp_path, procs, "collector", command)
+        address = listening_address(proc)
+        assert not address.endswith(":0"), "the bound port, not the one asked for"
+        wait_until(lambda: "security:" in proc.log.read_text(), "the security line")
+        output = proc.log.read_text()
+        assert output.count("listening on") == 1, output
+        assert "security: none (plaintext, no tokens)" in output
+    finally:
+        stop_all(procs)

@@ -111,6 +111,7 @@ __all__ = ["collector"]
     "--predicate-timeout",
     callback=duration,
     default="5s",
+    show_default=True,
     metavar="DURATION",
     help="Longest a predicate may run on one cut before it is stopped and reported as an error.",
 )
@@ -178,7 +179,7 @@ def collector(
     set_on_signals(stop, signal.SIGINT, signal.SIGTERM)
     click.echo(f"cutwatch collector listening on {server.address}, storing cuts in {db}", err=True)
     on = [name.replace("_", " ") for name, enabled in security.describe().items() if enabled]
-    click.echo(f"security: {', '.join(on) or 'none (plaintext, no tokens: loopback use only)'}", err=True)
+    click.echo(f"security: {', '.join(on) or 'none (plaintext, no tokens)'}", err=True)
     if predicates:
         click.echo(f"checking the predicates of {', '.join(predicates)} on every COMPLETE cut", err=True)
     if every:

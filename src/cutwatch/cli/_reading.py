@@ -52,8 +52,20 @@ def snapshot(address: str, credentials: CollectorCredentials, timeout: float, as
 @click.command()
 @collector_option
 @client_options
-@click.option("--status", "status_", type=click.Choice(["COMPLETE", "INCOMPLETE"]), default=None)
-@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option(
+    "--status",
+    "status_",
+    type=click.Choice(["COMPLETE", "INCOMPLETE"]),
+    default=None,
+    help="Only the cuts of this status (default: both).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 1000),
+    default=20,
+    show_default=True,
+    help="How many cuts to list, newest first.",
+)
 @click.option("--epoch", type=click.IntRange(1), default=None, help="Show this cut in full.")
 @json_option
 def cuts(
