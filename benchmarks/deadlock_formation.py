@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -146,7 +147,8 @@ class Cluster:
 
         def listening() -> str:
             text = log.read_text(errors="replace")
-            return text.split("listening on ", 1)[1].split()[0] if "listening on " in text else ""
+            found = re.search(r"listening on (\S+:\d+)", text)  # the command's line: "... on HOST:PORT, ..."
+            return found.group(1) if found else ""
 
         self.collector = wait_until(listening, "the collector", START_TIMEOUT)
         peers = self.workdir / "peers.json"
