@@ -52,6 +52,7 @@ from cutwatch.predicates._window import Frontier, Value, Window
 __all__ = ["MISSING_IGRAPH", "max_linear", "min_linear"]
 
 MISSING_IGRAPH = 'lattice predicates need the collector extra: pip install "cutwatch[collector]"'
+"""What a collector without the solvers is told (igraph here, z3 in ``_z3``): one message for both."""
 
 _NOTHING: Mapping[str, int] = {}
 

@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cutwatch.predicates._mincut import MISSING_IGRAPH
 from cutwatch.predicates._symbolic import (
     And,
     BoolNode,
@@ -77,8 +78,6 @@ ENCODINGS = ("ite", "prefix")
 Edge = tuple[int, int, int, int]
 """``(i, s, j, r)``: a cut with ``s`` levels of process ``i`` has at least ``r`` levels of ``j``."""
 
-_MISSING_Z3 = 'lattice predicates need the collector extra: pip install "cutwatch[collector]"'
-
 
 class SolverTimeout(TimeoutError):
     """z3 found no answer in time (or gave up): the window is undecided, never "no violation"."""
@@ -88,7 +87,7 @@ def _z3() -> Any:
     try:
         import z3
     except ImportError:
-        raise ImportError(_MISSING_Z3) from None
+        raise ImportError(MISSING_IGRAPH) from None
     return z3
 
 
