@@ -16,7 +16,6 @@ from typing import Any, TypeAlias
 
 import grpc
 import grpc.aio
-import wrapt
 
 from cutwatch.agent._calls import (
     NOT_VISIBLE,
@@ -28,7 +27,9 @@ from cutwatch.agent._calls import (
     took,
     waiting,
 )
+from cutwatch.agent._grpc_compat import fix_intercepted_stream_read
 from cutwatch.agent._metadata import call_timeout, method_name, with_stamp
+from cutwatch.agent._proxy import ObjectProxy
 from cutwatch.core import ChannelPeer, Outbound, ProcessCore, StreamEnd
 from cutwatch.proto import (
     AioStreamStreamClientBase,
@@ -50,7 +51,7 @@ def _stamped_details(details: grpc.aio.ClientCallDetails, stamp: bytes) -> grpc.
     )
 
 
-class _StampedCall(CountedWrites, wrapt.ObjectProxy[Any]):
+class _StampedCall(CountedWrites, ObjectProxy):
     """Proxy of an aio call with a response stream that finishes the outbound call when it ends and
     counts the messages the application takes; its stream end closes when the application stops
     reading (the stream ends, the call is cancelled, the call object is dropped)."""
@@ -190,7 +191,7 @@ class _AioClientBase:
         return _AwaitedCall(call, outbound, self._core, stream)
 
 
-class _AwaitedCall(CountedWrites, wrapt.ObjectProxy[Any]):
+class _AwaitedCall(CountedWrites, ObjectProxy):
     """A unary-response aio call that marks its caller blocking while it awaits it (and counts the
     messages it writes, for a request stream)."""
 
@@ -278,6 +279,7 @@ def aio_client_interceptors(
     core: ProcessCore, max_payload: int, *, uninstrumented: bool = False
 ) -> list[AioClientInterceptor]:
     """One interceptor per call kind, sharing what they learn of the channel."""
+    fix_intercepted_stream_read()
     peer = ChannelPeer(uninstrumented=uninstrumented)
     return [
         AioUnaryUnaryInterceptor(core, peer, max_payload),

@@ -15,16 +15,16 @@ from typing import Any, NoReturn
 
 import grpc
 import grpc.aio
-import wrapt
 
 from cutwatch.agent._calls import CountedWrites, counted_pulls_async, counted_sends_async, took
 from cutwatch.agent._metadata import with_stamp
+from cutwatch.agent._proxy import ObjectProxy
 from cutwatch.agent._server import HandlerCache, _HandlerWrapper, add_response_stamp, stamp_key, wrap_handler
 from cutwatch.core import Inbound, ProcessCore, Refused, StreamEnd
 from cutwatch.proto import AioServerInterceptorBase
 
 
-class _StampingContext(CountedWrites, wrapt.ObjectProxy[Any]):
+class _StampingContext(CountedWrites, ObjectProxy):
     """The servicer context, with aborts that carry the response stamp, and, for a streaming call,
     ``read()`` and ``write()`` that count the stream's messages (a write counts when it is called,
     so that one called inside an ``atomic()`` block goes with the change it carries)."""
@@ -67,7 +67,7 @@ class _StampingContext(CountedWrites, wrapt.ObjectProxy[Any]):
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 
-class _TrailerRecordingContext(wrapt.ObjectProxy[Any]):
+class _TrailerRecordingContext(ObjectProxy):
     """The context grpc.aio gives plain-function handlers has no
     ``trailing_metadata()``: remember what the handler sets, for the stamp."""
 

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import grpc
-import wrapt
 
 from cutwatch.agent._calls import (
     NOT_VISIBLE,
@@ -27,6 +26,7 @@ from cutwatch.agent._calls import (
     waiting,
 )
 from cutwatch.agent._metadata import call_timeout, method_name, with_stamp
+from cutwatch.agent._proxy import ObjectProxy
 from cutwatch.core import ChannelPeer, Outbound, ProcessCore, StreamEnd
 from cutwatch.proto import (
     StreamStreamClientBase,
@@ -105,7 +105,7 @@ def finish_call(
         )
 
 
-class _FinishingProxy(wrapt.ObjectProxy[Any]):
+class _FinishingProxy(ObjectProxy):
     """A gRPC call object that finishes the outbound call before the application sees its end.
 
     A done-callback is the backstop for calls the application never reads.

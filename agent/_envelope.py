@@ -23,6 +23,16 @@ _FIELDS: dict[tuple[Any, str], bool] = {}
 """Whether a message type (its descriptor) has the envelope field, by descriptor and field name."""
 
 
+_LABEL_REPEATED = 3  # FieldDescriptor.LABEL_REPEATED, gone from protobuf's newer type stubs
+
+
+def _repeated(field: FieldDescriptor) -> bool:
+    # ``is_repeated`` arrived in protobuf 5.x and ``label`` is deprecated after it; 4.25 has only ``label``.
+    if hasattr(field, "is_repeated"):
+        return bool(field.is_repeated)
+    return bool(getattr(field, "label", None) == _LABEL_REPEATED)
+
+
 def _has_field(message: Any, name: str) -> bool:
     descriptor = getattr(message, "DESCRIPTOR", None)
     if descriptor is None:
@@ -31,7 +41,7 @@ def _has_field(message: Any, name: str) -> bool:
     found = _FIELDS.get(key)
     if found is None:
         field = getattr(descriptor, "fields_by_name", {}).get(name)
-        found = field is not None and field.type == FieldDescriptor.TYPE_BYTES and not field.is_repeated
+        found = field is not None and field.type == FieldDescriptor.TYPE_BYTES and not _repeated(field)
         if len(_FIELDS) < 4096:
             _FIELDS[key] = found
     return found

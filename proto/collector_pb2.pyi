@@ -1,8 +1,7 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -329,7 +328,7 @@ class CutReply(_message.Message):
     CUT_JSON_FIELD_NUMBER: _ClassVar[int]
     found: bool
     cut_json: str
-    def __init__(self, found: _Optional[bool] = ..., cut_json: _Optional[str] = ...) -> None: ...
+    def __init__(self, found: bool = ..., cut_json: _Optional[str] = ...) -> None: ...
 
 class ListQuery(_message.Message):
     __slots__ = ("status", "since", "until", "limit")
@@ -367,7 +366,7 @@ class ResultsReply(_message.Message):
     epoch: int
     cut_status: str
     results_json: str
-    def __init__(self, found: _Optional[bool] = ..., epoch: _Optional[int] = ..., cut_status: _Optional[str] = ..., results_json: _Optional[str] = ...) -> None: ...
+    def __init__(self, found: bool = ..., epoch: _Optional[int] = ..., cut_status: _Optional[str] = ..., results_json: _Optional[str] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ()

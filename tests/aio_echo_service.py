@@ -32,7 +32,8 @@ class AioEchoServicer:
         self.on_call: Callable[[], Awaitable[None]] | None = None
 
     async def _record(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        self.seen_metadata.append(dict(context.invocation_metadata() or ()))
+        # list(): grpcio before 1.64 cannot turn aio Metadata into a dict directly
+        self.seen_metadata.append(dict(list(context.invocation_metadata() or ())))
         if self.on_call is not None:
             await self.on_call()
         context.set_trailing_metadata(((APP_TRAILER, "kept"),))

@@ -89,13 +89,21 @@ def queued(agent: cutwatch.Agent) -> list[Any]:
     return [t for t in agent.tasks() if t.queued]
 
 
+def _running(agent: cutwatch.Agent) -> list[Any]:
+    return [t for t in agent.tasks() if not t.queued]
+
+
 def test_calls_waiting_for_a_worker_are_listed_as_queued_on_a_fresh_channel(one_worker: Blocked) -> None:
     """The very first calls on a channel: the callee is a fact of its own records, its pool known."""
     calls = [one_worker.stub.unary_unary.future(b"x", timeout=TIMEOUT) for _ in range(3)]
     try:
-        wait_until(lambda: len(queued(one_worker.server_agent)) == 2, "two calls queued")
+        # The worker may have taken the first call a moment before its handler's task exists.
+        wait_until(
+            lambda: len(queued(one_worker.server_agent)) == 2 and len(_running(one_worker.server_agent)) == 1,
+            "two calls queued and one running",
+        )
         assert one_worker.server_agent.worker_pools == {"server-1": 1}
-        running = [t for t in one_worker.server_agent.tasks() if not t.queued]
+        running = _running(one_worker.server_agent)
         assert len(running) == 1 and running[0].caller == one_worker.client.process_id
         for task in queued(one_worker.server_agent):
             assert task.kind == "server" and task.pool == "server-1" and not task.outbound

@@ -187,7 +187,7 @@ def test_every_call_kind_is_stamped_both_ways(kind: str, make_agent: Any) -> Non
             result, trailing = await call_kind(stub, kind)
 
             assert result == expected
-            assert decode_sender(dict(trailing)[STAMP_METADATA_KEY]) == server.process_id
+            assert decode_sender(dict(list(trailing))[STAMP_METADATA_KEY]) == server.process_id
             server_stats, client_stats = server.stats(), client.stats()
             assert (server_stats.requests_received, server_stats.responses_sent, server_stats.untracked) == (
                 1,
