@@ -9,6 +9,7 @@ channel = grpc.intercept_channel(grpc.insecure_channel(addr), agent.client_inter
 from cutwatch.agent._agent import Agent, AgentStats
 from cutwatch.agent._control import ControlOptions
 from cutwatch.agent._eventlog import SHIVIZ_REGEX
+from cutwatch.agent._instrument import instrument, uninstrument
 from cutwatch.agent._lock import CutwatchLock
 from cutwatch.core import (
     STAMP_METADATA_KEY,
@@ -37,4 +38,6 @@ __all__ = [
     "StampError",
     "TaskView",
     "VectorClock",
+    "instrument",
+    "uninstrument",
 ]

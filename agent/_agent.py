@@ -8,7 +8,6 @@ the collector, the event log, named locks, and its life cycle.
 
 from __future__ import annotations
 
-import re
 import secrets
 import threading
 from collections.abc import Callable
@@ -18,10 +17,21 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from opentelemetry.metrics import MeterProvider
+
 from cutwatch.agent._control import ControlClient, ControlOptions
 from cutwatch.agent._eventlog import EventLog
 from cutwatch.agent._lock import LockRegistry
+from cutwatch.agent._metrics import forget, observe
 from cutwatch.agent._payload import DEFAULT_MAX_PAYLOAD_BYTES
+from cutwatch.agent._settings import (
+    FROM_ENVIRONMENT,
+    UnsetType,
+    check_service,
+    collector_from_env,
+    credentials_from_env,
+    service_from_env,
+)
 from cutwatch.core import (
     DEFAULT_MAX_CLOCK_ENTRIES,
     DEFAULT_MAX_RECORDED_EVENTS,
@@ -46,7 +56,6 @@ if TYPE_CHECKING:
     from cutwatch.agent._lock import CutwatchLock
     from cutwatch.agent._server import ServerInterceptor
 
-_SERVICE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 _MAX_REGISTERED_POOLS = 64
 """A collector refuses registrations naming more pools; servers past these stay unsized."""
 
@@ -70,6 +79,12 @@ class AgentStats(ProcessStats):
 class Agent:
     """The cutwatch agent of one service process.
 
+    What it is not given it reads from the environment (docs/zero-code.md):
+    ``service`` from ``CUTWATCH_SERVICE``, else ``OTEL_SERVICE_NAME``;
+    ``collector`` from ``CUTWATCH_COLLECTOR``, and with a collector but no
+    ``collector_credentials``, the token from ``CUTWATCH_AGENT_TOKEN`` and
+    TLS files from ``CUTWATCH_CA_CERT``, ``CUTWATCH_CLIENT_CERT`` and
+    ``CUTWATCH_CLIENT_KEY``. An explicit ``collector=None`` means no collector.
     ``collector`` is the collector's address; ``None`` runs with clocks only
     (stamps, tasks and the event log, no snapshots). ``instance_id`` (a pod
     or host name, say) is kept in the process id, followed by a few random
@@ -93,12 +108,14 @@ class Agent:
     envelope; message types without it go as they are; docs/snapshots.md).
     ``max_recorded_events`` bounds the state changes recorded for lattice
     predicates between two local snapshots (see :meth:`register_state`).
+    ``meter_provider`` receives the agent's metrics from ``start()`` to
+    ``close()`` (default: OpenTelemetry's global one; docs/operations.md).
     """
 
     def __init__(
         self,
-        service: str,
-        collector: str | None = None,
+        service: str | None = None,
+        collector: str | UnsetType | None = FROM_ENVIRONMENT,
         *,
         instance_id: str | None = None,
         event_log: str | Path | None = None,
@@ -116,9 +133,13 @@ class Agent:
         collector_credentials: CollectorCredentials | None = None,
         stream_stamp_field: str = "cutwatch_stamp",
         max_recorded_events: int = DEFAULT_MAX_RECORDED_EVENTS,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
-        if not _SERVICE_NAME.match(service):
-            raise ValueError(f"service name {service!r} must be 1-100 letters, digits, '.', '_' or '-'")
+        service = service_from_env() if service is None else check_service(service)
+        if collector is FROM_ENVIRONMENT:
+            collector = collector_from_env()
+        if collector is not None and collector_credentials is None:
+            collector_credentials = credentials_from_env()
         # Every start gets fresh random bits: peers cache each process's name
         # table by process id, so a restarted process must never reuse one.
         nonce = secrets.token_hex(4)
@@ -157,6 +178,7 @@ class Agent:
         self._event_log_path = Path(event_log) if event_log is not None else None
         self._event_log: EventLog | None = None
         self._closed_log_dropped = 0
+        self._meter_provider = meter_provider
         self._started = False
         self._closed = False
 
@@ -173,6 +195,7 @@ class Agent:
                 self._core.observer = self._event_log.write
                 self._core.local_event("Initialization Complete")
             self._started = True
+            observe(self, self._meter_provider)
         if self._control is not None:
             self._control.start()
         return self
@@ -194,6 +217,7 @@ class Agent:
         if log is not None:
             log.close(timeout)
             self._closed_log_dropped = log.dropped
+        forget(self, self._meter_provider)
 
     def __enter__(self) -> Agent:
         return self.start()

@@ -18,9 +18,10 @@ from cutwatch.collector._records import (
     StoredLocalState,
     StoredResult,
 )
+from cutwatch.collector._retention import PruneReport, Retention, prune_store
 from cutwatch.collector._service import DEFAULT_LISTEN, CollectorServer
 from cutwatch.collector._sqlite import SqliteCutStore
-from cutwatch.collector._store import CutStore
+from cutwatch.collector._store import CutStore, Pruned
 from cutwatch.core import (
     CollectorAuthError,
     CollectorError,
@@ -51,10 +52,14 @@ __all__ = [
     "DuplicateEpochError",
     "InTransitMessage",
     "NoAgentsError",
+    "PruneReport",
+    "Pruned",
+    "Retention",
     "SqliteCutStore",
     "StorageError",
     "StoredChannelState",
     "StoredCut",
     "StoredLocalState",
     "StoredResult",
+    "prune_store",
 ]

@@ -4,6 +4,11 @@ The check runs in a server interceptor, before any handler and before the
 request is even parsed, so a refused call writes nothing. The control stream
 is the agents' method; everything else is for readers. A method this table
 does not know is passed on, and gRPC answers it UNIMPLEMENTED.
+
+The health service's ``Check`` is open to all: probes carry no token, and it
+answers only SERVING or NOT_SERVING for the process and the collector's
+service, no data. Its ``Watch`` holds a stream, which counts against the
+server's bound on concurrent calls, so it is a reader's method.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from cutwatch.collector._health import HEALTH_WATCH
 from cutwatch.proto import ServerInterceptorBase
 from cutwatch.proto import collector_pb2 as pb
 from cutwatch.security import AGENT_ROLE, AUTHORIZATION, BEARER, READER_ROLE, CollectorSecurity
@@ -25,7 +31,7 @@ _COLLECTOR = pb.DESCRIPTOR.services_by_name["Collector"]
 _ROLES = {
     f"/{_COLLECTOR.full_name}/{method.name}": AGENT_ROLE if method.name == "Control" else READER_ROLE
     for method in _COLLECTOR.methods
-}
+} | {HEALTH_WATCH: READER_ROLE}
 """Every method of the service has a role: the control stream is the agents', the rest the readers'."""
 
 

@@ -19,12 +19,14 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from opentelemetry import trace
 
+from cutwatch.collector._checklog import DEADLOCK_CHECK, log_failures
 from cutwatch.collector._recordings import RecordingLog
 from cutwatch.collector._records import StoredCut, StoredResult, cut_from_stored
 from cutwatch.collector._store import CutStore
@@ -35,7 +37,6 @@ from cutwatch.predicates._window import Window
 __all__ = ["DEADLOCK_CHECK", "CheckEvent", "CutChecker", "Subscription"]
 
 _LOG = logging.getLogger("cutwatch.collector.checks")
-DEADLOCK_CHECK = "cutwatch.deadlock"
 _TRACER_NAME = "cutwatch.collector"
 MAX_REPORTED_TASKS = 500
 """Tasks listed per stored deadlock report; a bigger deadlock keeps its chain and a count."""
@@ -114,6 +115,7 @@ class CutChecker:
         self._done: dict[int, threading.Event] = {}
         self.skipped = 0
         self.checked = 0
+        self._outcomes: Counter[tuple[str, str]] = Counter()
         self._thread = threading.Thread(target=self._run, name="cutwatch-checks", daemon=True)
         self._thread.start()
 
@@ -166,6 +168,7 @@ class CutChecker:
                 return
             try:
                 results = self.check(cut_from_stored(stored))
+                self._account(results, stored.status)
                 if results:
                     self.store.save_results(stored.epoch, results)
                 self.checked += 1
@@ -176,6 +179,18 @@ class CutChecker:
                 _LOG.exception("checking cut %d failed; the collector goes on", stored.epoch)
             finally:
                 self._finished(stored.epoch)
+
+    def outcomes(self) -> dict[tuple[str, str], int]:
+        """How many results each check has had, by (check name, status)."""
+        with self._lock:
+            return dict(self._outcomes)
+
+    def _account(self, results: Sequence[StoredResult], cut_status: str) -> None:
+        """Count ``results`` and log the failed and erroring ones (before storing: a store that
+        fails must not hide them)."""
+        with self._lock:
+            self._outcomes.update((r.name, r.status) for r in results)
+        log_failures(results, cut_status)
 
     def check(self, cut: Cut) -> list[StoredResult]:
         """Every check's result on ``cut`` (deadlocks always; predicates on COMPLETE cuts)."""

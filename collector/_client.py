@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -13,7 +14,13 @@ from cutwatch.core import CollectorAuthError, CollectorError, CollectorUnavailab
 from cutwatch.proto import collector_pb2 as pb
 from cutwatch.proto import collector_pb2_grpc as pb_grpc
 from cutwatch.proto import rpc_error_parts
-from cutwatch.security import TOKEN_ENV, CollectorCredentials
+from cutwatch.security import (
+    DEPRECATED_READER_TOKEN_ENV,
+    READER_TOKEN_ENV,
+    CollectorCredentials,
+    deprecated_token_notice,
+    reader_token_from_env,
+)
 
 __all__ = [
     "CheckResult",
@@ -88,7 +95,8 @@ class CollectorClient:
     """A reader of the collector at ``address`` (``host:port``). Usable as a context manager.
 
     ``credentials`` carry the reader token and TLS certificates when the
-    collector demands them.
+    collector demands them; without them the client presents the reader
+    token in ``$CUTWATCH_READER_TOKEN``, if set.
     """
 
     def __init__(
@@ -100,7 +108,12 @@ class CollectorClient:
     ) -> None:
         self.address = address
         self.timeout = timeout
-        self._credentials = credentials or CollectorCredentials()
+        if credentials is None:  # like the command line: the reader token from the environment, if set
+            token, source = reader_token_from_env()
+            if source == DEPRECATED_READER_TOKEN_ENV:
+                warnings.warn(deprecated_token_notice(source), DeprecationWarning, stacklevel=2)
+            credentials = CollectorCredentials(token=token)
+        self._credentials = credentials
         self._metadata = self._credentials.metadata() or None
         self._channel = self._credentials.channel(
             address, [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
@@ -222,7 +235,7 @@ class CollectorClient:
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             raise CollectorAuthError(
                 f"the collector refused {method}: {code.name}: {details}; "
-                f"give a reader token (--token-file, or ${TOKEN_ENV})"
+                f"give a reader token (--token-file, or ${READER_TOKEN_ENV})"
             ) from None
         name = code.name if code else "error"
         raise CollectorError(f"the collector refused {method}: {name}: {details}") from None

@@ -323,14 +323,16 @@ class Coordinator:
     def _start(self, timeout: float, evicted: list[_Run]) -> int:
         """Holds the lock."""
         sessions = [s for s in self._sessions.values() if not s.closed]
-        if not sessions:
+        now = self.clock.monotonic()
+        if not sessions and not any(now - d.at < self.rejoin_grace for d in self._departed.values()):
+            # With processes expected back the snapshot goes ahead and is INCOMPLETE, naming them, as
+            # `cutwatch status` announces; with nobody at all there is nothing to take.
             raise NoAgentsError("no agent is registered with this collector")
         if len(self._runs) >= self._max_running:
             oldest = min(self._runs)
             evicted += self._finish(self._runs[oldest], "too many snapshots running at once")
-        epoch = max(self._last_epoch, *(s.epoch for s in sessions)) + 1
+        epoch = max([self._last_epoch, *(s.epoch for s in sessions)]) + 1
         self._last_epoch = epoch
-        now = self.clock.monotonic()
         for process, departed in list(self._departed.items()):
             if now - departed.at >= self.rejoin_grace:
                 # Gone for good, it seems (a crash, a partition, or a shutdown without goodbye): no longer

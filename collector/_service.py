@@ -24,15 +24,21 @@ from concurrent import futures
 from typing import Any
 
 import grpc
+from opentelemetry.metrics import MeterProvider
 
+from cutwatch._own import own_grpc
 from cutwatch.collector._auth import AuthInterceptor
 from cutwatch.collector._checks import CutChecker
 from cutwatch.collector._coordinator import AgentSession, Coordinator
+from cutwatch.collector._health import CollectorHealth
 from cutwatch.collector._limits import AgentMeter, CollectorLimits
+from cutwatch.collector._metrics import collector_metrics
 from cutwatch.collector._recordings import RecordingLog
 from cutwatch.collector._records import CutStatus, StoredCut, cut_from_stored, summary_to_json
+from cutwatch.collector._retention import Retention
 from cutwatch.collector._sqlite import SqliteCutStore
 from cutwatch.collector._store import MAX_LIST_LIMIT, CutStore
+from cutwatch.collector._upkeep import Upkeep
 from cutwatch.core import NoAgentsError, shown
 from cutwatch.predicates.engine import PredicateEngine
 from cutwatch.proto import agent_message_from_pb, order_to_pb, registration_from_pb
@@ -281,6 +287,10 @@ class CollectorServer:
     back: snapshots in that time are INCOMPLETE, naming it.
     ``security`` sets the tokens and TLS peers must present (none by
     default: fit for loopback only); ``limits`` what one agent may cost.
+    ``meter_provider`` receives the collector's metrics while it runs
+    (default: OpenTelemetry's global one; docs/operations.md).
+    ``retention`` prunes stored cuts as they age (none by default: all are kept).
+    The server also serves the standard gRPC health service (``_health``).
     """
 
     def __init__(
@@ -295,6 +305,8 @@ class CollectorServer:
         security: CollectorSecurity | None = None,
         predicates: Sequence[str] = (),
         predicate_timeout: float = 5.0,
+        meter_provider: MeterProvider | None = None,
+        retention: Retention | None = None,
     ) -> None:
         if every is not None and every <= 0:
             raise ValueError("every must be positive")
@@ -313,10 +325,11 @@ class CollectorServer:
         # Changes recorded for lattice invariants are kept only when one is loaded.
         self.recordings = RecordingLog() if engine is not None and engine.lattice_reads else None
         self.checker = CutChecker(self.store, engine, recordings=self.recordings)
+        self._metrics = collector_metrics(meter_provider)
         self.coordinator = Coordinator(
             self.store,
             snapshot_timeout=snapshot_timeout,
-            on_finished=self.checker.submit,
+            on_finished=self._cut_finished,
             rejoin_grace=rejoin_grace,
             recordings=self.recordings,
         )
@@ -327,12 +340,15 @@ class CollectorServer:
         self._stopping = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="cutwatch-collector-ticker", daemon=True)
         self.port = 0
+        self.health = CollectorHealth()
+        self.upkeep = Upkeep(self.store, self.health, self._writes, retention=retention)
 
     @property
     def address(self) -> str:
         host = self._listen.rsplit(":", 1)[0]
         return f"{host}:{self.port}"
 
+    @own_grpc()  # an instrumented collector does not stamp its own server
     def start(self) -> CollectorServer:
         limits, security = self.limits, self.security
         workers = limits.max_agents + 16
@@ -367,9 +383,13 @@ class CollectorServer:
         except RuntimeError as exc:
             what = "; check the certificate and key" if credentials is not None else ""
             raise OSError(f"cannot listen on {self._listen}: {exc}{what}") from None
+        self.health.add_to(server)
+        self.health.serving()
         server.start()
         self._server = server
+        self._metrics.observed.add(self)
         self._ticker.start()
+        self.upkeep.start()
         # The command line says where it listens; a program that embeds the collector has .address.
         _LOG.debug("collector listening on %s (%s)", self.address, _describe_security(security))
         if not _is_loopback(self._listen) and not (security.tls and (auth or security.mutual_tls)):
@@ -392,14 +412,25 @@ class CollectorServer:
             except Exception:
                 _LOG.exception("the collector's ticker failed; it keeps going")
 
+    def _writes(self) -> tuple[int, int]:
+        stats = self.coordinator.stats()
+        return stats.complete + stats.incomplete, stats.store_errors
+
+    def _cut_finished(self, cut: StoredCut) -> None:
+        self._metrics.cut_finished(cut)
+        self.checker.submit(cut)
+
     def stop(self, grace: float = 1.0) -> None:
+        self.health.shutdown()
         self._stopping.set()
         self.coordinator.close()
         if self._server is not None:
             self._server.stop(grace).wait(grace + 5.0)
         if self._ticker.is_alive():
             self._ticker.join(5.0)
+        self.upkeep.stop()
         self.checker.close()
+        self._metrics.observed.remove(self)
         self.store.close()
 
     def wait(self) -> None:

@@ -39,7 +39,14 @@ from cutwatch.collector._rows import (
     unsettled_from,
     utf8_text,
 )
-from cutwatch.collector._store import MAX_LIST_LIMIT, MAX_META_KEY, MAX_META_VALUE, CutStore
+from cutwatch.collector._store import (
+    MAX_LIST_LIMIT,
+    MAX_META_KEY,
+    MAX_META_VALUE,
+    CutStore,
+    Pruned,
+    check_prune,
+)
 from cutwatch.core import DuplicateEpochError, StorageError
 
 __all__ = ["SCHEMA_VERSION", "SqliteCutStore"]
@@ -138,6 +145,20 @@ _MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     ),
 )
 assert _MIGRATIONS[-1][0] == SCHEMA_VERSION
+
+_EPOCH_TABLES = ("results", "channel_states", "local_states")
+"""Every table keyed by a cut's epoch but ``cuts`` itself: a pruned cut leaves nothing in any."""
+
+# The cuts a prune rule matches: beyond the :keep newest, or finished before :before; never the
+# newest cut nor the newest COMPLETE one. A NULL rule matches nothing.
+_PRUNABLE = (
+    "FROM cuts WHERE ("
+    "(:keep IS NOT NULL AND epoch < COALESCE("
+    "(SELECT epoch FROM cuts ORDER BY epoch DESC LIMIT 1 OFFSET COALESCE(:keep, 1) - 1), 0)) "
+    "OR (:before IS NOT NULL AND finished < :before)) "
+    "AND epoch < (SELECT MAX(epoch) FROM cuts) "
+    "AND epoch IS NOT (SELECT MAX(epoch) FROM cuts WHERE status = 'COMPLETE')"
+)
 
 _SELECT_CUT = (
     "SELECT epoch, status, started, finished, reasons_json, missing_json, unsettled_json, duplicates_json, "
@@ -272,6 +293,35 @@ class SqliteCutStore:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
+
+    def prune(
+        self,
+        keep_cuts: int | None = None,
+        finished_before: float | None = None,
+        *,
+        limit: int = 1000,
+        dry_run: bool = False,
+    ) -> Pruned:
+        check_prune(keep_cuts, finished_before, limit)
+        rule = {"keep": keep_cuts, "before": finished_before}
+        with self._locked("DEFERRED" if dry_run else "IMMEDIATE", "cuts not pruned: ") as conn:
+            epochs = tuple(
+                int(epoch)
+                for (epoch,) in conn.execute(
+                    f"SELECT epoch {_PRUNABLE} ORDER BY epoch LIMIT :limit",
+                    {**rule, "limit": limit},
+                )
+            )
+            (matched,) = conn.execute(f"SELECT COUNT(*) {_PRUNABLE}", rule).fetchone()
+            (stored,) = conn.execute("SELECT COUNT(*) FROM cuts").fetchone()
+            if not dry_run and epochs:
+                # Table by table, not by ON DELETE CASCADE alone: that holds only where a
+                # connection turned foreign keys on, and a pruned epoch must leave no row anywhere.
+                keys = [(epoch,) for epoch in epochs]
+                for table in _EPOCH_TABLES:
+                    conn.executemany(f"DELETE FROM {table} WHERE epoch = ?", keys)  # noqa: S608
+                conn.executemany("DELETE FROM cuts WHERE epoch = ?", keys)
+        return Pruned(epochs=epochs, more=int(matched) - len(epochs), stored=int(stored) - len(epochs))
 
     def save_results(self, epoch: int, results: Sequence[StoredResult]) -> None:
         """Store results; a message's lone surrogates (from names in a cut's JSON) are kept as escapes.

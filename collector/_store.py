@@ -8,16 +8,54 @@ overwritten.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from cutwatch.collector._records import CutStatus, CutSummary, StoredCut, StoredResult
 
-__all__ = ["MAX_LIST_LIMIT", "MAX_META_KEY", "MAX_META_VALUE", "CutStore"]
+__all__ = [
+    "MAX_LIST_LIMIT",
+    "MAX_META_KEY",
+    "MAX_META_VALUE",
+    "MAX_PRUNE_LIMIT",
+    "CutStore",
+    "Pruned",
+    "check_prune",
+]
 
 MAX_LIST_LIMIT = 1000
 MAX_META_KEY = 256
 MAX_META_VALUE = 64 * 1024
+MAX_PRUNE_LIMIT = 100_000
+"""The most cuts one :meth:`CutStore.prune` call removes (or lists, dry): one transaction's worth."""
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What one :meth:`CutStore.prune` call removed (or, dry, would remove)."""
+
+    epochs: tuple[int, ...]
+    """The cuts removed, oldest first; at most the call's ``limit``."""
+    more: int
+    """Cuts the rule also matches, left for a later call because of the limit."""
+    stored: int
+    """Cuts stored after the call (dry: that would be)."""
+
+
+def check_prune(keep_cuts: int | None, finished_before: float | None, limit: int) -> None:
+    """Refuse a prune rule that is empty or malformed, the same way in every store."""
+    if keep_cuts is None and finished_before is None:
+        raise ValueError("prune needs keep_cuts, finished_before or both")
+    if keep_cuts is not None and (
+        isinstance(keep_cuts, bool) or not isinstance(keep_cuts, int) or keep_cuts < 1
+    ):
+        raise ValueError("keep_cuts must be an int of at least 1")
+    if finished_before is not None and not math.isfinite(finished_before):
+        raise ValueError("finished_before must be a finite time")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PRUNE_LIMIT:
+        raise ValueError(f"limit must be between 1 and {MAX_PRUNE_LIMIT}")
 
 
 class CutStore(Protocol):
@@ -55,5 +93,23 @@ class CutStore(Protocol):
 
     def latest_results_epoch(self, name: str | None = None) -> int | None:
         """The newest epoch that has results (of the check called ``name``)."""
+
+    def prune(
+        self,
+        keep_cuts: int | None = None,
+        finished_before: float | None = None,
+        *,
+        limit: int = 1000,
+        dry_run: bool = False,
+    ) -> Pruned:
+        """Remove, oldest first and in one transaction, up to ``limit`` cuts that are not among the
+        ``keep_cuts`` newest (by epoch) or that finished before ``finished_before`` (Unix time).
+
+        A removed cut takes everything stored under its epoch with it (states, channels,
+        results). The newest cut and the newest COMPLETE cut are never removed: the first
+        keeps :meth:`next_epoch` from handing out an epoch again, the second is what
+        :meth:`latest` readers rely on. ``dry_run`` removes nothing and reports the same.
+        :func:`check_prune` says which arguments are refused (``ValueError``).
+        """
 
     def close(self) -> None: ...

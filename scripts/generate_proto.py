@@ -100,9 +100,9 @@ def stale_files(fresh: list[Path], exact: bool) -> list[str]:
         committed = PROTO_DIR / path.name
         if not committed.exists():
             stale.append(path.name)
-        elif exact and not filecmp.cmp(path, committed, shallow=False):
-            stale.append(path.name)
-        elif not exact and meaning(path) != meaning(committed):
+            continue
+        same = filecmp.cmp(path, committed, shallow=False) if exact else meaning(path) == meaning(committed)
+        if not same:
             stale.append(path.name)
     return stale
 

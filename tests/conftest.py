@@ -27,12 +27,23 @@ if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 
 import echo_service  # noqa: E402
+from otel_metrics import Metrics  # noqa: E402
 
 import cutwatch  # noqa: E402
 
 AgentFactory = Callable[..., cutwatch.Agent]
 ServerFactory = Callable[..., str]
 ChannelFactory = Callable[..., grpc.Channel]
+
+
+@pytest.fixture
+def metrics() -> Iterator[Metrics]:
+    """An OpenTelemetry SDK meter provider of the test's own (never the global one) and its reader."""
+    m = Metrics()
+    try:
+        yield m
+    finally:
+        m.shutdown()
 
 
 @pytest.fixture

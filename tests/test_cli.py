@@ -1,4 +1,4 @@
-"""The ``cutwatch`` command line: version and decode-stamp."""
+"""The ``cutwatch`` command line: version, decode-stamp, help and the collector's start."""
 
 from __future__ import annotations
 
@@ -166,12 +166,43 @@ def test_installed_console_script_runs(stamp: bytes, tmp_path: Path) -> None:
     assert "Invalid value for STAMP" in bad.stderr
 
 
-@pytest.mark.parametrize("name", ["collector", "snapshot", "cuts", "status", "check", "deadlocks", "demo"])
-def test_every_option_has_help(name: str) -> None:
-    command = main.commands[name]  # type: ignore[attr-defined]
+def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+    """Every command under ``group``, subcommands included, by its full name."""
+    found: list[tuple[str, click.Command]] = []
+    for name, command in sorted(group.commands.items()):
+        found.append((prefix + name, command))
+        if isinstance(command, click.Group):
+            found += _commands(command, f"{prefix}{name} ")
+    return found
+
+
+COMMANDS = _commands(main)
+
+
+@pytest.mark.parametrize(("name", "command"), COMMANDS, ids=[n for n, _ in COMMANDS])
+def test_every_option_has_help(name: str, command: click.Command) -> None:
     options = [p for p in command.params if isinstance(p, click.Option)]
-    assert options
     assert [p.name for p in options if not (p.help or "").strip()] == []
+
+
+def _defaulted(command: click.Command) -> list[click.Option]:
+    """The options with a default of their own (a flag's is off, a repeatable option's none)."""
+    return [
+        option
+        for option in command.params
+        if isinstance(option, click.Option)
+        and not option.is_flag
+        and not option.multiple
+        and option.default is not None
+        and type(option.default).__name__ != "Sentinel"  # click's "not given"
+    ]
+
+
+@pytest.mark.parametrize(("name", "command"), COMMANDS, ids=[n for n, _ in COMMANDS])
+def test_every_option_with_a_default_shows_it(name: str, command: click.Command) -> None:
+    assert [option.name for option in _defaulted(command) if not option.show_default] == []
+    shown_in_help = " ".join(CliRunner().invoke(main, [*name.split(), "--help"]).output.split())
+    assert shown_in_help.count("[default: ") >= len(_defaulted(command)), shown_in_help
 
 
 def test_durations_and_limits_show_their_defaults() -> None:
@@ -181,6 +212,8 @@ def test_durations_and_limits_show_their_defaults() -> None:
     collector_help = shown("collector")
     assert "Longest a predicate may run on one cut" in collector_help and "[default: 5s]" in collector_help
     assert "How many cuts to list, newest first. [default: 20; 1<=x<=1000]" in shown("cuts")
+    assert "With --now: how long to wait for the cut. [default: 10s]" in shown("deadlocks")
+    assert "the token in $CUTWATCH_READER_TOKEN" in shown("check")
 
 
 def test_the_collector_says_once_where_it_listens(tmp_path: Path) -> None:

@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from cutwatch._own import own_grpc as _own_grpc
 from cutwatch.core import SecurityConfigError
 
 __all__ = [
     "AGENT_ROLE",
+    "AGENT_TOKEN_ENV",
+    "DEPRECATED_READER_TOKEN_ENV",
     "READER_ROLE",
+    "READER_TOKEN_ENV",
     "TOKEN_ENV",
     "CollectorCredentials",
     "CollectorSecurity",
@@ -35,13 +39,39 @@ __all__ = [
 
 AGENT_ROLE = "agent"
 READER_ROLE = "reader"
-TOKEN_ENV = "CUTWATCH_TOKEN"  # noqa: S105 - a variable's name, not a secret
-"""The environment variable the command line reads a bearer token from."""
+AGENT_TOKEN_ENV = "CUTWATCH_AGENT_TOKEN"  # noqa: S105 - variables' names, not secrets
+"""The agent token: what agents present and what the collector accepts from them."""
+READER_TOKEN_ENV = "CUTWATCH_READER_TOKEN"  # noqa: S105
+"""The reader token: what the reading commands and ``CollectorClient`` present and the collector accepts."""
+DEPRECATED_READER_TOKEN_ENV = "CUTWATCH_TOKEN"  # noqa: S105
+"""The reader token's former name on the client side; still read, with a notice to rename it."""
+TOKEN_ENV = READER_TOKEN_ENV
+"""The variable a reader's token comes from (an older name for :data:`READER_TOKEN_ENV`)."""
 
 AUTHORIZATION = "authorization"
 BEARER = "Bearer "
 _TOKEN = re.compile(r"[\x21-\x7e]{16,4096}")
 """Printable ASCII without spaces (it travels in a metadata value), long enough to be a secret."""
+
+
+def reader_token_from_env(environ: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
+    """The reader token in the environment and the variable it came from (None, None: neither is set).
+
+    A variable names a token by its role, the same for the collector and its clients:
+    ``CUTWATCH_READER_TOKEN``. ``CUTWATCH_TOKEN``, its former client-side name, is read only when
+    the new name is not set; the caller tells the user to rename it when it is the one returned.
+    """
+    env = os.environ if environ is None else environ
+    for name in (READER_TOKEN_ENV, DEPRECATED_READER_TOKEN_ENV):
+        value = env.get(name, "").strip()
+        if value:
+            return value, name
+    return None, None
+
+
+def deprecated_token_notice(name: str) -> str:
+    """What to say when a token came from the deprecated variable ``name``."""
+    return f"${name} is deprecated: set ${READER_TOKEN_ENV} instead (the same variable the collector reads)"
 
 
 def _check_token(token: str, what: str) -> str:
@@ -131,7 +161,14 @@ class CollectorCredentials:
         return ((AUTHORIZATION, BEARER + self.token),) if self.token else ()
 
     def channel(self, address: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
-        """A channel to the collector at ``address``: TLS when a CA is given, plaintext otherwise."""
+        """A channel to the collector at ``address``: TLS when a CA is given, plaintext otherwise.
+
+        It is cutwatch's own: an instrumented process does not stamp its calls.
+        """
+        with _own_grpc():
+            return self._channel(address, options)
+
+    def _channel(self, address: str, options: Sequence[tuple[str, Any]]) -> grpc.Channel:
         if not self.tls:
             return grpc.insecure_channel(address, options=list(options))
         credentials = grpc.ssl_channel_credentials(

@@ -89,7 +89,8 @@ class AioBank:
             await sent
 
     async def _credit_call(self, request: Struct, context: Any) -> Struct:
-        await self.attempts.put(int(dict(list(context.invocation_metadata())).get("grpc-previous-rpc-attempts", 0)))
+        metadata = dict(list(context.invocation_metadata()))
+        await self.attempts.put(int(metadata.get("grpc-previous-rpc-attempts", 0)))
         release, self.bounce = self.bounce, None
         if release is not None:
             await release.wait()

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from ledger_service import Ledger
+from lock_cycle import lock_cycle
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -116,26 +117,7 @@ def test_a_lock_cycle_is_reported_exported_and_gives_exit_code_1(
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     monkeypatch.setattr("cutwatch.collector._checks.trace.get_tracer", provider.get_tracer)
-    first, second = a.agent.lock("accounts:1"), a.agent.lock("accounts:2")
-    holding = threading.Barrier(3)
-
-    def grab(mine: Any, theirs: Any, releases_mine: bool) -> None:
-        mine.acquire()
-        holding.wait(TIMEOUT)
-        if theirs.acquire(timeout=TIMEOUT):  # blocks until the test breaks the cycle
-            theirs.release()
-        if releases_mine:
-            mine.release()
-
-    threads = [
-        threading.Thread(target=grab, args=(first, second, False)),
-        threading.Thread(target=grab, args=(second, first, True)),
-    ]
-    for thread in threads:
-        thread.start()
-    try:
-        holding.wait(TIMEOUT)
-        wait_until(lambda: sum(1 for t in a.agent.tasks() if t.waiting_lock) == 2, "both threads to wait")
+    with lock_cycle(a.agent):
         result = CliRunner().invoke(cli_main, ["deadlocks", "--collector", server.address, "--now", "--json"])
         assert result.exit_code == 1, result.output
         doc = json.loads(result.output)
@@ -150,10 +132,6 @@ def test_a_lock_cycle_is_reported_exported_and_gives_exit_code_1(
         assert spans and spans[0].attributes is not None
         assert spans[0].attributes["cutwatch.epoch"] == doc["epoch"]
         assert spans[0].events[0].name == "cutwatch.violation"
-    finally:
-        first.release()  # any task may release a cutwatch lock: this breaks the cycle
-        for thread in threads:
-            thread.join(TIMEOUT)
 
 
 def test_a_predicate_file_that_does_not_load_stops_the_collector_from_starting(tmp_path: Path) -> None:
@@ -167,7 +145,7 @@ def test_a_predicate_file_that_does_not_load_stops_the_collector_from_starting(t
         cli_main,
         ["collector", "--listen", "127.0.0.1:0", "--db", str(tmp_path / "c.db"), "--predicates", str(bad)],
     )
-    assert result.exit_code == 4
+    assert result.exit_code == 6  # the collector could not start
     assert "bad.py" in result.output
 
 

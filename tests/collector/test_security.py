@@ -144,12 +144,12 @@ def test_the_command_line_reads_tokens_from_a_file_or_the_environment(
     token_file = tmp_path / "reader.token"
     token_file.write_text(READER_TOKEN + "\n")
     args = ["status", "--collector", secured.address, "--json"]
-    refused = runner.invoke(cli_main, args, env={"CUTWATCH_TOKEN": ""})
+    refused = runner.invoke(cli_main, args, env={"CUTWATCH_READER_TOKEN": "", "CUTWATCH_TOKEN": ""})
     assert refused.exit_code == 4, refused.output
     assert "UNAUTHENTICATED" in refused.output and "reader token" in refused.output
     assert runner.invoke(cli_main, [*args, "--token-file", str(token_file)]).exit_code == 0
-    assert runner.invoke(cli_main, args, env={"CUTWATCH_TOKEN": READER_TOKEN}).exit_code == 0
-    wrong_role = runner.invoke(cli_main, args, env={"CUTWATCH_TOKEN": AGENT_TOKEN})
+    assert runner.invoke(cli_main, args, env={"CUTWATCH_READER_TOKEN": READER_TOKEN}).exit_code == 0
+    wrong_role = runner.invoke(cli_main, args, env={"CUTWATCH_READER_TOKEN": AGENT_TOKEN})
     assert wrong_role.exit_code == 4 and "PERMISSION_DENIED" in wrong_role.output
     short = tmp_path / "short.token"
     short.write_text("abc")
@@ -171,7 +171,7 @@ def test_the_collector_command_refuses_unusable_security_settings(tmp_path: Path
             str(tmp_path / "no.pem"),
         ],
     )
-    assert missing.exit_code == 4
+    assert missing.exit_code == 6  # the collector could not start
     assert "cannot read the certificate" in missing.output
     with pytest.raises(SecurityConfigError, match="differ"):
         CollectorSecurity(agent_tokens=(AGENT_TOKEN,), reader_tokens=(AGENT_TOKEN,))

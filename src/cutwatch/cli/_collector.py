@@ -6,17 +6,20 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 
 import click
 
+from cutwatch._logformat import LOG_FORMATS, configure_logging, json_line
 from cutwatch._signals import set_on_signals
 from cutwatch.cli._options import (
     AGENT_TOKEN_ENV,
-    EXIT_REFUSED,
+    EXIT_START_FAILED,
     READER_TOKEN_ENV,
     duration,
     env_tokens,
 )
+from cutwatch.cli._prune import keep_cuts_option, keep_for_option, retention_of
 from cutwatch.collector import DEFAULT_LISTEN, CollectorLimits, CollectorServer
 from cutwatch.core import CutwatchError
 from cutwatch.security import CollectorSecurity
@@ -115,7 +118,16 @@ __all__ = ["collector"]
     metavar="DURATION",
     help="Longest a predicate may run on one cut before it is stopped and reported as an error.",
 )
+@keep_cuts_option
+@keep_for_option
 @click.option("-q", "--quiet", is_flag=True, help="Log warnings only.")
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="text, or json: one JSON object per line (time, level, logger, message and the event's fields).",
+)
 def collector(
     listen: str,
     db: str,
@@ -133,18 +145,18 @@ def collector(
     reader_token_file: tuple[str, ...],
     predicates: tuple[str, ...],
     predicate_timeout: float,
+    keep_cuts: int | None,
+    keep_for: float | None,
     quiet: bool,
+    log_format: str,
 ) -> None:
     """Run a collector until interrupted (Ctrl-C or SIGTERM).
 
     Without tokens or TLS it trusts every peer that can reach it, which is
     why it listens on loopback by default; see docs/security.md.
     """
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(logging.WARNING if quiet else logging.INFO, log_format)
+    say = _say(log_format)
     try:
         security = CollectorSecurity.from_files(
             agent_tokens=env_tokens(AGENT_TOKEN_ENV),
@@ -171,20 +183,32 @@ def collector(
             security=security,
             predicates=predicates,
             predicate_timeout=predicate_timeout,
+            retention=retention_of(keep_cuts, keep_for),
         ).start()
     except (OSError, CutwatchError, ValueError) as exc:
-        click.echo(f"cutwatch: cannot start the collector: {exc}", err=True)
-        sys.exit(EXIT_REFUSED)
+        say(f"cutwatch: cannot start the collector: {exc}", logging.ERROR)
+        sys.exit(EXIT_START_FAILED)
     stop = threading.Event()
     set_on_signals(stop, signal.SIGINT, signal.SIGTERM)
-    click.echo(f"cutwatch collector listening on {server.address}, storing cuts in {db}", err=True)
+    say(f"cutwatch collector listening on {server.address}, storing cuts in {db}", address=server.address)
     on = [name.replace("_", " ") for name, enabled in security.describe().items() if enabled]
-    click.echo(f"security: {', '.join(on) or 'none (plaintext, no tokens)'}", err=True)
+    say(f"security: {', '.join(on) or 'none (plaintext, no tokens)'}")
     if predicates:
-        click.echo(f"checking the predicates of {', '.join(predicates)} on every COMPLETE cut", err=True)
+        say(f"checking the predicates of {', '.join(predicates)} on every COMPLETE cut")
     if every:
-        click.echo(f"taking a snapshot every {every:g} s", err=True)
+        say(f"taking a snapshot every {every:g} s")
+    if server.upkeep.retention is not None:
+        say(f"keeping {server.upkeep.retention.describe()}")
     while not stop.wait(0.5):
         pass
-    click.echo("cutwatch collector stopping", err=True)
+    say("cutwatch collector stopping")
     server.stop()
+
+
+def _say(log_format: str) -> Callable[..., None]:
+    """The command's own notes on stderr: as they are, or as JSON lines like the log's."""
+
+    def say(text: str, level: int = logging.INFO, **extra: object) -> None:
+        click.echo(json_line(text, level, extra) if log_format == "json" else text, err=True)
+
+    return say

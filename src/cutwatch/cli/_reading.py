@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -13,14 +12,17 @@ from cutwatch.cli._format import format_cut, format_results, when
 from cutwatch.cli._options import (
     EXIT_CHECK_ERROR,
     EXIT_NEGATIVE,
+    EXIT_NO_CUT,
     client_options,
     collector_option,
     duration,
+    emit,
     fail,
+    give_up,
     json_option,
 )
 from cutwatch.collector import CheckResults, CollectorClient, CollectorError
-from cutwatch.core import shown
+from cutwatch.core import Cut, shown
 from cutwatch.security import CollectorCredentials
 
 __all__ = ["check", "cuts", "deadlocks", "snapshot", "status"]
@@ -41,15 +43,22 @@ __all__ = ["check", "cuts", "deadlocks", "snapshot", "status"]
 def snapshot(address: str, credentials: CollectorCredentials, timeout: float, as_json: bool) -> None:
     """Take a snapshot now and print its cut; exit 0 when it is COMPLETE."""
     with CollectorClient(address, credentials=credentials) as client:
-        try:
-            cut = client.snapshot(timeout=timeout)
-        except CollectorError as exc:
-            fail(exc)
-    click.echo(json.dumps(cut.to_json(), indent=2, sort_keys=True) if as_json else format_cut(cut))
+        cut = _take(client, timeout, as_json)
+    if as_json:
+        emit(cut.to_json())
+    else:
+        click.echo(format_cut(cut))
     sys.exit(0 if cut.complete else EXIT_NEGATIVE)
 
 
-@click.command()
+def _take(client: CollectorClient, timeout: float, as_json: bool) -> Cut:
+    try:
+        return client.snapshot(timeout=timeout)
+    except CollectorError as exc:
+        fail(exc, as_json, snapshot_of=client)
+
+
+@click.group(invoke_without_command=True)
 @collector_option
 @client_options
 @click.option(
@@ -76,26 +85,29 @@ def cuts(
     epoch: int | None,
     as_json: bool,
 ) -> None:
-    """List stored cuts, newest first (or show one with --epoch)."""
+    """List stored cuts, newest first (or show one with --epoch); 'cuts prune' removes old ones."""
+    if click.get_current_context().invoked_subcommand is not None:
+        return  # the subcommand does the work
     with CollectorClient(address, credentials=credentials) as client:
         try:
             if epoch is not None:
                 cut = client.get(epoch)
                 if cut is None:
-                    click.echo(f"cutwatch: no cut with epoch {epoch}", err=True)
-                    sys.exit(EXIT_NEGATIVE)
-                click.echo(
-                    json.dumps(cut.to_json(), indent=2, sort_keys=True) if as_json else format_cut(cut)
-                )
+                    give_up("no_cut", f"no cut with epoch {epoch} is stored", EXIT_NO_CUT, as_json)
+                if as_json:
+                    emit(cut.to_json())
+                else:
+                    click.echo(format_cut(cut))
                 return
             infos = client.list_cuts(status=status_, limit=limit)
         except CollectorError as exc:
-            fail(exc)
-    if as_json:
-        click.echo(json.dumps([info.__dict__ for info in infos], indent=2, sort_keys=True))
-        return
+            fail(exc, as_json)
     if not infos:
-        click.echo("no cuts stored yet")
+        what = "no cut" if status_ is None else f"no {status_} cut"
+        give_up("no_cut", f"{what} is stored yet", EXIT_NO_CUT, as_json)
+    if as_json:
+        emit([info.__dict__ for info in infos])
+        return
     for info in infos:
         why = f"  {info.reasons[0]}" if info.reasons else ""
         click.echo(
@@ -114,12 +126,14 @@ def status(address: str, credentials: CollectorCredentials, as_json: bool) -> No
         try:
             doc = client.status()
         except CollectorError as exc:
-            fail(exc)
+            fail(exc, as_json)
     if as_json:
-        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        emit(doc)
         return
     agents: list[Mapping[str, Any]] = doc["agents"]
     click.echo(f"{len(agents)} agents registered; snapshots running: {doc['running'] or 'none'}")
+    if not agents and not doc.get("absent"):
+        click.echo("  none: a snapshot has nothing to take until an agent connects")
     for agent in agents:
         name, service = shown(agent["process"]), shown(agent["service"])
         click.echo(f"  {name:<30} {service:<16} since {when(agent['connected_at'])}")
@@ -159,20 +173,38 @@ def check(
     with CollectorClient(address, credentials=credentials) as client:
         try:
             checked = client.results(epoch)
+            missing = None if checked is not None else _not_checked(client, epoch)
         except CollectorError as exc:
-            fail(exc)
-        if checked is None:
-            click.echo(
-                "no cut has been checked yet" if epoch is None else f"no results for cut {epoch}", err=True
-            )
-        elif as_json:
-            click.echo(json.dumps(checked.to_json(), indent=None if follow else 2, sort_keys=True))
-        else:
-            click.echo(format_results(checked))
-        if follow:
+            fail(exc, as_json)
+        if follow:  # one line per event follows: no document for the first answer's absence
+            if checked is None:
+                click.echo(f"cutwatch: {missing}", err=True)
+            elif as_json:
+                emit(checked.to_json(), indent=None)
+            else:
+                click.echo(format_results(checked))
             _follow(client, as_json)
             return
-    sys.exit(EXIT_NEGATIVE if checked is None else _check_exit(checked))
+    if checked is None:
+        give_up("no_cut", missing or "no cut has been checked yet", EXIT_NO_CUT, as_json)
+    if as_json:
+        emit(checked.to_json())
+    else:
+        click.echo(format_results(checked))
+    sys.exit(_check_exit(checked))
+
+
+def _not_checked(client: CollectorClient, epoch: int | None, what: str = "checked") -> str:
+    """Why there are no results to show, naming the newest cut when it is INCOMPLETE."""
+    if epoch is not None:
+        return f"cut {epoch} has no check results (no such cut, or it is INCOMPLETE and proves nothing)"
+    newest = client.list_cuts(limit=1)
+    if newest and newest[0].status != "COMPLETE":
+        return (
+            f"no cut has been {what} yet: the newest, {newest[0].epoch}, is {newest[0].status} "
+            "(predicates run on COMPLETE cuts; an INCOMPLETE one has results only when it proves a deadlock)"
+        )
+    return f"no cut has been {what} yet"
 
 
 def _follow(client: CollectorClient, as_json: bool) -> None:
@@ -181,12 +213,12 @@ def _follow(client: CollectorClient, as_json: bool) -> None:
     try:
         for event in client.watch():
             if as_json:
-                click.echo(json.dumps(event, sort_keys=True))
+                emit(event, indent=None)
             else:
                 click.echo(f"snapshot {event['epoch']}: {event['name']} {event['status']}")
                 click.echo("\n".join("  " + line for line in str(event["message"]).splitlines()))
     except CollectorError as exc:
-        fail(exc)
+        fail(exc, as_json)
     except KeyboardInterrupt:
         return
 
@@ -195,7 +227,15 @@ def _follow(client: CollectorClient, as_json: bool) -> None:
 @collector_option
 @client_options
 @click.option("--now", is_flag=True, help="Take a snapshot first instead of reading the newest checked cut.")
-@click.option("--timeout", type=str, callback=duration, default="10s", metavar="DURATION", help="For --now.")
+@click.option(
+    "--timeout",
+    type=str,
+    callback=duration,
+    default="10s",
+    metavar="DURATION",
+    show_default=True,
+    help="With --now: how long to wait for the cut.",
+)
 @json_option
 def deadlocks(
     address: str, credentials: CollectorCredentials, now: bool, timeout: float, as_json: bool
@@ -208,47 +248,57 @@ def deadlocks(
     with CollectorClient(address, credentials=credentials) as client:
         try:
             if now:
-                taken = client.snapshot(timeout=timeout)
+                taken = _take(client, timeout, as_json)
                 checked = client.results(epoch=taken.epoch, name="cutwatch.deadlock")
             else:
                 checked = client.results(name="cutwatch.deadlock")
+                if checked is None or not checked.results:
+                    missing = _not_checked(client, None, "checked for deadlocks")
+                    give_up("no_cut", f"{missing} (take one with --now)", EXIT_NO_CUT, as_json)
         except CollectorError as exc:
-            fail(exc)
-    if taken is not None and checked is None:
+            fail(exc, as_json)
+    reasons = {"reasons": list(taken.reasons)} if taken is not None else {}
+    if checked is None or not checked.results:
         # An INCOMPLETE cut that proves no deadlock: it cannot show there is none either.
+        assert taken is not None
+        message = (
+            f"snapshot {taken.epoch} is INCOMPLETE and proves no deadlock; it cannot rule one out"
+            if not taken.complete
+            else f"snapshot {taken.epoch} has no deadlock result yet (its checks are still running)"
+        )
         if as_json:
-            doc = {
-                "epoch": taken.epoch,
-                "cut_status": taken.status,
-                "deadlocks": [],
-                "reasons": list(taken.reasons),
-            }
-            click.echo(json.dumps(doc, indent=2, sort_keys=True))
+            emit(_deadlocks_doc(taken.epoch, taken.status, "INCONCLUSIVE", message, [], reasons))
         else:
-            click.echo(
-                f"snapshot {taken.epoch} is INCOMPLETE and proves no deadlock; it cannot rule one out:"
-            )
+            click.echo(f"{message}:")
             click.echo("\n".join(f"  why: {reason}" for reason in taken.reasons))
         sys.exit(EXIT_CHECK_ERROR)
-    if checked is None or not checked.results:
-        if as_json:
-            click.echo(json.dumps({"epoch": None, "cut_status": None, "deadlocks": []}, indent=2))
-        else:
-            click.echo("no cut has been checked for deadlocks yet (take one with --now)")
-        return
     (result,) = checked.results
-    if result.status == "ERROR":
+    found = list(result.witness or []) if result.status == "FAIL" else []
+    if as_json:
+        emit(_deadlocks_doc(checked.epoch, checked.cut_status, result.status, result.message, found, reasons))
+    elif result.status == "ERROR":
         click.echo(
             f"cutwatch: deadlock detection failed on snapshot {checked.epoch}: {result.message}", err=True
         )
-        sys.exit(EXIT_CHECK_ERROR)
-    found = list(result.witness or []) if result.status == "FAIL" else []
-    if as_json:
-        doc = {"epoch": checked.epoch, "cut_status": checked.cut_status, "deadlocks": found}
-        click.echo(json.dumps(doc, indent=2, sort_keys=True))
     elif found:
         click.echo(f"snapshot {checked.epoch} ({checked.cut_status}): {len(found)} deadlock(s)")
         click.echo(result.message)
     else:
         click.echo(f"snapshot {checked.epoch} ({checked.cut_status}): no deadlock")
+    if result.status in ("ERROR", "INCONCLUSIVE"):
+        sys.exit(EXIT_CHECK_ERROR)
     sys.exit(EXIT_NEGATIVE if found else 0)
+
+
+def _deadlocks_doc(
+    epoch: int, cut_status: str, status: str, message: str, found: list[Any], extra: dict[str, Any]
+) -> dict[str, Any]:
+    """``deadlocks --json``: the cut, the detection's verdict (``status``) and the reports."""
+    return {
+        "epoch": epoch,
+        "cut_status": cut_status,
+        "status": status,
+        "message": message,
+        "deadlocks": found,
+        **extra,
+    }
