@@ -27,8 +27,8 @@ from typing import Any
 import click
 
 import cutwatch
+from cutwatch.cli import _options
 from cutwatch.cli._collector import collector
-from cutwatch.cli._options import EXIT_USAGE, error_document
 from cutwatch.cli._prune import prune
 from cutwatch.cli._reading import check, cuts, deadlocks, snapshot, status
 from cutwatch.cli._stamp import decode_stamp, describe_stamp, format_stamp, parse_stamp_text
@@ -55,7 +55,7 @@ class _Main(click.Group):
             argv: list[str] = ctx.meta.get(_ARGV, [])
             command = self.commands.get(next((a for a in argv if not a.startswith("-")), ""))
             if "--json" in argv and command is not None and _has_json(command):
-                click.echo(error_document("usage", exc.format_message(), EXIT_USAGE))
+                click.echo(_options.error_document("usage", exc.format_message(), _options.EXIT_USAGE))
             raise
 
 
