@@ -109,3 +109,26 @@ def test_a_watcher_sees_not_serving_when_the_collector_stops(tmp_path: Path) -> 
     with pytest.raises(grpc.RpcError) as caught:
         check(server.address, "")
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_without_the_collector_extra_the_collector_runs_and_says_probes_need_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """grpcio-health-checking is not in the base install: its absence costs the health service only."""
+    from cutwatch.collector import _health
+
+    for name in ("health", "health_pb2", "health_pb2_grpc"):
+        monkeypatch.setattr(_health, name, None)
+    with caplog.at_level("INFO", logger="cutwatch.collector"):
+        server = CollectorServer(tmp_path / "cuts.db", listen="127.0.0.1:0").start()
+    try:
+        assert not server.health.available
+        assert any('pip install "cutwatch[collector]"' in r.getMessage() for r in caplog.records)
+        server.health.store(False)  # the upkeep's calls still work, and change nothing
+        with pytest.raises(grpc.RpcError) as caught:
+            check(server.address, "")
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        with CollectorClient(server.address, timeout=TIMEOUT) as client:
+            assert client.list_cuts() == []
+    finally:
+        server.stop()
