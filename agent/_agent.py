@@ -80,11 +80,13 @@ class Agent:
     """The cutwatch agent of one service process.
 
     What it is not given it reads from the environment (docs/zero-code.md):
-    ``service`` from ``CUTWATCH_SERVICE``, else ``OTEL_SERVICE_NAME``;
-    ``collector`` from ``CUTWATCH_COLLECTOR``, and with a collector but no
-    ``collector_credentials``, the token from ``CUTWATCH_AGENT_TOKEN`` and
-    TLS files from ``CUTWATCH_CA_CERT``, ``CUTWATCH_CLIENT_CERT`` and
-    ``CUTWATCH_CLIENT_KEY``. An explicit ``collector=None`` means no collector.
+    ``service`` from ``CUTWATCH_SERVICE``, else ``OTEL_SERVICE_NAME`` (made
+    to fit cutwatch's rule for names); ``collector`` from ``CUTWATCH_COLLECTOR``,
+    and with the collector from there but no ``collector_credentials``, the
+    token from ``CUTWATCH_AGENT_TOKEN`` and TLS files from ``CUTWATCH_CA_CERT``,
+    ``CUTWATCH_CLIENT_CERT`` and ``CUTWATCH_CLIENT_KEY``. An explicit
+    ``collector=None`` means no collector; an explicit address without
+    ``collector_credentials`` means plaintext and no token.
     ``collector`` is the collector's address; ``None`` runs with clocks only
     (stamps, tasks and the event log, no snapshots). ``instance_id`` (a pod
     or host name, say) is kept in the process id, followed by a few random
@@ -137,9 +139,11 @@ class Agent:
     ) -> None:
         service = service_from_env() if service is None else check_service(service)
         if collector is FROM_ENVIRONMENT:
+            # All or nothing: credentials come from the environment only with the address, so a
+            # stray variable never turns a connection the code configured into TLS, or fails it.
             collector = collector_from_env()
-        if collector is not None and collector_credentials is None:
-            collector_credentials = credentials_from_env()
+            if collector is not None and collector_credentials is None:
+                collector_credentials = credentials_from_env()
         # Every start gets fresh random bits: peers cache each process's name
         # table by process id, so a restarted process must never reuse one.
         nonce = secrets.token_hex(4)

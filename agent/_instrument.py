@@ -19,7 +19,8 @@ The host application must never suffer for it, hence:
   factory (OpenTelemetry's), which thus stay outside it, the order that
   :mod:`cutwatch.integrations.opentelemetry` recommends; on servers and aio
   channels it goes last in the list, after OpenTelemetry's;
-* a failure in this glue leaves the call as the application made it.
+* a failure in this glue leaves the call as the application made it (its
+  interceptors read once, into a list, so that an iterator reaches gRPC whole).
 """
 
 from __future__ import annotations
@@ -166,6 +167,27 @@ def _aio_client_interceptors(
     return [] if built is None else list(built.aio_client_interceptors())
 
 
+def _materialised(args: _Args, kwargs: _Kwargs, index: int) -> tuple[_Args, _Kwargs, list[Any] | None]:
+    """The call with its interceptors (at ``index``, or by name) made a list, and that list.
+
+    None instead of the list leaves the call alone: what is there is not iterable, for gRPC
+    to refuse in its own words. What the application's own iterator raises goes up as it
+    would from gRPC, which reads it too.
+    """
+    positional = len(args) > index
+    given = args[index] if positional else kwargs.get("interceptors")
+    if given is None:
+        return args, kwargs, []
+    try:
+        iterator = iter(given)
+    except TypeError:
+        return args, kwargs, None
+    existing = list(iterator)
+    if positional:
+        return (*args[:index], existing, *args[index + 1 :]), kwargs, existing
+    return args, {**kwargs, "interceptors": existing}, existing
+
+
 @dataclass
 class _Patch:
     module: Any
@@ -254,10 +276,16 @@ class _Instrumentation:
     # The wrappers (wrapt's signature) -------------------------------------------------------
     def interceptors_wrapper(self, what: str, params: Sequence[str], adder: _Adder) -> Callable[..., Any]:
         """A wrapper for a factory that takes ``interceptors``: it appends cutwatch's."""
+        index = params.index("interceptors")
 
         def wrapper(wrapped: Callable[..., Any], instance: Any, args: _Args, kwargs: _Kwargs) -> Any:
+            # From here on the call goes with the list, whatever happens: an iterator read here
+            # would reach gRPC empty, and the application's own interceptors would be lost.
+            args, kwargs, existing = _materialised(args, kwargs, index)
+            if existing is None:
+                return wrapped(*args, **kwargs)
             try:
-                call_args, call_kwargs = self._with_interceptors(args, kwargs, params, adder)
+                call_args, call_kwargs = self._with_interceptors(args, kwargs, existing, params, adder)
             except Exception:
                 self.report(what)
                 call_args, call_kwargs = args, kwargs
@@ -266,7 +294,7 @@ class _Instrumentation:
         return wrapper
 
     def _with_interceptors(
-        self, args: _Args, kwargs: _Kwargs, params: Sequence[str], adder: _Adder
+        self, args: _Args, kwargs: _Kwargs, existing: list[Any], params: Sequence[str], adder: _Adder
     ) -> tuple[_Args, _Kwargs]:
         index = params.index("interceptors")
         if len(args) > len(params):
@@ -278,7 +306,6 @@ class _Instrumentation:
             return args, kwargs
         # Passed by name, so that another instrumentation that reads kwargs sees them too.
         call_kwargs = {**kwargs, **moved}
-        existing = list(call_kwargs.get("interceptors") or ())
         added = adder(self.agent, existing, call_kwargs)
         if not added:
             return args, kwargs

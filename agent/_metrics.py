@@ -1,7 +1,8 @@
 """The agent's counters (``agent.stats()``) as OpenTelemetry metrics.
 
 Every instrument is observable: a metrics reader reads ``stats()`` when it
-collects, so interceptors do no metrics work on a call. An agent is read
+collects, once per agent for all instruments (one take of the lock calls
+use), so interceptors do no metrics work on a call. An agent is read
 from ``start()`` to ``close()``. Values carry ``cutwatch.service``, the
 agent's service name, and nothing per process or per call, so that the
 number of series stays that of services (several agents of one service in

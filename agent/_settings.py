@@ -2,8 +2,16 @@
 
 So that a service runs under cutwatch without a code change (``opentelemetry-instrument``
 and the instrumentor build the agent with no arguments), every setting a
-deployment varies has a variable. An argument always wins; a bad value is
-refused with the variable's name, never silently ignored.
+deployment varies has a variable. An argument always wins. A bad value of a
+``CUTWATCH_*`` variable is refused with the variable's name, never silently
+ignored; a service name from OpenTelemetry's variables is made to fit instead,
+because OpenTelemetry accepts names (``Payment Service``, ``ns/app``) that
+cutwatch's rule does not, and a variable set for OpenTelemetry must not stop
+the application.
+
+The collector's credentials come from the environment only with its address:
+zero-code configuration is all or nothing, so that a variable left in the
+environment never changes a connection the code configured (``collector=``).
 
 =============================  ==============================================================
 ``CUTWATCH_SERVICE``           the service name; else ``OTEL_SERVICE_NAME``, else ``service.name``
@@ -20,13 +28,25 @@ refused with the variable's name, never silently ignored.
 from __future__ import annotations
 
 import enum
-import os
+import logging
 import re
 from collections.abc import Mapping
 from typing import Final, Literal
 from urllib.parse import unquote
 
-from cutwatch.security import AGENT_TOKEN_ENV, CollectorCredentials, SecurityConfigError
+from cutwatch._environment import (
+    AGENT_TOKEN_ENV,
+    CA_CERT_ENV,
+    CLIENT_CERT_ENV,
+    CLIENT_KEY_ENV,
+    COLLECTOR_ENV,
+    OTEL_RESOURCE_ENV,
+    OTEL_SERVICE_ENV,
+    SERVER_NAME_ENV,
+    SERVICE_ENV,
+    env_value,
+)
+from cutwatch.security import CollectorCredentials, SecurityConfigError
 
 __all__ = [
     "AGENT_TOKEN_ENV",
@@ -45,20 +65,16 @@ __all__ = [
     "check_service",
     "collector_from_env",
     "credentials_from_env",
+    "fit_service",
     "service_from_env",
 ]
 
-SERVICE_ENV = "CUTWATCH_SERVICE"
-OTEL_SERVICE_ENV = "OTEL_SERVICE_NAME"
-OTEL_RESOURCE_ENV = "OTEL_RESOURCE_ATTRIBUTES"
-COLLECTOR_ENV = "CUTWATCH_COLLECTOR"
-CA_CERT_ENV = "CUTWATCH_CA_CERT"
-CLIENT_CERT_ENV = "CUTWATCH_CLIENT_CERT"
-CLIENT_KEY_ENV = "CUTWATCH_CLIENT_KEY"
-SERVER_NAME_ENV = "CUTWATCH_SERVER_NAME"
+_LOG = logging.getLogger("cutwatch.agent")
 
+_MAX_SERVICE = 100
 SERVICE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 _SERVICE_RULE = "1-100 letters, digits, '.', '_' or '-'"
+_NOT_IN_NAME = re.compile(r"[^A-Za-z0-9_.\-]")
 
 
 class Unset(enum.Enum):
@@ -74,21 +90,24 @@ FROM_ENVIRONMENT: Final = Unset.FROM_ENVIRONMENT
 UnsetType = Literal[Unset.FROM_ENVIRONMENT]
 
 
-def _get(environ: Mapping[str, str], name: str) -> str | None:
-    """The variable's value, stripped; an empty one counts as unset (as OpenTelemetry reads them)."""
-    value = environ.get(name, "").strip()
-    return value or None
-
-
 def check_service(service: str, where: str = "service name") -> str:
     if not SERVICE_NAME.match(service):
         raise ValueError(f"{where} {service!r} must be {_SERVICE_RULE}")
     return service
 
 
-def _resource_service(environ: Mapping[str, str]) -> str | None:
+def fit_service(name: str, where: str) -> str:
+    """``name`` (from OpenTelemetry's ``where``) made a cutwatch service name: every character
+    outside the rule becomes ``_``, and it is cut to its length."""
+    fitted = _NOT_IN_NAME.sub("_", name)[:_MAX_SERVICE]
+    if fitted != name:
+        _LOG.debug("cutwatch: the service name %r in %s is used as %r", name, where, fitted)
+    return fitted
+
+
+def _resource_service(environ: Mapping[str, str] | None) -> str | None:
     """``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES`` (``k=v,k=v``, values percent-encoded)."""
-    for pair in (_get(environ, OTEL_RESOURCE_ENV) or "").split(","):
+    for pair in (env_value(OTEL_RESOURCE_ENV, environ) or "").split(","):
         key, equals, value = pair.partition("=")
         if equals and key.strip() == "service.name" and value.strip():
             return unquote(value.strip())
@@ -96,15 +115,16 @@ def _resource_service(environ: Mapping[str, str]) -> str | None:
 
 
 def service_from_env(environ: Mapping[str, str] | None = None) -> str:
-    """The service name from ``CUTWATCH_SERVICE``, ``OTEL_SERVICE_NAME`` or the OTel resource."""
-    env = os.environ if environ is None else environ
-    for name, value in (
-        (SERVICE_ENV, _get(env, SERVICE_ENV)),
-        (OTEL_SERVICE_ENV, _get(env, OTEL_SERVICE_ENV)),
-        (f"service.name in {OTEL_RESOURCE_ENV}", _resource_service(env)),
+    """The service name from ``CUTWATCH_SERVICE`` (checked), else OpenTelemetry's (fitted)."""
+    own = env_value(SERVICE_ENV, environ)
+    if own is not None:
+        return check_service(own, f"the service name in {SERVICE_ENV}")
+    for where, value in (
+        (OTEL_SERVICE_ENV, env_value(OTEL_SERVICE_ENV, environ)),
+        (f"service.name in {OTEL_RESOURCE_ENV}", _resource_service(environ)),
     ):
         if value is not None:
-            return check_service(value, f"the service name in {name}")
+            return fit_service(value, where)
     raise ValueError(
         f"cutwatch.Agent needs a service name: pass service=..., or set {SERVICE_ENV} "
         f"(or {OTEL_SERVICE_ENV}) in the environment"
@@ -113,7 +133,7 @@ def service_from_env(environ: Mapping[str, str] | None = None) -> str:
 
 def collector_from_env(environ: Mapping[str, str] | None = None) -> str | None:
     """The collector's address in ``CUTWATCH_COLLECTOR``; None (clocks only) when it is unset."""
-    address = _get(os.environ if environ is None else environ, COLLECTOR_ENV)
+    address = env_value(COLLECTOR_ENV, environ)
     if address is not None and any(c.isspace() for c in address):
         raise ValueError(f"{COLLECTOR_ENV}={address!r} is not a collector address (host:port)")
     return address
@@ -121,10 +141,9 @@ def collector_from_env(environ: Mapping[str, str] | None = None) -> str | None:
 
 def credentials_from_env(environ: Mapping[str, str] | None = None) -> CollectorCredentials | None:
     """The token and certificates named by the ``CUTWATCH_*`` variables; None when none is set."""
-    env = os.environ if environ is None else environ
-    token = _get(env, AGENT_TOKEN_ENV)
-    ca, cert, key = _get(env, CA_CERT_ENV), _get(env, CLIENT_CERT_ENV), _get(env, CLIENT_KEY_ENV)
-    server_name = _get(env, SERVER_NAME_ENV)
+    token = env_value(AGENT_TOKEN_ENV, environ)
+    ca, cert, key = (env_value(name, environ) for name in (CA_CERT_ENV, CLIENT_CERT_ENV, CLIENT_KEY_ENV))
+    server_name = env_value(SERVER_NAME_ENV, environ)
     if token is None and ca is None and cert is None and key is None and server_name is None:
         return None
     try:

@@ -1,8 +1,8 @@
 """The collector's counters as OpenTelemetry metrics.
 
 Counts the collector keeps anyway (the coordinator's stats, the checker's
-results, the agents registered) are observable instruments, read when a
-metrics reader collects; each finished snapshot adds to a counter and a
+results, the agents registered) are observable instruments, read together
+once per collection; each finished snapshot adds to a counter and a
 histogram of how long it took. Attributes stay few: a cut's status, a
 check's name (one per loaded predicate) and result, an agent's service;
 never a process id or an epoch, which grow without bound. The table is in

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from cutwatch.collector._store import MAX_PRUNE_LIMIT, CutStore
+from cutwatch.collector._store import MAX_PRUNE_LIMIT, CutStore, check_keep_cuts
 
 __all__ = ["PruneReport", "Retention", "prune_store"]
 
@@ -28,10 +28,7 @@ class Retention:
     def __post_init__(self) -> None:
         if self.keep_cuts is None and self.keep_for is None:
             raise ValueError("a retention rule needs keep_cuts, keep_for or both")
-        if self.keep_cuts is not None and (
-            isinstance(self.keep_cuts, bool) or not isinstance(self.keep_cuts, int) or self.keep_cuts < 1
-        ):
-            raise ValueError("keep_cuts must be a whole number of at least 1")
+        check_keep_cuts(self.keep_cuts)
         if self.keep_for is not None and not (math.isfinite(self.keep_for) and self.keep_for > 0):
             raise ValueError("keep_for must be a positive number of seconds")
 

@@ -11,6 +11,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cutwatch.collector._records import (
@@ -148,6 +149,8 @@ assert _MIGRATIONS[-1][0] == SCHEMA_VERSION
 
 _EPOCH_TABLES = ("results", "channel_states", "local_states")
 """Every table keyed by a cut's epoch but ``cuts`` itself: a pruned cut leaves nothing in any."""
+_TABLES = ("cuts", "meta", *_EPOCH_TABLES)
+
 
 # The cuts a prune rule matches: beyond the :keep newest, or finished before :before; never the
 # newest cut nor the newest COMPLETE one. A NULL rule matches nothing.
@@ -171,25 +174,65 @@ class SqliteCutStore:
     """:class:`CutStore` on one SQLite file in WAL mode, one connection guarded by a lock.
 
     Opening migrates the schema to :data:`SCHEMA_VERSION`; a file written by a
-    newer version is refused rather than misread.
+    newer version is refused rather than misread. Tools that work on a
+    collector's file use :meth:`open_existing` instead, which changes nothing
+    about the file but the cuts it is asked to remove.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float = 10.0,
+        migrate: bool = True,
+        read_only: bool = False,
+    ) -> None:
+        """``migrate=False``: open only an existing store at :data:`SCHEMA_VERSION`, creating,
+        converting and upgrading nothing (:class:`StorageError` otherwise); ``read_only`` also
+        opens the file read-only."""
+        if read_only and migrate:
+            raise ValueError("a read-only store cannot be migrated: pass migrate=False")
         self.path = os.fspath(path)
         self._lock = threading.Lock()
         try:
-            conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+            if migrate:
+                conn = sqlite3.connect(
+                    self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+                )
+            else:
+                # mode=rw never creates the file, as a plain path would.
+                uri = f"{Path(self.path).resolve().as_uri()}?mode={'ro' if read_only else 'rw'}"
+                conn = sqlite3.connect(
+                    uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False
+                )
         except sqlite3.Error as exc:
-            raise StorageError(f"{self.path}: {exc}") from exc
+            if migrate:
+                raise StorageError(f"{self.path}: {exc}") from exc
+            missing = "" if os.path.exists(self.path) else "no such file, "
+            raise StorageError(f"{self.path}: cannot open it ({missing}{exc})") from exc
         self._conn: sqlite3.Connection | None = conn
         try:
-            self._setup()
+            if migrate:
+                self._setup()
+            else:
+                self._check_schema()
         except sqlite3.Error as exc:
             self.close()
             raise StorageError(f"{self.path}: {exc}") from exc
         except BaseException:
             self.close()
             raise
+
+    @classmethod
+    def open_existing(
+        cls, path: str | os.PathLike[str], *, read_only: bool = False, timeout: float = 10.0
+    ) -> SqliteCutStore:
+        """A collector's store as it is, for tools beside the collector (``cutwatch cuts prune``).
+
+        Migrating would lock out an older collector still using the file, and creating tables
+        would turn any file named by mistake into an empty store; so neither happens here.
+        """
+        return cls(path, timeout=timeout, migrate=False, read_only=read_only)
 
     # Setup ---------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -214,6 +257,45 @@ class SqliteCutStore:
             if current < SCHEMA_VERSION:
                 conn.execute("DELETE FROM schema_version")
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+
+    def _check_schema(self) -> None:
+        """Refuse, saying what was found and what to do, a file that is not a store of this version."""
+        conn = self._require()
+        try:
+            rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        except sqlite3.OperationalError:
+            raise  # locked, an I/O error: the file may well be a store
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(
+                f"{self.path}: not a cutwatch store: not an SQLite database (check the file name)"
+            ) from exc
+        tables = {str(name) for (name,) in rows}
+        if not tables:
+            raise StorageError(
+                f"{self.path}: not a cutwatch store: the file holds no tables "
+                "(a collector creates its store: cutwatch collector --db FILE)"
+            )
+        lacking = sorted({"schema_version", "cuts", "meta"} - tables)  # every version's
+        if lacking:
+            found = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+            raise StorageError(
+                f"{self.path}: not a cutwatch store: it has tables {found} but not {', '.join(lacking)} "
+                "(check the file name)"
+            )
+        versions = [v for (v,) in conn.execute("SELECT version FROM schema_version")]
+        if versions != [SCHEMA_VERSION]:
+            version = max((v for v in versions if isinstance(v, int)), default=0)
+            advice = "use the cutwatch that wrote it"
+            if version < SCHEMA_VERSION:
+                advice = "start this cutwatch's collector on it once to upgrade it, or " + advice
+            raise StorageError(
+                f"{self.path}: a cutwatch store of schema version {version}, and this cutwatch reads "
+                f"version {SCHEMA_VERSION} only: {advice}"
+            )
+        if not tables >= set(_TABLES):
+            lost = ", ".join(sorted(set(_TABLES) - tables))
+            raise StorageError(f"{self.path}: a damaged cutwatch store: its tables {lost} are gone")
+        conn.execute("PRAGMA foreign_keys = ON")
 
     def _require(self) -> sqlite3.Connection:
         if self._conn is None:

@@ -22,6 +22,7 @@ __all__ = [
     "MAX_PRUNE_LIMIT",
     "CutStore",
     "Pruned",
+    "check_keep_cuts",
     "check_prune",
 ]
 
@@ -44,14 +45,22 @@ class Pruned:
     """Cuts stored after the call (dry: that would be)."""
 
 
+def check_keep_cuts(keep_cuts: int | None) -> None:
+    """Refuse a ``keep_cuts`` that is not a whole number of at least 1 (None: no such bound).
+
+    The one check for a retention rule and for a store's prune call alike.
+    """
+    if keep_cuts is not None and (
+        isinstance(keep_cuts, bool) or not isinstance(keep_cuts, int) or keep_cuts < 1
+    ):
+        raise ValueError("keep_cuts must be a whole number of at least 1")
+
+
 def check_prune(keep_cuts: int | None, finished_before: float | None, limit: int) -> None:
     """Refuse a prune rule that is empty or malformed, the same way in every store."""
     if keep_cuts is None and finished_before is None:
         raise ValueError("prune needs keep_cuts, finished_before or both")
-    if keep_cuts is not None and (
-        isinstance(keep_cuts, bool) or not isinstance(keep_cuts, int) or keep_cuts < 1
-    ):
-        raise ValueError("keep_cuts must be an int of at least 1")
+    check_keep_cuts(keep_cuts)
     if finished_before is not None and not math.isfinite(finished_before):
         raise ValueError("finished_before must be a finite time")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PRUNE_LIMIT:

@@ -12,6 +12,7 @@ in one process add up by attribute set. Sources are held weakly, so a
 metrics reader never keeps one alive; one that is removed is no longer
 read, and its final counts stay in the totals of its attribute set while
 another source of that set lives, so that counters never run backwards.
+A collection reads each source once, for all of its instruments.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ class Observed(Generic[S, R]):
 
     ``read`` takes one consistent reading of a source (its stats);
     ``attributes`` gives the attributes every value of that source carries.
+    A collection reads each source once, for all instruments: an SDK calls
+    the instruments' callbacks one after the other, and the first of them
+    takes a pass over the sources that the others are then served from, so
+    an export is of one moment and an agent's lock is taken once, not once
+    per instrument.
     """
 
     def __init__(
@@ -73,8 +79,14 @@ class Observed(Generic[S, R]):
         self._read = read
         self._attributes = attributes
         self._lock = threading.Lock()
+        """Guards the sources and the retired totals; never held while a collection reads a source."""
         self._sources: weakref.WeakSet[S] = weakref.WeakSet()
         self._retired: dict[str, dict[_Key, float]] = {m.name: {} for m in table if m.kind == "counter"}
+        self._passing = threading.Lock()
+        """One pass at a time, so that passes, and what each instrument reports, come in order."""
+        self._pass: dict[str, dict[_Key, float]] = {}
+        self._unserved: set[str] = set()
+        """The instruments the current pass has not reported to yet."""
         self._failed = False
         for metric in table:
             create = (
@@ -90,7 +102,7 @@ class Observed(Generic[S, R]):
 
     def remove(self, source: S) -> None:
         """Stop reading ``source``; its counters' final values stay in the totals of their attributes."""
-        with self._lock:  # a collection meanwhile sees it either live or retired, never neither
+        with self._lock:  # dropped and folded in one step: a pass sees it either live or retired
             if source not in self._sources:
                 return
             self._sources.discard(source)
@@ -102,23 +114,46 @@ class Observed(Generic[S, R]):
 
     def _callback(self, metric: Metric[R]) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
-            with self._lock:
-                sources = list(self._sources)
-            totals: dict[_Key, float] = {}
-            for source in sources:
-                for key, value in self._values(source, [metric]).get(metric.name, {}).items():
-                    totals[key] = totals.get(key, 0.0) + value
-            retired = self._retired.get(metric.name)
-            if retired is not None:
-                with self._lock:
-                    for key in list(retired):
-                        if key in totals:  # while a live source of the same attributes reports
-                            totals[key] += retired[key]
-                        else:
-                            del retired[key]
+            with self._passing:
+                if metric.name not in self._unserved:  # it had this pass: a new collection began
+                    self._pass = self._take_pass()
+                    self._unserved = {m.name for m in self._table}
+                self._unserved.discard(metric.name)
+                totals = self._pass[metric.name]
             return [Observation(_number(value), dict(key)) for key, value in totals.items()]
 
         return observe
+
+    def _take_pass(self) -> dict[str, dict[_Key, float]]:
+        """Every instrument's totals from one reading of each source, each source counted once.
+
+        Sources are read outside the lock (a read takes the source's own
+        locks). One removed meanwhile is left out, its final values being
+        among the retired ones by then, so no pass counts it both live and
+        retired; one kept is removed, if ever, after this pass, so its final
+        values are no less than this reading and a counter never runs
+        backwards.
+        """
+        with self._lock:
+            sources = list(self._sources)
+        readings = [(source, self._values(source, self._table)) for source in sources]
+        totals: dict[str, dict[_Key, float]] = {m.name: {} for m in self._table}
+        with self._lock:
+            for source, values in readings:
+                if source not in self._sources:
+                    continue
+                for name, by_key in values.items():
+                    into = totals[name]
+                    for key, value in by_key.items():
+                        into[key] = into.get(key, 0.0) + value
+            for name, retired in self._retired.items():
+                live = totals[name]
+                for key in list(retired):
+                    if key in live:  # while a live source of the same attributes reports
+                        live[key] += retired[key]
+                    else:
+                        del retired[key]
+        return totals
 
     def _values(self, source: S, table: Sequence[Metric[R]]) -> dict[str, dict[_Key, float]]:
         """The values of ``table`` in one reading of ``source``; nothing if reading it fails."""

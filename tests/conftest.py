@@ -30,10 +30,18 @@ import echo_service  # noqa: E402
 from otel_metrics import Metrics  # noqa: E402
 
 import cutwatch  # noqa: E402
+from cutwatch._environment import VARIABLES  # noqa: E402
 
 AgentFactory = Callable[..., cutwatch.Agent]
 ServerFactory = Callable[..., str]
 ChannelFactory = Callable[..., grpc.Channel]
+
+
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """None of the variables cutwatch reads is set: a test sees only what it sets itself."""
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

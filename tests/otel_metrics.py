@@ -7,7 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, Metric
+from opentelemetry.sdk.metrics.export import (
+    HistogramDataPoint,
+    InMemoryMetricReader,
+    Metric,
+    NumberDataPoint,
+)
 
 Attributes = frozenset[tuple[str, Any]]
 
@@ -19,12 +24,20 @@ class Collected:
     points: dict[str, dict[Attributes, Any]] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)
 
-    def value(self, name: str, attributes: Mapping[str, Any]) -> Any:
-        """The value of the point of ``name`` whose attributes include ``attributes`` (0 if none)."""
+    def find(self, name: str, attributes: Mapping[str, Any]) -> Any | None:
+        """The value of the point of ``name`` whose attributes include ``attributes``; None if none has."""
         wanted = set(attributes.items())
         found = [v for attrs, v in self.points.get(name, {}).items() if wanted <= set(attrs)]
         assert len(found) <= 1, f"{name} {attributes}: more than one point: {found}"
-        return found[0] if found else 0
+        return found[0] if found else None
+
+    def value(self, name: str, attributes: Mapping[str, Any]) -> Any:
+        """Like :meth:`find`, but a point that is not there fails: a 0 is a 0, not a wrong name."""
+        found = self.find(name, attributes)
+        if found is None:
+            there = [dict(attrs) for attrs in self.points.get(name, {})]
+            raise AssertionError(f"{name} {dict(attributes)}: no such point among {there}")
+        return found
 
 
 class Metrics:
@@ -43,8 +56,10 @@ class Metrics:
                 attributes = frozenset((point.attributes or {}).items())
                 if isinstance(point, HistogramDataPoint):
                     points[attributes] = (point.count, point.sum)
-                else:
+                elif isinstance(point, NumberDataPoint):
                     points[attributes] = point.value
+                else:
+                    raise AssertionError(f"{metric.name}: a point of a kind not read here: {point!r}")
         return out
 
     def _metrics(self) -> Iterator[Metric]:

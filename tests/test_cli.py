@@ -20,6 +20,7 @@ from processes import Proc, cutwatch_command, listening_address, spawn, stop_all
 import cutwatch
 from cutwatch.agent import StampCodec
 from cutwatch.cli import main
+from cutwatch.cli._options import parse_duration
 
 TRACE = bytes(range(1, 17))
 SPAN = bytes(range(1, 9))
@@ -214,6 +215,33 @@ def test_durations_and_limits_show_their_defaults() -> None:
     assert "How many cuts to list, newest first. [default: 20; 1<=x<=1000]" in shown("cuts")
     assert "With --now: how long to wait for the cut. [default: 10s]" in shown("deadlocks")
     assert "the token in $CUTWATCH_READER_TOKEN" in shown("check")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("500ms", 0.5),
+        ("5s", 5.0),
+        ("30", 30.0),
+        (" 2m ", 120.0),
+        ("12h", 43200.0),
+        ("7d", 604800.0),
+        ("1.5d", 129600.0),
+        ("2w", 1209600.0),
+        (".5h", 1800.0),
+    ],
+)
+def test_one_parser_reads_every_duration_timeouts_and_ages_alike(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("soon", "is not a duration"), ("7y", "is not a duration"), ("0d", "positive"), ("9" * 400, "finite")],
+)
+def test_a_bad_duration_says_what_a_good_one_looks_like(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_duration(text)
 
 
 def test_the_collector_says_once_where_it_listens(tmp_path: Path) -> None:

@@ -1,12 +1,13 @@
 """The command-line contract: every reading command against every state of a collector.
 
 ``CONTRACT`` is the table of docs/collector.md ("The command-line contract"):
-for each command and state, the exit code and what ``--json`` prints. One test
-reads the table from the page and compares it with ``CONTRACT``; the others
-run each cell against a real collector on 127.0.0.1, once with ``--json``
-(stdout must be exactly one JSON document of the documented shape) and once
-without (errors only on stderr). The collector's failed starts run as
-subprocesses, like an operator would run it.
+for each command and state, the exit code and what ``--json`` prints;
+``PRUNE_CONTRACT`` is the table of ``cuts prune`` against the states of its
+store file. Tests read both tables from the page and compare them with these;
+the others run each cell against a real collector on 127.0.0.1 (or a real
+store file), once with ``--json`` (stdout must be exactly one JSON document of
+the documented shape) and once without (errors only on stderr). The
+collector's failed starts run as subprocesses, like an operator would run it.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import socket
 import sqlite3
 import subprocess
 import textwrap
-import threading
 import warnings
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,13 @@ from typing import Any
 import pytest
 import trustme
 from click.testing import CliRunner
+from lock_cycle import lock_cycle
 from polling import wait_until
 from processes import cutwatch_command
 
 import cutwatch
 from cutwatch.cli import main
-from cutwatch.collector import CollectorClient, CollectorServer
+from cutwatch.collector import CollectorClient, CollectorServer, SqliteCutStore, StoredCut
 from cutwatch.collector._sessions import EXPECTED_KEY
 from cutwatch.security import (
     DEPRECATED_READER_TOKEN_ENV,
@@ -131,35 +133,81 @@ READER_CASES = [
     if command != "collector" and state != "start" and CONTRACT[command][state] is not None
 ]
 
+PRUNE_STATES = {
+    "a store with cuts to remove (or a dry run)": "due",
+    "a store with nothing to remove": "nothing",
+    "no such file": "missing",
+    "not a cutwatch store (empty, another application's, another schema version)": "foreign",
+    "bad usage (no rule, a bad AGE)": "usage",
+    "held by another writer past the busy timeout": "locked",
+}
+PRUNE_CONTRACT: dict[str, Cell] = {
+    "due": (0, "prune"),
+    "nothing": (0, "prune"),
+    "missing": (2, "error:usage"),
+    "foreign": (2, "error:usage"),
+    "usage": (2, "error:usage"),
+    "locked": (4, "error:refused"),
+}
 
-# The table on the page --------------------------------------------------------------------------
-def _documented() -> dict[str, dict[str, Cell]]:
-    lines = [line for line in DOC.read_text(encoding="utf-8").splitlines() if line.startswith("| ")]
-    start = next(i for i, line in enumerate(lines) if line.startswith("| command |"))
-    header = [cell.strip() for cell in lines[start].strip("|").split("|")][1:]
-    assert header == list(STATES), header
-    table: dict[str, dict[str, Cell]] = {}
-    for line in lines[start + 1 :]:
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
-        if not cells[0].startswith("`"):
+
+# The tables on the page --------------------------------------------------------------------------
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def _table(first_header: str) -> tuple[list[str], list[list[str]]]:
+    """The header and the rows of the table on the page whose first header cell is ``first_header``."""
+    lines = DOC.read_text(encoding="utf-8").splitlines()
+    start = next(
+        i for i, line in enumerate(lines) if line.startswith("|") and _cells(line)[0] == first_header
+    )
+    rows = []
+    for line in lines[start + 2 :]:  # past the header and its |---| line
+        if not line.startswith("|"):
             break
-        row: dict[str, Cell] = {}
-        for label, cell in zip(header, cells[1:], strict=True):
-            match = re.fullmatch(r"`(\d)` (\S+)", cell)
-            assert match or cell == "n/a", f"{cells[0]} / {label}: {cell!r}"
-            row[STATES[label]] = (int(match[1]), match[2]) if match else None
-        table[cells[0].strip("`")] = row
-    return table
+        rows.append(_cells(line))
+    return _cells(lines[start]), rows
+
+
+def _cell(where: str, cell: str) -> Cell:
+    match = re.fullmatch(r"`(\d)` (\S+)", cell)
+    assert match or cell == "n/a", f"{where}: {cell!r}"
+    return (int(match[1]), match[2]) if match else None
+
+
+def _documented() -> dict[str, dict[str, Cell]]:
+    header, rows = _table("command")
+    assert header[1:] == list(STATES), header
+    return {
+        cells[0].strip("`"): {
+            STATES[label]: _cell(f"{cells[0]} / {label}", cell)
+            for label, cell in zip(header[1:], cells[1:], strict=True)
+        }
+        for cells in rows
+    }
+
+
+def _documented_prune() -> dict[str, Cell]:
+    header, rows = _table("`--db` file")
+    assert header == ["`--db` file", "`cuts prune`"], header
+    assert [cells[0] for cells in rows] == list(PRUNE_STATES)
+    return {PRUNE_STATES[label]: _cell(label, cell) for label, cell in rows}
 
 
 def test_the_documented_table_is_the_tested_one() -> None:
     assert _documented() == CONTRACT
 
 
-def test_every_exit_code_in_the_table_is_in_the_code_list() -> None:
+def test_the_documented_prune_table_is_the_tested_one() -> None:
+    assert _documented_prune() == PRUNE_CONTRACT
+
+
+def test_every_exit_code_in_the_tables_is_in_the_code_list() -> None:
     text = DOC.read_text(encoding="utf-8")
     listed = {int(m) for m in re.findall(r"^\| (\d) \| ", text, re.MULTILINE)}
-    used = {cell[0] for row in CONTRACT.values() for cell in row.values() if cell is not None}
+    cells = [*(cell for row in CONTRACT.values() for cell in row.values()), *PRUNE_CONTRACT.values()]
+    used = {cell[0] for cell in cells if cell is not None}
     assert used <= listed == set(range(8))
 
 
@@ -187,51 +235,22 @@ class Checked:
     mode: str = "holds"
     entered: str = ""
     epoch: int = 0
-    _threads: list[threading.Thread] = field(default_factory=list)
-    _first: Any = None
+    _cycle: ExitStack = field(default_factory=ExitStack)
 
     def enter(self, mode: str) -> None:
         """Make the newest cut one whose checks find ``mode`` (holds, violated, errored, deadlock)."""
         if self.entered == mode:
             return
-        self._untangle()
+        self.untangle()
         self.mode = mode
-        if mode == "deadlock":
-            self._tangle()
+        if mode == "deadlock":  # two threads of the agent, each holding a lock the other waits for
+            self._cycle.enter_context(lock_cycle(self.agent, "contract:1", "contract:2"))
         with CollectorClient(self.server.address) as client:
             self.epoch = client.snapshot(timeout=TIMEOUT).epoch
         self.entered = mode
 
-    def _tangle(self) -> None:
-        """Two threads of the agent, each holding one lock and waiting for the other's."""
-        first, second = self.agent.lock("contract:1"), self.agent.lock("contract:2")
-        holding = threading.Barrier(3)
-
-        def grab(mine: Any, theirs: Any, releases_mine: bool) -> None:
-            mine.acquire()
-            holding.wait(TIMEOUT)
-            if theirs.acquire(timeout=TIMEOUT):  # until _untangle breaks the cycle
-                theirs.release()
-            if releases_mine:
-                mine.release()
-
-        self._threads = [
-            threading.Thread(target=grab, args=(first, second, False)),
-            threading.Thread(target=grab, args=(second, first, True)),
-        ]
-        for thread in self._threads:
-            thread.start()
-        holding.wait(TIMEOUT)
-        self._first = first
-        wait_until(lambda: sum(1 for t in self.agent.tasks() if t.waiting_lock) == 2, "both to wait")
-
-    def _untangle(self) -> None:
-        if self._first is not None:
-            self._first.release()  # any task may release a cutwatch lock
-            self._first = None
-        for thread in self._threads:
-            thread.join(TIMEOUT)
-        self._threads = []
+    def untangle(self) -> None:
+        self._cycle.close()
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +275,7 @@ def checked(folder: Path) -> Iterator[Checked]:
             assert world.agent.wait_registered(TIMEOUT)
             yield world
         finally:
-            world._untangle()
+            world.untangle()
             world.agent.close()
 
 
@@ -391,6 +410,73 @@ def test_each_command_in_each_state(command: str, target: Target, request: pytes
         assert text.stdout == "" and text.stderr.startswith(("cutwatch: ", "Usage: ")), text.stderr
     else:
         assert text.stdout.strip()
+
+
+# cuts prune against each state of its file --------------------------------------------------------
+def _stored_cut(epoch: int) -> StoredCut:
+    return StoredCut(
+        epoch,
+        "COMPLETE",
+        started=1.0,
+        finished=2.0,
+        reasons=(),
+        missing=(),
+        unsettled=(),
+        states=(),
+        in_transit=(),
+    )
+
+
+def _prune_args(state: str, folder: Path, stack: ExitStack) -> list[str]:
+    """A fresh file in ``state`` and the ``cuts prune`` arguments for it; ``stack`` ends what holds it."""
+    db = folder / f"{state}.db"
+    db.unlink(missing_ok=True)
+    if state == "foreign":
+        with sqlite3.connect(db) as conn:
+            conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+        conn.close()
+    elif state != "missing":
+        with SqliteCutStore(db) as store:
+            for epoch in range(1, 4 if state in ("due", "locked") else 2):
+                store.save_cut(_stored_cut(epoch))
+    if state == "locked":  # another writer in the middle of a transaction
+        writer = sqlite3.connect(db, isolation_level=None)
+        stack.callback(writer.close)
+        writer.execute("BEGIN IMMEDIATE")
+        stack.callback(writer.execute, "ROLLBACK")
+    rule = [] if state == "usage" else ["--keep-cuts", "1"]
+    return ["cuts", "prune", "--db", str(db), *rule]
+
+
+@pytest.mark.parametrize("state", list(PRUNE_CONTRACT))
+def test_cuts_prune_in_each_state_of_its_file(
+    state: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cell = PRUNE_CONTRACT[state]
+    assert cell is not None
+    code, name = cell
+    monkeypatch.setattr("cutwatch.cli._prune.BUSY_TIMEOUT", 0.05)
+    runner = CliRunner()
+    for as_json in (True, False):
+        with ExitStack() as stack:
+            args = _prune_args(state, tmp_path, stack)
+            result = runner.invoke(main, [*args, "--json"] if as_json else args, env=CLEAN_ENV)
+        assert result.exit_code == code, (result.stdout, result.stderr)
+        if not as_json:
+            if name.startswith("error:"):
+                assert result.stdout == "" and result.stderr.startswith(("cutwatch: ", "Usage: "))
+            else:
+                assert result.stdout.strip() and result.stderr == ""
+            continue
+        doc = json.loads(result.stdout)
+        if name.startswith("error:"):
+            assert result.stderr.strip(), "the message for people is on stderr"
+            assert doc == {"error": {"kind": name[6:], "message": doc["error"]["message"], "exit_code": code}}
+        else:
+            assert name == "prune" and result.stderr == ""
+            keys = {"dry_run", "removed", "epochs", "stored", "more", "keep_cuts", "keep_for_seconds"}
+            assert set(doc) == keys and doc["stored"] == 1
+            assert doc["removed"] == (2 if state == "due" else 0)
 
 
 def test_a_missing_token_is_refused_like_a_wrong_one(secured: CollectorServer) -> None:

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -287,3 +288,22 @@ def test_the_local_collector_stops_what_it_started_and_removes_its_store() -> No
     assert address.startswith("127.0.0.1:")
     with pytest.raises(AgentStateError, match="closed agent"):
         agent.start()
+
+
+def test_the_local_collector_ignores_credentials_left_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Its collector is plaintext and tokenless, whatever the developer's shell exports."""
+    monkeypatch.setenv("CUTWATCH_TOKEN", "reader-token-0123456789abcdef")  # deprecated: would warn
+    monkeypatch.setenv("CUTWATCH_READER_TOKEN", "short")
+    monkeypatch.setenv("CUTWATCH_AGENT_TOKEN", "short")
+    monkeypatch.setenv("CUTWATCH_CA_CERT", str(tmp_path / "missing-ca.pem"))
+    monkeypatch.setenv("CUTWATCH_CLIENT_CERT", str(tmp_path / "missing-client.pem"))
+    monkeypatch.setenv("CUTWATCH_CLIENT_KEY", str(tmp_path / "missing-client.key"))
+    monkeypatch.setenv("CUTWATCH_COLLECTOR", "192.0.2.1:7070")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with LocalCollector() as collector:
+            agent = collector.agent("ledger", wait=True)
+            assert agent.collector == collector.address
+            assert collector.snapshot().complete

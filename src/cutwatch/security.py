@@ -22,6 +22,8 @@ from typing import Any
 
 import grpc
 
+from cutwatch._environment import AGENT_TOKEN_ENV, DEPRECATED_READER_TOKEN_ENV, READER_TOKEN_ENV
+from cutwatch._environment import env_value as _env_value
 from cutwatch._own import own_grpc as _own_grpc
 from cutwatch.core import SecurityConfigError
 
@@ -39,12 +41,6 @@ __all__ = [
 
 AGENT_ROLE = "agent"
 READER_ROLE = "reader"
-AGENT_TOKEN_ENV = "CUTWATCH_AGENT_TOKEN"  # noqa: S105 - variables' names, not secrets
-"""The agent token: what agents present and what the collector accepts from them."""
-READER_TOKEN_ENV = "CUTWATCH_READER_TOKEN"  # noqa: S105
-"""The reader token: what the reading commands and ``CollectorClient`` present and the collector accepts."""
-DEPRECATED_READER_TOKEN_ENV = "CUTWATCH_TOKEN"  # noqa: S105
-"""The reader token's former name on the client side; still read, with a notice to rename it."""
 TOKEN_ENV = READER_TOKEN_ENV
 """The variable a reader's token comes from (an older name for :data:`READER_TOKEN_ENV`)."""
 
@@ -61,10 +57,9 @@ def reader_token_from_env(environ: Mapping[str, str] | None = None) -> tuple[str
     ``CUTWATCH_READER_TOKEN``. ``CUTWATCH_TOKEN``, its former client-side name, is read only when
     the new name is not set; the caller tells the user to rename it when it is the one returned.
     """
-    env = os.environ if environ is None else environ
     for name in (READER_TOKEN_ENV, DEPRECATED_READER_TOKEN_ENV):
-        value = env.get(name, "").strip()
-        if value:
+        value = _env_value(name, environ)
+        if value is not None:
             return value, name
     return None, None
 

@@ -35,6 +35,7 @@ from cutwatch.collector import CheckResult, CheckResults, CollectorClient, Colle
 from cutwatch.predicates import PASS, Deadlock, PredicateResult, find_deadlocks, format_deadlocks
 from cutwatch.predicates import check as run_check
 from cutwatch.predicates.engine import Invariant, invariants_of
+from cutwatch.security import CollectorCredentials
 
 __all__ = ["LocalCollector", "Predicate"]
 
@@ -95,7 +96,9 @@ class LocalCollector:
                 **self._options,
             )
             self._server.start()
-            self._client = CollectorClient(self._server.address)
+            # Its own collector is plaintext and tokenless: no token or TLS variable the developer
+            # left in the environment may reach the client (nor warn about a deprecated name).
+            self._client = CollectorClient(self._server.address, credentials=CollectorCredentials())
         except BaseException:
             self.close()
             raise
@@ -142,7 +145,9 @@ class LocalCollector:
     # Agents -------------------------------------------------------------------------------------
     def agent(self, service: str, *, wait: bool = True, **options: Any) -> Agent:
         """A started :class:`~cutwatch.Agent` of ``service`` wired to this collector, closed by
-        :meth:`close`. With ``wait`` it is registered on return, so the next snapshot includes it."""
+        :meth:`close`. With ``wait`` it is registered on return, so the next snapshot includes it.
+        Without ``collector_credentials`` it presents none, whatever the environment holds."""
+        options.setdefault("collector_credentials", CollectorCredentials())
         agent = Agent(service, collector=self.address, **options)
         self._agents.append(agent)
         agent.start()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient, GrpcInstr
 
 import cutwatch
 from cutwatch._own import own_grpc
-from cutwatch.agent import instrument, uninstrument
+from cutwatch.agent import _instrument, instrument, uninstrument
 from cutwatch.agent._instrument import _UnlessStamped, instrumented_agent
 from cutwatch.agent.instrumentation import CutwatchInstrumentor
 from cutwatch.collector import CollectorClient, CollectorServer
@@ -42,10 +42,9 @@ def originals() -> list[Any]:
 
 
 @pytest.fixture(autouse=True)
-def restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def restored(clean_environment: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Only ``CUTWATCH_SERVICE`` set (tests/conftest.py clears the rest); every factory restored."""
     monkeypatch.setenv("CUTWATCH_SERVICE", "zero-code")
-    for name in ("CUTWATCH_COLLECTOR", "CUTWATCH_AGENT_TOKEN", "CUTWATCH_CA_CERT"):
-        monkeypatch.delenv(name, raising=False)
     before = originals()
     try:
         yield
@@ -61,7 +60,7 @@ class Rig:
         self.servers: list[grpc.Server] = []
         self.channels: list[grpc.Channel] = []
 
-    def serve(self, *, interceptors: list[Any] | None = None, positional: bool = False) -> str:
+    def serve(self, *, interceptors: Iterable[Any] | None = None, positional: bool = False) -> str:
         pool = futures.ThreadPoolExecutor(max_workers=4)
         if positional:
             server = grpc.server(pool, None, interceptors)
@@ -190,8 +189,6 @@ def test_an_agent_that_cannot_be_built_is_reported_once_and_grpc_works(
     rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.delenv("CUTWATCH_SERVICE")
-    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
-    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
     instrument()
     with caplog.at_level(logging.WARNING, logger="cutwatch.agent.instrument"):
         address = rig.serve()
@@ -301,8 +298,143 @@ def test_the_opentelemetry_instrumentor(rig: Rig) -> None:
         rig.serve()
         agent = instrumented_agent()
         assert agent is not None and agent.service == "via-otel"
-        instrumentor.instrument()  # already: nothing happens
-        assert instrumented_agent() is agent
+        patched = originals()
+        instrument()  # cutwatch's own check (the instrumentor's base class stops a second instrument())
+        assert originals() == patched, "a second instrument() patched again"
+        assert instrumented_agent() is agent, "a second instrument() replaced the instrumentation"
     finally:
         instrumentor.uninstrument()
     assert agent._closed
+
+
+# ---------------------------------------------------------------------------
+# The application's interceptors, given as an iterator, reach gRPC whole
+# ---------------------------------------------------------------------------
+
+CASES = ("the agent cannot be built", "cutwatch is there already", "the glue fails")
+
+
+class Counting(grpc.ServerInterceptor):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        self.calls += 1
+        return continuation(handler_call_details)
+
+
+class AioCounting(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        self.calls += 1
+        return await continuation(handler_call_details)
+
+
+class AioClientCounting(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        self.calls += 1
+        return await continuation(client_call_details, request)
+
+
+def arrange(case: str, monkeypatch: pytest.MonkeyPatch, adder: str) -> cutwatch.Agent | None:
+    """Instrument so that cutwatch adds nothing to the call, for the reason ``case`` names;
+    "cutwatch is there already" returns the application's own agent (to close)."""
+    if case == "the agent cannot be built":
+        monkeypatch.delenv("CUTWATCH_SERVICE")
+    elif case == "the glue fails":
+
+        def broken(*args: Any) -> list[Any]:
+            raise RuntimeError("a bug in the glue")
+
+        monkeypatch.setattr(_instrument, adder, broken)
+    instrument()
+    return cutwatch.Agent("explicit").start() if case == "cutwatch is there already" else None
+
+
+@pytest.mark.parametrize("positional", [False, True])
+@pytest.mark.parametrize("case", CASES)
+def test_a_generator_of_sync_server_interceptors_reaches_grpc_whole(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, case: str, positional: bool
+) -> None:
+    explicit = arrange(case, monkeypatch, "_sync_server_interceptors")
+    counting = Counting()
+    try:
+        mine = [counting, *([explicit.server_interceptor()] if explicit is not None else [])]
+        address = rig.serve(interceptors=(interceptor for interceptor in mine), positional=positional)
+        assert echo(rig.channel(address)) == b"hi"
+        assert counting.calls == 1, "the application's interceptor was lost"
+        if explicit is not None:
+            assert explicit.stats().requests_received == 1
+    finally:
+        if explicit is not None:
+            explicit.close()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_generator_of_aio_server_interceptors_reaches_grpc_whole(
+    monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    explicit = arrange(case, monkeypatch, "_aio_server_interceptors")
+    counting = AioCounting()
+    mine = [counting, *([explicit.aio_server_interceptor()] if explicit is not None else [])]
+
+    async def main() -> None:
+        server = grpc.aio.server(interceptors=(interceptor for interceptor in mine))
+        server.add_generic_rpc_handlers((generic_handler(EchoServicer()),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                assert await channel.unary_unary(UNARY_UNARY)(b"hi", timeout=TIMEOUT) == b"hi"
+        finally:
+            await server.stop(None)
+
+    try:
+        asyncio.run(main())
+        assert counting.calls == 1, "the application's interceptor was lost"
+        if explicit is not None:
+            assert explicit.stats().requests_received == 1
+    finally:
+        if explicit is not None:
+            explicit.close()
+
+
+@pytest.mark.parametrize("positional", [False, True])
+@pytest.mark.parametrize("case", CASES)
+def test_a_generator_of_aio_channel_interceptors_reaches_grpc_whole(
+    monkeypatch: pytest.MonkeyPatch, case: str, positional: bool
+) -> None:
+    explicit = arrange(case, monkeypatch, "_aio_client_interceptors")
+    counting = AioClientCounting()
+    mine = [counting, *(explicit.aio_client_interceptors() if explicit is not None else [])]
+
+    async def main() -> None:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((generic_handler(EchoServicer()),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        given = (interceptor for interceptor in mine)
+        address = f"127.0.0.1:{port}"
+        try:
+            if positional:
+                channel = grpc.aio.insecure_channel(address, None, None, given)
+            else:
+                channel = grpc.aio.insecure_channel(address, interceptors=given)
+            async with channel:
+                assert await channel.unary_unary(UNARY_UNARY)(b"hi", timeout=TIMEOUT) == b"hi"
+        finally:
+            await server.stop(None)
+
+    try:
+        asyncio.run(main())
+        assert counting.calls == 1, "the application's interceptor was lost"
+        if explicit is not None:
+            assert explicit.stats().requests_sent == 1
+    finally:
+        if explicit is not None:
+            explicit.close()

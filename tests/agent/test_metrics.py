@@ -19,6 +19,7 @@ from otel_metrics import Metrics
 
 import cutwatch
 from cutwatch.agent._metrics import AGENT_METRICS
+from cutwatch.integrations._metrics import Metric, Observed
 
 TIMEOUT = 30.0
 FRONT = {"cutwatch.service": "front"}
@@ -92,6 +93,7 @@ def test_several_agents_of_a_service_add_up_and_a_closed_one_is_not_read_nor_kep
         first.close()
         # ...and once it has none, its series are no longer reported.
         got = metrics.collect()
+        assert got.find("cutwatch.agent.messages", sent) is None
         assert not any(
             dict(attrs).get("cutwatch.service") == "front" for p in got.points.values() for attrs in p
         )
@@ -107,6 +109,83 @@ def test_several_agents_of_a_service_add_up_and_a_closed_one_is_not_read_nor_kep
     gc.collect()
     assert [ref() for ref in refs] == [None, None, None]
     metrics.collect()  # and collecting after they are gone is fine
+
+
+def test_a_collection_reads_each_agent_once_for_all_its_instruments(
+    metrics: Metrics, make_agent: Callable[..., cutwatch.Agent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agents = [make_agent(name, meter_provider=metrics.provider) for name in ("front", "front", "back")]
+    reads = {id(agent): 0 for agent in agents}
+    for agent in agents:
+
+        def counted(
+            agent: cutwatch.Agent = agent, stats: Callable[[], cutwatch.AgentStats] = agent.stats
+        ) -> cutwatch.AgentStats:
+            reads[id(agent)] += 1
+            return stats()
+
+        monkeypatch.setattr(agent, "stats", counted)
+    got = metrics.collect()
+    assert set(got.points) == {metric.name for metric in AGENT_METRICS}
+    assert list(reads.values()) == [1, 1, 1]  # not once per instrument
+    metrics.collect()
+    assert list(reads.values()) == [2, 2, 2]
+
+
+class Source:
+    """A stand-in for an agent: a count that grows on every read, and a hook run by the next read."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.reads = 0
+        self.on_read: Callable[[], object] = lambda: None
+
+    def read(self) -> int:
+        self.reads += 1
+        hook, self.on_read = self.on_read, lambda: None
+        hook()
+        self.count += 1
+        return self.count
+
+
+SOURCE_METRICS: tuple[Metric[int], ...] = (
+    Metric("test.count", "counter", "{thing}", "The count.", lambda n: [(n, {})]),
+    Metric("test.double", "counter", "{thing}", "Twice the count.", lambda n: [(2 * n, {})]),
+)
+
+
+def _observed(metrics: Metrics) -> Observed[Source, int]:
+    return Observed(metrics.provider.get_meter("test"), SOURCE_METRICS, Source.read, lambda _: FRONT)
+
+
+def test_one_collection_shows_every_instrument_at_the_same_reading(metrics: Metrics) -> None:
+    observed = _observed(metrics)
+    source = Source(0)
+    observed.add(source)
+    for reads in (1, 2, 3):
+        got = metrics.collect()
+        assert source.reads == reads
+        assert got.value("test.count", FRONT) == reads
+        assert got.value("test.double", FRONT) == 2 * reads  # the same reading, not the next one
+
+
+def test_a_source_removed_while_a_collection_reads_it_is_counted_once(metrics: Metrics) -> None:
+    observed = _observed(metrics)
+    closing, staying = Source(10), Source(100)
+    observed.add(closing)
+    observed.add(staying)
+    # It is removed while the collection reads it: after the collection took the list of sources, before
+    # it added the removed sources' final counts. Removing reads it once more, for those (11).
+    closing.on_read = lambda: observed.remove(closing)
+    first = metrics.collect()
+    assert closing.reads == 2
+    assert first.value("test.count", FRONT) == 11 + 101  # counted once: retired, not live as well
+    second = metrics.collect()
+    assert second.value("test.count", FRONT) == 11 + 102  # never backwards
+    assert second.value("test.double", FRONT) == 2 * (11 + 102)
+    assert closing.reads == 2  # and no longer read
+    observed.remove(staying)
+    assert metrics.collect().find("test.count", FRONT) is None  # no source of FRONT left
 
 
 def test_a_failing_read_never_reaches_the_application(

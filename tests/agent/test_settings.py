@@ -2,33 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import click
 import pytest
 import trustme
+from click.testing import CliRunner
 
 import cutwatch
+from cutwatch._environment import env_value
 from cutwatch.agent._settings import credentials_from_env, service_from_env
-from cutwatch.security import SecurityConfigError
+from cutwatch.cli._options import collector_option, env_tokens
+from cutwatch.collector import DEFAULT_LISTEN
+from cutwatch.security import SecurityConfigError, reader_token_from_env
 
 TOKEN = "agent-token-0123456789abcdef"
-VARIABLES = (
-    "CUTWATCH_SERVICE",
-    "OTEL_SERVICE_NAME",
-    "OTEL_RESOURCE_ATTRIBUTES",
-    "CUTWATCH_COLLECTOR",
-    "CUTWATCH_AGENT_TOKEN",
-    "CUTWATCH_CA_CERT",
-    "CUTWATCH_CLIENT_CERT",
-    "CUTWATCH_CLIENT_KEY",
-    "CUTWATCH_SERVER_NAME",
-)
 
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("clean_environment")  # tests/conftest.py: every variable unset
 
 
 def agent(*args: object, **kwargs: object) -> cutwatch.Agent:
@@ -64,20 +55,43 @@ def test_without_a_service_name_the_error_says_what_to_set() -> None:
         agent()
 
 
+def test_a_bad_cutwatch_service_or_argument_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUTWATCH_SERVICE", "my service")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "fine")
+    with pytest.raises(ValueError, match="CUTWATCH_SERVICE"):
+        agent()
+    with pytest.raises(ValueError, match="'a/b' must be"):
+        agent("a/b")
+
+
 @pytest.mark.parametrize(
-    ("variable", "value", "named"),
+    ("variable", "value", "service"),
     [
-        ("CUTWATCH_SERVICE", "my service", "CUTWATCH_SERVICE"),
-        ("OTEL_SERVICE_NAME", "a/b", "OTEL_SERVICE_NAME"),
-        ("OTEL_RESOURCE_ATTRIBUTES", "service.name=a%20b", "OTEL_RESOURCE_ATTRIBUTES"),
+        ("OTEL_SERVICE_NAME", "Payment Service", "Payment_Service"),
+        ("OTEL_SERVICE_NAME", "ns/app", "ns_app"),
+        ("OTEL_SERVICE_NAME", "café:1", "caf__1"),
+        ("OTEL_SERVICE_NAME", "x" * 150, "x" * 100),
+        ("OTEL_RESOURCE_ATTRIBUTES", "service.name=a%20b", "a_b"),
     ],
 )
-def test_a_bad_service_name_names_its_variable(
-    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, named: str
+def test_a_name_opentelemetry_accepts_is_made_to_fit_and_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, variable: str, value: str, service: str
 ) -> None:
+    """Those variables belong to OpenTelemetry, whose names are freer: they must not stop the app."""
     monkeypatch.setenv(variable, value)
-    with pytest.raises(ValueError, match=named):
-        agent()
+    with caplog.at_level(logging.DEBUG, logger="cutwatch.agent"):
+        assert agent().service == service
+    logged = [r.getMessage() for r in caplog.records if r.name == "cutwatch.agent"]
+    assert len(logged) == 1 and variable in logged[0] and repr(service) in logged[0], logged
+
+
+def test_a_name_that_fits_already_is_not_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "checkout")
+    with caplog.at_level(logging.DEBUG, logger="cutwatch.agent"):
+        assert agent().service == "checkout"
+    assert [r for r in caplog.records if r.name == "cutwatch.agent"] == []
 
 
 def test_collector_comes_from_the_environment_unless_none_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,9 +111,23 @@ def test_the_agent_token_comes_from_its_role_variable(monkeypatch: pytest.Monkey
     credentials = credentials_from_env()
     assert credentials is not None and credentials.token == TOKEN
     assert credentials.root_certificates is None
+    monkeypatch.setenv("CUTWATCH_COLLECTOR", "127.0.0.1:1")
     given = cutwatch.CollectorCredentials(token="given-token-0123456789abcdef")
-    assert agent("bank", "127.0.0.1:1", collector_credentials=given)._control._credentials is given  # type: ignore[union-attr]
-    assert agent("bank", "127.0.0.1:1")._control._credentials.token == TOKEN  # type: ignore[union-attr]
+    assert agent("bank", collector_credentials=given)._control._credentials is given  # type: ignore[union-attr]
+    assert agent("bank")._control._credentials.token == TOKEN  # type: ignore[union-attr]
+
+
+def test_an_explicit_collector_takes_no_credentials_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """All or nothing: a variable left over never turns the code's connection into TLS, nor fails it."""
+    monkeypatch.setenv("CUTWATCH_AGENT_TOKEN", "short")
+    monkeypatch.setenv("CUTWATCH_CA_CERT", str(tmp_path / "missing.pem"))
+    monkeypatch.setenv("CUTWATCH_CLIENT_CERT", str(tmp_path / "missing-client.pem"))
+    monkeypatch.setenv("CUTWATCH_SERVER_NAME", "collector.example")
+    credentials = agent("bank", "127.0.0.1:1")._control._credentials  # type: ignore[union-attr]
+    assert credentials == cutwatch.CollectorCredentials(), "plaintext and no token, as the code said"
+    assert not credentials.tls
 
 
 def test_nothing_set_means_no_credentials() -> None:
@@ -109,14 +137,15 @@ def test_nothing_set_means_no_credentials() -> None:
 def test_bad_credentials_in_the_environment_name_their_variable(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    monkeypatch.setenv("CUTWATCH_COLLECTOR", "127.0.0.1:1")
     monkeypatch.setenv("CUTWATCH_AGENT_TOKEN", "short")
     with pytest.raises(SecurityConfigError, match="CUTWATCH_AGENT_TOKEN"):
-        agent("bank", "127.0.0.1:1")
+        agent("bank")
     assert agent("bank", None).collector is None, "without a collector the token is not read"
     monkeypatch.delenv("CUTWATCH_AGENT_TOKEN")
     monkeypatch.setenv("CUTWATCH_CA_CERT", str(tmp_path / "missing.pem"))
     with pytest.raises(SecurityConfigError, match=r"CUTWATCH_CA_CERT.*missing\.pem"):
-        agent("bank", "127.0.0.1:1")
+        agent("bank")
 
 
 def test_tls_files_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -136,3 +165,31 @@ def test_tls_files_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.delenv("CUTWATCH_CLIENT_KEY")
     with pytest.raises(SecurityConfigError, match="CUTWATCH_CLIENT_CERT"):
         credentials_from_env()
+
+
+@pytest.mark.parametrize("written", [None, "", "  \t", " {} "])
+def test_the_agent_and_the_command_line_read_a_variable_alike(
+    monkeypatch: pytest.MonkeyPatch, written: str | None
+) -> None:
+    """One rule (stripped; empty or blank is unset) for ``CUTWATCH_COLLECTOR`` and the tokens."""
+    values = {
+        "CUTWATCH_COLLECTOR": "10.0.0.1:7070",
+        "CUTWATCH_AGENT_TOKEN": TOKEN,
+        "CUTWATCH_READER_TOKEN": TOKEN,
+    }
+    given = written is not None and "{}" in written
+    for name, value in values.items():
+        if written is not None:
+            monkeypatch.setenv(name, written.format(value))
+        assert env_value(name) == (value if given else None)
+    address = values["CUTWATCH_COLLECTOR"] if given else None
+    assert agent("bank").collector == address
+
+    @click.command()
+    @collector_option
+    def show(address: str) -> None:
+        click.echo(address)
+
+    assert CliRunner().invoke(show, []).output.strip() == (address or DEFAULT_LISTEN)
+    assert env_tokens("CUTWATCH_AGENT_TOKEN") == ((TOKEN,) if given else ())
+    assert reader_token_from_env() == ((TOKEN, "CUTWATCH_READER_TOKEN") if given else (None, None))

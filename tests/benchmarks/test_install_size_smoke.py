@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
-from benchmark_scripts import BENCHMARKS, positive
+import pytest
+from benchmark_scripts import BENCHMARKS, load_script, positive
+
+toml: types.ModuleType | None
+if sys.version_info >= (3, 11):
+    import tomllib as toml
+else:  # pragma: no cover - Python 3.10 reads pyproject only when tomli is installed
+    try:
+        import tomli as toml
+    except ModuleNotFoundError:
+        toml = None
 
 SCRIPT = BENCHMARKS / "install_size.py"
 
@@ -29,12 +41,33 @@ def test_measures_the_agents_dependencies_of_an_existing_environment() -> None:
     assert result["dependencies_bytes"] == sum(row["bytes"] for row in deps.values())
 
 
-def test_the_floor_it_installs_is_the_one_ci_tests() -> None:
-    module_text = SCRIPT.read_text()
-    assert 'FLOOR = ROOT / ".ci" / "floor-constraints.txt"' in module_text
-    pins = dict(
-        line.split("==")
-        for line in (Path(BENCHMARKS).parent / ".ci" / "floor-constraints.txt").read_text().splitlines()
-        if "==" in line and not line.startswith("#")
-    )
-    assert pins["grpcio"].startswith("1.62") and pins["protobuf"].startswith("4.25")
+def _release(version: str) -> tuple[int, ...]:
+    """``1.62`` and ``1.62.0`` are the same release."""
+    parts = [int(part) for part in version.split(".")]
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
+def test_the_floor_it_installs_pins_every_base_dependency_at_its_lowest_version() -> None:
+    """The script's floor measurement is the oldest supported install only when its constraints file
+    pins each of the agent's dependencies at the lowest version the package accepts."""
+    if toml is None:  # pragma: no cover
+        pytest.skip("reading pyproject.toml on Python 3.10 needs tomli")
+    floor: Path = load_script(SCRIPT).FLOOR
+    pins: dict[str, str] = {}
+    for line in floor.read_text().splitlines():
+        requirement = line.split("#", 1)[0].strip()
+        if requirement:
+            name, _, version = requirement.partition("==")
+            assert version, f"{floor.name}: {line!r} is not a pin"
+            pins[name.strip().lower()] = version.strip()
+    with (BENCHMARKS.parent / "pyproject.toml").open("rb") as f:
+        dependencies: list[str] = toml.load(f)["project"]["dependencies"]
+    assert dependencies
+    for dependency in dependencies:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*>=\s*([\d.]+)\s*(,.*)?", dependency)
+        assert match, f"{dependency!r}: every base dependency states its lowest version"
+        name, lowest = match[1].lower(), match[2]
+        assert name in pins, f"{floor.name} does not pin {name}"
+        assert _release(pins[name]) == _release(lowest), (name, pins[name], lowest)

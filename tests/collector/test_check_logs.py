@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,55 +136,80 @@ def test_the_json_formatter_writes_stable_keys_and_the_extras() -> None:
     assert "ValueError: boom" in json.loads(JsonFormatter().format(record))["exception"]
 
 
-def test_the_collector_command_logs_json_lines_with_the_failed_checks(tmp_path: Path) -> None:
+def _complete_lines(log: Path) -> list[str]:
+    """The lines a process has finished writing (a half-written last one waits for the next look)."""
+    text = log.read_text(errors="replace")
+    return [line for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
+
+
+def _json(line: str) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _run_collector(tmp_path: Path, procs: list[Proc], *options: str) -> Proc:
     predicates = tmp_path / "ledger_checks.py"
     predicates.write_text(PREDICATES)
-    procs: list[Proc] = []
-    ledger = None
+    command = [*cutwatch_command(), "collector", "--listen", "127.0.0.1:0", "--db", str(tmp_path / "cuts.db")]
+    return spawn(tmp_path, procs, "collector", [*command, "--predicates", str(predicates), *options])
+
+
+def _snapshot_and_wait(collector: Proc, warned: Callable[[str], bool]) -> int:
+    """Take a snapshot through a collector process; its epoch, once a complete log line is ``warned``."""
+    address = listening_address(collector)
+    ledger = Ledger("a", address)
     try:
-        collector = spawn(
-            tmp_path,
-            procs,
-            "collector",
-            [
-                *cutwatch_command(),
-                "collector",
-                "--listen",
-                "127.0.0.1:0",
-                "--db",
-                str(tmp_path / "cuts.db"),
-                "--predicates",
-                str(predicates),
-                "--log-format",
-                "json",
-            ],
-        )
-        address = listening_address(collector)
-        ledger = Ledger("a", address)
         assert ledger.agent.wait_registered(TIMEOUT)
         with CollectorClient(address) as client:
-            cut = client.snapshot(timeout=TIMEOUT)
-
-        def lines() -> list[dict[str, Any]]:
-            return [json.loads(line) for line in collector.log.read_text().splitlines() if line.strip()]
-
-        warned = wait_until(
-            lambda: [d for d in lines() if d["level"] == "WARNING" and d.get("check") == "ledger.poor"],
-            "the failed check's line",
-        )
+            epoch = client.snapshot(timeout=TIMEOUT).epoch
+        wait_until(lambda: any(map(warned, _complete_lines(collector.log))), "the failed check's line")
     finally:
-        if ledger is not None:
-            ledger.close()
+        ledger.close()
+    return epoch
+
+
+def test_the_collector_command_logs_json_lines_with_the_failed_checks(tmp_path: Path) -> None:
+    procs: list[Proc] = []
+
+    def poor(doc: dict[str, Any] | None) -> bool:
+        return doc is not None and doc.get("level") == "WARNING" and doc.get("check") == "ledger.poor"
+
+    try:
+        collector = _run_collector(tmp_path, procs, "--log-format", "json")
+        address = listening_address(collector)
+        # Until the end, a line may be anything (then every line must be JSON).
+        epoch = _snapshot_and_wait(collector, lambda line: poor(_json(line)))
+    finally:
         stop_all(procs)
-    (poor,) = warned
+    lines = _complete_lines(collector.log)
+    assert [line for line in lines if _json(line) is None] == []  # every line is one JSON object...
+    every = [json.loads(line) for line in lines]
+    (warned,) = [doc for doc in every if poor(doc)]
     assert (
-        poor["epoch"] == cut.epoch
-        and poor["status"] == "FAIL"
-        and poor["logger"] == "cutwatch.collector.checks"
+        warned["epoch"] == epoch
+        and warned["status"] == "FAIL"
+        and warned["logger"] == "cutwatch.collector.checks"
     )
-    assert poor["message"].startswith(f"ledger.poor FAIL on cut {cut.epoch}")
-    every = lines()  # every line is one JSON object, the command's own notes too
-    assert all({"time", "level", "logger", "message"} <= set(doc) for doc in every)
+    assert warned["message"].startswith(f"ledger.poor FAIL on cut {epoch}")
+    assert all({"time", "level", "logger", "message"} <= set(doc) for doc in every)  # ...the notes too
     assert every[0]["address"] == address and "listening on" in every[0]["message"]
     assert any(d["message"] == "cutwatch collector stopping" for d in every)
     assert any("registered" in d["message"] and d["level"] == "INFO" for d in every)
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_quiet_keeps_the_warnings_and_where_the_collector_listens(tmp_path: Path, log_format: str) -> None:
+    procs: list[Proc] = []
+    try:
+        collector = _run_collector(tmp_path, procs, "-q", "--log-format", log_format)
+        _snapshot_and_wait(collector, lambda line: "WARNING" in line and "ledger.poor FAIL" in line)
+    finally:
+        stop_all(procs)
+    lines = _complete_lines(collector.log)
+    assert [line for line in lines if "listening on" in line] == lines[:1], lines
+    assert not any("security:" in line or "stopping" in line or "INFO" in line for line in lines[1:]), lines
+    if log_format == "json":
+        assert [line for line in lines if _json(line) is None] == []

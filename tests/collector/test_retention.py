@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import click
@@ -26,8 +26,11 @@ from cutwatch.collector import (
     prune_store,
 )
 from cutwatch.collector._health import CollectorHealth
+from cutwatch.collector._sqlite import _MIGRATIONS, SCHEMA_VERSION
 from cutwatch.collector._store import MAX_PRUNE_LIMIT
 from cutwatch.collector._upkeep import Upkeep
+from cutwatch.core import StorageError
+from cutwatch.security import DEPRECATED_READER_TOKEN_ENV, READER_TOKEN_ENV
 
 T0 = 1_700_000_000.0
 DAY = 86400.0
@@ -298,8 +301,8 @@ def test_cuts_prune_by_age_against_a_running_collector(db: Path) -> None:
     ("args", "message"),
     [
         ([], "say what to keep"),
-        (["--keep-for", "0d"], "an age must be positive"),
-        (["--keep-for", "soon"], "is not an age"),
+        (["--keep-for", "0d"], "a duration must be positive"),
+        (["--keep-for", "soon"], "is not a duration"),
         (["--keep-cuts", "0"], "--keep-cuts"),
     ],
 )
@@ -314,13 +317,139 @@ def test_cuts_prune_never_creates_a_store_and_refuses_what_is_not_one(tmp_path: 
     result = CliRunner().invoke(main, ["cuts", "prune", "--db", str(missing), "--keep-cuts", "1"])
     assert result.exit_code == 2 and "does not exist" in result.output
     assert not missing.exists()
+    with pytest.raises(StorageError, match="no such file"):
+        SqliteCutStore.open_existing(missing)
+    assert not missing.exists()
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not a database at all, clearly" * 100)
     result = CliRunner().invoke(main, ["cuts", "prune", "--db", str(junk), "--keep-cuts", "1"])
-    assert result.exit_code == 4 and "cannot prune" in result.output, result.output
+    assert result.exit_code == 2 and "not an SQLite database" in result.stderr, result.output
     as_json = CliRunner().invoke(main, ["cuts", "prune", "--db", str(junk), "--keep-cuts", "1", "--json"])
-    assert as_json.exit_code == 4
-    assert json.loads(as_json.stdout)["error"]["kind"] == "refused"
+    assert as_json.exit_code == 2
+    assert json.loads(as_json.stdout)["error"]["kind"] == "usage"
+
+
+def schema_of(db: Path) -> list[tuple[str, str]]:
+    """Every table, index and its SQL, and the schema version if there is one: what a migration changes."""
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT name, COALESCE(sql, '') FROM sqlite_master ORDER BY name").fetchall()
+        if any(name == "schema_version" for name, _ in rows):
+            rows += [("version", str(v)) for (v,) in conn.execute("SELECT version FROM schema_version")]
+        return [(str(a), str(b)) for a, b in rows]
+    finally:
+        conn.close()
+
+
+def older_store(db: Path, version: int) -> None:
+    """A store as the cutwatch of schema ``version`` left it."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for number, statements in _MIGRATIONS:
+            if number <= version:
+                for statement in statements:
+                    conn.execute(statement)
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+    finally:
+        conn.close()
+
+
+def foreign_file(db: Path) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+        conn.execute("INSERT INTO invoices (total) VALUES (12.5)")
+    conn.close()
+
+
+def newer_store(db: Path) -> None:
+    SqliteCutStore(db).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (lambda db: db.write_bytes(b""), "holds no tables"),
+        (foreign_file, "it has tables invoices but not cuts, meta, schema_version"),
+        (lambda db: older_store(db, SCHEMA_VERSION - 1), f"schema version {SCHEMA_VERSION - 1}"),
+        (lambda db: older_store(db, 1), "start this cutwatch's collector on it once to upgrade it"),
+        (
+            newer_store,
+            f"schema version {SCHEMA_VERSION + 1}, and this cutwatch reads version {SCHEMA_VERSION}",
+        ),
+    ],
+    ids=["empty file", "foreign file", "older schema", "oldest schema", "newer schema"],
+)
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry", "real"])
+def test_cuts_prune_refuses_a_file_that_is_not_a_store_of_this_version_and_leaves_it_as_it_was(
+    db: Path, make: Callable[[Path], object], says: str, dry_run: bool
+) -> None:
+    make(db)
+    before = (db.read_bytes(), schema_of(db) if db.stat().st_size else [])
+    args = ["cuts", "prune", "--db", str(db), "--keep-cuts", "1", "--json", *(["--dry-run"] * dry_run)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert says in result.stderr, result.stderr
+    assert json.loads(result.stdout)["error"]["kind"] == "usage"
+    assert (db.read_bytes(), schema_of(db) if db.stat().st_size else []) == before
+
+
+def journal_mode(db: Path) -> str:
+    conn = sqlite3.connect(db)
+    try:
+        return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_a_dry_run_opens_the_store_read_only_and_no_prune_converts_its_journal(db: Path) -> None:
+    with SqliteCutStore(db) as store:
+        fill(store, range(1, 6), complete={5})
+    with sqlite3.connect(db) as conn:  # a store a tool switched back to a rollback journal
+        conn.execute("PRAGMA journal_mode = DELETE")
+    conn.close()
+    content, mtime = db.read_bytes(), db.stat().st_mtime_ns
+    dry = CliRunner().invoke(main, ["cuts", "prune", "--db", str(db), "--keep-cuts", "1", "--dry-run"])
+    assert dry.exit_code == 0 and dry.output.startswith("would remove 4 cuts"), dry.output
+    assert (db.read_bytes(), db.stat().st_mtime_ns, journal_mode(db)) == (content, mtime, "delete")
+    with (
+        SqliteCutStore.open_existing(db, read_only=True) as store,
+        pytest.raises(StorageError, match="readonly"),
+    ):
+        store.prune(keep_cuts=1)
+    real = CliRunner().invoke(main, ["cuts", "prune", "--db", str(db), "--keep-cuts", "1"])
+    assert real.exit_code == 0 and real.output.startswith("removed 4 cuts"), real.output
+    assert journal_mode(db) == "delete", "the prune left the journal as it found it"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {READER_TOKEN_ENV: "short"},
+        {DEPRECATED_READER_TOKEN_ENV: "short"},
+        {DEPRECATED_READER_TOKEN_ENV: "reader-" + "r" * 26},
+    ],
+    ids=["bad token", "bad token under the old name", "old name"],
+)
+def test_cuts_prune_reads_no_reader_credentials(
+    db: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SqliteCutStore(db) as store:
+        fill(store, range(1, 4))
+    monkeypatch.delenv(READER_TOKEN_ENV, raising=False)
+    monkeypatch.delenv(DEPRECATED_READER_TOKEN_ENV, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(main, ["cuts", "prune", "--db", str(db), "--keep-cuts", "1"])
+    assert result.exit_code == 0 and result.stderr == "", result.output
+    assert result.stdout.startswith("removed 2 cuts")
+    if READER_TOKEN_ENV in env:  # listing cuts does read them, and refuses a bad token
+        listing = CliRunner().invoke(main, ["cuts", "--collector", "127.0.0.1:1"])
+        assert listing.exit_code == 2 and "token must be" in listing.stderr, listing.output
 
 
 def test_retention_options_have_help_with_their_defaults() -> None:

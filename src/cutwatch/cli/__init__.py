@@ -7,17 +7,22 @@ removes old cuts from its store file; ``cutwatch decode-stamp`` turns a
 something a person can read; ``cutwatch demo`` runs a small bank, a shop and a leader
 lease under cutwatch as real processes and checks what it sees.
 
-Exit codes (stable; the table of every command against every state is in
+Exit codes (stable; the tables of every command against every state are in
 docs/collector.md, "The command-line contract"): 0 success (``snapshot``: the
-cut is COMPLETE; ``check``: every check holds; ``deadlocks``: none), 1 the
-answer is negative (an INCOMPLETE cut, a violation, a deadlock), 2 bad usage,
-3 the collector cannot be reached, 4 the collector refused the request (a
-missing or wrong token), 5 no conclusion (a check raised, timed out or is
-INCONCLUSIVE; ``deadlocks --now`` on an INCOMPLETE cut that proves none), 6 the
-collector could not start, 7 nothing to answer from (no cut yet, no such
-cut, no agent to take one of). With ``--json`` every outcome prints exactly
-one JSON document on stdout, ``{"error": {"kind", "message", "exit_code"}}``
-when there is no answer; messages for people go to stderr.
+cut is COMPLETE; ``check``: every check holds; ``deadlocks``: none; ``cuts
+prune``: the prune ran, even if nothing was due), 1 the answer is negative (an
+INCOMPLETE cut, a violation, a deadlock), 2 bad usage (``cuts prune``: also a
+``--db`` file that is missing or not a cutwatch store of this version), 3 the
+collector cannot be reached, 4 the request was refused (by the collector: a
+missing or wrong token; ``cuts prune``: by the store file, locked by another
+writer past the busy timeout or unwritable), 5 no conclusion (a check raised,
+timed out or is INCONCLUSIVE; ``deadlocks --now`` on an INCOMPLETE cut that
+proves none), 6 the collector could not start, 7 nothing to answer from (no
+cut yet, no such cut, no agent to take one of). With ``--json`` every outcome
+prints exactly one JSON document on stdout, ``{"error": {"kind", "message",
+"exit_code"}}`` when there is no answer; the one exception is ``check --follow
+--json``, which prints one document per line (the newest results, then each
+failed check as it is found). Messages for people go to stderr.
 """
 
 from __future__ import annotations

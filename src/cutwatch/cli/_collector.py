@@ -120,7 +120,7 @@ __all__ = ["collector"]
 )
 @keep_cuts_option
 @keep_for_option
-@click.option("-q", "--quiet", is_flag=True, help="Log warnings only.")
+@click.option("-q", "--quiet", is_flag=True, help="Warnings only, and the line saying where it listens.")
 @click.option(
     "--log-format",
     type=click.Choice(LOG_FORMATS),
@@ -156,7 +156,7 @@ def collector(
     why it listens on loopback by default; see docs/security.md.
     """
     configure_logging(logging.WARNING if quiet else logging.INFO, log_format)
-    say = _say(log_format)
+    say = _say(log_format, quiet)
     try:
         security = CollectorSecurity.from_files(
             agent_tokens=env_tokens(AGENT_TOKEN_ENV),
@@ -190,7 +190,11 @@ def collector(
         sys.exit(EXIT_START_FAILED)
     stop = threading.Event()
     set_on_signals(stop, signal.SIGINT, signal.SIGTERM)
-    say(f"cutwatch collector listening on {server.address}, storing cuts in {db}", address=server.address)
+    say(
+        f"cutwatch collector listening on {server.address}, storing cuts in {db}",
+        always=True,
+        address=server.address,
+    )
     on = [name.replace("_", " ") for name, enabled in security.describe().items() if enabled]
     say(f"security: {', '.join(on) or 'none (plaintext, no tokens)'}")
     if predicates:
@@ -205,10 +209,16 @@ def collector(
     server.stop()
 
 
-def _say(log_format: str) -> Callable[..., None]:
-    """The command's own notes on stderr: as they are, or as JSON lines like the log's."""
+def _say(log_format: str, quiet: bool = False) -> Callable[..., None]:
+    """The command's own notes on stderr: as they are, or as JSON lines like the log's.
 
-    def say(text: str, level: int = logging.INFO, **extra: object) -> None:
+    ``quiet`` keeps WARNING and above, as for the log, and the note ``always``
+    asks for: where the collector listens, which scripts read the address from.
+    """
+
+    def say(text: str, level: int = logging.INFO, always: bool = False, **extra: object) -> None:
+        if quiet and level < logging.WARNING and not always:
+            return
         click.echo(json_line(text, level, extra) if log_format == "json" else text, err=True)
 
     return say

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import sys
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from typing import Any, NoReturn
 
 import click
 
+from cutwatch._environment import COLLECTOR_ENV, env_value
 from cutwatch.collector import (
     DEFAULT_LISTEN,
     CollectorAuthError,
@@ -35,7 +35,7 @@ from cutwatch.security import (
 
 __all__ = [
     "AGENT_TOKEN_ENV",
-    "ENV_COLLECTOR",
+    "COLLECTOR_ENV",
     "EXIT_CHECK_ERROR",
     "EXIT_NEGATIVE",
     "EXIT_NO_CUT",
@@ -62,7 +62,8 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 """The collector cannot be reached (nothing listens, or the TLS handshake fails)."""
 EXIT_REFUSED = 4
-"""The collector refused the request (a missing or wrong token, or another error status)."""
+"""The collector refused the request (a missing or wrong token, or another error status); for
+``cuts prune``, the store file refused the prune (locked by another writer, not writable)."""
 EXIT_CHECK_ERROR = 5
 """No conclusion: a check raised, timed out or is INCONCLUSIVE, or an INCOMPLETE cut cannot rule out
 a deadlock."""
@@ -70,19 +71,21 @@ EXIT_START_FAILED = 6
 """``cutwatch collector`` could not start (address taken, store unusable, predicates that do not load)."""
 EXIT_NO_CUT = 7
 """Nothing to answer from: no cut (checked) yet, no cut of that epoch, or no agent to take one of."""
-ENV_COLLECTOR = "CUTWATCH_COLLECTOR"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in ``text``: ``5s``, ``500ms``, ``2m``, ``1h`` or a plain number of seconds."""
+    """Seconds in ``text``: ``500ms``, ``5s``, ``2m``, ``12h``, ``7d``, ``2w`` or a plain number of seconds.
+
+    The one parser of every duration option, timeouts and retention ages alike.
+    """
     match = _DURATION.match(text)
     if not match:
-        raise ValueError(f"{text!r} is not a duration (try 5s, 500ms, 2m)")
+        raise ValueError(f"{text!r} is not a duration (try 500ms, 5s, 2m, 12h, 7d, 2w)")
     seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds <= 0:
-        raise ValueError("a duration must be positive")
+    if not 0 < seconds < float("inf"):
+        raise ValueError("a duration must be positive and finite")
     return seconds
 
 
@@ -99,8 +102,8 @@ def duration(ctx: click.Context, param: click.Parameter, value: str | None) -> f
 collector_option = click.option(
     "--collector",
     "address",
-    default=lambda: os.environ.get(ENV_COLLECTOR, DEFAULT_LISTEN),
-    show_default=f"${ENV_COLLECTOR} or {DEFAULT_LISTEN}",
+    default=lambda: env_value(COLLECTOR_ENV) or DEFAULT_LISTEN,
+    show_default=f"${COLLECTOR_ENV} or {DEFAULT_LISTEN}",
     help="The collector's host:port.",
 )
 
@@ -201,5 +204,6 @@ def fail(exc: CollectorError, as_json: bool, snapshot_of: CollectorClient | None
 
 
 def env_tokens(name: str) -> tuple[str, ...]:
-    value = os.environ.get(name, "").strip()
-    return (value,) if value else ()
+    """The token in the variable ``name`` (read as the agent reads it), as the collector takes tokens."""
+    value = env_value(name)
+    return (value,) if value is not None else ()

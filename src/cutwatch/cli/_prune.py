@@ -3,50 +3,27 @@
 Pruning opens the store file itself rather than asking the collector: it
 works with the collector stopped, and with it running SQLite's WAL lets both
 write, each batch waiting its turn (the store's busy timeout) for the
-other's short transactions.
+other's short transactions. It opens the file as it is: never creating,
+converting or upgrading a store (an older collector still using the file
+would refuse it afterwards), and a dry run read-only.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
 import click
 
-from cutwatch.cli._options import EXIT_REFUSED, give_up, json_option, parse_duration
+from cutwatch.cli._options import EXIT_REFUSED, EXIT_USAGE, duration, give_up, json_option
 from cutwatch.collector import PruneReport, Retention, SqliteCutStore, prune_store
 from cutwatch.core import StorageError
 
-__all__ = ["age", "keep_cuts_option", "keep_for_option", "parse_age", "prune", "retention_of"]
+__all__ = ["BUSY_TIMEOUT", "keep_cuts_option", "keep_for_option", "prune", "retention_of"]
 
-_DAYS = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(d|w)\s*$")
-_DAY = 86400.0
-
-
-def parse_age(text: str) -> float:
-    """Seconds in an age: a duration (``90s``, ``30m``, ``12h``) or days and weeks (``7d``, ``2w``)."""
-    match = _DAYS.match(text)
-    if match is None:
-        try:
-            return parse_duration(text)
-        except ValueError:
-            raise ValueError(f"{text!r} is not an age (try 7d, 12h, 30m, 2w)") from None
-    seconds = float(match.group(1)) * (_DAY if match.group(2) == "d" else 7 * _DAY)
-    if seconds <= 0:
-        raise ValueError("an age must be positive")
-    return seconds
-
-
-def age(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    """Click callback: an age option's seconds (None stays None)."""
-    if value is None:
-        return None
-    try:
-        return parse_age(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+BUSY_TIMEOUT = 10.0
+"""Seconds a batch waits for another writer's transaction (a running collector's) before giving up."""
 
 
 def retention_of(keep_cuts: int | None, keep_for: float | None) -> Retention | None:
@@ -63,7 +40,7 @@ keep_cuts_option = click.option(
 )
 keep_for_option = click.option(
     "--keep-for",
-    callback=age,
+    callback=duration,
     default=None,
     metavar="AGE",
     show_default="forever",
@@ -93,10 +70,14 @@ def prune(db: Path, keep_cuts: int | None, keep_for: float | None, dry_run: bool
     if retention is None:
         raise click.UsageError("say what to keep: --keep-cuts N, --keep-for AGE or both")
     try:
-        with SqliteCutStore(db) as store:
+        store = SqliteCutStore.open_existing(db, read_only=dry_run, timeout=BUSY_TIMEOUT)
+    except StorageError as exc:  # not a store of this version: the file named is the mistake
+        give_up("usage", f"cannot prune {exc}", EXIT_USAGE, as_json)
+    with store:
+        try:
             report = prune_store(store, retention, now=time.time(), dry_run=dry_run)
-    except StorageError as exc:
-        give_up("refused", f"cannot prune: {exc}", EXIT_REFUSED, as_json)
+        except StorageError as exc:
+            give_up("refused", f"the store refused the prune: {exc}", EXIT_REFUSED, as_json)
     if as_json:
         doc = report.to_json() | {"keep_cuts": keep_cuts, "keep_for_seconds": keep_for}
         click.echo(json.dumps(doc, indent=2, sort_keys=True))

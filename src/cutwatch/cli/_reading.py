@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
@@ -58,7 +59,23 @@ def _take(client: CollectorClient, timeout: float, as_json: bool) -> Cut:
         fail(exc, as_json, snapshot_of=client)
 
 
+def _listing_only(group: Callable[..., None]) -> Callable[..., None]:
+    """Runs a group's own command, and what its decorators do first, only when no subcommand is named.
+
+    ``cuts prune`` works on a file and needs no collector, so the reader credentials
+    (token files, certificates, token variables) must not be read, let alone refused, for it.
+    """
+
+    @functools.wraps(group)
+    def run(**kwargs: Any) -> None:
+        if click.get_current_context().invoked_subcommand is None:
+            group(**kwargs)
+
+    return run
+
+
 @click.group(invoke_without_command=True)
+@_listing_only
 @collector_option
 @client_options
 @click.option(
@@ -86,8 +103,6 @@ def cuts(
     as_json: bool,
 ) -> None:
     """List stored cuts, newest first (or show one with --epoch); 'cuts prune' removes old ones."""
-    if click.get_current_context().invoked_subcommand is not None:
-        return  # the subcommand does the work
     with CollectorClient(address, credentials=credentials) as client:
         try:
             if epoch is not None:
