@@ -86,7 +86,7 @@ class _StampedCall(CountedWrites, ObjectProxy):
     def _self_backstop(self) -> None:
         if self._self_outbound.finished:
             return
-        task = asyncio.get_running_loop().create_task(self._self_finish())
+        task = asyncio.get_running_loop().create_task(_finish_later(self))
         _background.add(task)
         task.add_done_callback(_background.discard)
 
@@ -153,6 +153,14 @@ class _StampedCall(CountedWrites, ObjectProxy):
         else:
             took(self._self_core, stream, message, self._self_max_payload)
         return message
+
+
+async def _finish_later(call: _StampedCall) -> None:
+    """The backstop's task, a plain coroutine. Closing a channel, older grpcio (1.62 among them)
+    looks at the first frame of every pending task and raises on a ``self`` that is a call object
+    it does not know, as this proxy of a call another interceptor returned is; a frame without
+    ``self`` is left alone."""
+    await call._self_finish()
 
 
 class _AioClientBase:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 import pytest
-from click.testing import CliRunner
+from cli_runner import cli_runner
 from polling import wait_until
 from processes import Proc, cutwatch_command, listening_address, spawn, stop_all
 
@@ -39,7 +39,7 @@ def stamp() -> bytes:
 
 
 def invoke(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args))
+    result = cli_runner().invoke(main, list(args))
     return result.exit_code, result.output
 
 
@@ -202,13 +202,13 @@ def _defaulted(command: click.Command) -> list[click.Option]:
 @pytest.mark.parametrize(("name", "command"), COMMANDS, ids=[n for n, _ in COMMANDS])
 def test_every_option_with_a_default_shows_it(name: str, command: click.Command) -> None:
     assert [option.name for option in _defaulted(command) if not option.show_default] == []
-    shown_in_help = " ".join(CliRunner().invoke(main, [*name.split(), "--help"]).output.split())
+    shown_in_help = " ".join(cli_runner().invoke(main, [*name.split(), "--help"]).output.split())
     assert shown_in_help.count("[default: ") >= len(_defaulted(command)), shown_in_help
 
 
 def test_durations_and_limits_show_their_defaults() -> None:
     def shown(command: str) -> str:  # click wraps the help text: compare it with single spaces
-        return " ".join(CliRunner().invoke(main, [command, "--help"]).output.split())
+        return " ".join(cli_runner().invoke(main, [command, "--help"]).output.split())
 
     collector_help = shown("collector")
     assert "Longest a predicate may run on one cut" in collector_help and "[default: 5s]" in collector_help

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 import trustme
-from click.testing import CliRunner
+from cli_runner import cli_runner
 from lock_cycle import lock_cycle
 from polling import wait_until
 from processes import cutwatch_command
@@ -395,7 +395,7 @@ def test_each_command_in_each_state(command: str, target: Target, request: pytes
     cell = CONTRACT[command][state]
     assert cell is not None
     code, name = cell
-    runner = CliRunner()
+    runner = cli_runner()
     env = {**CLEAN_ENV, **target.env}
     as_json = runner.invoke(main, [*_args(command, state, target), "--json"], env=env)
     assert as_json.exit_code == code, (as_json.stdout, as_json.stderr)
@@ -456,7 +456,7 @@ def test_cuts_prune_in_each_state_of_its_file(
     assert cell is not None
     code, name = cell
     monkeypatch.setattr("cutwatch.cli._prune.BUSY_TIMEOUT", 0.05)
-    runner = CliRunner()
+    runner = cli_runner()
     for as_json in (True, False):
         with ExitStack() as stack:
             args = _prune_args(state, tmp_path, stack)
@@ -481,7 +481,7 @@ def test_cuts_prune_in_each_state_of_its_file(
 
 def test_a_missing_token_is_refused_like_a_wrong_one(secured: CollectorServer) -> None:
     for command in ("status", "cuts", "check", "snapshot"):
-        result = CliRunner().invoke(main, [command, "--collector", secured.address, "--json"], env=CLEAN_ENV)
+        result = cli_runner().invoke(main, [command, "--collector", secured.address, "--json"], env=CLEAN_ENV)
         assert result.exit_code == 4, result.output
         assert json.loads(result.stdout)["error"]["kind"] == "refused"
         assert "UNAUTHENTICATED" in result.stderr and READER_TOKEN_ENV in result.stderr
@@ -515,14 +515,14 @@ def test_a_collector_that_cannot_start_exits_6(cause: str, tmp_path: Path) -> No
 
 
 def test_a_collector_given_bad_usage_exits_2(tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["collector", "--every", "0s", "--db", str(tmp_path / "c.db")])
+    result = cli_runner().invoke(main, ["collector", "--every", "0s", "--db", str(tmp_path / "c.db")])
     assert result.exit_code == 2 and result.stdout == ""
     assert "a duration must be positive" in result.stderr
 
 
 # status and snapshot tell the same story --------------------------------------------------------
 def test_with_no_agent_status_and_snapshot_agree(empty: CollectorServer) -> None:
-    runner = CliRunner()
+    runner = cli_runner()
     status = runner.invoke(main, ["status", "--collector", empty.address], env=CLEAN_ENV)
     assert status.exit_code == 0 and "a snapshot has nothing to take" in status.stdout
     taken = runner.invoke(main, ["snapshot", "--collector", empty.address], env=CLEAN_ENV)
@@ -533,7 +533,7 @@ def test_with_an_agent_expected_back_snapshots_are_incomplete_and_name_it(
     incomplete: tuple[CollectorServer, str],
 ) -> None:
     server, away = incomplete
-    runner = CliRunner()
+    runner = cli_runner()
     status = json.loads(runner.invoke(main, ["status", "--collector", server.address, "--json"]).stdout)
     assert status["agents"] == [] and [a["process"] for a in status["absent"]] == [away]
     text = runner.invoke(main, ["status", "--collector", server.address]).stdout
@@ -551,7 +551,7 @@ def test_with_an_agent_expected_back_snapshots_are_incomplete_and_name_it(
 def test_the_reader_token_variable_is_read_and_the_old_name_still_works_with_a_notice(
     secured: CollectorServer,
 ) -> None:
-    runner = CliRunner()
+    runner = cli_runner()
     args = ["status", "--collector", secured.address, "--json"]
     current = runner.invoke(main, args, env={**CLEAN_ENV, READER_TOKEN_ENV: READER_TOKEN})
     assert current.exit_code == 0 and current.stderr == ""
@@ -612,7 +612,7 @@ def test_a_tls_mismatch_ends_as_unreachable(folder: Path) -> None:
     with CollectorServer(folder / "tls.db", listen="127.0.0.1:0", security=security) as server:
         for extra in ([], ["--ca-cert", str(wrong_ca)]):
             args = ["status", "--collector", server.address, "--json", *extra]
-            result = CliRunner().invoke(main, args, env=CLEAN_ENV)
+            result = cli_runner().invoke(main, args, env=CLEAN_ENV)
             assert result.exit_code == 3, result.output
             assert json.loads(result.stdout)["error"]["kind"] == "unreachable"
             if extra:

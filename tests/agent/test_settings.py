@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import pytest
 import trustme
-from click.testing import CliRunner
+from cli_runner import cli_runner
 
 import cutwatch
 from cutwatch._environment import env_value
@@ -190,6 +190,6 @@ def test_the_agent_and_the_command_line_read_a_variable_alike(
     def show(address: str) -> None:
         click.echo(address)
 
-    assert CliRunner().invoke(show, []).output.strip() == (address or DEFAULT_LISTEN)
+    assert cli_runner().invoke(show, []).output.strip() == (address or DEFAULT_LISTEN)
     assert env_tokens("CUTWATCH_AGENT_TOKEN") == ((TOKEN,) if given else ())
     assert reader_token_from_env() == ((TOKEN, "CUTWATCH_READER_TOKEN") if given else (None, None))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
+from cli_runner import cli_runner
 from ledger_service import Ledger
 from lock_cycle import lock_cycle
 from opentelemetry.sdk.trace import TracerProvider
@@ -90,7 +90,7 @@ def test_every_complete_cut_gets_a_result_per_predicate_and_failures_are_watched
         ("ledger.broken", "ERROR", cut.epoch),
         ("ledger.rich", "FAIL", cut.epoch),
     ]
-    runner = CliRunner()
+    runner = cli_runner()
     text = runner.invoke(cli_main, ["check", "--collector", server.address])
     assert text.exit_code == 1, text.output
     assert "FAIL   ledger.rich" in text.output and "some are poor" in text.output
@@ -118,7 +118,9 @@ def test_a_lock_cycle_is_reported_exported_and_gives_exit_code_1(
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     monkeypatch.setattr("cutwatch.collector._checks.trace.get_tracer", provider.get_tracer)
     with lock_cycle(a.agent):
-        result = CliRunner().invoke(cli_main, ["deadlocks", "--collector", server.address, "--now", "--json"])
+        result = cli_runner().invoke(
+            cli_main, ["deadlocks", "--collector", server.address, "--now", "--json"]
+        )
         assert result.exit_code == 1, result.output
         doc = json.loads(result.output)
         (deadlock,) = doc["deadlocks"]
@@ -141,7 +143,7 @@ def test_a_predicate_file_that_does_not_load_stops_the_collector_from_starting(t
     )
     with pytest.raises(PredicateLoadError, match=r"bad\.py"):
         CollectorServer(tmp_path / "cuts.db", listen="127.0.0.1:0", predicates=[str(bad)])
-    result = CliRunner().invoke(
+    result = cli_runner().invoke(
         cli_main,
         ["collector", "--listen", "127.0.0.1:0", "--db", str(tmp_path / "c.db"), "--predicates", str(bad)],
     )
@@ -165,7 +167,7 @@ def test_deadlocks_now_on_an_incomplete_cut_that_proves_none_says_so_and_exits_5
     checked: tuple[CollectorServer, Ledger, Ledger],
 ) -> None:
     server, _, b = checked
-    assert CliRunner().invoke(cli_main, ["snapshot", "--collector", server.address]).exit_code == 0
+    assert cli_runner().invoke(cli_main, ["snapshot", "--collector", server.address]).exit_code == 0
     in_provider = threading.Event()
 
     def slow() -> int:
@@ -184,7 +186,9 @@ def test_deadlocks_now_on_an_incomplete_cut_that_proves_none_says_so_and_exits_5
     breaker = threading.Thread(target=lose_the_link)
     breaker.start()
     try:
-        result = CliRunner().invoke(cli_main, ["deadlocks", "--collector", server.address, "--now", "--json"])
+        result = cli_runner().invoke(
+            cli_main, ["deadlocks", "--collector", server.address, "--now", "--json"]
+        )
     finally:
         breaker.join(TIMEOUT)
     assert result.exit_code == 5, result.output

@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
-from click.testing import CliRunner
+from cli_runner import cli_runner
 from google.protobuf.struct_pb2 import Struct
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -169,7 +169,7 @@ def test_the_overlap_between_two_snapshots_is_found_with_the_cut_where_it_happen
     assert b_clock.get(a.agent.process_id, 0) >= 1
     assert "consistent cut no snapshot sampled" in result.message
 
-    printed = CliRunner().invoke(
+    printed = cli_runner().invoke(
         cli_main, ["check", "--collector", collector.address, "--epoch", str(second)]
     )
     assert printed.exit_code == 1, printed.output

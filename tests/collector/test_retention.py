@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 import pytest
-from click.testing import CliRunner
+from cli_runner import cli_runner
 from polling import wait_until
 
 from cutwatch.cli import main
@@ -261,7 +261,7 @@ def test_a_running_collector_prunes_its_store(db: Path) -> None:
 def test_cuts_prune_dry_run_then_for_real_with_json(db: Path) -> None:
     with SqliteCutStore(db) as store:
         fill(store, range(1, 11), complete={10})
-    runner = CliRunner()
+    runner = cli_runner()
     dry = runner.invoke(main, ["cuts", "prune", "--db", str(db), "--keep-cuts", "4", "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert dry.output.startswith("would remove 6 cuts (epochs 1-6); 4 stored"), dry.output
@@ -289,7 +289,7 @@ def test_cuts_prune_by_age_against_a_running_collector(db: Path) -> None:
         store.save_cut(cut(6, finished=T0 + 10_000 * DAY, complete=True))  # far ahead
     server = CollectorServer(db, listen="127.0.0.1:0").start()
     try:
-        result = CliRunner().invoke(main, ["cuts", "prune", "--db", str(db), "--keep-for", "7d"])
+        result = cli_runner().invoke(main, ["cuts", "prune", "--db", str(db), "--keep-for", "7d"])
         assert result.exit_code == 0, result.output
         assert result.output.startswith("removed 5 cuts (epochs 1-5); 1 stored"), result.output
         assert [info.epoch for info in server.store.list_cuts()] == [6]
@@ -308,13 +308,13 @@ def test_cuts_prune_by_age_against_a_running_collector(db: Path) -> None:
 )
 def test_cuts_prune_refuses_bad_usage_with_exit_2(db: Path, args: list[str], message: str) -> None:
     SqliteCutStore(db).close()
-    result = CliRunner().invoke(main, ["cuts", "prune", "--db", str(db), *args])
+    result = cli_runner().invoke(main, ["cuts", "prune", "--db", str(db), *args])
     assert result.exit_code == 2 and message in result.output, result.output
 
 
 def test_cuts_prune_never_creates_a_store_and_refuses_what_is_not_one(tmp_path: Path) -> None:
     missing = tmp_path / "missing.db"
-    result = CliRunner().invoke(main, ["cuts", "prune", "--db", str(missing), "--keep-cuts", "1"])
+    result = cli_runner().invoke(main, ["cuts", "prune", "--db", str(missing), "--keep-cuts", "1"])
     assert result.exit_code == 2 and "does not exist" in result.output
     assert not missing.exists()
     with pytest.raises(StorageError, match="no such file"):
@@ -322,9 +322,9 @@ def test_cuts_prune_never_creates_a_store_and_refuses_what_is_not_one(tmp_path: 
     assert not missing.exists()
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not a database at all, clearly" * 100)
-    result = CliRunner().invoke(main, ["cuts", "prune", "--db", str(junk), "--keep-cuts", "1"])
+    result = cli_runner().invoke(main, ["cuts", "prune", "--db", str(junk), "--keep-cuts", "1"])
     assert result.exit_code == 2 and "not an SQLite database" in result.stderr, result.output
-    as_json = CliRunner().invoke(main, ["cuts", "prune", "--db", str(junk), "--keep-cuts", "1", "--json"])
+    as_json = cli_runner().invoke(main, ["cuts", "prune", "--db", str(junk), "--keep-cuts", "1", "--json"])
     assert as_json.exit_code == 2
     assert json.loads(as_json.stdout)["error"]["kind"] == "usage"
 
@@ -391,7 +391,7 @@ def test_cuts_prune_refuses_a_file_that_is_not_a_store_of_this_version_and_leave
     make(db)
     before = (db.read_bytes(), schema_of(db) if db.stat().st_size else [])
     args = ["cuts", "prune", "--db", str(db), "--keep-cuts", "1", "--json", *(["--dry-run"] * dry_run)]
-    result = CliRunner().invoke(main, args)
+    result = cli_runner().invoke(main, args)
     assert result.exit_code == 2, result.output
     assert says in result.stderr, result.stderr
     assert json.loads(result.stdout)["error"]["kind"] == "usage"
@@ -413,7 +413,7 @@ def test_a_dry_run_opens_the_store_read_only_and_no_prune_converts_its_journal(d
         conn.execute("PRAGMA journal_mode = DELETE")
     conn.close()
     content, mtime = db.read_bytes(), db.stat().st_mtime_ns
-    dry = CliRunner().invoke(main, ["cuts", "prune", "--db", str(db), "--keep-cuts", "1", "--dry-run"])
+    dry = cli_runner().invoke(main, ["cuts", "prune", "--db", str(db), "--keep-cuts", "1", "--dry-run"])
     assert dry.exit_code == 0 and dry.output.startswith("would remove 4 cuts"), dry.output
     assert (db.read_bytes(), db.stat().st_mtime_ns, journal_mode(db)) == (content, mtime, "delete")
     with (
@@ -421,7 +421,7 @@ def test_a_dry_run_opens_the_store_read_only_and_no_prune_converts_its_journal(d
         pytest.raises(StorageError, match="readonly"),
     ):
         store.prune(keep_cuts=1)
-    real = CliRunner().invoke(main, ["cuts", "prune", "--db", str(db), "--keep-cuts", "1"])
+    real = cli_runner().invoke(main, ["cuts", "prune", "--db", str(db), "--keep-cuts", "1"])
     assert real.exit_code == 0 and real.output.startswith("removed 4 cuts"), real.output
     assert journal_mode(db) == "delete", "the prune left the journal as it found it"
 
@@ -444,11 +444,11 @@ def test_cuts_prune_reads_no_reader_credentials(
     monkeypatch.delenv(DEPRECATED_READER_TOKEN_ENV, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    result = CliRunner().invoke(main, ["cuts", "prune", "--db", str(db), "--keep-cuts", "1"])
+    result = cli_runner().invoke(main, ["cuts", "prune", "--db", str(db), "--keep-cuts", "1"])
     assert result.exit_code == 0 and result.stderr == "", result.output
     assert result.stdout.startswith("removed 2 cuts")
     if READER_TOKEN_ENV in env:  # listing cuts does read them, and refuses a bad token
-        listing = CliRunner().invoke(main, ["cuts", "--collector", "127.0.0.1:1"])
+        listing = cli_runner().invoke(main, ["cuts", "--collector", "127.0.0.1:1"])
         assert listing.exit_code == 2 and "token must be" in listing.stderr, listing.output
 
 
@@ -459,7 +459,7 @@ def test_retention_options_have_help_with_their_defaults() -> None:
     for command in (prune, collector):
         assert [p.name for p in command.params if not (getattr(p, "help", "") or "").strip()] == []
     for args in (["cuts", "prune", "--help"], ["collector", "--help"]):
-        shown = " ".join(CliRunner().invoke(main, args).output.split())
+        shown = " ".join(cli_runner().invoke(main, args).output.split())
         assert "[default: (all); x>=1]" in shown and "[default: (forever)]" in shown, shown
-    listing = CliRunner().invoke(main, ["cuts", "--help"])
+    listing = cli_runner().invoke(main, ["cuts", "--help"])
     assert listing.exit_code == 0 and "prune" in listing.output

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 import trustme
-from click.testing import CliRunner
+from cli_runner import cli_runner
 from ledger_service import Ledger
 from polling import wait_until
 
@@ -140,7 +140,7 @@ def test_every_wrong_credential_is_refused_and_nothing_is_written(
 def test_the_command_line_reads_tokens_from_a_file_or_the_environment(
     secured: CollectorServer, tmp_path: Path
 ) -> None:
-    runner = CliRunner()
+    runner = cli_runner()
     token_file = tmp_path / "reader.token"
     token_file.write_text(READER_TOKEN + "\n")
     args = ["status", "--collector", secured.address, "--json"]
@@ -158,7 +158,7 @@ def test_the_command_line_reads_tokens_from_a_file_or_the_environment(
 
 
 def test_the_collector_command_refuses_unusable_security_settings(tmp_path: Path) -> None:
-    runner = CliRunner()
+    runner = cli_runner()
     missing = runner.invoke(
         cli_main,
         [

@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
-from click.testing import CliRunner
+from cli_runner import cli_runner
 from ledger_service import Ledger, amount_request
 from polling import wait_until
 
@@ -180,7 +180,7 @@ def test_no_agents_is_a_clear_answer(collector: CollectorServer) -> None:
         pytest.raises(CollectorError, match="no agent is registered"),
     ):
         client.snapshot(timeout=1.0)
-    result = CliRunner().invoke(cli_main, ["snapshot", "--collector", collector.address, "--timeout", "1s"])
+    result = cli_runner().invoke(cli_main, ["snapshot", "--collector", collector.address, "--timeout", "1s"])
     assert result.exit_code == 7, result.output  # nothing to answer from, as `cutwatch status` shows
     assert "no agent is registered" in result.output
 
@@ -190,7 +190,7 @@ def test_the_command_line_prints_cuts_and_exits_by_status(
 ) -> None:
     a, b = ledgers("a"), ledgers("b")
     a.transfer(a.stub(b), 7).result(TIMEOUT)
-    runner = CliRunner()
+    runner = cli_runner()
     text = runner.invoke(cli_main, ["snapshot", "--collector", collector.address])
     assert text.exit_code == 0, text.output
     assert "COMPLETE" in text.output and a.agent.process_id in text.output and '"balance": 93' in text.output

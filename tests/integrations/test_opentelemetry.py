@@ -17,6 +17,7 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from importlib import metadata
 from typing import Any
 
 import aio_echo_service
@@ -36,6 +37,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from packaging.version import Version
 
 import cutwatch
 from cutwatch.agent import STAMP_METADATA_KEY
@@ -56,10 +58,18 @@ EXPECTED = {
     "stream-stream": [b"pi", b"ng"],
 }
 
+CONTRIB = Version(metadata.version("opentelemetry-instrumentation-grpc"))
+
 # The contrib sync client interceptor hands a unary-stream call back as a bare
 # generator, hiding the call; cutwatch outside it cannot read the response
 # trailers, so that response comes back untracked (see the xfail test below).
+# Before 0.62b0 it did the same with stream-stream calls.
 HIDDEN_RESPONSE = ("cutwatch-outer", "unary-stream")
+HIDDEN_RESPONSES = {HIDDEN_RESPONSE} | (
+    {("cutwatch-outer", "stream-stream")} if Version("0.62b0") > CONTRIB else set()
+)
+# Before 0.54b0 the contrib sync client ended a future's span before its outcome, with no status.
+FUTURE_SPAN_HAS_STATUS = Version("0.54b0") <= CONTRIB
 
 
 class Otel:
@@ -109,11 +119,14 @@ def assert_propagated(client: ReadableSpan, server: ReadableSpan) -> None:
     assert server.parent.span_id == client.context.span_id
 
 
-def assert_failed_precondition(client: ReadableSpan, server: ReadableSpan) -> None:
+def assert_failed_precondition(
+    client: ReadableSpan, server: ReadableSpan, *, client_saw: bool = True
+) -> None:
     """Both spans saw the abort's code (a server span stays UNSET for client-caused codes)."""
     code = grpc.StatusCode.FAILED_PRECONDITION.value[0]
-    assert client.status.status_code == StatusCode.ERROR
-    assert client.attributes is not None and client.attributes["rpc.grpc.status_code"] == code
+    if client_saw:
+        assert client.status.status_code == StatusCode.ERROR
+        assert client.attributes is not None and client.attributes["rpc.grpc.status_code"] == code
     assert server.attributes is not None and server.attributes["rpc.grpc.status_code"] == code
 
 
@@ -233,7 +246,7 @@ def test_sync_stacked_calls_keep_stamps_and_trace_propagation(
     assert "traceparent" in servicer.seen_metadata[0]
     client_stats = client_agent.stats()
     assert (client_stats.requests_sent, client_stats.responses_received) == (1, 1)
-    if (client_order, kind) != HIDDEN_RESPONSE:
+    if (client_order, kind) not in HIDDEN_RESPONSES:
         assert client_stats.untracked == 0
         # The response stamp of this very call was merged: the client knows the server's last event.
         assert client_agent.clock[server_agent.process_id] == server_agent.clock[server_agent.process_id]
@@ -286,7 +299,7 @@ def test_sync_stacked_abort_reaches_app_and_both_spans(
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     client_span, server_span = otel.client_and_server_span()
     assert_propagated(client_span, server_span)
-    assert_failed_precondition(client_span, server_span)
+    assert_failed_precondition(client_span, server_span, client_saw=FUTURE_SPAN_HAS_STATUS or not future)
     assert server_agent.stats().untracked == 0
     assert client_agent.stats().untracked == 0
 
