@@ -10,7 +10,7 @@ objects as agents report them, pools, unsettled calls, in-transit records):
   cycle   one cycle through every task: blocks of 10 tasks per process chained by
           locks, each block calling the next process's handler (every fifth call
           unsettled: queued for that process's full pool). Everything is deadlocked,
-          and the report names every task and prints a cycle of all of them.
+          and the report counts every task and a cycle of all of them (listing 500).
 
 Measured separately, each after a full garbage collection: ``build`` (the
 wait-for graph from the cut), ``reduce`` (Holt's reduction) and ``report``
@@ -270,8 +270,8 @@ def measure(shape: str, n: int, repeat: int, collect: bool = True) -> dict[str, 
         "needs": graph.n_needs,
         "resources": graph.n_resources,
         "deadlocks": len(found),
-        "deadlocked_tasks": sum(len(d.tasks) for d in found),
-        "longest_cycle": max((len(d.cycle) for d in found), default=0),
+        "deadlocked_tasks": sum(d.task_count for d in found),
+        "longest_cycle": max((d.cycle_length for d in found), default=0),
         "gen2": gen2,
     }
     for phase in PHASES:

@@ -221,10 +221,10 @@ class Samples:
         self.round_medians_ns[config].append(statistics.median(block))
 
 
-def round_order(index: int) -> tuple[str, ...]:
+def round_order(index: int, configs: tuple[str, ...] = CONFIGS) -> tuple[str, ...]:
     """Rotate who goes first, so no set-up always follows the same neighbour."""
-    shift = index % len(CONFIGS)
-    return CONFIGS[shift:] + CONFIGS[:shift]
+    shift = index % len(configs)
+    return configs[shift:] + configs[:shift]
 
 
 def run_sync(calls: int, rounds: int, pin: int | None) -> tuple[Samples, dict[str, int]]:
@@ -515,10 +515,15 @@ def print_report(result: dict[str, Any]) -> None:
     )
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--calls", type=int, default=3000, help="calls per set-up per round (default 3000)")
-    parser.add_argument("--rounds", type=int, default=12, help="interleaved rounds per mode (default 12)")
+def parse_args(
+    argv: Sequence[str] | None, *, calls: int = 3000, rounds: int = 12, doc: str | None = __doc__
+) -> argparse.Namespace:
+    """The options of a benchmark that times calls in interleaved rounds (``doc``: its docstring)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
+    parser.add_argument(
+        "--calls", type=int, default=calls, help=f"calls per set-up per round (default {calls})"
+    )
+    parser.add_argument("--rounds", type=int, default=rounds, help=f"interleaved rounds (default {rounds})")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the process to one CPU")
     parser.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last one allowed)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
@@ -531,27 +536,40 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def pin_as_asked(args: argparse.Namespace) -> int | None:
+    """Pin the process as ``args`` ask (see :func:`parse_args`); the CPU, or None when not pinned."""
+    if args.no_pin:
+        return None
+    pin: int = args.cpu if args.cpu is not None else sorted(os.sched_getaffinity(0))[-1]
+    pin_process(pin)
+    return pin
+
+
+def run_config(
+    args: argparse.Namespace, pin: int | None, started: float, prewarm: str = PREWARM
+) -> dict[str, Any]:
+    """What a report says of its run: calls and rounds, payload, pinning, clocks, seconds since
+    ``started`` (``time.monotonic()``)."""
+    return {
+        "calls": args.calls,
+        "rounds": args.rounds,
+        "payload_bytes": len(PAYLOAD),
+        "pinned_cpu": pin,
+        "clock_entries": CLOCK_ENTRIES,
+        "prewarm": prewarm,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    pin = None
-    if not args.no_pin:
-        allowed = sorted(os.sched_getaffinity(0))
-        pin = args.cpu if args.cpu is not None else allowed[-1]
-        pin_process(pin)
+    pin = pin_as_asked(args)
     started = time.monotonic()
     sync_samples, sync_check = run_sync(args.calls, args.rounds, pin)
     aio_samples, aio_check = run_aio(args.calls, args.rounds, pin)
     rows = stamp_sizes()
     result = {
-        "config": {
-            "calls": args.calls,
-            "rounds": args.rounds,
-            "payload_bytes": len(PAYLOAD),
-            "pinned_cpu": pin,
-            "clock_entries": CLOCK_ENTRIES,
-            "prewarm": PREWARM,
-            "seconds": round(time.monotonic() - started, 1),
-        },
+        "config": run_config(args, pin, started),
         "machine": machine(),
         "sync": summarise("sync", sync_samples, sync_check),
         "aio": summarise("aio", aio_samples, aio_check),

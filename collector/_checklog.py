@@ -56,7 +56,9 @@ def summary(result: StoredResult) -> tuple[str, dict[str, Any]]:
     }
     if result.name == DEADLOCK_CHECK and result.status == "FAIL":
         chains = _chains(result.witness)
-        extra["processes"] = sorted({process for chain in chains for process in chain})
+        extra["processes"] = sorted(
+            {process for chain in chains for process in chain} | _reported_processes(result.witness)
+        )
         shown_chains = "; ".join(_chain_text(chain) for chain in chains[:_MAX_CHAINS])
         more = f"; and {len(chains) - _MAX_CHAINS} more" if len(chains) > _MAX_CHAINS else ""
         count = f"{len(chains)} deadlock{'s' if len(chains) != 1 else ''}"
@@ -76,14 +78,26 @@ def _chains(witness: Any) -> list[list[str]]:
     """Per deadlock of a witness, the processes along its cycle, each run of one process once."""
     chains: list[list[str]] = []
     for report in witness if isinstance(witness, list) else []:
-        cycle = report.get("cycle") if isinstance(report, dict) else None
-        steps = [str(step.get("process", "?")) for step in cycle or [] if isinstance(step, dict)]
+        if not isinstance(report, dict):
+            continue
+        # A cycle of more than 500 steps is stored as its first steps and its last two.
+        cycle = [*(report.get("cycle") or []), *(report.get("cycle_end") or [])]
+        steps = [str(step.get("process", "?")) for step in cycle if isinstance(step, dict)]
         chain = [p for i, p in enumerate(steps) if i == 0 or p != steps[i - 1]]
         if len(chain) > 1 and chain[-1] == chain[0]:
             chain.pop()
         if chain:
             chains.append(chain)
     return chains
+
+
+def _reported_processes(witness: Any) -> set[str]:
+    """Every process a deadlock report names, including those of the steps it leaves out."""
+    found: set[str] = set()
+    for report in witness if isinstance(witness, list) else []:
+        names = report.get("processes") if isinstance(report, dict) else None
+        found.update(str(name) for name in names or [] if isinstance(names, list))
+    return found
 
 
 def _chain_text(chain: list[str]) -> str:

@@ -32,14 +32,16 @@ from cutwatch.collector._records import StoredCut, StoredResult, cut_from_stored
 from cutwatch.collector._store import CutStore
 from cutwatch.core import Cut, StorageError
 from cutwatch.predicates import find_deadlocks, format_deadlocks
+from cutwatch.predicates._deadlock_records import KEPT_TASKS
 from cutwatch.predicates._window import Window
 
 __all__ = ["DEADLOCK_CHECK", "CheckEvent", "CutChecker", "Subscription"]
 
 _LOG = logging.getLogger("cutwatch.collector.checks")
 _TRACER_NAME = "cutwatch.collector"
-MAX_REPORTED_TASKS = 500
-"""Tasks listed per stored deadlock report; a bigger deadlock keeps its chain and a count."""
+MAX_REPORTED_TASKS = KEPT_TASKS
+"""Tasks listed per stored deadlock report; a bigger deadlock keeps its chain and a count (reports
+already come capped so; see :class:`~cutwatch.predicates.Deadlock`)."""
 
 
 T = TypeVar("T")

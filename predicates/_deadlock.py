@@ -55,6 +55,12 @@ as proven (see :mod:`cutwatch.core._waitfor` for the edges):
     rests_on     [str]  plain-English assumptions the proof needs; [] when the cut alone proves it
     breaks_in    float  seconds from the cut until the first deadline on the cycle passes (or null)
     permanent    bool   no wait on the cycle has a deadline
+
+A deadlock of more than 500 tasks lists 500 of them (those on a cycle first) and adds
+``tasks_total  int``; a cycle of more than 500 steps keeps its first 498 in ``cycle`` and adds
+``cycle_end  [obj]`` (its last two steps) and ``cycle_length  int``; ``chain`` then reads
+``... N more steps ...`` between them. Counts, ``processes``, ``rests_on`` and ``breaks_in`` are
+always the whole deadlock's. Those keys appear only in such reports.
 """
 
 from __future__ import annotations
@@ -144,7 +150,12 @@ def format_deadlocks(deadlocks: Sequence[Deadlock]) -> str:
                 lines.append(f"        its caller's deadline passes about {gives_up:.1f} s after the cut")
             if task.trace_id:
                 lines.append(f"        trace {task.trace_id} span {task.span_id or '-'}")
-        if len(deadlock.tasks) > len(shown):
+        if deadlock.tasks_left_out:
+            more = deadlock.task_count - len(shown)
+            lines.append(
+                f"    ... and {more} more tasks (the JSON report lists {len(deadlock.tasks)} of them)"
+            )
+        elif len(deadlock.tasks) > len(shown):
             lines.append(f"    ... and {len(deadlock.tasks) - len(shown)} more tasks (see the JSON report)")
         if deadlock.rests_on:
             lines.append("  rests on:")

@@ -13,7 +13,12 @@ from typing import Any, NamedTuple
 
 from cutwatch.core import ATOMIC_LOCK
 
-__all__ = ["CycleStep", "Deadlock", "DeadlockedTask", "Wait", "lock_words"]
+__all__ = ["KEPT_STEPS", "KEPT_TASKS", "CycleStep", "Deadlock", "DeadlockedTask", "Wait", "lock_words"]
+
+KEPT_TASKS = 500
+"""Tasks a report lists: a bigger deadlock lists those on its cycle first, and counts the others."""
+KEPT_STEPS = 500
+"""Steps of its cycle a report keeps: a longer cycle keeps its first 498 and its last two, and counts."""
 
 
 def lock_words(name: str) -> str:
@@ -130,7 +135,13 @@ class CycleStep(NamedTuple):
 
 @dataclass(frozen=True)
 class Deadlock:
-    """One group of deadlocked tasks (connected through what they wait for), with a cycle inside it."""
+    """One group of deadlocked tasks (connected through what they wait for), with a cycle inside it.
+
+    A deadlock of more than :data:`KEPT_TASKS` tasks lists that many (those on its cycle first) and
+    counts the others (``tasks_left_out``); a cycle of more than :data:`KEPT_STEPS` steps keeps its first
+    498 (``cycle``) and its last two (``cycle_end``) and counts the steps between (``steps_left_out``).
+    Counts, processes, ``rests_on`` and ``breaks_in`` are always those of the whole deadlock.
+    """
 
     epoch: int
     cut_status: str
@@ -140,10 +151,28 @@ class Deadlock:
     breaks_in: float | None = None
     """Seconds from the cut until the first deadline on its cycle passes, which ends one of its waits
     (None: no wait on the cycle has a deadline, so it lasts until someone intervenes)."""
+    tasks_left_out: int = 0
+    """Deadlocked tasks that ``tasks`` does not list (a deadlock of more than :data:`KEPT_TASKS`)."""
+    cycle_end: tuple[CycleStep, ...] = ()
+    """The cycle's last steps, when steps between them and ``cycle`` are left out."""
+    steps_left_out: int = 0
+    """Steps of the cycle between ``cycle`` and ``cycle_end`` that the report leaves out."""
+    involved: tuple[str, ...] = ()
+    """The processes of every deadlocked task, sorted (empty: those of ``tasks``)."""
 
     @property
     def permanent(self) -> bool:
         return self.breaks_in is None
+
+    @property
+    def task_count(self) -> int:
+        """How many tasks are deadlocked, listed or not."""
+        return len(self.tasks) + self.tasks_left_out
+
+    @property
+    def cycle_length(self) -> int:
+        """How many steps the cycle has, kept or not."""
+        return len(self.cycle) + self.steps_left_out + len(self.cycle_end)
 
     def lasts(self) -> str:
         """How long it lasts, in words."""
@@ -156,13 +185,14 @@ class Deadlock:
 
     @property
     def processes(self) -> tuple[str, ...]:
-        return tuple(sorted({t.process for t in self.tasks}))
+        return self.involved or tuple(sorted({t.process for t in self.tasks}))
 
     def summary(self) -> str:
         processes = self.processes
         where = ", ".join(processes[:5]) + (f" and {len(processes) - 5} more" if len(processes) > 5 else "")
+        count = self.task_count
         return (
-            f"deadlock of {len(self.tasks)} task{'s' if len(self.tasks) != 1 else ''} in "
+            f"deadlock of {count} task{'s' if count != 1 else ''} in "
             f"{len(processes)} process{'es' if len(processes) != 1 else ''} ({where})"
         )
 
@@ -171,14 +201,16 @@ class Deadlock:
         steps = self.cycle
         if not steps:
             return ""
+        length = self.cycle_length
         parts: list[str] = []
-        shown = steps if limit is None or len(steps) <= limit else steps[: limit - 3]
+        shown = steps if limit is None or length <= limit else steps[: limit - 3]
         for step in shown:
             parts.append(f"{step.process}#{step.task_id} [{step.task}]")
             parts.append(step.edge)
-        if len(shown) < len(steps):
-            parts.append(f"... {len(steps) - len(shown) - 2} more steps ...")
-            for step in steps[-2:]:
+        if len(shown) < length:
+            end = self.cycle_end or steps[-2:]
+            parts.append(f"... {length - len(shown) - len(end)} more steps ...")
+            for step in end:
                 parts.append(f"{step.process}#{step.task_id} [{step.task}]")
                 parts.append(step.edge)
         first = steps[0]
@@ -186,18 +218,25 @@ class Deadlock:
         return " -> ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "epoch": self.epoch,
             "cut_status": self.cut_status,
             "summary": self.summary(),
             "processes": list(self.processes),
             "tasks": [t.to_json() for t in self.tasks],
-            "cycle": [
-                {"process": s.process, "task_id": s.task_id, "task": s.task, "edge": s.edge}
-                for s in self.cycle
-            ],
+            "cycle": _steps_json(self.cycle),
             "chain": self.chain(),
             "rests_on": list(self.rests_on),
             "breaks_in": self.breaks_in,
             "permanent": self.permanent,
         }
+        if self.tasks_left_out:
+            doc["tasks_total"] = self.task_count
+        if self.cycle_end:
+            doc["cycle_end"] = _steps_json(self.cycle_end)
+            doc["cycle_length"] = self.cycle_length
+        return doc
+
+
+def _steps_json(steps: tuple[CycleStep, ...]) -> list[dict[str, Any]]:
+    return [{"process": s.process, "task_id": s.task_id, "task": s.task, "edge": s.edge} for s in steps]

@@ -6,8 +6,10 @@ costs a few flat lists of ints rather than objects per task.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from itertools import compress
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import accumulate, chain, compress, repeat
+from operator import add, attrgetter, gt, is_, is_not, sub
 
 from cutwatch.core import (
     NEED_CALL,
@@ -21,7 +23,15 @@ from cutwatch.core import (
     TaskView,
     WaitForGraph,
 )
-from cutwatch.predicates._deadlock_records import CycleStep, Deadlock, DeadlockedTask, Wait, lock_words
+from cutwatch.predicates._deadlock_records import (
+    KEPT_STEPS,
+    KEPT_TASKS,
+    CycleStep,
+    Deadlock,
+    DeadlockedTask,
+    Wait,
+    lock_words,
+)
 
 __all__ = ["Reporter"]
 
@@ -39,120 +49,136 @@ class Reporter:
         self.g = graph
         self.cut = cut
         self.n = n = graph.n_tasks
-        self.held = graph.held_counts()
+        self._held: list[int] | None = None
         self.services: dict[str, str] = {}
         self.tasks = stuck_tasks
         s = len(stuck_tasks)
-        cid = {t: c for c, t in enumerate(stuck_tasks)}
+        cid = dict(zip(stuck_tasks, range(s), strict=True))
         self.cid = cid
-        ids: list[int] = []
-        labels: list[str] = []
-        task_info, task_process = g.task_info, g.task_process
-        for t in stuck_tasks:
-            info = task_info[t]
-            tid = info.task_id if info is not None else t
-            ids.append(tid)
-            labels.append(f"{task_process[t]}#{tid}")
-        self.ids, self.labels = ids, labels
 
-        # Unmet needs of each stuck task: unmet_needs[need_start_of[c]:need_start_of[c + 1]].
-        need_task, need_start, need_alts = g.need_task, g.need_start, g.need_alts
+        # Unmet needs of each stuck task: unmet_needs[needs_start[c]:needs_start[c + 1]].
+        need_task, need_start, need_alts, need_note = g.need_task, g.need_start, g.need_alts, g.need_note
         unmet = list(compress(range(len(reduction.unmet)), reduction.unmet))
-        unmet.sort(key=need_task.__getitem__)  # already in task order for graphs built from cuts
-        needs_start = [0] * (s + 1)
-        for i in unmet:
-            needs_start[cid[need_task[i]] + 1] += 1
-        for c in range(s):
-            needs_start[c + 1] += needs_start[c]
-        self.unmet_needs, self.needs_start = unmet, needs_start
+        owners = [cid[t] for t in map(need_task.__getitem__, unmet)]
+        if any(map(int.__gt__, owners, owners[1:])):  # in task order already for graphs built from cuts
+            order = sorted(range(len(unmet)), key=owners.__getitem__)
+            unmet = [unmet[k] for k in order]
+            owners = [owners[k] for k in order]
+        self.unmet_needs = unmet
+        if len(owners) == s:  # one unmet need per task, the usual case
+            needs_start = list(range(s + 1))
+            chosen = unmet[:]
+        else:
+            counts = [0] * s
+            for c in owners:
+                counts[c] += 1
+            needs_start = list(accumulate(counts, initial=0))
+            chosen = [unmet[k] for k in needs_start[:-1]]
+            for c in compress(range(s), map(int.__gt__, counts, [1] * s)):
+                for i in unmet[needs_start[c] : needs_start[c + 1]]:
+                    if need_note[i] is None:
+                        chosen[c] = i
+                        break
+        self.needs_start = needs_start
+        self.chosen = chosen
+        """The unmet need that proves each task stuck: one without an assumption when there is one."""
 
         # Blocking resources get ids s, s+1, ...; edges: task -> what it waits on -> stuck holders.
-        rid: dict[int, int] = {}
-        succ: list[int] = []
-        succ_start = [0]
-        for i in unmet:  # tasks in compact order, since ``unmet`` is sorted by task
-            for k in range(need_start[i], need_start[i + 1]):
-                r = need_alts[k]
-                if r < n:
-                    succ.append(cid[r])
-                else:
-                    found = rid.get(r)
-                    if found is None:
-                        found = rid[r] = s + len(rid)
-                    succ.append(found)
+        # (Passes of map/compress over lists of ints: a deadlock of 10^5 tasks goes through them all.)
+        firsts = list(map(need_start.__getitem__, unmet))
+        widths = list(map(sub, map(need_start.__getitem__, map(_NEXT, unmet)), firsts))
+        if widths.count(1) == len(widths):  # one alternative per need, the usual case
+            alts = list(map(need_alts.__getitem__, firsts))
+        else:
+            alts = list(
+                chain.from_iterable(map(need_alts.__getitem__, map(slice, firsts, map(add, firsts, widths))))
+            )
+        blocking = dict.fromkeys([r for r in alts if r >= n])
+        rid = dict(zip(blocking, range(s, s + len(blocking)), strict=True))
+        succ = [cid[r] if r < n else rid[r] for r in alts]
         # succ_start for tasks: every need's alternatives in order, so per task it is the sum.
-        pos = 0
-        for c in range(s):
-            for i in unmet[needs_start[c] : needs_start[c + 1]]:
-                pos += need_start[i + 1] - need_start[i]
-            succ_start.append(pos)
-        pairs: list[int] = []  # (resource id, holder) flattened, for a counting sort
+        per_need = list(accumulate(widths, initial=0))
+        succ_start = [per_need[k] for k in needs_start]
+        # Each blocking resource's stuck holders, in task order: its edges, after the tasks'.
         hold_start, hold_res = g.hold_start, g.hold_res
-        for c, t in enumerate(stuck_tasks):
-            for h in range(hold_start[t], hold_start[t + 1]):
-                rc = rid.get(hold_res[h])
-                if rc is not None:
-                    pairs.append(rc)
-                    pairs.append(c)
-        counts = [0] * len(rid)
-        for k in range(0, len(pairs), 2):
-            counts[pairs[k] - s] += 1
-        for count in counts:
-            succ_start.append(succ_start[-1] + count)
-        succ.extend([0] * (succ_start[-1] - len(succ)))
-        fill = succ_start[s:-1]
-        for k in range(0, len(pairs), 2):
-            j = pairs[k] - s
-            succ[fill[j]] = pairs[k + 1]
-            fill[j] += 1
+        begins = list(map(hold_start.__getitem__, stuck_tasks))
+        ends = list(map(hold_start.__getitem__, map(_NEXT, stuck_tasks)))
+        held = list(map(rid.get, map(hold_res.__getitem__, chain.from_iterable(map(range, begins, ends)))))
+        holder = chain.from_iterable(map(repeat, range(s), map(sub, ends, begins)))
+        blocked = list(map(is_not, held, repeat(None)))
+        held_ids: list[int] = list(compress(held, blocked))  # type: ignore[arg-type]
+        holders = list(compress(holder, blocked))
+        if any(map(gt, held_ids, held_ids[1:])):  # by resource, stable: holders stay in task order
+            order = sorted(range(len(held_ids)), key=held_ids.__getitem__)
+            held_ids = list(map(held_ids.__getitem__, order))
+            holders = list(map(holders.__getitem__, order))
+        succ.extend(holders)
+        per_resource = Counter(held_ids)
+        succ_start.extend(
+            accumulate(map(per_resource.__getitem__, range(s, s + len(rid))), initial=succ_start[-1])
+        )
+        del succ_start[s]  # the resources' first start repeats the tasks' end
         self.rid, self.succ, self.succ_start = rid, succ, succ_start
-        self.resources = [0] * len(rid)
-        for r, c in rid.items():
-            self.resources[c - s] = r
-        self._ends: dict[int, float] = {}
-        """When each unmet need ends by itself (seconds from the cut), for the needs that do."""
 
     def report(self) -> list[Deadlock]:
         s = len(self.tasks)
-        succ, succ_start = self.succ, self.succ_start
-        total = len(succ_start) - 1
-        # Connected groups: a task joins what it waits on, a blocking resource its holders.
-        parent = list(range(total))
-        for node in range(total):
-            for k in range(succ_start[node], succ_start[node + 1]):
-                a, b = node, succ[k]
-                while parent[a] != a:
-                    parent[a] = parent[parent[a]]
-                    a = parent[a]
-                while parent[b] != b:
-                    parent[b] = parent[parent[b]]
-                    b = parent[b]
-                if a != b:
-                    if a < b:
-                        parent[b] = a
-                    else:
-                        parent[a] = b
-        for c in range(total):  # parent[x] <= x throughout: one pass in order finds every root
-            parent[c] = parent[parent[c]]
-        groups: dict[int, list[int]] = {}
-        for c in range(s):
-            groups.setdefault(parent[c], []).append(c)
-        cycles = [self._cycle(members[0]) for members in groups.values()]
+        if not s:
+            return []
+        # Each stuck task's next task along its chosen need: the first alternative, or the first
+        # stuck holder of a resource.
+        g, n, cid, rid, succ, succ_start = self.g, self.n, self.cid, self.rid, self.succ, self.succ_start
+        first_alts = map(g.need_alts.__getitem__, map(g.need_start.__getitem__, self.chosen))
+        self._next = [cid[r] if r < n else succ[succ_start[rid[r]]] for r in first_alts]
+        walked = bytearray(s)
+        first = self._cycle(0, walked)
+        if len(first) == s:  # a cycle through every stuck task: they are all one group, all on it
+            groups = {0: list(range(s))}
+            parent = [0] * s
+        else:
+            parent = self._roots()
+            groups = {}
+            for c in range(s):
+                groups.setdefault(parent[c], []).append(c)
+        # The tasks whose part in ``rests_on`` needs a look: a proof by assumption, several waits.
+        self._noted = _by_group(self._with_assumption(), parent, len(groups))
+        self._several = _by_group(self._several_waits(), parent, len(groups))
+        # Task 0 is the first member of the first group: its walk is that group's cycle.
+        cycles = [first, *[self._cycle(members[0], walked) for members in list(groups.values())[1:]]]
         # A group that its cycle covers is all on the cycle; only the others need Tarjan.
         on_cycle = bytearray(s)
         rest: list[int] = []
         for members, cycle in zip(groups.values(), cycles, strict=True):
-            if len(cycle) == len(members):
-                for c in members:
-                    on_cycle[c] = 1
-            else:
+            if len(cycle) != len(members):
                 rest.extend(members)
         if rest:
             self._on_cycles(rest, on_cycle)
         return [
-            self._deadlock(members, cycle, on_cycle)
-            for members, cycle in zip(groups.values(), cycles, strict=True)
+            self._deadlock(members, cycle, on_cycle, len(cycle) == len(members), k)
+            for k, (members, cycle) in enumerate(zip(groups.values(), cycles, strict=True))
         ]
+
+    def _roots(self) -> list[int]:
+        """Each node's group, as the least node of it: a task joins what it waits on, a blocking
+        resource its holders (union-find with path halving)."""
+        succ, succ_start = self.succ, self.succ_start
+        total = len(succ_start) - 1
+        parent = list(range(total))
+        sources = chain.from_iterable(map(repeat, range(total), map(sub, succ_start[1:], succ_start)))
+        for a, b in zip(sources, succ, strict=True):
+            while (up := parent[a]) != a:
+                parent[a] = up = parent[up]
+                a = up
+            while (up := parent[b]) != b:
+                parent[b] = up = parent[up]
+                b = up
+            if a != b:
+                if a < b:
+                    parent[b] = a
+                else:
+                    parent[a] = b
+        for c in range(total):  # parent[x] <= x throughout: one pass in order finds every root
+            parent[c] = parent[parent[c]]
+        return parent
 
     # Structure ----------------------------------------------------------------------------------------
     def _on_cycles(self, roots: list[int], out: bytearray) -> None:
@@ -206,56 +232,109 @@ class Reporter:
                     elif node in succ[succ_start[node] : succ_start[node + 1]]:  # waits on itself
                         out[node] = 1
 
-    def _chosen(self, c: int) -> int:
-        """The unmet need that proves task ``c`` stuck: one without an assumption when there is one."""
-        needs = self.unmet_needs[self.needs_start[c] : self.needs_start[c + 1]]
-        for i in needs:
-            if self.g.need_note[i] is None:
-                return i
-        return needs[0]
+    def _with_assumption(self) -> list[int]:
+        """Stuck tasks (compact ids, in order) whose chosen need rests on a queued-call assumption."""
+        note = self.g.need_note
+        return list(
+            compress(range(len(self.tasks)), map(is_not, map(note.__getitem__, self.chosen), repeat(None)))
+        )
 
-    def _cycle(self, start: int) -> list[tuple[int, int, int]]:
-        """Steps (task, need, resource) of a cycle reached from task ``start`` by chosen needs.
+    def _several_waits(self) -> list[int]:
+        """Stuck tasks (compact ids, in order) that may have waited on more things than stay unmet."""
+        infos = list(map(self.g.task_info.__getitem__, self.tasks))
+        starts = self.needs_start
+        if any(map(is_, infos, repeat(None))):
+            candidates: Iterable[int] = [c for c, info in enumerate(infos) if info is not None]
+        else:  # more than one wait needs an outbound call (every stuck task has an unmet need)
+            candidates = compress(range(len(infos)), map(_OUTBOUND, infos))
+        out: list[int] = []
+        for c in candidates:
+            info = infos[c]
+            assert info is not None
+            if len(info.outbound) + bool(info.waiting_lock) > starts[c + 1] - starts[c]:
+                out.append(c)
+        return out
+
+    def _cycle(self, start: int, walked: bytearray) -> list[int]:
+        """The stuck tasks (compact ids) of a cycle reached from task ``start`` by chosen needs, from its
+        first task in process order; step ``c`` waits through need ``chosen[c]`` on its first alternative.
 
         Every stuck task has an unmet need, and everything it waits on is stuck, so the walk
         can only end by coming back to a task it has seen."""
-        g, n, cid, rid = self.g, self.n, self.cid, self.rid
-        need_alts, need_start, succ, succ_start = g.need_alts, g.need_start, self.succ, self.succ_start
-        seen: dict[int, int] = {}
+        nxt = self._next
         walk: list[int] = []
         c = start
-        while c not in seen:
-            seen[c] = len(walk)
+        while not walked[c]:  # groups are disjoint: one mark per task serves every group's walk
+            walked[c] = 1
             walk.append(c)
-            r = need_alts[need_start[self._chosen(c)]]
-            c = cid[r] if r < n else succ[succ_start[rid[r]]]
-        loop = walk[seen[c] :]
+            c = nxt[c]
+        loop = walk[walk.index(c) :]
         first = loop.index(min(loop))
-        loop = loop[first:] + loop[:first]  # from its first task in process order: stable output
-        steps = []
-        for c in loop:
-            i = self._chosen(c)
-            steps.append((c, i, need_alts[need_start[i]]))
-        return steps
+        return loop[first:] + loop[:first]  # from its first task in process order: stable output
+
+    def _step(self, c: int) -> CycleStep:
+        i = self.chosen[c]
+        r = self.g.need_alts[self.g.need_start[i]]
+        return CycleStep(self.g.task_process[self.tasks[c]], self._id(c), self._brief(c), self._edge(i, r))
 
     def _deadlock(
-        self, members: list[int], cycle: list[tuple[int, int, int]], on_cycle: bytearray
+        self, members: list[int], cycle: list[int], on_cycle: bytearray, covered: bool, group: int
     ) -> Deadlock:
+        """The report of one group; ``covered``: its cycle goes through all of its tasks.
+
+        Records, words and steps are made only for what the report keeps (:data:`KEPT_TASKS` tasks,
+        :data:`KEPT_STEPS` steps); counts, processes, ``rests_on`` and ``breaks_in`` are linear passes
+        over the whole group."""
         process, tasks = self.g.task_process, self.tasks
-        records = tuple([self._task(c, bool(on_cycle[c])) for c in members])  # fills self._ends
-        steps = tuple(
-            [CycleStep(process[tasks[c]], self.ids[c], self._brief(c), self._edge(i, r)) for c, i, r in cycle]
-        )
-        ends = self._ends
-        known = [left for _, i, _ in cycle if (left := ends.get(i)) is not None]
+        left_out = max(len(members) - KEPT_TASKS, 0)
+        if not left_out:
+            kept = members
+        elif covered:
+            kept = members[:KEPT_TASKS]
+        else:  # those on a cycle first, as the collector stores them
+            kept = [c for c in members if on_cycle[c]][:KEPT_TASKS]
+            if len(kept) < KEPT_TASKS:
+                kept += [c for c in members if not on_cycle[c]][: KEPT_TASKS - len(kept)]
+        records = tuple([self._task(c, covered or bool(on_cycle[c])) for c in kept])
+        steps_left_out = max(len(cycle) - KEPT_STEPS, 0)
+        if steps_left_out:
+            steps = tuple([self._step(c) for c in cycle[: KEPT_STEPS - 2]])
+            end = tuple([self._step(c) for c in cycle[-2:]])
+        else:
+            steps, end = tuple([self._step(c) for c in cycle]), ()
         return Deadlock(
             epoch=self.cut.epoch,
             cut_status=self.cut.status,
             tasks=records,
             cycle=steps,
-            rests_on=self._rests_on(members),
-            breaks_in=min(known) if known else None,
+            rests_on=self._rests_on(members, group),
+            breaks_in=self._breaks_in(cycle),
+            tasks_left_out=left_out,
+            cycle_end=end,
+            steps_left_out=steps_left_out,
+            involved=tuple(sorted(set(map(process.__getitem__, map(tasks.__getitem__, members))))),
         )
+
+    def _breaks_in(self, cycle: list[int]) -> float | None:
+        """The earliest time a wait on the cycle ends by itself (None: none does)."""
+        g, chosen, tasks = self.g, self.chosen, self.tasks
+        need_kind, need_ref, task_info = g.need_kind, g.need_ref, g.task_info
+        known: list[float] = []
+        for c in cycle:
+            i = chosen[c]
+            info = task_info[tasks[c]]
+            kind = need_kind[i]
+            if kind in (NEED_CALL, NEED_WORKER):
+                left = _call(need_ref[i]).time_left
+            elif kind == NEED_LOCK and info is not None:
+                left = info.lock_time_left
+            else:
+                left = None
+            if left is not None:
+                known.append(left)
+            if info is not None and info.ends_at_deadline and info.time_left is not None:
+                known.append(info.time_left)
+        return min(known) if known else None
 
     def _times_out_in(self, i: int) -> float | None:
         """When need ``i`` ends by itself, in seconds from the waiting task's local snapshot."""
@@ -285,11 +364,26 @@ class Reporter:
             what += ", holds " + (lock_words(held[0]) if len(held) == 1 else ", ".join(map(lock_words, held)))
         return what
 
+    def _held_count(self, j: int) -> int:
+        """Units of lock/pool resource ``j`` (index ``r - n``) held at the cut."""
+        if self._held is None:
+            counts = Counter(self.g.hold_res)
+            n = self.n
+            self._held = [counts.get(n + k, 0) for k in range(len(self.g.res_capacity))]
+        return self._held[j]
+
+    def _id(self, c: int) -> int:
+        info = self.g.task_info[self.tasks[c]]
+        return info.task_id if info is not None else self.tasks[c]
+
+    def _label(self, c: int) -> str:
+        return f"{self.g.task_process[self.tasks[c]]}#{self._id(c)}"
+
     def _pool_words(self, r: int) -> str:
         j = r - self.n
         return (
             f"{self.g.res_process[j]}'s pool {self.g.res_name[j]} "
-            f"({self.held[j]} of {self.g.res_capacity[j]} workers busy)"
+            f"({self._held_count(j)} of {self.g.res_capacity[j]} workers busy)"
         )
 
     def _edge(self, i: int, r: int) -> str:
@@ -305,7 +399,7 @@ class Reporter:
             return f"waits for {lock_words(str(ref))} held by"
         if kind == NEED_QUEUED:
             return f"waits in the server's queue for a worker of {self._pool_words(r)} held by"
-        what = g.res_name[r - self.n] if r >= self.n else self.labels[self.cid[r]]
+        what = g.res_name[r - self.n] if r >= self.n else self._label(self.cid[r])
         return f"waits for {what} held by"
 
     def _waited_on(self, i: int) -> list[int]:
@@ -333,22 +427,18 @@ class Reporter:
         kind = g.need_kind[i]
         ref = g.need_ref[i]
         waited = self._waited_on(i)
-        process, tasks, ids, labels = g.task_process, self.tasks, self.ids, self.labels
+        process, tasks, label, task_id = g.task_process, self.tasks, self._label, self._id
         if len(waited) == 1:
             c = waited[0]
-            on: tuple[tuple[str, int], ...] = ((process[tasks[c]], ids[c]),)
-            names = labels[c]
+            on: tuple[tuple[str, int], ...] = ((process[tasks[c]], task_id(c)),)
+            names = label(c)
         else:
-            on = tuple([(process[tasks[c]], ids[c]) for c in waited])
-            names = ", ".join([labels[c] for c in waited[:8]])
+            on = tuple([(process[tasks[c]], task_id(c)) for c in waited])
+            names = ", ".join([label(c) for c in waited[:8]])
             if len(waited) > 8:
                 names += f" and {len(waited) - 8} more"
         left = self._times_out_in(i)
-        if left is None:
-            ends = NO_DEADLINE
-        else:
-            self._ends[i] = left
-            ends = _deadline_words(left)
+        ends = NO_DEADLINE if left is None else _deadline_words(left)
         if kind == NEED_CALL:
             method, call_id = _method(ref), _call_id(ref)
             handler = "queued at" if self._all_queued(waited) else "being handled by"
@@ -424,7 +514,7 @@ class Reporter:
         return DeadlockedTask(
             process,
             service,
-            self.ids[c],
+            self._id(c),
             info.kind,
             info.method,
             info.pool,
@@ -439,13 +529,15 @@ class Reporter:
             info.time_left,
         )
 
-    def _rests_on(self, members: list[int]) -> tuple[str, ...]:
+    def _rests_on(self, members: list[int], group: int) -> tuple[str, ...]:
         g, n = self.g, self.n
         out: dict[str, None] = {}
         pools: dict[int, None] = {}
-        for c in members:
-            i = self._chosen(c)
-            note = g.need_note[i]
+        chosen, need_note = self.chosen, g.need_note
+        noted, several = self._noted[group], self._several[group]
+        for c in sorted({*noted, *several}) if several else noted:  # in process order, as members are
+            i = chosen[c]
+            note = need_note[i]
             if note is not None:
                 alts = g.need_alts[g.need_start[i] : g.need_start[i + 1]]
                 out[self._queued_words(note, alts)] = None
@@ -456,7 +548,7 @@ class Reporter:
                 waits = _waits_at_cut(info)
                 if waits > unmet:
                     out[
-                        f"{self.labels[c]} waits on {waits} things at once and not all of them are stuck; "
+                        f"{self._label(c)} waits on {waits} things at once and not all of them are stuck; "
                         f"it is taken to need all of them (as asyncio.gather does)"
                     ] = None
         for r in pools:
@@ -478,6 +570,19 @@ class Reporter:
 
 
 NO_DEADLINE = " (no deadline)"
+_NEXT = (1).__add__
+_OUTBOUND = attrgetter("outbound")
+
+
+def _by_group(tasks: list[int], parent: list[int], groups: int) -> list[list[int]]:
+    """``tasks`` (compact ids, in order) split by their group, numbered as the groups' roots come."""
+    if groups == 1:
+        return [tasks]
+    number: dict[int, int] = {}
+    out: list[list[int]] = [[] for _ in range(groups)]
+    for c in tasks:
+        out[number.setdefault(parent[c], len(number))].append(c)
+    return out
 
 
 def _deadline_words(left: float, what: str = "its deadline passes") -> str:

@@ -119,6 +119,21 @@ def test_the_summary_of_deadlocks_across_processes_is_one_short_line() -> None:
     assert (text, extra["witness_bytes"]) == ("ValueError: bad (witness: 4 bytes)", 4)
 
 
+def test_a_capped_cycle_is_summarised_with_its_end_and_every_process_it_names() -> None:
+    """A cycle of more than 500 steps is stored as its first steps and its last two, with the
+    processes of the whole deadlock beside them."""
+    witness = [
+        {
+            "cycle": [{"process": "a:1"}, {"process": "b:1"}],
+            "cycle_end": [{"process": "y:1"}, {"process": "z:1"}],
+            "processes": ["a:1", "b:1", "m:1", "y:1", "z:1"],
+        }
+    ]
+    text, extra = summary(StoredResult(7, "cutwatch.deadlock", "FAIL", "long text", json.dumps(witness)))
+    assert text == "1 deadlock: a:1 -> b:1 -> y:1 -> z:1 -> a:1"
+    assert extra["processes"] == ["a:1", "b:1", "m:1", "y:1", "z:1"]
+
+
 def test_the_json_formatter_writes_stable_keys_and_the_extras() -> None:
     record = logging.LogRecord("cutwatch.collector.checks", logging.WARNING, "x.py", 1, "cut %d", (3,), None)
     record.__dict__.update({"epoch": 3, "processes": ["a:1"], "odd": object()})
