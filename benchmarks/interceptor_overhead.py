@@ -516,10 +516,18 @@ def print_report(result: dict[str, Any]) -> None:
 
 
 def parse_args(
-    argv: Sequence[str] | None, *, calls: int = 3000, rounds: int = 12, doc: str | None = __doc__
+    argv: Sequence[str] | None,
+    *,
+    calls: int = 3000,
+    rounds: int = 12,
+    doc: str | None = __doc__,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> argparse.Namespace:
-    """The options of a benchmark that times calls in interleaved rounds (``doc``: its docstring)."""
+    """The options of a benchmark that times calls in interleaved rounds (``doc``: its docstring;
+    ``extra`` adds the benchmark's own options)."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
+    if extra is not None:
+        extra(parser)
     parser.add_argument(
         "--calls", type=int, default=calls, help=f"calls per set-up per round (default {calls})"
     )

@@ -23,25 +23,41 @@ with a free worker. Five set-ups, measured in interleaved rounds:
                  the interceptors ask of it, begin_call, begin_handler,
                  end_handler, end_call
 
+The aio part measures the first three set-ups again with grpc.aio interceptors
+(cutwatch's ``aio_client_interceptors()`` and ``aio_server_interceptor()``, and
+the pass-through and minimal pairs in aio form), awaited one call after another
+in one event loop. The fake aio channel runs the client interceptors as grpc.aio
+does (``intercept_unary_unary(continuation, details, request)``, the method as
+bytes, the metadata as ``grpc.aio.Metadata``), but in the caller's coroutine,
+without grpc.aio's ``InterceptedUnaryUnaryCall`` and its task (that machinery
+needs a real channel); the last continuation runs the server side, found through
+the server interceptor's ``intercept_service`` as grpc.aio finds it, in a fresh
+``contextvars.Context``, and returns a finished call: awaitable, its metadata
+and status coroutines that return at once, its done-callbacks run at once.
+
 Clocks hold 8 entries in every set-up, as in the real-gRPC benchmark (6 extra
 clients call each server first). The process is pinned to one CPU by default.
 
-    python benchmarks/interceptor_python_work.py [--calls N] [--rounds N] [--no-pin] [--cpu N]
-                                                 [--json] [--quick]
+    python benchmarks/interceptor_python_work.py [--part sync|aio|both] [--calls N] [--rounds N]
+                                                 [--no-pin] [--cpu N] [--json] [--quick]
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextvars
+import functools
 import gc
 import hashlib
+import inspect
 import itertools
 import statistics
 import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +82,7 @@ from interceptor_overhead import (  # noqa: E402
     SYNC_WORKERS,
     WARMUP_CALLS,
     Samples,
+    _aio_echo,
     _handler,
     _identity,
     _sync_echo,
@@ -80,6 +97,7 @@ from interceptor_overhead import (  # noqa: E402
 INTERCEPTED = ("passthrough", "minimal", "cutwatch")
 CORES = ("minimal_core", "cutwatch_core")
 CONFIGS = INTERCEPTED + CORES
+PARTS = ("sync", "aio")
 MINIMAL_KEY = "vc-bin"
 PREWARM = (
     f"{EXTRA_AGENTS} extra clients call each server first, so every clock the measured client and "
@@ -613,6 +631,400 @@ def _minimal_check(server: MinimalClock, client: MinimalClock) -> dict[str, Any]
     return out
 
 
+# The aio part: a fake grpc.aio transport -------------------------------------
+class FakeAioCall(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
+    """A finished grpc.aio unary call: awaiting it gives the response (or raises ``AioRpcError``),
+    its status and metadata are coroutines that return at once, and a done-callback added to it runs
+    at once, as grpc.aio's do on a call that is over."""
+
+    __slots__ = ("_code", "_details", "_response", "_trailing")
+
+    def __init__(
+        self, response: Any, trailing: Any, code: grpc.StatusCode = grpc.StatusCode.OK, details: str = ""
+    ) -> None:
+        self._response = response
+        self._trailing = grpc.aio.Metadata(*(trailing or ()))
+        self._code = code
+        self._details = details
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        if self._code != grpc.StatusCode.OK:
+            raise grpc.aio.AioRpcError(self._code, grpc.aio.Metadata(), self._trailing, self._details)
+        yield from ()  # a generator, as grpc.aio's ``__await__`` is
+        return self._response
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        callback(self)
+
+    def done(self) -> bool:
+        return True
+
+    def cancelled(self) -> bool:
+        return False
+
+    def cancel(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    async def initial_metadata(self) -> Any:
+        return grpc.aio.Metadata()
+
+    async def trailing_metadata(self) -> Any:
+        return self._trailing
+
+    async def code(self) -> grpc.StatusCode:
+        return self._code
+
+    async def details(self) -> str:
+        return self._details
+
+    async def debug_error_string(self) -> str:
+        return ""
+
+    async def wait_for_connection(self) -> None:
+        return None
+
+
+class FakeAioServicerContext:
+    """What handlers and server interceptors use of ``grpc.aio.ServicerContext``, for a call without
+    a deadline."""
+
+    __slots__ = ("_code", "_details", "_metadata", "_trailing")
+
+    def __init__(self, metadata: Any) -> None:
+        self._metadata = metadata
+        self._trailing: Any = ()
+        self._code: grpc.StatusCode | None = None
+        self._details = ""
+
+    def invocation_metadata(self) -> Any:
+        return self._metadata
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        self._trailing = tuple(metadata)
+
+    def trailing_metadata(self) -> Any:
+        return self._trailing
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def details(self) -> str:
+        return self._details
+
+    def set_details(self, details: str) -> None:
+        self._details = details
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
+        self._code, self._details = code, details
+        if trailing_metadata:
+            self._trailing = tuple(trailing_metadata)
+        raise _Aborted(details)
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return False
+
+    def peer(self) -> str:
+        return "fake:0"
+
+
+class FakeAioServer:
+    """One grpc.aio server behind :class:`FakeAioChannel`: its interceptor and its handlers. A call
+    finds its handler through the interceptor as grpc.aio's ``_find_method_handler`` does, and runs
+    it in a fresh ``contextvars.Context`` (grpc.aio runs each call in a task of its own); nothing in
+    it waits, so the coroutine is driven by hand, without a loop turn."""
+
+    def __init__(self, interceptor: grpc.aio.ServerInterceptor, handlers: grpc.GenericRpcHandler) -> None:
+        self.interceptor = interceptor
+        self.lookup: Callable[[grpc.HandlerCallDetails], Any] = handlers.service
+        self.last_metadata: tuple[Any, Any] = ((), ())
+        """The request's and the answer's metadata of the last call, as the peer saw them."""
+
+    async def _find_handler(self, details: _HandlerCallDetails) -> Any:
+        lookup = self.lookup
+
+        async def query_handlers(handler_call_details: Any) -> Any:
+            return lookup(handler_call_details)
+
+        return await self.interceptor.intercept_service(query_handlers, details)
+
+    async def _serve(self, method: str, metadata: Any, data: bytes) -> FakeAioCall:
+        details = _HandlerCallDetails(method, metadata)
+        handler = await self._find_handler(details)
+        if handler is None or handler.unary_unary is None:
+            return FakeAioCall(None, (), grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        context = FakeAioServicerContext(metadata)
+        try:
+            request = handler.request_deserializer(data) if handler.request_deserializer else data
+            behaviour = handler.unary_unary
+            if inspect.iscoroutinefunction(behaviour):
+                response = await behaviour(request, context)
+            else:  # grpc.aio runs a plain function in its executor; here in place
+                response = behaviour(request, context)
+            payload = handler.response_serializer(response) if handler.response_serializer else response
+        except Exception:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            return FakeAioCall(None, context.trailing_metadata(), code, context.details())
+        self.last_metadata = (metadata, context.trailing_metadata())
+        code = context.code() or grpc.StatusCode.OK
+        return FakeAioCall(payload, context.trailing_metadata(), code, context.details())
+
+    def call(self, method: str, metadata: Any, data: bytes) -> FakeAioCall:
+        """The server side of one call, finished."""
+        coroutine = self._serve(method, metadata, data)
+        try:
+            contextvars.Context().run(coroutine.send, None)
+        except StopIteration as finished:
+            return finished.value  # type: ignore[no-any-return]
+        coroutine.close()
+        raise RuntimeError("the fake server side waited")
+
+
+class FakeAioMultiCallable:
+    """One method of :class:`FakeAioChannel`, called as grpc.aio's ``UnaryUnaryMultiCallable`` with
+    interceptors is: the details (the method as bytes, the metadata as ``grpc.aio.Metadata``) go
+    through the interceptors in turn, the last continuation starts the call (here: the server side
+    runs, the call is finished), and the application awaits what the interceptors return. grpc.aio
+    does that in a task of its own behind an ``InterceptedUnaryUnaryCall``; here it runs in the
+    caller's coroutine."""
+
+    def __init__(
+        self,
+        channel: FakeAioChannel,
+        method: str,
+        serialize: Callable[[Any], bytes] | None,
+        deserialize: Callable[[bytes], Any] | None,
+    ) -> None:
+        self._server = channel.server
+        self._interceptors = channel.interceptors
+        self._method = method
+        self._method_bytes = method.encode()
+        self._serialize = serialize
+        self._deserialize = deserialize
+
+    async def _start(self, details: grpc.aio.ClientCallDetails, request: Any) -> FakeAioCall:
+        data = self._serialize(request) if self._serialize is not None else request
+        call = self._server.call(self._method, tuple(details.metadata or ()), data)
+        if self._deserialize is not None and call._code == grpc.StatusCode.OK:
+            call._response = self._deserialize(call._response)
+        return call
+
+    async def _run_interceptors(self, index: int, details: grpc.aio.ClientCallDetails, request: Any) -> Any:
+        if index == len(self._interceptors):
+            return await self._start(details, request)
+        continuation = functools.partial(self._run_interceptors, index + 1)
+        outcome = await self._interceptors[index].intercept_unary_unary(continuation, details, request)
+        if isinstance(outcome, grpc.aio.UnaryUnaryCall):
+            return outcome
+        return _Answered(outcome)  # grpc.aio's UnaryUnaryCallResponse: the interceptor answered itself
+
+    async def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None) -> Any:
+        details = grpc.aio.ClientCallDetails(
+            self._method_bytes,  # type: ignore[arg-type]  # grpc.aio passes the method as bytes
+            timeout,
+            grpc.aio.Metadata(*(metadata or ())),
+            None,
+            None,
+        )
+        call = await self._run_interceptors(0, details, request)
+        return await call
+
+
+class _Answered:
+    """An answer an interceptor gave instead of a call."""
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        yield from ()
+        return self._response
+
+
+class FakeAioChannel:
+    """What an application uses of a ``grpc.aio`` channel with interceptors (``unary_unary``), with
+    one :class:`FakeAioServer` behind it; like grpc.aio, it keeps the unary-unary interceptors."""
+
+    def __init__(self, server: FakeAioServer, interceptors: Sequence[Any]) -> None:
+        self.server = server
+        self.interceptors = [i for i in interceptors if isinstance(i, grpc.aio.UnaryUnaryClientInterceptor)]
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Callable[[Any], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Any] | None = None,
+    ) -> FakeAioMultiCallable:
+        return FakeAioMultiCallable(self, method, request_serializer, response_deserializer)
+
+
+class PassThroughAioClient(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return await continuation(client_call_details, request)
+
+
+class PassThroughAioServer(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        return await continuation(handler_call_details)
+
+
+class MinimalAioClient(grpc.aio.UnaryUnaryClientInterceptor):
+    """Stamps the request with the clock; merges the answer's clock from the trailers, which it
+    awaits before it hands the call on."""
+
+    def __init__(self, clock: MinimalClock) -> None:
+        self.clock = clock
+
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        clock = self.clock
+        call_id = next(clock.call_ids)
+        metadata = grpc.aio.Metadata(
+            *(client_call_details.metadata or ()), (MINIMAL_KEY, clock.send(call_id))
+        )
+        call = await continuation(client_call_details._replace(metadata=metadata), request)
+        stamp = minimal_stamp(await call.trailing_metadata())
+        if stamp is not None and clock.receive(stamp) != call_id:
+            clock.mismatched += 1
+        return call
+
+
+class MinimalAioServer(grpc.aio.ServerInterceptor):
+    """:class:`MinimalServer` for grpc.aio: coroutine handlers (unary-unary only), wrapped once each."""
+
+    def __init__(self, clock: MinimalClock) -> None:
+        self.clock = clock
+        self._wrapped: dict[int, tuple[Any, Any]] = {}
+
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        entry = self._wrapped.get(id(handler))
+        if entry is None or entry[0] is not handler:
+            entry = (handler, handler._replace(unary_unary=self._wrap(handler.unary_unary)))
+            self._wrapped[id(handler)] = entry
+        return entry[1]
+
+    def _wrap(self, behaviour: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
+        clock = self.clock
+
+        async def handle(request: Any, context: Any) -> Any:
+            stamp = minimal_stamp(context.invocation_metadata())
+            call_id = clock.receive(stamp) if stamp is not None else 0
+            try:
+                return await behaviour(request, context)
+            finally:
+                context.set_trailing_metadata(
+                    (*(context.trailing_metadata() or ()), (MINIMAL_KEY, clock.send(call_id)))
+                )
+
+        return handle
+
+
+def _aio_stub(server: FakeAioServer, interceptors: Sequence[Any]) -> Callable[[bytes], Awaitable[bytes]]:
+    """The echo method through ``interceptors``, as an application calls it."""
+    channel = FakeAioChannel(server, interceptors)
+    return channel.unary_unary(METHOD, request_serializer=_identity, response_deserializer=_identity)
+
+
+class AioCounted:
+    """An awaited call, counting how often it ran."""
+
+    def __init__(self, call: Callable[[], Awaitable[Any]]) -> None:
+        self._call = call
+        self.count = 0
+
+    async def __call__(self) -> None:
+        self.count += 1
+        await self._call()
+
+
+@dataclass
+class AioSetUps:
+    """The measured calls of the aio part and what its check reads after the rounds."""
+
+    calls: dict[str, AioCounted]
+    agents: list[cutwatch.agent.Agent]
+    cutwatch_server: FakeAioServer
+    minimal_server: FakeAioServer
+    minimal_clocks: tuple[MinimalClock, MinimalClock]
+
+    @classmethod
+    async def create(cls) -> AioSetUps:
+        handlers = _handler(_aio_echo)
+        calls: dict[str, AioCounted] = {}
+
+        passthrough = _aio_stub(FakeAioServer(PassThroughAioServer(), handlers), [PassThroughAioClient()])
+        calls["passthrough"] = AioCounted(lambda: passthrough(PAYLOAD))
+
+        server_clock, client_clock = MinimalClock("bench-server"), MinimalClock("bench-client")
+        minimal_server = FakeAioServer(MinimalAioServer(server_clock), handlers)
+        for i in range(EXTRA_AGENTS):
+            await _aio_stub(minimal_server, [MinimalAioClient(MinimalClock(f"bench-peer{i}"))])(PAYLOAD)
+        minimal = _aio_stub(minimal_server, [MinimalAioClient(client_clock)])
+        calls["minimal"] = AioCounted(lambda: minimal(PAYLOAD))
+
+        server_agent = cutwatch.agent.Agent("bench-server", collector=None).start()
+        client_agent = cutwatch.agent.Agent("bench-client", collector=None).start()
+        extras = [cutwatch.agent.Agent(f"bench-peer{i}", collector=None).start() for i in range(EXTRA_AGENTS)]
+        agents = [server_agent, client_agent, *extras]
+        cutwatch_server = FakeAioServer(server_agent.aio_server_interceptor(), handlers)
+        for extra in extras:
+            await _aio_stub(cutwatch_server, extra.aio_client_interceptors())(PAYLOAD)
+        cutwatch_stub = _aio_stub(cutwatch_server, client_agent.aio_client_interceptors())
+        calls["cutwatch"] = AioCounted(lambda: cutwatch_stub(PAYLOAD))
+
+        return cls(
+            calls=calls,
+            agents=agents,
+            cutwatch_server=cutwatch_server,
+            minimal_server=minimal_server,
+            minimal_clocks=(server_clock, client_clock),
+        )
+
+    def close(self) -> None:
+        for agent in self.agents:
+            agent.close()
+
+    def check(self) -> dict[str, Any]:
+        """As :meth:`SetUps.check`, for the aio part's two clock pairs."""
+        server_agent, client_agent = self.agents[0], self.agents[1]
+        cw = _core_check(
+            client_agent.process_id,
+            client_agent.clock,
+            client_agent.stats(),
+            server_agent.process_id,
+            server_agent.clock,
+            server_agent.stats(),
+            self.calls["cutwatch"].count,
+        )
+        minimal = _minimal_check(*self.minimal_clocks)
+        request, answer = self.cutwatch_server.last_metadata
+        minimal_request, minimal_answer = self.minimal_server.last_metadata
+        return {
+            "cutwatch": cw,
+            "minimal": minimal,
+            "stamp_bytes": {
+                "cutwatch_request": len(_value(request, cutwatch.agent.STAMP_METADATA_KEY)),
+                "cutwatch_answer": len(_value(answer, cutwatch.agent.STAMP_METADATA_KEY)),
+                "minimal_request": len(_value(minimal_request, MINIMAL_KEY)),
+                "minimal_answer": len(_value(minimal_answer, MINIMAL_KEY)),
+            },
+            "stamp_travelled": cw["travelled"] and minimal["travelled"],
+        }
+
+
 # Measuring -------------------------------------------------------------------
 def measure(calls: int, rounds: int, pin: int | None) -> tuple[Samples, dict[str, Any]]:
     """Every set-up in interleaved rounds, on one thread that looks like grpcio's polling thread."""
@@ -645,13 +1057,46 @@ def measure(calls: int, rounds: int, pin: int | None) -> tuple[Samples, dict[str
     return on_serving_thread(work)  # type: ignore[no-any-return]
 
 
+def measure_aio(calls: int, rounds: int, pin: int | None) -> tuple[Samples, dict[str, Any]]:
+    """The aio part's set-ups in interleaved rounds, awaited one after another in one event loop."""
+
+    async def work() -> tuple[Samples, dict[str, Any]]:
+        setups = await AioSetUps.create()
+        try:
+            samples = Samples(
+                latencies_ns={c: [] for c in INTERCEPTED}, round_medians_ns={c: [] for c in INTERCEPTED}
+            )
+            clock = time.perf_counter_ns
+            for index in range(rounds):
+                for config in round_order(index, INTERCEPTED):
+                    call = setups.calls[config]
+                    for _ in range(WARMUP_CALLS):
+                        await call()
+                    block = [0] * calls
+                    for i in range(calls):
+                        start = clock()
+                        await call()
+                        block[i] = clock() - start
+                    samples.add(config, block)
+                gc.collect()
+            check = setups.check()
+            check["unpinned_threads"] = unpinned_threads(pin) if pin is not None else -1
+            return samples, check
+        finally:
+            setups.close()
+
+    return asyncio.run(work())
+
+
 # Summaries -------------------------------------------------------------------
 def summarise(samples: Samples) -> dict[str, Any]:
     """Medians and p99 in microseconds; what each interceptor pair adds to the pass-through pair;
-    ratios to the minimal pair (interceptors: of what they add; cores: of the core's own time)."""
-    median = {c: statistics.median(samples.latencies_ns[c]) for c in CONFIGS}
+    ratios to the minimal pair (interceptors: of what they add; cores, when measured: of the core's
+    own time)."""
+    configs = tuple(samples.latencies_ns)
+    median = {c: statistics.median(samples.latencies_ns[c]) for c in configs}
     out: dict[str, Any] = {"calls_per_config": len(samples.latencies_ns["passthrough"])}
-    for config in CONFIGS:
+    for config in configs:
         lat = samples.latencies_ns[config]
         out[config] = {
             "median_us": round(median[config] / 1000, 2),
@@ -671,11 +1116,14 @@ def summarise(samples: Samples) -> dict[str, Any]:
         "cutwatch_added_to_minimal_added": (
             round(added_cutwatch / added_minimal, 2) if added_minimal > 0 else float("inf")
         ),
-        "cutwatch_core_to_minimal_core": round(median["cutwatch_core"] / median["minimal_core"], 2),
-        "cutwatch_core_share_of_cutwatch_added": (
-            round(median["cutwatch_core"] / added_cutwatch, 2) if added_cutwatch > 0 else float("inf")
-        ),
     }
+    if "cutwatch_core" in median:
+        out["ratios"]["cutwatch_core_to_minimal_core"] = round(
+            median["cutwatch_core"] / median["minimal_core"], 2
+        )
+        out["ratios"]["cutwatch_core_share_of_cutwatch_added"] = (
+            round(median["cutwatch_core"] / added_cutwatch, 2) if added_cutwatch > 0 else float("inf")
+        )
     return out
 
 
@@ -693,8 +1141,14 @@ LABELS = {
 }
 
 
+PART_TITLES = {
+    "sync": "sync interceptors (grpc.intercept_channel, grpc.ServerInterceptor)",
+    "aio": "aio interceptors (grpc.aio client and server interceptors, one event loop)",
+}
+
+
 def print_report(result: dict[str, Any]) -> None:
-    cfg, mach, res, check = result["config"], result["machine"], result["figures"], result["check"]
+    cfg, mach = result["config"], result["machine"]
     print(
         f"cutwatch interceptors' Python work: {cfg['calls']} calls x {cfg['rounds']} rounds per set-up, "
         f"{cfg['payload_bytes']}-byte unary echo over a fake transport (no gRPC core)"
@@ -705,11 +1159,20 @@ def print_report(result: dict[str, Any]) -> None:
     )
     print("pinned to CPU " + str(cfg["pinned_cpu"]) if cfg["pinned_cpu"] is not None else "not pinned")
     print(f"clocks: {PREWARM}")
+    for part in PARTS:
+        if part in result:
+            print(f"\n{part}: {PART_TITLES[part]}")
+            print_part(result[part]["figures"], result[part]["check"])
+
+
+def print_part(res: dict[str, Any], check: dict[str, Any]) -> None:
     print(
         f"\n  {'set-up':<22}{'median us':>11}{'p99 us':>10}{'round range':>13}"
         f"{'added us':>10}{'(by round)':>12}"
     )
     for config in CONFIGS:
+        if config not in res:
+            continue
         row = res[config]
         added = (
             f"{row['added_us']:>10.2f}{row['added_us_round_median']:>12.2f}"
@@ -723,10 +1186,11 @@ def print_report(result: dict[str, Any]) -> None:
         f"\n  cutwatch adds {ratios['cutwatch_added_to_minimal_added']:.2f} x what the minimal pair adds "
         f"(whole calls: {ratios['cutwatch_to_minimal']:.2f} x)"
     )
-    print(
-        f"  cutwatch's event core: {ratios['cutwatch_core_to_minimal_core']:.2f} x the minimal clock work, "
-        f"{ratios['cutwatch_core_share_of_cutwatch_added']:.0%} of what cutwatch's interceptors add"
-    )
+    if "cutwatch_core_to_minimal_core" in ratios:
+        print(
+            f"  cutwatch's event core: {ratios['cutwatch_core_to_minimal_core']:.2f} x the minimal clock "
+            f"work, {ratios['cutwatch_core_share_of_cutwatch_added']:.0%} of what cutwatch's interceptors add"
+        )
     sizes = check["stamp_bytes"]
     print(
         f"  stamps: cutwatch {sizes['cutwatch_request']} bytes out, {sizes['cutwatch_answer']} back; "
@@ -742,19 +1206,31 @@ def print_report(result: dict[str, Any]) -> None:
     )
 
 
+def _part_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--part",
+        choices=(*PARTS, "both"),
+        default="both",
+        help="which interceptors to measure (default both)",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv, calls=5000, rounds=20, doc=__doc__)
+    args = parse_args(argv, calls=5000, rounds=20, doc=__doc__, extra=_part_option)
     pin = pin_as_asked(args)
     started = time.monotonic()
-    samples, check = measure(args.calls, args.rounds, pin)
+    parts = PARTS if args.part == "both" else (args.part,)
+    measured: dict[str, Any] = {}
+    for part in parts:
+        samples, check = (measure if part == "sync" else measure_aio)(args.calls, args.rounds, pin)
+        measured[part] = {"figures": summarise(samples), "check": check}
     result = {
-        "config": run_config(args, pin, started, PREWARM),
+        "config": {**run_config(args, pin, started, PREWARM), "parts": list(parts)},
         "machine": machine(),
-        "figures": summarise(samples),
-        "check": check,
+        **measured,
     }
     emit(result, args.json, print_report)
-    return 0
+    return 0 if all(part["check"]["stamp_travelled"] for part in measured.values()) else 1
 
 
 if __name__ == "__main__":
