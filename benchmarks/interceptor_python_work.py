@@ -687,56 +687,29 @@ class FakeAioCall(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
         return None
 
 
-class FakeAioServicerContext:
+class FakeAioServicerContext(FakeServicerContext):
     """What handlers and server interceptors use of ``grpc.aio.ServicerContext``, for a call without
-    a deadline."""
+    a deadline: the sync fake with an awaitable ``abort`` and no trailers until some are set."""
 
-    __slots__ = ("_code", "_details", "_metadata", "_trailing")
+    __slots__ = ()
 
     def __init__(self, metadata: Any) -> None:
-        self._metadata = metadata
-        self._trailing: Any = ()
-        self._code: grpc.StatusCode | None = None
-        self._details = ""
+        super().__init__(metadata)
+        self._trailing = ()
 
-    def invocation_metadata(self) -> Any:
-        return self._metadata
-
-    def set_trailing_metadata(self, metadata: Any) -> None:
-        self._trailing = tuple(metadata)
-
-    def trailing_metadata(self) -> Any:
-        return self._trailing
-
-    def code(self) -> grpc.StatusCode | None:
-        return self._code
-
-    def set_code(self, code: grpc.StatusCode) -> None:
-        self._code = code
-
-    def details(self) -> str:
-        return self._details
-
-    def set_details(self, details: str) -> None:
-        self._details = details
-
-    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
+    async def abort(  # type: ignore[override]  # grpc.aio's abort is a coroutine
+        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()
+    ) -> None:
         self._code, self._details = code, details
         if trailing_metadata:
             self._trailing = tuple(trailing_metadata)
         raise _Aborted(details)
-
-    def time_remaining(self) -> float | None:
-        return None
 
     def cancelled(self) -> bool:
         return False
 
     def done(self) -> bool:
         return False
-
-    def peer(self) -> str:
-        return "fake:0"
 
 
 class FakeAioServer:
